@@ -1,0 +1,148 @@
+"""The ``chemozone`` command line.
+
+Exit codes: 0 all done; 1 a user-fixable error (printed as one line, no traceback); 2 usage error;
+3 with ``--on-error skip`` when some samples failed (recorded in ``run.json``).
+
+Each subcommand's work lives in its stage module (``cli_<command>(args) -> int``), imported only when
+that subcommand runs, so ``chemozone --version`` stays fast and never imports heavy packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import ChemozoneError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chemozone",
+        description="Immune infiltration of chemokine-expression zones in multiplex images of irradiated explants.",
+    )
+    p.add_argument("--version", action="version", version=f"chemozone {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check a config (and optionally an input folder) without running")
+    v.add_argument("config", type=Path, help="experiment config (YAML)")
+    v.add_argument("input", type=Path, nargs="?", help="folder of images, samples.csv, or one image")
+    v.set_defaults(handler="chemozone.cli:cli_validate")
+
+    s = sub.add_parser("synth", help="write a synthetic explant cohort with ground truth")
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--preset", choices=["tiny", "demo", "large", "stats"], default="demo")
+    s.add_argument("--patients", type=int, default=None, help="number of patients (overrides the preset)")
+    s.add_argument("--size", type=int, default=None, help="image side in pixels (overrides the preset)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--channels", default=None, help="comma-separated channel subset/extension of the default panel")
+    s.set_defaults(handler="chemozone.synth:cli_synth")
+
+    r = sub.add_parser("run", help="analyse a folder of images into a run folder")
+    r.add_argument("input", type=Path, help="folder of images, samples.csv, or one image")
+    r.add_argument("--config", type=Path, required=True, help="experiment config (YAML)")
+    r.add_argument("--out", type=Path, required=True, help="run folder to write")
+    _add_run_options(r)
+    r.set_defaults(handler="chemozone.run:cli_run")
+
+    d = sub.add_parser("demo", help="synthesize a small cohort, run everything, write the report")
+    d.add_argument("--out", type=Path, default=Path("chemozone-demo"), help="folder for the cohort and the run")
+    d.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    _add_run_options(d)
+    d.set_defaults(handler="chemozone.run:cli_demo")
+
+    rp = sub.add_parser("report", help="write OUT/report.html from a run folder")
+    rp.add_argument("out", type=Path, help="run folder")
+    rp.set_defaults(handler="chemozone.report:cli_report")
+
+    vw = sub.add_parser("view", help="open an image, a sample folder or a run folder in napari")
+    vw.add_argument("path", type=Path)
+    vw.set_defaults(handler="chemozone.cli:cli_view")
+
+    ex = sub.add_parser("export", help="export a run to the scverse ecosystem")
+    ex.add_argument("out", type=Path, help="run folder")
+    ex.add_argument("--to", choices=["anndata", "spatialdata"], required=True)
+    ex.add_argument("--dest", type=Path, default=None, help="output path (default: inside the run folder)")
+    ex.set_defaults(handler="chemozone.export:cli_export")
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help="local Dask workers (default: config run.workers)")
+    p.add_argument("--memory-limit", default=None, help="memory limit per local worker, e.g. 4GB")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--resume", action="store_true", help="skip samples whose inputs and config are unchanged")
+    p.add_argument("--on-error", choices=["raise", "skip"], default=None, help="stop at the first failure or skip it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cli_validate(args: argparse.Namespace) -> int:
+    """``chemozone validate CONFIG [INPUT]``: print samples, channels and every problem found."""
+    from rich.console import Console
+
+    from .config import load_config
+    from .validate import validate_inputs
+
+    console = Console(highlight=False, soft_wrap=True)
+    cfg = load_config(args.config)
+    console.print(f"config OK: {args.config}")
+    if args.input is None:
+        return EXIT_OK
+    report = validate_inputs(args.input, cfg)
+    for row in report.rows:
+        console.print(row)
+    for prob in report.problems:
+        console.print(f"[red]problem:[/red] {prob}")
+    if report.problems:
+        console.print(f"{len(report.problems)} problem(s) found")
+        return EXIT_USER_ERROR
+    console.print("inputs OK")
+    return EXIT_OK
+
+
+def cli_view(args: argparse.Namespace) -> int:
+    """``chemozone view PATH``: open napari on an image or a run folder (needs the napari extra)."""
+    try:
+        import napari
+    except ImportError:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("napari is not installed; pip install 'chemozone[napari]'") from None
+    if not Path(args.path).exists():
+        from .errors import ImageError
+
+        raise ImageError(f"{args.path}: path not found")
+    viewer = napari.Viewer()
+    viewer.open(str(args.path), plugin="chemozone-napari")
+    napari.run()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chemozone`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    module_name, func_name = args.handler.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except ChemozoneError as exc:
+        print(f"chemozone: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("chemozone: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""Experiment configuration: one YAML file, validated by pydantic v2 models.
+
+Sections mirror the stages: ``panel``, ``samples``, ``tissue``, ``segmentation``, ``quantification``,
+``phenotypes``, ``zones``, ``spatial``, ``stats``, ``run``. Every key is documented in
+``configs/example.yaml``. Unknown keys and wrong types are :class:`~chemozone.errors.ConfigError` whose
+message names the YAML path, e.g. ``zones[1].smooth_um: must be > 0, got -3``.
+
+Paths inside the config (``samples.sheet``, ``phenotypes.gates_file``) are relative to the config file.
+
+Examples
+--------
+>>> cfg = config_from_dict({"panel": {"pixel_size_um": 0.5}})
+>>> cfg.segmentation.nucleus_diameter_um
+8.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "PanelConfig",
+    "SamplesConfig",
+    "TissueConfig",
+    "CellposeConfig",
+    "SegmentationConfig",
+    "QuantificationConfig",
+    "GateConfig",
+    "MarkerConfig",
+    "RuleConfig",
+    "PhenotypesConfig",
+    "ThresholdConfig",
+    "ZoneConfig",
+    "CognatePair",
+    "NeighbourhoodConfig",
+    "SpatialConfig",
+    "StatsConfig",
+    "RunConfig",
+    "load_config",
+    "config_from_dict",
+    "dump_config",
+    "config_hash",
+    "load_gates_file",
+    "save_gates_file",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------- panel
+class PanelConfig(_Section):
+    """Channels of the images and the physical pixel size."""
+
+    channels: list[str] | None = None
+    """Channel names in file order, used only when the image file does not name its channels."""
+    pixel_size_um: PositiveFloat | None = None
+    """Pixel size in µm, used only when the image file does not store it."""
+    nuclear_channel: str = "DAPI"
+    """Channel used for nuclear segmentation."""
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """Other spellings of a channel name, e.g. ``{CD8: ["CD8a", "Opal 520"]}``."""
+
+
+# ------------------------------------------------------------------------------------------- samples
+class SamplesConfig(_Section):
+    """How images become samples."""
+
+    sheet: Path | None = None
+    """Sample sheet (CSV): ``sample_id, image, patient, radiation, dose_gy`` + any columns. Relative to
+    the config file; when unset, ``INPUT/samples.csv`` is used if present."""
+    filename_pattern: str | None = None
+    """Without a sheet: metadata from the file stem, e.g. ``{patient}_{radiation}_{dose_gy}Gy_{replicate}``."""
+    extensions: list[str] = Field(
+        default_factory=lambda: [".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff", ".ome.zarr", ".zarr"]
+    )
+    """File name endings that count as images when scanning a folder."""
+
+
+# -------------------------------------------------------------------------------------------- tissue
+class TissueConfig(_Section):
+    """Tissue (explant) mask, computed at a coarse resolution."""
+
+    channels: list[str] | None = None
+    """Channels summed for the mask (each scaled by its own robust range); None = all channels."""
+    grid_um: PositiveFloat = 2.0
+    """Pixel size of the analysis grid, µm: the tissue mask, zone masks and distance transforms are
+    computed on it (the image's own pixel size when that is coarser)."""
+    smooth_um: PositiveFloat = 12.0
+    """Gaussian sigma before thresholding, µm."""
+    threshold: Literal["otsu", "triangle", "li"] | float = "otsu"
+    """Automatic threshold method, or an absolute value on the combined signal."""
+    min_area_um2: PositiveFloat = 20000.0
+    """Tissue pieces smaller than this are dropped, µm²."""
+    fill_holes_um2: PositiveFloat = 2000.0
+    """Holes smaller than this are filled; larger holes (tears, lumina) stay excluded, µm²."""
+
+
+# -------------------------------------------------------------------------------------- segmentation
+class CellposeConfig(_Section):
+    """The cellpose adapter (``pip install chemozone[cellpose]``)."""
+
+    model: str = "cpsam"
+    """Built-in model name or path to a checkpoint."""
+    gpu: bool = False
+    diameter_um: PositiveFloat | None = None
+    """Expected object diameter in µm (None = the model's own default)."""
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    batch_size: PositiveInt = 8
+    channels: list[str] | None = None
+    """Channels passed to the model (default: the nuclear channel)."""
+
+
+class SegmentationConfig(_Section):
+    """Nuclei and cells."""
+
+    method: Literal["watershed", "cellpose"] = "watershed"
+    nucleus_diameter_um: PositiveFloat = 8.0
+    """Typical nucleus diameter, µm: scales smoothing, seed spacing and the overlap of tiles."""
+    min_nucleus_area_um2: PositiveFloat = 8.0
+    max_nucleus_area_um2: PositiveFloat = 400.0
+    threshold: Literal["otsu", "li", "triangle", "local"] = "otsu"
+    """Foreground threshold of the (background-corrected) nuclear channel."""
+    cell_method: Literal["expand", "membrane_watershed"] = "expand"
+    expand_um: float = Field(3.0, ge=0)
+    """Maximum growth of a nucleus into its cell body, µm."""
+    membrane_channels: list[str] = Field(default_factory=list)
+    """Channels whose sum guides the membrane watershed (cell_method = membrane_watershed)."""
+    tile_size_px: PositiveInt = 2048
+    """Images larger than this (either side) are segmented tile by tile."""
+    tile_overlap_um: PositiveFloat = 40.0
+    """Overlap between neighbouring tiles, µm (a few cell diameters)."""
+    cellpose: CellposeConfig = Field(default_factory=CellposeConfig)
+
+    @model_validator(mode="after")
+    def _areas_ordered(self) -> SegmentationConfig:
+        if self.min_nucleus_area_um2 >= self.max_nucleus_area_um2:
+            raise ValueError(
+                f"min_nucleus_area_um2 ({self.min_nucleus_area_um2}) must be smaller than "
+                f"max_nucleus_area_um2 ({self.max_nucleus_area_um2})"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------ quantification
+class QuantificationConfig(_Section):
+    """Per-cell measurement."""
+
+    channels: list[str] | None = None
+    """Channels to measure (None = all)."""
+    compartments: list[Literal["nucleus", "cytoplasm", "cell"]] = Field(
+        default_factory=lambda: ["nucleus", "cytoplasm", "cell"]
+    )
+    statistics: list[Literal["mean", "total", "std", "median", "p90"]] = Field(default_factory=lambda: ["mean"])
+    """``mean`` gives ``{marker}_{compartment}``; others give ``{marker}_{compartment}_{stat}``."""
+    morphology: bool = False
+    """Add eccentricity, solidity and axis lengths of each cell."""
+    background: dict[str, float] = Field(default_factory=dict)
+    """Constant per-channel background subtracted from every pixel before measuring (not clipped)."""
+
+
+# ---------------------------------------------------------------------------------------- phenotypes
+class GateConfig(_Section):
+    """How a marker's positivity threshold is chosen."""
+
+    method: Literal["manual", "gmm", "otsu", "valley", "pooled", "reference"] = "pooled"
+    """manual: ``value``; gmm/otsu/valley: per sample; pooled: one gate for the cohort;
+    reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``."""
+    value: float | None = None
+    """Threshold on the transformed scale (method = manual)."""
+    pooled_method: Literal["gmm", "otsu", "valley"] = "gmm"
+    reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
+    """Sample-sheet query that selects reference samples, e.g. ``{dose_gy: 0}``."""
+    group_by: str | None = "patient"
+    """Reference samples are taken from the same value of this column (None = whole cohort)."""
+    quantile: float = Field(0.99, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _manual_needs_value(self) -> GateConfig:
+        if self.method == "manual" and self.value is None:
+            raise ValueError("method 'manual' needs a 'value'")
+        return self
+
+
+class MarkerConfig(_Section):
+    """One gated marker."""
+
+    compartment: Literal["nucleus", "cytoplasm", "cell"] = "cell"
+    transform: Literal["none", "arcsinh", "log1p"] = "arcsinh"
+    cofactor: PositiveFloat | None = None
+    """arcsinh cofactor; None = the marker's 5th percentile of positive values (scale-free)."""
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class RuleConfig(_Section):
+    """One cell-type rule: all of ``pos`` positive, none of ``neg``, at least one of ``any``."""
+
+    cell_type: str
+    pos: list[str] = Field(default_factory=list)
+    neg: list[str] = Field(default_factory=list)
+    any: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleConfig:
+        both = sorted(set(self.pos) & set(self.neg))
+        if both:
+            raise ValueError(f"rule '{self.cell_type}' requires {both} both positive and negative")
+        if not (self.pos or self.neg or self.any):
+            raise ValueError(f"rule '{self.cell_type}' has no markers (give pos, neg or any)")
+        return self
+
+
+class PhenotypesConfig(_Section):
+    """Gates, rule table and receptor flags."""
+
+    markers: dict[str, MarkerConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    receptors: list[str] = Field(default_factory=list)
+    """Markers appended as flags to ``phenotype`` (``NK CXCR2+``)."""
+    receptor_cell_types: list[str] | None = None
+    """Cell types that get receptor flags (None = every type except tumor/stroma/Other)."""
+    default_cell_type: str = "Other"
+    gates_file: Path | None = None
+    """YAML of reviewed gates ``{marker: {sample_id or '*': value}}`` that overrides computed gates."""
+
+
+# --------------------------------------------------------------------------------------------- zones
+class ThresholdConfig(_Section):
+    """How a pixel zone's threshold is chosen (on the normalised module signal)."""
+
+    mode: Literal["absolute", "reference", "pooled", "per_sample"] = "reference"
+    """absolute: ``value``; reference: ``quantile`` of reference samples' tissue pixels; pooled: ``method``
+    over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended: it manufactures
+    zones in samples that express nothing)."""
+    value: float | None = None
+    method: Literal["otsu", "triangle", "li"] = "otsu"
+    reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
+    group_by: str | None = "patient"
+    quantile: float = Field(0.99, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _absolute_needs_value(self) -> ThresholdConfig:
+        if self.mode == "absolute" and self.value is None:
+            raise ValueError("mode 'absolute' needs a 'value'")
+        return self
+
+
+class ZoneConfig(_Section):
+    """One zone: chemokine pixels, producer cells, or a tumor compartment."""
+
+    name: str
+    source: Literal["pixels", "producers", "tumor"] = "pixels"
+    channels: list[str] = Field(default_factory=list)
+    """pixels: chemokine channel(s) combined into one module signal; tumor: the epithelial channel."""
+    smooth_um: PositiveFloat = 10.0
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    min_area_um2: float = Field(200.0, ge=0)
+    fill_holes: bool = True
+    producer_marker: str | None = None
+    """producers: the marker whose ``_pos`` cells define the zone."""
+    producer_cell_types: list[str] | None = None
+    """producers: restrict to these cell types (e.g. [Tumor])."""
+    radius_um: float = Field(20.0, ge=0)
+    """producers: zone = tissue within this distance of a producer cell, µm."""
+    bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
+    """tumor: margin/peritumoral band edges outside the epithelium, µm."""
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ZoneConfig:
+        if self.source in ("pixels", "tumor") and not self.channels:
+            raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
+        if self.source == "producers" and not self.producer_marker:
+            raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
+        if self.bands_um != sorted(self.bands_um) or any(b <= 0 for b in self.bands_um):
+            raise ValueError(f"zone '{self.name}': bands_um must be increasing and > 0")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- spatial
+class CognatePair(_Section):
+    """A zone and the receptor of its chemokine, compared within lineages."""
+
+    zone: str
+    receptor: str
+    cell_types: list[str] = Field(default_factory=list)
+    """Lineages in which receptor+ and receptor- cells are compared (empty = all immune types with flags)."""
+
+
+class NeighbourhoodConfig(_Section):
+    radius_um: PositiveFloat = 30.0
+    n_neighbors: PositiveInt | None = None
+    """Use k nearest neighbours instead of a radius when set."""
+    n_permutations: PositiveInt = 200
+    seed: int = 0
+
+
+class SpatialConfig(_Section):
+    """Per-cell zone annotation and per-sample infiltration metrics."""
+
+    distance_bands_um: list[float] = Field(default_factory=lambda: [0.0, 25.0, 50.0, 100.0, 200.0])
+    """Edges of the distance bands outside each zone, µm."""
+    edge_exclusion_um: float = Field(0.0, ge=0)
+    """Exclude cells and tissue within this distance of the explant edge (0 = off)."""
+    cognate_pairs: list[CognatePair] = Field(default_factory=list)
+    populations: list[Literal["cell_type", "phenotype"]] = Field(default_factory=lambda: ["cell_type", "phenotype"])
+    neighbourhood: NeighbourhoodConfig = Field(default_factory=NeighbourhoodConfig)
+
+    @field_validator("distance_bands_um")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
+            raise ValueError(f"must be at least two increasing values >= 0, got {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- stats
+class StatsConfig(_Section):
+    effectiveness: dict[str, PositiveFloat] = Field(
+        default_factory=lambda: {"photon": 1.0, "proton": 1.1, "carbon": 2.5}
+    )
+    """Relative effectiveness of each radiation type (effective dose = factor x physical dose)."""
+    reference_radiation: str = "photon"
+    n_bootstrap: PositiveInt = 200
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------- run
+class RunConfig(_Section):
+    workers: PositiveInt = 1
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = "4GB"
+    """Memory limit per local worker (dask syntax)."""
+    scheduler: str | None = None
+    """Address of an existing Dask scheduler (e.g. tcp://host:8786); None starts a local cluster."""
+    on_error: Literal["raise", "skip"] = "raise"
+    seed: int = 0
+    write_qc: bool = True
+
+
+# ------------------------------------------------------------------------------------------ top level
+class Config(_Section):
+    """A whole experiment."""
+
+    panel: PanelConfig = Field(default_factory=PanelConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    tissue: TissueConfig = Field(default_factory=TissueConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    quantification: QuantificationConfig = Field(default_factory=QuantificationConfig)
+    phenotypes: PhenotypesConfig = Field(default_factory=PhenotypesConfig)
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    spatial: SpatialConfig = Field(default_factory=SpatialConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        names = [z.name for z in self.zones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"zone names must be unique, repeated: {dupes}")
+        for i, pair in enumerate(self.spatial.cognate_pairs):
+            if pair.zone not in names:
+                raise ValueError(
+                    f"spatial.cognate_pairs[{i}].zone '{pair.zone}' is not a configured zone (zones: {names})"
+                )
+        return self
+
+
+# --------------------------------------------------------------------------------- error formatting
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "float", "int", "str", "bool", "list", "dict")):
+            continue  # union-member tags added by pydantic, not part of the YAML path
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top level>"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx", {}) or {}
+    got = err.get("input")
+    ops = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in ops:
+        bound = next(iter(ctx.values()))
+        return f"must be {ops[kind]} {bound}, got {got!r}"
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling against configs/example.yaml)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {got!r}"
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    seen: list[str] = []
+    for err in exc.errors():
+        line = f"{_loc_to_path(err['loc'])}: {_describe(err)}"
+        if line not in seen:
+            seen.append(line)
+    more = f" (and {len(seen) - 1} more: {'; '.join(seen[1:])})" if len(seen) > 1 else ""
+    return f"{source}: {seen[0]}{more}"
+
+
+# --------------------------------------------------------------------------------------------- I/O
+def config_from_dict(data: dict[str, Any] | None, *, source: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate a mapping into a :class:`Config`.
+
+    Parameters
+    ----------
+    data : dict or None
+        The parsed YAML (None = all defaults).
+    source : str
+        Name used in error messages (usually the file path).
+    base_dir : Path, optional
+        Directory that relative paths in the config are resolved against.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the YAML path of the first problem, e.g. ``zones[1].smooth_um: must be > 0, got -3``.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    if base_dir is not None:
+        base = Path(base_dir)
+        if cfg.samples.sheet is not None and not cfg.samples.sheet.is_absolute():
+            cfg.samples.sheet = (base / cfg.samples.sheet).resolve()
+        if cfg.phenotypes.gates_file is not None and not cfg.phenotypes.gates_file.is_absolute():
+            cfg.phenotypes.gates_file = (base / cfg.phenotypes.gates_file).resolve()
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML config file (None = all defaults).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not valid YAML, or fails validation.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file (see configs/example.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return config_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def dump_config(cfg: Config, path: str | Path | None = None) -> str:
+    """Serialise a config to YAML (all keys, defaults included); write it atomically when ``path`` is given."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    if path is not None:
+        from .layout import atomic_write_text
+
+        atomic_write_text(Path(path), text)
+    return text
+
+
+def config_hash(cfg: Config) -> str:
+    """A stable hash of the resolved config (sha256 of its canonical JSON)."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+
+
+def load_gates_file(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a reviewed-gates YAML: ``{marker: {sample_id or '*': threshold}}``.
+
+    A plain number for a marker means the same threshold for every sample (``'*'``).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or malformed (names the marker).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: gates file not found; write one from napari's gate review or remove phenotypes.gates_file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: gates file is not valid YAML") from None
+    gates = data.get("gates", data) if isinstance(data, dict) else None
+    if not isinstance(gates, dict):
+        raise ConfigError(f"{path}: gates file must map marker -> {{sample_id: threshold}}")
+    out: dict[str, dict[str, float]] = {}
+    for marker, val in gates.items():
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            out[str(marker)] = {"*": float(val)}
+        elif isinstance(val, dict):
+            try:
+                out[str(marker)] = {str(k): float(v) for k, v in val.items()}
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: gates.{marker}: thresholds must be numbers, got {val!r}") from None
+        else:
+            raise ConfigError(f"{path}: gates.{marker}: expected a number or {{sample_id: number}}, got {val!r}")
+    return out
+
+
+def save_gates_file(gates: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """Write reviewed gates (``{marker: {sample_id or '*': threshold}}``) atomically as YAML."""
+    from .layout import atomic_write_text
+
+    clean = {str(m): {str(s): float(v) for s, v in per.items()} for m, per in gates.items()}
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump({"gates": clean}, sort_keys=True))
+    return path

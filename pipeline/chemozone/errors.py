@@ -1,0 +1,55 @@
+"""Errors a user can fix.
+
+Every error a user can act on (config, files, panel, sample sheet) is a :class:`ChemozoneError`
+subclass whose message names the file, key or channel, what was found and what to do. The CLI prints
+it as one line without a traceback and exits 1.
+"""
+
+__all__ = [
+    "ChemozoneError",
+    "ConfigError",
+    "ImageError",
+    "ChannelError",
+    "SampleSheetError",
+    "MissingDependencyError",
+    "MissingStepError",
+    "RunError",
+]
+
+
+class ChemozoneError(Exception):
+    """Base class of user-fixable errors (printed as one line by the CLI, exit code 1)."""
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(super().__str__().split())
+
+
+class ConfigError(ChemozoneError, ValueError):
+    """Invalid configuration: the message names the YAML path, e.g. ``zones[1].smooth_um``."""
+
+
+class ImageError(ChemozoneError, ValueError):
+    """An image file that cannot be read, or lacks metadata we need (pixel size)."""
+
+
+class ChannelError(ChemozoneError, KeyError):
+    """A configured channel that the image lacks; the message lists the image's channels."""
+
+    def __str__(self) -> str:  # KeyError would add quotes
+        return ChemozoneError.__str__(self)
+
+
+class SampleSheetError(ChemozoneError, ValueError):
+    """A bad sample sheet or file-name pattern: the message names the row or file."""
+
+
+class MissingDependencyError(ChemozoneError, ImportError):
+    """An optional dependency is missing: the message names the extra to install."""
+
+
+class MissingStepError(ChemozoneError, ValueError):
+    """A function got a table that lacks the output of an earlier step (names the step to run)."""
+
+
+class RunError(ChemozoneError, RuntimeError):
+    """A problem with a run folder (missing, locked, or from an incompatible run)."""

@@ -1,0 +1,270 @@
+"""The run folder: paths of DESIGN.md's layout, atomic writes, and ``run.json`` provenance.
+
+Every output is written to a temporary name in the same directory and then renamed, so a killed run
+never leaves a half-written file under a final name.
+
+Examples
+--------
+>>> lay = RunLayout("/tmp/out")
+>>> lay.cells("s1").as_posix()
+'/tmp/out/samples/s1/cells.parquet'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = [
+    "RunLayout",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "write_parquet",
+    "file_fingerprint",
+    "package_versions",
+    "read_run_json",
+    "new_provenance",
+]
+
+_TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of a run folder (nothing is created until written)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # cohort level
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def run_log(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def cohort_cells(self) -> Path:
+        return self.root / "cells.parquet"
+
+    @property
+    def cohort_infiltration(self) -> Path:
+        return self.root / "infiltration.parquet"
+
+    @property
+    def cohort_zones(self) -> Path:
+        return self.root / "zones.parquet"
+
+    @property
+    def cohort_samples(self) -> Path:
+        return self.root / "samples.parquet"
+
+    @property
+    def gates(self) -> Path:
+        return self.root / "gates.parquet"
+
+    @property
+    def zone_thresholds(self) -> Path:
+        return self.root / "zone_thresholds.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    # sample level
+    def sample_dir(self, sample_id: str) -> Path:
+        return self.samples_dir / sample_id
+
+    def masks(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "masks.ome.zarr"
+
+    def cells(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "cells.parquet"
+
+    def zones(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "zones.parquet"
+
+    def infiltration(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "infiltration.parquet"
+
+    def qc(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "qc.png"
+
+    def sample_ids(self) -> list[str]:
+        """Sample folders present on disk (sorted)."""
+        if not self.samples_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.samples_dir.iterdir() if p.is_dir() and _TMP_MARK not in p.name)
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Works for files and for directories (e.g. a ``.zarr`` store): an existing target is replaced.
+    On error the temporary is removed and the existing target is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}-{path.name}"
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.parent / f"{_TMP_MARK}old-{os.urandom(4).hex()}-{path.name}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (indented, non-ASCII kept, numpy scalars converted)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, os.PathLike)):
+        return str(o)
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_parquet(df, path: str | os.PathLike) -> Path:
+    """Write a pandas DataFrame to Parquet atomically (pyarrow, no index)."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, engine="pyarrow")
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------- provenance
+def file_fingerprint(path: str | os.PathLike, *, full_hash_limit_bytes: int = 256 * 2**20) -> dict[str, Any]:
+    """Size, mtime and a sha256 of a file or directory store.
+
+    Files up to ``full_hash_limit_bytes`` are hashed whole; larger ones hash their size plus the first
+    and last 8 MiB and the mtime (``hash_kind = "sampled"``), so that fingerprinting a 20 GB slide stays
+    cheap. Directories (``.zarr``) hash the sorted list of (relative path, size, mtime).
+    """
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    if path.is_dir():
+        total = 0
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                s = p.stat()
+                total += s.st_size
+                h.update(f"{p.relative_to(path)}:{s.st_size}:{s.st_mtime_ns}".encode())
+        return {"path": str(path), "size": total, "mtime": st.st_mtime, "sha256": h.hexdigest(), "hash_kind": "listing"}
+    size = st.st_size
+    with open(path, "rb") as fh:
+        if size <= full_hash_limit_bytes:
+            for block in iter(lambda: fh.read(4 * 2**20), b""):
+                h.update(block)
+            kind = "full"
+        else:
+            chunk = 8 * 2**20
+            h.update(str(size).encode())
+            h.update(fh.read(chunk))
+            fh.seek(size - chunk)
+            h.update(fh.read(chunk))
+            h.update(str(st.st_mtime_ns).encode())
+            kind = "sampled"
+    return {"path": str(path), "size": size, "mtime": st.st_mtime, "sha256": h.hexdigest(), "hash_kind": kind}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of chemozone, Python and the scientific packages it depends on (installed ones only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "chemozone", "numpy", "scipy", "scikit-image", "scikit-learn", "tifffile", "zarr", "dask",
+        "distributed", "pandas", "pyarrow", "pydantic", "statsmodels", "cellpose", "torch", "napari",
+    ]
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def new_provenance(config: Any, *, command: list[str] | None = None) -> dict[str, Any]:
+    """The skeleton of ``run.json``: resolved config, versions, start time; samples are added by the runner."""
+    cfg = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+    return {
+        "chemozone_run_version": 1,
+        "started": datetime.now(timezone.utc).isoformat(),
+        "command": command or [],
+        "config": cfg,
+        "versions": package_versions(),
+        "inputs": {},
+        "samples": {},
+        "status": "running",
+    }
+
+
+def read_run_json(root: str | os.PathLike) -> dict[str, Any]:
+    """Read ``run.json`` of a run folder.
+
+    Raises
+    ------
+    RunError
+        If the folder has no ``run.json`` (names the folder and says to run ``chemozone run`` first).
+    """
+    from .errors import RunError
+
+    path = RunLayout(root).run_json
+    if not path.is_file():
+        raise RunError(f"{root}: no run.json here; run 'chemozone run' (or 'chemozone demo') into this folder first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise RunError(f"{path}: run.json is not valid JSON; re-run with --resume to rewrite it") from None
+
+
+def make_tempdir(prefix: str = "chemozone-") -> Path:
+    """A fresh temporary directory (caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,79 @@
+"""Check a config and its inputs before any work: every problem is collected, none is fatal here.
+
+Used by ``chemozone validate`` and by ``chemozone run`` (which refuses to start on problems).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .errors import ChemozoneError
+
+__all__ = ["ValidationReport", "validate_inputs", "configured_channels"]
+
+
+@dataclass
+class ValidationReport:
+    """What validation found: one printable line per sample, and every problem (one line each)."""
+
+    samples: object = None  # pandas.DataFrame of samples (None if the sheet itself is broken)
+    rows: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    images: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def configured_channels(cfg: Config) -> list[str]:
+    """Every channel the config names (nuclear, tissue, quantified, gated, zones, membranes)."""
+    names: list[str] = [cfg.panel.nuclear_channel]
+    names += cfg.tissue.channels or []
+    names += cfg.quantification.channels or []
+    names += list(cfg.phenotypes.markers)
+    names += cfg.segmentation.membrane_channels
+    for z in cfg.zones:
+        names += z.channels
+    out: list[str] = []
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
+    """Validate the sample sheet and every image's channels and pixel size against ``cfg``.
+
+    Never raises for a problem with one image: it is added to ``problems`` (naming the file) and the
+    other images are still checked. A broken sample sheet is a single problem.
+    """
+    from .io import read_image_info, resolve_channels
+    from .samples import load_samples
+
+    rep = ValidationReport()
+    try:
+        samples = load_samples(input_path, cfg)
+    except ChemozoneError as exc:
+        rep.problems.append(str(exc))
+        return rep
+    rep.samples = samples
+    wanted = configured_channels(cfg)
+    for row in samples.itertuples(index=False):
+        try:
+            info = read_image_info(row.image, channels=cfg.panel.channels, pixel_size_um=cfg.panel.pixel_size_um)
+            resolve_channels(info["channels"], wanted, aliases=cfg.panel.aliases, source=row.image)
+        except ChemozoneError as exc:
+            rep.problems.append(f"sample '{row.sample_id}': {exc}")
+            rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
+            continue
+        rep.images[row.sample_id] = info
+        c, y, x = info["shape"]
+        rep.rows.append(
+            f"{row.sample_id}: {Path(row.image).name} [{info['format']}] {c}x{y}x{x} {info['dtype']}, "
+            f"{info['pixel_size_um']:.4g} µm/px, channels {info['channels']}, patient={row.patient}, "
+            f"radiation={row.radiation}, dose_gy={row.dose_gy}"
+        )
+    return rep

@@ -1,0 +1,1 @@
+"""napari plugin for chemozone (npe2). Holds no science: widgets call chemozone functions."""
