@@ -179,16 +179,19 @@ class QuantificationConfig(_Section):
 
 # ---------------------------------------------------------------------------------------- phenotypes
 class GateConfig(_Section):
-    """How a marker's positivity threshold is chosen."""
+    """How a marker's positivity threshold is chosen (a cell is positive when its value > threshold)."""
 
     method: Literal["manual", "gmm", "otsu", "valley", "pooled", "reference"] = "pooled"
     """manual: ``value``; gmm/otsu/valley: per sample; pooled: one gate for the cohort;
     reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``."""
     value: float | None = None
-    """Threshold on the transformed scale (method = manual)."""
+    """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
     pooled_method: Literal["gmm", "otsu", "valley"] = "gmm"
+    fallback: Literal["valley", "otsu"] = "valley"
+    """gmm only: threshold used when the values are not bimodal (recorded as a warning). valley: the
+    deepest density valley between the two main modes, or mode + 3 SD of the lower half when unimodal."""
     reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
-    """Sample-sheet query that selects reference samples, e.g. ``{dose_gy: 0}``."""
+    """Sample-sheet query that selects reference samples, e.g. ``{dose_gy: 0}`` (a list = any of)."""
     group_by: str | None = "patient"
     """Reference samples are taken from the same value of this column (None = whole cohort)."""
     quantile: float = Field(0.99, gt=0, lt=1)
@@ -206,7 +209,8 @@ class MarkerConfig(_Section):
     compartment: Literal["nucleus", "cytoplasm", "cell"] = "cell"
     transform: Literal["none", "arcsinh", "log1p"] = "arcsinh"
     cofactor: PositiveFloat | None = None
-    """arcsinh cofactor; None = the marker's 5th percentile of positive values (scale-free)."""
+    """Scale of the transform, in intensity units (arcsinh(x / c), log1p(max(x, 0) / c)). None = derived
+    from the data: the 5th percentile of the marker's positive values pooled over the gated cells (scale-free)."""
     gate: GateConfig = Field(default_factory=GateConfig)
 
 
@@ -239,7 +243,8 @@ class PhenotypesConfig(_Section):
     """Cell types that get receptor flags (None = every type except tumor/stroma/Other)."""
     default_cell_type: str = "Other"
     gates_file: Path | None = None
-    """YAML of reviewed gates ``{marker: {sample_id or '*': value}}`` that overrides computed gates."""
+    """YAML of reviewed gates ``{marker: {sample_id or '*': value}}`` (measured intensity units) that
+    overrides computed gates; write one with ``chemozone.phenotype.gates_to_file``."""
 
 
 # --------------------------------------------------------------------------------------------- zones
@@ -271,6 +276,10 @@ class ZoneConfig(_Section):
     channels: list[str] = Field(default_factory=list)
     """pixels: chemokine channel(s) combined into one module signal; tumor: the epithelial channel."""
     smooth_um: PositiveFloat = 10.0
+    """pixels/tumor: Gaussian sigma of the smoothing on the analysis grid, µm."""
+    background_quantile: float = Field(0.05, ge=0, lt=1)
+    """pixels/tumor: this quantile of the sample's smoothed tissue pixels is subtracted per channel as
+    background (0 = off)."""
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     min_area_um2: float = Field(200.0, ge=0)
     fill_holes: bool = True
@@ -404,6 +413,8 @@ def _describe(err: dict[str, Any]) -> str:
     ops = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in ops:
         bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         return f"must be {ops[kind]} {bound}, got {got!r}"
     if kind == "extra_forbidden":
         return "unknown key (check its spelling against configs/example.yaml)"

@@ -523,8 +523,12 @@ def write_ome_tiff(
     tile_px: int = 512,
     pyramid_levels: int = 0,
     compression: str | None = "zlib",
+    uuid: str | None = None,
 ) -> Path:
     """Write a (C, Y, X) array as a tiled (optionally pyramidal) OME-TIFF.
+
+    ``uuid`` fixes the OME ``UUID`` attribute (default: a random one from tifffile); pass a
+    deterministic value to get byte-identical files from identical inputs.
 
     ``data`` may be a numpy array, a dask array (written tile by tile without loading it whole), or
     an iterator factory is not supported: pass a dask array for images larger than memory.
@@ -544,6 +548,8 @@ def write_ome_tiff(
         "PhysicalSizeY": float(pixel_size_um),
         "PhysicalSizeYUnit": "µm",
     }
+    if uuid is not None:
+        metadata["UUID"] = f"urn:uuid:{uuid}"
     from .layout import atomic_path
 
     def tiles(arr):
@@ -647,12 +653,9 @@ def write_labels_zarr(
 
 
 def _compressor_kwargs() -> dict[str, Any]:
-    try:
-        from zarr.codecs import BloscCodec
+    from numcodecs import Blosc
 
-        return {"compressors": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")}
-    except Exception:  # noqa: BLE001 - zarr 2
-        return {}
+    return {"compressors": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)}
 
 
 def _open_ngff_root(store: Path):

@@ -1,0 +1,344 @@
+"""napari reader: images (one layer per channel), sample folders and run folders.
+
+Images (OME-TIFF, TIFF, ``.qptiff``, inForm component TIFF, OME-Zarr) are read through
+:func:`chemozone.io.read_image` and stay lazy (dask); a pyramid becomes a multiscale layer. Contrast limits
+come from a low-resolution level or a few sampled chunks, never from the whole image.
+
+A *sample folder* (``OUT/samples/<id>``) or a *run folder* (``OUT``, its first sample) opens the image of
+the sample, the label images and masks of ``masks.ome.zarr`` (each at its own stored scale) and the cells
+as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
+:mod:`chemozone_napari._review`).
+
+World coordinates are micrometres: pixel ``i`` of a raster with pixel size ``s`` covers
+``[i*s, (i+1)*s)``, so rasters get ``translate = s/2`` and points sit at ``(y_um, x_um)``. This matches the
+analysis-grid convention of the API (a cell falls in grid pixel ``y_um // grid_um``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._colors import ZONE_COLORS, category_colors, channel_colormap
+
+IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff", ".btf", ".ome.zarr", ".zarr")
+LABEL_NAMES = ("nuclei", "cells")
+CONTRAST_MAX_PX = 2**22  # pixels of a level small enough to take percentiles on directly
+CONTRAST_SAMPLE_CHUNKS = 9
+
+LayerData = tuple  # (data, kwargs, layer_type)
+
+
+# ------------------------------------------------------------------------------------------ detection
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader hook: a reader function for ``path``, or ``None`` when chemozone cannot read it."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            return None
+        readers = [napari_get_reader(p) for p in path]
+        if any(r is None for r in readers):
+            return None
+        return read_paths
+    kind = path_kind(path)
+    if kind is None:
+        return None
+    return read_paths
+
+
+def path_kind(path: str | Path) -> str | None:
+    """``"image"``, ``"sample"``, ``"run"`` or ``None`` (not something chemozone reads)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    name = p.name.lower()
+    if p.is_dir():
+        if (p / "run.json").is_file() or (p / "samples").is_dir():
+            return "run"
+        if (p / "cells.parquet").is_file() or (p / "masks.ome.zarr").is_dir():
+            return "sample"
+        if name.endswith(".zarr") or (p / ".zattrs").is_file() or (p / "zarr.json").is_file():
+            return "image" if _is_ome_zarr_image(p) else None
+        return None
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return None
+
+
+def _is_ome_zarr_image(p: Path) -> bool:
+    for meta in (p / ".zattrs", p / "zarr.json"):
+        if meta.is_file():
+            try:
+                attrs = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                return False
+            attrs = attrs.get("attributes", attrs)
+            attrs = attrs.get("ome", attrs)
+            return bool(attrs.get("multiscales"))
+    return False
+
+
+def read_paths(path: str | list[str]) -> list[LayerData] | None:
+    """Read one path or a list of paths into layer data tuples (``None`` if any cannot be read)."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    out: list[LayerData] = []
+    for p in paths:
+        kind = path_kind(p)
+        if kind is None:
+            return None
+        if kind == "image":
+            out += image_layers(p)
+        else:
+            sample_dir = sample_dir_of(p) if kind == "sample" else first_sample_dir(p)
+            out += sample_layers(sample_dir)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- images
+def contrast_limits(levels: list, channel: int) -> tuple[float, float]:
+    """Display range (0.5th and 99.8th percentiles) of one channel, from a cheap subset of pixels.
+
+    The smallest pyramid level is used whole when it has at most ``CONTRAST_MAX_PX`` pixels;
+    otherwise a few chunks spread over it are read (never the whole image).
+    """
+    lvl = min(levels, key=lambda a: a.shape[-1] * a.shape[-2])
+    arr = lvl[channel]
+    if arr.shape[0] * arr.shape[1] <= CONTRAST_MAX_PX:
+        vals = np.asarray(arr).ravel()
+    elif hasattr(arr, "blocks"):
+        ny, nx = arr.numblocks
+        k = int(np.ceil(np.sqrt(CONTRAST_SAMPLE_CHUNKS)))
+        iy = np.unique(np.linspace(0, ny - 1, k).round().astype(int))
+        ix = np.unique(np.linspace(0, nx - 1, k).round().astype(int))
+        import dask
+
+        blocks = dask.compute(*[arr.blocks[a, b] for a in iy for b in ix])
+        vals = np.concatenate([np.asarray(b).ravel() for b in blocks])
+    else:  # numpy, large
+        step = int(np.ceil(np.sqrt(arr.shape[0] * arr.shape[1] / CONTRAST_MAX_PX)))
+        vals = np.asarray(arr[::step, ::step]).ravel()
+    vals = vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals
+    if vals.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(vals, [0.5, 99.8]))
+    if hi <= lo:
+        hi = float(vals.max())
+        if hi <= lo:
+            hi = lo + 1.0
+    return (lo, hi)
+
+
+def image_layers(path: str | Path, *, channels=None, pixel_size_um=None, img=None,
+                 visible_channels: int | None = None) -> list[LayerData]:
+    """One Image layer per channel of an image file (lazy; multiscale when the file has levels).
+
+    Parameters
+    ----------
+    path : path
+        The image file or OME-Zarr folder.
+    channels, pixel_size_um : optional
+        Fallbacks from the config (``panel.channels`` / ``panel.pixel_size_um``) for files that store none.
+    img : ImageData, optional
+        An already opened image (``path`` is then only recorded in the metadata).
+    visible_channels : int, optional
+        Show only the first N channels (others are added hidden); all when None.
+    """
+    from chemozone.io import read_image
+
+    if img is None:
+        img = read_image(path, channels=channels, pixel_size_um=pixel_size_um)
+    levels = list(img.levels) if img.levels else [img.data]
+    multiscale = len(levels) > 1
+    px = float(img.pixel_size_um)
+    out: list[LayerData] = []
+    others = 0
+    for c, name in enumerate(img.channels):
+        cmap = channel_colormap(name, others)
+        if cmap != "blue":
+            others += 1
+        data = [lvl[c] for lvl in levels] if multiscale else levels[0][c]
+        meta = {"chemozone": {"kind": "image", "path": str(img.path), "channel": name, "channel_index": c,
+                              "channels": list(img.channels), "pixel_size_um": px, "format": img.format}}
+        kwargs = dict(
+            name=str(name), colormap=cmap, blending="additive", contrast_limits=contrast_limits(levels, c),
+            scale=(px, px), translate=(px / 2, px / 2), multiscale=multiscale, metadata=meta,
+            visible=visible_channels is None or c < visible_channels,
+        )
+        out.append((data, kwargs, "image"))
+    return out
+
+
+# -------------------------------------------------------------------------------------- run folders
+def sample_dir_of(path: str | Path) -> Path:
+    return Path(path)
+
+
+def first_sample_dir(run_dir: str | Path) -> Path:
+    """The first sample folder of a run (sorted by id)."""
+    from chemozone.layout import RunLayout
+
+    lay = RunLayout(run_dir)
+    ids = lay.sample_ids()
+    if not ids:
+        from chemozone.errors import RunError
+
+        raise RunError(f"{run_dir}: the run folder has no samples/ yet; run 'chemozone run' first")
+    return lay.sample_dir(ids[0])
+
+
+def run_dir_of(sample_dir: Path) -> Path | None:
+    """The run folder that holds ``sample_dir`` (``OUT`` of ``OUT/samples/<id>``), if it looks like one."""
+    sample_dir = Path(sample_dir)
+    if sample_dir.parent.name == "samples":
+        return sample_dir.parent.parent
+    return None
+
+
+def _run_json(run_dir: Path | None) -> dict[str, Any]:
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return {}
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_config(run_dir: Path | None):
+    """The resolved config stored in ``run.json`` (a :class:`chemozone.config.Config`), or defaults."""
+    from chemozone.config import Config, config_from_dict
+
+    cfg = _run_json(run_dir).get("config")
+    if not isinstance(cfg, dict):
+        return Config()
+    try:
+        return config_from_dict(cfg, source=f"{run_dir}/run.json config")
+    except Exception:  # noqa: BLE001 - an older run.json with keys this version lacks: display still works
+        return Config()
+
+
+def sample_image_path(sample_dir: Path, sample_id: str | None = None) -> Path | None:
+    """Image of a sample: ``image`` column of ``OUT/samples.parquet``, else ``run.json`` inputs/samples."""
+    sample_dir = Path(sample_dir)
+    sample_id = sample_id or sample_dir.name
+    run_dir = run_dir_of(sample_dir)
+    candidates: list[str] = []
+    if run_dir is not None and (run_dir / "samples.parquet").is_file():
+        import pandas as pd
+
+        df = pd.read_parquet(run_dir / "samples.parquet")
+        if "sample_id" in df.columns and "image" in df.columns:
+            hit = df.loc[df["sample_id"].astype(str) == sample_id, "image"]
+            candidates += [str(v) for v in hit if isinstance(v, str)]
+    rj = _run_json(run_dir)
+    for section in ("samples", "inputs"):
+        block = rj.get(section)
+        if isinstance(block, dict):
+            entry = block.get(sample_id)
+            if isinstance(entry, dict):
+                candidates += [str(entry[k]) for k in ("image", "path") if isinstance(entry.get(k), str)]
+            elif isinstance(entry, str):
+                candidates.append(entry)
+            for key, val in block.items():  # inputs keyed by path, values naming the sample
+                if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
+                    candidates += [str(val[k]) for k in ("image", "path") if isinstance(val.get(k), str)]
+                    if Path(str(key)).suffix or str(key).endswith(".zarr"):
+                        candidates.append(str(key))
+        elif isinstance(block, list):
+            for val in block:
+                if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
+                    candidates += [str(val[k]) for k in ("image", "path") if isinstance(val.get(k), str)]
+    for c in candidates:
+        p = Path(c)
+        if not p.is_absolute() and run_dir is not None:
+            p = run_dir / p
+        if p.exists():
+            return p
+    return None
+
+
+def load_cells(sample_dir: Path):
+    """``cells.parquet`` of a sample with the reviewed phenotypes merged in (or None when absent)."""
+    from ._review import merge_reviewed
+
+    path = Path(sample_dir) / "cells.parquet"
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    return merge_reviewed(pd.read_parquet(path), sample_dir)
+
+
+def display_category(cells) -> str | None:
+    """Column the points are coloured by: reviewed phenotype, phenotype, cell type (first present)."""
+    for col in ("phenotype_display", "phenotype", "cell_type"):
+        if col in cells.columns:
+            return col
+    return None
+
+
+def cell_point_size_um(cells) -> float:
+    if "area_um2" in cells.columns and len(cells):
+        med = float(np.nanmedian(cells["area_um2"].to_numpy(dtype=float)))
+        if np.isfinite(med) and med > 0:
+            return float(np.clip(1.2 * np.sqrt(med / np.pi), 2.0, 30.0))
+    return 6.0
+
+
+def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None = None,
+                name: str = "cells") -> LayerData:
+    """Points layer data of a cells table (``features`` = the table; coloured by phenotype)."""
+    coords = cells[["y_um", "x_um"]].to_numpy(dtype=float) if len(cells) else np.zeros((0, 2))
+    col = display_category(cells)
+    colors = category_colors(cells[col].to_numpy()) if col is not None else np.tile([1.0, 1.0, 1.0, 1.0], (len(cells), 1))
+    meta = {"chemozone": {"kind": "cells", "sample_dir": str(sample_dir) if sample_dir else None,
+                          "sample_id": sample_id, "color_by": col}}
+    kwargs = dict(name=name, features=cells.reset_index(drop=True), face_color=colors, border_width=0,
+                  size=cell_point_size_um(cells), metadata=meta, opacity=0.9)
+    return (coords, kwargs, "points")
+
+
+def sample_layers(sample_dir: str | Path) -> list[LayerData]:
+    """Layers of one sample folder: image channels, labels, masks and cells."""
+    from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_zarr
+
+    sample_dir = Path(sample_dir)
+    sample_id = sample_dir.name
+    run_dir = run_dir_of(sample_dir)
+    cfg = run_config(run_dir)
+    out: list[LayerData] = []
+    common = {"sample_dir": str(sample_dir), "sample_id": sample_id, "run_dir": str(run_dir) if run_dir else None}
+    img_path = sample_image_path(sample_dir, sample_id)
+    px = None
+    if img_path is not None:
+        layers = image_layers(img_path, channels=cfg.panel.channels, pixel_size_um=cfg.panel.pixel_size_um,
+                              visible_channels=4)
+        for _, kw, _ in layers:
+            kw["metadata"]["chemozone"].update(common)
+            px = kw["metadata"]["chemozone"]["pixel_size_um"]
+        out += layers
+    store = sample_dir / "masks.ome.zarr"
+    names = list_labels_zarr(store) if store.is_dir() else []
+    zone_i = 0
+    for name in sorted(names, key=lambda n: (n not in LABEL_NAMES, n != "tissue", n)):
+        s = labels_pixel_size_um(store, name) or px or 1.0
+        arr = read_labels_zarr(store, name, lazy=True)
+        meta = {"chemozone": {"kind": "labels" if name in LABEL_NAMES else "mask", "label": name,
+                              "pixel_size_um": s, **common}}
+        kw: dict[str, Any] = dict(name=name, scale=(s, s), translate=(s / 2, s / 2), metadata=meta)
+        if name in LABEL_NAMES:
+            kw.update(opacity=0.5, visible=(name == "cells"))
+        elif name == "tissue":
+            kw.update(opacity=0.2, colormap={1: "white", None: "transparent"})
+        else:
+            color = ZONE_COLORS[zone_i % len(ZONE_COLORS)]
+            zone_i += 1
+            kw.update(opacity=0.35, colormap={1: color, None: "transparent"}, visible=zone_i <= 2)
+        out.append((arr, kw, "labels"))
+    cells = load_cells(sample_dir)
+    if cells is not None and {"x_um", "y_um"} <= set(cells.columns):
+        data, kw, kind = cells_layer(cells, sample_dir=sample_dir, sample_id=sample_id)
+        kw["metadata"]["chemozone"].update(common)
+        out.append((data, kw, kind))
+    return out

@@ -1,0 +1,188 @@
+"""File plumbing of the review widgets (no Qt here, so it is testable without a display).
+
+- Reviewed phenotypes: ``samples/<id>/reviewed.parquet`` (``cell_id, phenotype_reviewed``), a sidecar that
+  ``chemozone run`` does not write, so hand corrections survive re-runs; merged into the cells table as
+  ``phenotype_reviewed`` and ``phenotype_display`` (reviewed when set, else ``phenotype``).
+- Reviewed gates: the YAML of :func:`chemozone.config.save_gates_file` that ``phenotypes.gates_file`` replays.
+- Reviewed zones: threshold (absolute) and smoothing of one zone written into the experiment config YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REVIEWED_FILE = "reviewed.parquet"
+
+
+# ---------------------------------------------------------------------------------- reviewed phenotypes
+def load_reviewed(sample_dir: str | Path):
+    """The hand corrections of a sample: DataFrame ``cell_id, phenotype_reviewed`` (empty when none)."""
+    import pandas as pd
+
+    path = Path(sample_dir) / REVIEWED_FILE
+    if not path.is_file():
+        return pd.DataFrame({"cell_id": pd.Series(dtype="uint32"), "phenotype_reviewed": pd.Series(dtype="object")})
+    return pd.read_parquet(path)
+
+
+def save_reviewed(sample_dir: str | Path, cell_ids, phenotypes) -> Path:
+    """Record hand-corrected phenotypes of cells (merged with earlier corrections; the latest wins).
+
+    Parameters
+    ----------
+    sample_dir : path
+        ``OUT/samples/<id>``.
+    cell_ids : sequence of int
+    phenotypes : sequence of str or None
+        The corrected phenotype per cell; ``None`` or ``""`` removes the correction of that cell.
+    """
+    import pandas as pd
+
+    from chemozone.layout import write_parquet
+
+    new = pd.DataFrame({"cell_id": np.asarray(cell_ids, dtype=np.uint32),
+                        "phenotype_reviewed": pd.Series(list(phenotypes), dtype="object")})
+    old = load_reviewed(sample_dir)
+    both = pd.concat([old[~old["cell_id"].isin(new["cell_id"])], new], ignore_index=True)
+    keep = both["phenotype_reviewed"].notna() & (both["phenotype_reviewed"].astype(str) != "")
+    both = both[keep].sort_values("cell_id").reset_index(drop=True)
+    both["cell_id"] = both["cell_id"].astype(np.uint32)
+    both["phenotype_reviewed"] = both["phenotype_reviewed"].astype(str)
+    return write_parquet(both, Path(sample_dir) / REVIEWED_FILE)
+
+
+def merge_reviewed(cells, sample_dir: str | Path | None):
+    """``cells`` plus ``phenotype_reviewed`` (None where not reviewed) and ``phenotype_display``."""
+    import pandas as pd
+
+    out = cells.copy()
+    out = out.drop(columns=[c for c in ("phenotype_reviewed", "phenotype_display") if c in out.columns])
+    rev = load_reviewed(sample_dir) if sample_dir is not None else None
+    if rev is not None and len(rev) and "cell_id" in out.columns:
+        mapping = dict(zip(rev["cell_id"].astype(np.int64), rev["phenotype_reviewed"].astype(str)))
+        out["phenotype_reviewed"] = pd.Series(out["cell_id"].astype(np.int64).map(mapping), index=out.index,
+                                              dtype="object")
+    else:
+        out["phenotype_reviewed"] = pd.Series([None] * len(out), index=out.index, dtype="object")
+    base = next((c for c in ("phenotype", "cell_type") if c in out.columns), None)
+    if base is not None:
+        out["phenotype_display"] = out["phenotype_reviewed"].where(out["phenotype_reviewed"].notna(),
+                                                                   out[base].astype(str))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- gates
+def update_gates_file(path: str | Path, marker: str, threshold: float, *, sample_id: str | None = None) -> Path:
+    """Set one reviewed gate in a gates YAML (created if missing; other entries kept).
+
+    ``sample_id=None`` writes the cohort-wide entry ``'*'``.
+    """
+    from chemozone.config import load_gates_file, save_gates_file
+
+    path = Path(path)
+    gates = load_gates_file(path) if path.is_file() else {}
+    gates.setdefault(marker, {})[sample_id or "*"] = float(threshold)
+    return save_gates_file(gates, path)
+
+
+def marker_names(cells, cfg=None) -> list[str]:
+    """Gated markers: the config's ``phenotypes.markers``, else markers with a ``{marker}_pos`` column."""
+    if cfg is not None and cfg.phenotypes.markers:
+        return [m for m in cfg.phenotypes.markers
+                if any(c.startswith(f"{m}_") for c in cells.columns)]
+    return sorted(c[:-4] for c in cells.columns if c.endswith("_pos"))
+
+
+def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | None = None) -> dict[str, Any]:
+    """What the gate review needs for one marker: transformed values and the gate in use.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        One sample's cells (``{marker}_{compartment}`` columns).
+    cfg : chemozone.config.Config, optional
+        The run's config (marker compartment, transform, cofactor).
+    gates : DataFrame, optional
+        ``OUT/gates.parquet`` (``sample_id, marker, threshold, transform, cofactor``).
+
+    Returns
+    -------
+    dict
+        ``column``, ``values`` (transformed, float64 (N,)), ``threshold`` (on the transformed scale),
+        ``transform``, ``cofactor``.
+    """
+    from chemozone.config import MarkerConfig
+    from chemozone.errors import ConfigError
+
+    mcfg = (cfg.phenotypes.markers.get(marker) if cfg is not None else None) or MarkerConfig()
+    column = f"{marker}_{mcfg.compartment}"
+    if column not in cells.columns:
+        cands = [c for c in cells.columns if c.startswith(f"{marker}_") and c != f"{marker}_pos"]
+        if not cands:
+            raise ConfigError(f"marker '{marker}': no '{column}' column in the cells table; quantify it first")
+        column = cands[0]
+    row = None
+    if gates is not None and len(gates):
+        sel = gates[(gates["marker"] == marker)]
+        if sample_id is not None and "sample_id" in sel.columns:
+            sel = sel[sel["sample_id"].astype(str) == str(sample_id)]
+        row = sel.iloc[0] if len(sel) else None
+    cofactor = mcfg.cofactor
+    if row is not None and "cofactor" in row.index and row["cofactor"] is not None and np.isfinite(row["cofactor"]):
+        cofactor = float(row["cofactor"])
+    if row is not None and "transform" in row.index and isinstance(row["transform"], str):
+        mcfg = mcfg.model_copy(update={"transform": row["transform"]})
+    raw = cells[column].to_numpy(dtype=float)
+    if mcfg.transform == "arcsinh" and cofactor is None:
+        pos = raw[raw > 0]
+        cofactor = float(np.percentile(pos, 5)) if pos.size else 1.0
+    from chemozone.phenotype import transform_values
+
+    values = np.asarray(transform_values(raw, marker_config=mcfg, cofactor=cofactor), dtype=float)
+    if row is not None and np.isfinite(row["threshold"]):
+        thr = float(row["threshold"])
+    elif f"{marker}_pos" in cells.columns and cells[f"{marker}_pos"].any() and (~cells[f"{marker}_pos"]).any():
+        pos_mask = cells[f"{marker}_pos"].to_numpy(dtype=bool)
+        thr = float((values[~pos_mask].max() + values[pos_mask].min()) / 2)
+    else:
+        thr = float(np.nanmedian(values)) if values.size else 0.0
+    return {"column": column, "values": values, "threshold": thr, "transform": mcfg.transform, "cofactor": cofactor}
+
+
+# ---------------------------------------------------------------------------------------------- zones
+def update_zone_config(config_path: str | Path, zone: str, *, threshold: float | None = None,
+                       smooth_um: float | None = None) -> Path:
+    """Write a reviewed zone threshold (``threshold: {mode: absolute, value}``) and smoothing into a config YAML.
+
+    Other keys and zones are kept; the result is validated before it replaces the file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not a config, or has no zone of that name (lists the zones).
+    """
+    import yaml
+
+    from chemozone.config import config_from_dict
+    from chemozone.errors import ConfigError
+    from chemozone.layout import atomic_write_text
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; choose the experiment config to save the zone into")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    zones = data.get("zones") if isinstance(data, dict) else None
+    names = [z.get("name") for z in zones or [] if isinstance(z, dict)]
+    if zone not in names:
+        raise ConfigError(f"{path}: zones has no zone named '{zone}' (zones: {names}); add it to the config first")
+    entry = zones[names.index(zone)]
+    if smooth_um is not None:
+        entry["smooth_um"] = float(smooth_um)
+    if threshold is not None:
+        entry["threshold"] = {"mode": "absolute", "value": float(threshold)}
+    config_from_dict(data, source=str(path), base_dir=path.parent)  # validate before writing
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path

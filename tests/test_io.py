@@ -1,0 +1,173 @@
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+from chemozone.errors import ChannelError, ImageError
+from chemozone.io import (
+    list_labels_zarr,
+    labels_pixel_size_um,
+    normalize_channel_name,
+    read_image,
+    read_labels_zarr,
+    resolve_channels,
+    write_labels_zarr,
+    write_ome_tiff,
+)
+
+
+def _img(c=3, y=300, x=200, seed=0):
+    return np.random.default_rng(seed).integers(0, 60000, size=(c, y, x), dtype=np.uint16)
+
+
+def test_ome_tiff_round_trip_lazy(tmp_path):
+    arr = _img()
+    p = write_ome_tiff(tmp_path / "a.ome.tif", arr, channels=["DAPI", "CD3", "CD8"], pixel_size_um=0.5, tile_px=128)
+    img = read_image(p)
+    assert img.format == "ome-tiff"
+    assert img.channels == ["DAPI", "CD3", "CD8"]
+    assert img.pixel_size_um == pytest.approx(0.5)
+    assert isinstance(img.data, da.Array) and img.data.dtype == np.uint16
+    np.testing.assert_array_equal(img.data.compute(), arr)
+    np.testing.assert_array_equal(img.data[1, 100:140, 50:90].compute(), arr[1, 100:140, 50:90])
+    # the graph pickles (for Dask workers in other processes) and reads after unpickling
+    again = pickle.loads(pickle.dumps(img.data))
+    np.testing.assert_array_equal(again[2, :10, :10].compute(), arr[2, :10, :10])
+
+
+def test_pyramidal_tiled_bigtiff_reads_full_resolution_lazily(tmp_path):
+    arr = _img(2, 512, 384)
+    p = write_ome_tiff(tmp_path / "p.ome.tif", da.from_array(arr, chunks=(1, 256, 256)), channels=["DAPI", "panCK"],
+                       pixel_size_um=0.25, tile_px=128, pyramid_levels=2)
+    img = read_image(p)
+    assert len(img.levels) == 3
+    assert img.levels[1].shape == (2, 256, 192) and img.levels[2].shape == (2, 128, 96)
+    assert img.data.chunks[1][0] % 128 == 0  # chunks aligned to the file's tiles
+    np.testing.assert_array_equal(img.data.compute(), arr)
+    # BigTIFF variant via tifffile directly
+    tifffile.imwrite(tmp_path / "b.ome.tif", arr, bigtiff=True, tile=(128, 128), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["A", "B"]}, "PhysicalSizeX": 0.3})
+    big = read_image(tmp_path / "b.ome.tif")
+    assert big.channels == ["A", "B"] and big.pixel_size_um == pytest.approx(0.3)
+    np.testing.assert_array_equal(big.data.compute(), arr)
+
+
+def test_plain_multipage_tiff_takes_names_from_panel(tmp_path):
+    arr = _img(4, 64, 64)
+    tifffile.imwrite(tmp_path / "plain.tif", arr, photometric="minisblack")
+    with pytest.raises(ImageError, match="stores no pixel size; set panel.pixel_size_um"):
+        read_image(tmp_path / "plain.tif")
+    img = read_image(tmp_path / "plain.tif", channels=list("ABCD"), pixel_size_um=0.65)
+    assert img.channels == list("ABCD") and img.pixel_size_um == 0.65
+    np.testing.assert_array_equal(img.data.compute(), arr)
+    with pytest.raises(ImageError, match="panel.channels lists 2 names for 4 channels"):
+        read_image(tmp_path / "plain.tif", channels=["A", "B"], pixel_size_um=0.65)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(ImageError, match="image file not found"):
+        read_image(tmp_path / "nope.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"this is not a tiff")
+    with pytest.raises(ImageError, match="bad.tif: not a readable TIFF"):
+        read_image(bad)
+    other = tmp_path / "x.png"
+    other.write_bytes(b"")
+    with pytest.raises(ImageError, match="unsupported image type"):
+        read_image(other)
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(ImageError, match="not a readable OME-Zarr|no 'multiscales'"):
+        read_image(tmp_path / "empty.zarr")
+
+
+def test_ome_zarr_image_round_trip(tmp_path):
+    import zarr
+
+    arr = _img(3, 80, 60)
+    root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", data=arr, chunks=(1, 40, 40))
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.4, 0.4]}]}],
+    }]
+    root.attrs["omero"] = {"channels": [{"label": "DAPI"}, {"label": "CD3"}, {"label": "CXCL8"}]}
+    img = read_image(tmp_path / "img.ome.zarr")
+    assert img.format == "ome-zarr" and img.channels == ["DAPI", "CD3", "CXCL8"]
+    assert img.pixel_size_um == pytest.approx(0.4)
+    np.testing.assert_array_equal(img.data.compute(), arr)
+
+
+def test_labels_zarr_round_trip_chunked(tmp_path):
+    lab = np.arange(300 * 200, dtype=np.uint32).reshape(300, 200) % 5000
+    store = tmp_path / "masks.ome.zarr"
+    write_labels_zarr(store, "cells", da.from_array(lab, chunks=(128, 128)), pixel_size_um=0.5, chunk_px=128)
+    write_labels_zarr(store, "tissue", lab > 10, pixel_size_um=2.0)
+    assert list_labels_zarr(store) == ["cells", "tissue"]
+    out = read_labels_zarr(store, "cells")
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, lab)
+    assert read_labels_zarr(store, "tissue").dtype == np.uint8
+    assert labels_pixel_size_um(store, "tissue") == 2.0
+    # overwrite keeps other labels, replaces atomically
+    write_labels_zarr(store, "cells", np.zeros((10, 10), np.uint32), pixel_size_um=0.5)
+    assert read_labels_zarr(store, "cells").shape == (10, 10)
+    assert list_labels_zarr(store) == ["cells", "tissue"]
+    with pytest.raises(ImageError, match=r"no label image 'zones' \(present: \['cells', 'tissue'\]\)"):
+        read_labels_zarr(store, "zones")
+    # readable by the ome-zarr reference implementation
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = [n for n in Reader(parse_url(str(store / "labels" / "tissue"), fmt=FormatV04()))() if n.data]
+    assert nodes and nodes[0].data[0].shape == (300, 200)
+
+
+@pytest.mark.parametrize("name, spelled", [("CD8", "cd-8"), ("CD8", "CD8 (Opal 520)"), ("panCK", "PanCK"), ("p21", "P21")])
+def test_channel_spellings_match(name, spelled):
+    assert normalize_channel_name(name) == normalize_channel_name(spelled)
+    assert resolve_channels(["DAPI", spelled], [name]) == [1]
+
+
+def test_channel_aliases_and_missing_channel_lists_image_channels():
+    assert resolve_channels(["DAPI", "CD8a"], ["CD8"], aliases={"CD8": ["CD8a"]}) == [1]
+    assert resolve_channels(["DAPI", "CD8"], ["CD8a"], aliases={"CD8": ["CD8a"]}) == [1]
+    with pytest.raises(ChannelError, match=r"img.tif: channel 'CXCL8' not found; the image has channels \['DAPI', 'CD3'\]"):
+        resolve_channels(["DAPI", "CD3"], ["CXCL8"], source="img.tif")
+
+
+def test_real_qptiff(shared_data):
+    img = read_image(shared_data / "qptiff_vectra" / "small_vectra.qptiff")
+    assert img.format == "qptiff"
+    assert img.channels == ["DAPI", "FITC", "Cy3"]
+    assert img.data.shape == (3, 1440, 1920)
+    assert img.pixel_size_um == pytest.approx(0.497, abs=0.002)
+    plane = img.data[0, :256, :256].compute()
+    with tifffile.TiffFile(shared_data / "qptiff_vectra" / "small_vectra.qptiff") as tif:
+        np.testing.assert_array_equal(plane, tif.pages[0].asarray()[:256, :256])
+
+
+def test_real_inform_component_tiff(shared_data):
+    p = shared_data / "vectra_phenoptr" / "FIHC4__0929309_HP_IM3_2_component_data.tif"
+    img = read_image(p)
+    assert img.format == "inform-tiff"
+    assert img.channels == ["Alexa 594", "Cy3", "Cy5", "DAPI", "FITC"]
+    assert img.data.dtype == np.float32 and img.data.shape[0] == 5
+    assert img.pixel_size_um == pytest.approx(0.497, abs=0.002)
+    with tifffile.TiffFile(p) as tif:
+        np.testing.assert_array_equal(img.data[3].compute(), tif.pages[3].asarray())
+
+
+def test_real_lymphoid_names_from_config(shared_data):
+    from chemozone.config import config_from_dict
+
+    cfg = config_from_dict({"panel": {"channels": ["DAPI", "CD4", "CD8", "FOXP3", "BCL6"], "pixel_size_um": 0.5}})
+    img = read_image(shared_data / "lymphoid_5ch" / "input.tiff", channels=cfg.panel.channels,
+                     pixel_size_um=cfg.panel.pixel_size_um)
+    assert img.channels == ["DAPI", "CD4", "CD8", "FOXP3", "BCL6"]
+    assert img.data.shape == (5, 500, 500) and img.data.dtype == np.uint16
+    assert img.channel("FOXP3").shape == (500, 500)
