@@ -120,7 +120,7 @@ def cli_view(args: argparse.Namespace) -> int:
 
         raise ImageError(f"{args.path}: path not found")
     viewer = napari.Viewer()
-    viewer.open(str(args.path), plugin="chemozone-napari")
+    viewer.open(str(args.path), plugin="chemozone")
     napari.run()
     return EXIT_OK
 

@@ -26,8 +26,8 @@ Definitions (documented contract)
   in which case ``nucleus`` and ``cytoplasm`` columns are NaN as well).
 - Morphology (``morphology=True``): ``eccentricity``, ``major_axis_length_um`` and ``minor_axis_length_um``
   from the second central moments of the pixel centres (as ``skimage.measure.regionprops``), and
-  ``solidity`` = pixel area / area of the convex hull of the cell's pixel squares (continuous polygon area,
-  so a filled rectangle has solidity exactly 1).
+  ``solidity`` = pixel area / number of pixel centres inside (or on) the convex hull of the cell's pixel
+  centres, so every digitally convex cell (a filled rectangle, a digitised disk) has solidity exactly 1.
 """
 
 from __future__ import annotations
@@ -294,14 +294,43 @@ def _row_runs(lab: np.ndarray, y0: int, x0: int) -> np.ndarray:
     return np.stack([lv[keep], r[keep] + y0, c0[keep] + x0, c1[keep] + x0], axis=1).astype(np.int64)
 
 
-def _solidity(labels_sorted: np.ndarray, runs: np.ndarray, areas_px: np.ndarray) -> np.ndarray:
-    """Pixel area / convex-hull area of the pixel squares, per label (NaN when absent)."""
-    from scipy.spatial import ConvexHull
+def _hull_lattice_count(xs: np.ndarray, ys: np.ndarray) -> float:
+    """Number of integer points (pixel centres) inside or on the convex hull of integer points."""
+    from math import gcd
 
+    from scipy.spatial import ConvexHull
+    from scipy.spatial import QhullError
+
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # collinear points: count the lattice points on the segment
+        i0 = np.lexsort((ys, xs))
+        a, b = i0[0], i0[-1]
+        return float(gcd(int(abs(xs[b] - xs[a])), int(abs(ys[b] - ys[a]))) + 1)
+    v = pts[hull.vertices]
+    p, q = v, np.roll(v, -1, axis=0)
+    rows = np.arange(int(ys.min()), int(ys.max()) + 1, dtype=np.float64)[:, None]
+    ylo, yhi = np.minimum(p[:, 1], q[:, 1]), np.maximum(p[:, 1], q[:, 1])
+    inside = (rows >= ylo) & (rows <= yhi)
+    dy = q[:, 1] - p[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(dy != 0, (rows - p[:, 1]) / dy, 0.0)
+    x = p[:, 0] + t * (q[:, 0] - p[:, 0])
+    # horizontal edges contribute both end points
+    xa = np.where(inside, np.where(dy != 0, x, np.minimum(p[:, 0], q[:, 0])), np.inf)
+    xb = np.where(inside, np.where(dy != 0, x, np.maximum(p[:, 0], q[:, 0])), -np.inf)
+    lo = np.ceil(xa.min(1) - 1e-9)
+    hi = np.floor(xb.max(1) + 1e-9)
+    return float(np.maximum(hi - lo + 1, 0).sum())
+
+
+def _solidity(labels_sorted: np.ndarray, runs: np.ndarray, areas_px: np.ndarray) -> np.ndarray:
+    """Pixel area / pixel centres inside the convex hull of the pixel centres, per label (NaN when absent)."""
     out = np.full(labels_sorted.size, np.nan)
     if runs.size == 0:
         return out
-    # merge runs per (label, row): first col = min, last col = max
+    # merge runs per (label, row): first col = min, last col = max (only row extremes shape the hull)
     order = np.lexsort((runs[:, 1], runs[:, 0]))
     r = runs[order]
     key_change = np.r_[True, (r[1:, 0] != r[:-1, 0]) | (r[1:, 1] != r[:-1, 1])]
@@ -309,21 +338,14 @@ def _solidity(labels_sorted: np.ndarray, runs: np.ndarray, areas_px: np.ndarray)
     lab = r[st, 0]
     row = r[st, 1]
     c0 = np.minimum.reduceat(r[:, 2], st)
-    c1 = np.maximum.reduceat(r[:, 3], st) + 1
+    c1 = np.maximum.reduceat(r[:, 3], st)
     lab_start = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
     lab_end = np.r_[lab_start[1:], lab.size]
     pos = np.searchsorted(labels_sorted, lab[lab_start])
     for p, a, b in zip(pos, lab_start, lab_end):
-        rr = row[a:b].astype(np.float64)
-        pts = np.concatenate([
-            np.stack([c0[a:b], rr], 1), np.stack([c0[a:b], rr + 1], 1),
-            np.stack([c1[a:b], rr], 1), np.stack([c1[a:b], rr + 1], 1),
-        ]).astype(np.float64)
-        try:
-            hull_area = ConvexHull(pts).volume
-        except Exception:  # pragma: no cover - qhull never fails on pixel squares; be safe
-            hull_area = np.nan
-        out[p] = areas_px[p] / hull_area
+        xs = np.concatenate([c0[a:b], c1[a:b]])
+        ys = np.concatenate([row[a:b], row[a:b]])
+        out[p] = areas_px[p] / _hull_lattice_count(xs, ys)
     return out
 
 

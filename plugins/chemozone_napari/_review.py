@@ -96,8 +96,13 @@ def marker_names(cells, cfg=None) -> list[str]:
     return sorted(c[:-4] for c in cells.columns if c.endswith("_pos"))
 
 
-def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | None = None) -> dict[str, Any]:
-    """What the gate review needs for one marker: transformed values and the gate in use.
+def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | None = None,
+                 gates_file: str | Path | None = None) -> dict[str, Any]:
+    """What the gate review needs for one marker: measured and transformed values and the gate in use.
+
+    Gates are shown on the transformed scale (like :func:`chemozone.phenotype.plot_gates`) but kept and saved
+    in measured intensity units (``threshold_raw``), as :func:`chemozone.phenotype.apply_gates` applies them,
+    so a saved gate replays exactly whatever cofactor a later run derives.
 
     Parameters
     ----------
@@ -106,50 +111,57 @@ def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | N
     cfg : chemozone.config.Config, optional
         The run's config (marker compartment, transform, cofactor).
     gates : DataFrame, optional
-        ``OUT/gates.parquet`` (``sample_id, marker, threshold, transform, cofactor``).
+        ``OUT/gates.parquet`` (``sample_id, marker, threshold_raw, transform, cofactor``).
+    gates_file : path, optional
+        A reviewed-gates YAML whose entry for this marker (sample or ``'*'``) wins over ``gates``.
 
     Returns
     -------
     dict
-        ``column``, ``values`` (transformed, float64 (N,)), ``threshold`` (on the transformed scale),
-        ``transform``, ``cofactor``.
+        ``column``, ``raw`` (measured, float64 (N,)), ``values`` (transformed, (N,)), ``threshold``
+        (transformed scale), ``transform``, ``cofactor``.
     """
-    from chemozone.config import MarkerConfig
-    from chemozone.errors import ConfigError
+    from chemozone.config import MarkerConfig, load_gates_file
+    from chemozone.phenotype import default_cofactor, marker_column, transform_values
 
     mcfg = (cfg.phenotypes.markers.get(marker) if cfg is not None else None) or MarkerConfig()
-    column = f"{marker}_{mcfg.compartment}"
-    if column not in cells.columns:
-        cands = [c for c in cells.columns if c.startswith(f"{marker}_") and c != f"{marker}_pos"]
-        if not cands:
-            raise ConfigError(f"marker '{marker}': no '{column}' column in the cells table; quantify it first")
-        column = cands[0]
+    column = marker_column(cells, marker, mcfg.compartment)
     row = None
     if gates is not None and len(gates):
-        sel = gates[(gates["marker"] == marker)]
+        sel = gates[gates["marker"] == marker]
         if sample_id is not None and "sample_id" in sel.columns:
-            sel = sel[sel["sample_id"].astype(str) == str(sample_id)]
+            mine = sel[sel["sample_id"].astype(str) == str(sample_id)]
+            sel = mine if len(mine) else sel[sel["sample_id"].astype(str) == "*"]
         row = sel.iloc[0] if len(sel) else None
+    raw = cells[column].to_numpy(dtype=float)
     cofactor = mcfg.cofactor
     if row is not None and "cofactor" in row.index and row["cofactor"] is not None and np.isfinite(row["cofactor"]):
-        cofactor = float(row["cofactor"])
-    if row is not None and "transform" in row.index and isinstance(row["transform"], str):
-        mcfg = mcfg.model_copy(update={"transform": row["transform"]})
-    raw = cells[column].to_numpy(dtype=float)
-    if mcfg.transform == "arcsinh" and cofactor is None:
-        pos = raw[raw > 0]
-        cofactor = float(np.percentile(pos, 5)) if pos.size else 1.0
-    from chemozone.phenotype import transform_values
-
+        cofactor = float(row["cofactor"])  # the run's cohort-wide cofactor
+    if cofactor is None:
+        cofactor = default_cofactor(raw)
     values = np.asarray(transform_values(raw, marker_config=mcfg, cofactor=cofactor), dtype=float)
-    if row is not None and np.isfinite(row["threshold"]):
-        thr = float(row["threshold"])
-    elif f"{marker}_pos" in cells.columns and cells[f"{marker}_pos"].any() and (~cells[f"{marker}_pos"]).any():
-        pos_mask = cells[f"{marker}_pos"].to_numpy(dtype=bool)
-        thr = float((values[~pos_mask].max() + values[pos_mask].min()) / 2)
+    thr_raw = None
+    if gates_file is not None and Path(gates_file).is_file():
+        per = load_gates_file(gates_file).get(marker, {})
+        thr_raw = per.get(str(sample_id), per.get("*")) if per else None
+    if thr_raw is None and row is not None and np.isfinite(row.get("threshold_raw", np.nan)):
+        thr_raw = float(row["threshold_raw"])
+    if thr_raw is not None:
+        thr = float(transform_values([thr_raw], marker_config=mcfg, cofactor=cofactor)[0])
+    elif f"{marker}_pos" in cells.columns and 0 < int(cells[f"{marker}_pos"].sum()) < len(cells):
+        pos_mask = cells[f"{marker}_pos"].to_numpy(dtype=bool)  # midway between the existing classes
+        thr = float((np.nanmax(values[~pos_mask]) + np.nanmin(values[pos_mask])) / 2)
     else:
         thr = float(np.nanmedian(values)) if values.size else 0.0
-    return {"column": column, "values": values, "threshold": thr, "transform": mcfg.transform, "cofactor": cofactor}
+    return {"column": column, "raw": raw, "values": values, "threshold": thr, "transform": mcfg.transform,
+            "cofactor": float(cofactor)}
+
+
+def to_raw(threshold: float, setup: dict[str, Any]) -> float:
+    """A gate on the transformed scale in measured units (``threshold_raw``)."""
+    from chemozone.phenotype import inverse_transform
+
+    return float(inverse_transform(threshold, transform=setup["transform"], cofactor=setup["cofactor"]))
 
 
 # ---------------------------------------------------------------------------------------------- zones
