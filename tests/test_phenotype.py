@@ -167,7 +167,7 @@ def test_transform_hand_values():
     assert default_cofactor([0, -1]) == 1.0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(scale=st.sampled_from([1 / 255, 1.0, 40.0, 65535 / 255, 1e-3]), seed=st.integers(0, 1000))
 def test_automatic_gates_scale_free(scale, seed):
     """Multiplying intensities by k gives identical positivity and thresholds scaled by k (any bit depth)."""
@@ -364,8 +364,9 @@ def test_phenotype_cells_end_to_end_on_table():
 def dose_cohort(seed=1):
     """Chemokine channel whose positive fraction truly rises with dose (0.02 -> 0.30).
 
-    Realistic background: tumor cells (60 %) have ~4x the background of stromal/immune cells, so every
-    sample, the sham included, is bimodal in this channel whatever the biology; producers are tumor cells.
+    Realistic background: tumor cells (50 %), stroma (30 %) and immune cells (20 %) have different
+    autofluorescence (medians 400, 130, 40), so every sample, the sham included, shows two or three
+    background populations whatever the biology; producers are tumor cells.
     """
     rng = np.random.default_rng(seed)
     doses, fracs = [0, 2, 5, 10, 20], [0.02, 0.08, 0.15, 0.22, 0.30]
@@ -373,9 +374,9 @@ def dose_cohort(seed=1):
     for patient in ("P1", "P2", "P3"):
         for dose, frac in zip(doses, fracs):
             n, sid = 2000, f"{patient}_{dose}Gy"
-            tumor = rng.random(n) < 0.6
-            pos = tumor & (rng.random(n) < frac / 0.6)
-            bg = np.where(tumor, rng.lognormal(np.log(400), 0.3, n), rng.lognormal(np.log(100), 0.3, n))
+            kind = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+            pos = (kind == 0) & (rng.random(n) < frac / 0.5)
+            bg = rng.lognormal(np.log(np.array([400.0, 130.0, 40.0])[kind]), 0.3)
             value = np.where(pos, bg + rng.lognormal(np.log(3000), 0.4, n), bg)
             rows.append(pd.DataFrame({"sample_id": sid, "CXCL10_cell": value, "truth": pos}))
             sheet.append({"sample_id": sid, "patient": patient, "dose_gy": float(dose)})
@@ -398,7 +399,7 @@ def test_reference_and_pooled_gates_recover_dose_trend_per_sample_gmm_flattens_i
         assert est.is_monotonic_increasing, (gate, est)
         assert np.abs(est - truth).max() < 0.04, (gate, est, truth)
     per_sample = fraction_by_dose(cells, sheet, {"method": "gmm"})["CXCL10_pos"]
-    # the sham's background split (tumor vs stroma) is taken for positivity...
+    # the sham's background structure (tumor vs stroma vs immune autofluorescence) is taken for positivity...
     assert per_sample.iloc[0] > 10 * truth.iloc[0]
     # ...so the measured dose effect collapses (here it even inverts)
     assert per_sample.iloc[-1] - per_sample.iloc[0] < 0.5 * (truth.iloc[-1] - truth.iloc[0])
@@ -426,3 +427,27 @@ def test_plot_gates_draws_every_sample_without_pyplot():
     assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
     with pytest.raises(MissingStepError, match=r"no gates for marker 'CD3'"):
         plot_gates(cells, gates, marker="CD3")
+
+
+# ------------------------------------------------------------------- end to end on the synthetic images
+@pytest.mark.slow
+def test_synthetic_cohort_accuracy_after_segmentation():
+    """segment -> quantify -> gate -> rules on synthetic images, matched to truth cells.
+
+    The issue's targets (balanced accuracy >= 0.95, receptor flags >= 0.90) are measured on the demo design
+    by ``benchmarks/eval_phenotype.py --full``; this smaller cohort (about 30 cells per immune lineage)
+    allows for its sampling noise.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_phenotype.py"
+    spec = importlib.util.spec_from_file_location("eval_phenotype", path)
+    ev = importlib.util.module_from_spec(spec)
+    sys.modules["eval_phenotype"] = ev
+    spec.loader.exec_module(ev)
+    res = ev.run([("sham", 0.0), ("photon", 10.0)], patients=2, size_px=512, seed=0, verbose=False)
+    assert res["n_matched"] > 0.9 * res["n_truth"]
+    assert res["balanced_accuracy"] >= 0.92, res["confusion"]
+    assert res["receptor_accuracy"] >= 0.90

@@ -226,10 +226,11 @@ def test_morphology_matches_regionprops_moments_and_solidity():
     np.testing.assert_allclose(df["minor_axis_length_um"], rp["axis_minor_length"] * 0.5, rtol=1e-9, atol=1e-9)
     sol = df.set_index("cell_id")["solidity"]
     assert sol[999] == 1.0
-    # L: 128 pixels; hull of centres (100,40),(103,40),(115,56),(115,59),(100,59) holds 128 + the
-    # triangle above the foot: rows 41..55 between x = 103 + 12 (r - 40) / 16 and 115
-    extra = sum(int(np.floor(115 - 1e-9)) - int(np.floor(103 + 12 * (r - 40) / 16)) for r in range(41, 56))
-    assert sol[1000] == pytest.approx(128 / (128 + extra))
+    # L: 128 pixels; the hull of its pixel centres (x, y) = (100,40),(103,40),(115,56),(115,59),(100,59)
+    # adds, in rows 40..55, the centres right of x = 103 up to the edge x = 103 + 0.75 (r - 40):
+    # floor(0.75 k) for k = 0..15 -> 0+0+1+2+3+3+4+5+6+6+7+8+9+9+10+11 = 84
+    assert sum(int(np.floor(0.75 * k)) for k in range(16)) == 84
+    assert sol[1000] == 128 / (128 + 84)
     assert (df["solidity"] <= 1).all()
 
 

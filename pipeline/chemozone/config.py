@@ -187,6 +187,9 @@ class GateConfig(_Section):
     value: float | None = None
     """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
     pooled_method: Literal["gmm", "otsu", "valley"] = "gmm"
+    max_components: int = Field(3, ge=2, le=5)
+    """gmm: mixtures of 2 to this many components are fitted and the best (BIC) kept; the extra components
+    absorb a two-level or skewed background (2 = the classic two-component mixture)."""
     fallback: Literal["valley", "otsu"] = "valley"
     """gmm only: threshold used when the values are not bimodal (recorded as a warning). valley: the
     deepest density valley between the two main modes, or mode + 3 SD of the lower half when unimodal."""

@@ -553,16 +553,17 @@ def write_ome_tiff(
     from .layout import atomic_path
 
     def tiles(arr):
+        # one strip of tile rows at a time: a dask array is computed strip by strip (bounded memory)
         ny, nx = -(-arr.shape[1] // tile_px), -(-arr.shape[2] // tile_px)
         for ci in range(arr.shape[0]):
             for ty in range(ny):
+                strip = np.asarray(arr[ci, ty * tile_px:(ty + 1) * tile_px, :])
+                if strip.shape[0] != tile_px or strip.shape[1] != nx * tile_px:
+                    pad = np.zeros((tile_px, nx * tile_px), dtype=arr.dtype)
+                    pad[: strip.shape[0], : strip.shape[1]] = strip
+                    strip = pad
                 for tx in range(nx):
-                    block = np.asarray(arr[ci, ty * tile_px:(ty + 1) * tile_px, tx * tile_px:(tx + 1) * tile_px])
-                    if block.shape != (tile_px, tile_px):
-                        pad = np.zeros((tile_px, tile_px), dtype=arr.dtype)
-                        pad[: block.shape[0], : block.shape[1]] = block
-                        block = pad
-                    yield block
+                    yield strip[:, tx * tile_px:(tx + 1) * tile_px]
 
     def downsample(arr):
         import dask.array as da

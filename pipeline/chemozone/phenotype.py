@@ -21,8 +21,9 @@ Conventions
   ``threshold_raw`` (measured intensity units). A cell is positive when its measured value is
   ``> threshold_raw``; NaN values are negative. Manual values (``gate.value``) and gates files are in
   measured intensity units, so a reviewed gate replays exactly whatever the cofactor of a later run.
-- **Methods.** ``manual``; per sample ``gmm`` (two-component Gaussian mixture, threshold where the
-  posteriors cross between the means; ``gate.fallback`` with a warning when the values are not bimodal),
+- **Methods.** ``manual``; per sample ``gmm`` (Gaussian mixture of 2 to ``gate.max_components``
+  components chosen by BIC, threshold where the posteriors of the negative and positive groups cross
+  between their means, see :func:`threshold_gmm`; ``gate.fallback`` with a warning when not bimodal),
   ``otsu``, ``valley``; ``pooled`` (``gate.pooled_method`` over all samples pooled, every sample
   contributing at most ``max_cells_per_sample`` random cells, one gate for all); ``reference`` (the
   ``gate.quantile`` of the reference samples, e.g. sham / 0 Gy, of the same ``group_by`` value; all
@@ -298,13 +299,18 @@ def threshold_otsu(x: Any) -> tuple[float, str]:
     return float(_otsu(_finite(x), nbins=256)), ""
 
 
-def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0) -> tuple[float, str]:
-    """Two-component Gaussian-mixture threshold.
+def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0, max_components: int = 3) -> tuple[float, str]:
+    """Gaussian-mixture threshold between the negative and the positive populations.
 
-    The mixture is fitted to the standardised values; the threshold is where the two posteriors cross
-    between the component means. When the fit is not bimodal (Ashman's D < 2, a component weight
-    < 0.2 %, or no crossing between the means), the ``fallback`` (``valley`` or ``otsu``) is used and the
-    warning says why.
+    Mixtures of 2 to ``max_components`` Gaussians are fitted to the standardised values and the one with
+    the lowest BIC is kept (a third component absorbs a skewed or two-level background, e.g. tumor vs
+    stroma autofluorescence, or the spillover tail next to positive cells). Components sorted by mean are
+    split into a lower (negative) and an upper (positive) group at the adjacent pair with the largest
+    separation (Ashman's D); the threshold is where the posterior of the upper group crosses 0.5 between
+    the two groups' neighbouring means. With ``max_components=2`` this is the classic two-component rule:
+    where the two posteriors cross between the means. When the split is not bimodal (D < 2, an upper
+    weight < 0.2 %, or no crossing), the ``fallback`` (``valley`` or ``otsu``) is used and the warning says
+    why.
 
     Parameters
     ----------
@@ -312,7 +318,9 @@ def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0) -> tuple[f
         Transformed values (non-finite values ignored).
     fallback : {"valley", "otsu"}
     seed : int
-        Seed of the mixture's initialisation.
+        Seed of the mixtures' initialisation.
+    max_components : int
+        2 or more.
 
     Returns
     -------
@@ -325,29 +333,43 @@ def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0) -> tuple[f
 
     x = _finite(x)
     fall = threshold_valley if fallback == "valley" else threshold_otsu
-    if np.unique(x[: min(x.size, 10_000)]).size < 3 and np.unique(x).size < 3:
+    if np.unique(x).size < 3:
         t, w = fall(x)
         return t, _join(f"fewer than 3 distinct values: {fallback} fallback", w)
     mu, sd = float(np.mean(x)), float(np.std(x))
     z = ((x - mu) / sd).reshape(-1, 1)
+    best = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm = GaussianMixture(2, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=200).fit(z)
+        for k in range(2, max(2, int(max_components)) + 1):
+            if np.unique(x).size <= k:
+                break
+            gm = GaussianMixture(
+                k, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=200, init_params="k-means++"
+            ).fit(z)
+            bic = gm.bic(z)
+            if best is None or bic < best[0]:
+                best = (bic, gm)
     note = "mixture fit did not converge" if any(issubclass(c.category, ConvergenceWarning) for c in caught) else ""
+    gm = best[1]
     order = np.argsort(gm.means_.ravel())
     m = gm.means_.ravel()[order]
     s = np.sqrt(gm.covariances_.ravel()[order])
     w = gm.weights_[order]
-    d = np.sqrt(2.0) * (m[1] - m[0]) / np.sqrt(s[0] ** 2 + s[1] ** 2)
+    dpair = np.sqrt(2.0) * np.diff(m) / np.sqrt(s[:-1] ** 2 + s[1:] ** 2)
+    j = int(np.argmax(dpair)) + 1  # components j.. are the positive group
+    d = float(dpair[j - 1])
     reason = ""
     if d < _MIN_SEPARATION:
         reason = f"not bimodal (Ashman's D = {d:.2f} < {_MIN_SEPARATION:g})"
-    elif w.min() < _MIN_WEIGHT:
-        reason = f"not bimodal (smallest mixture weight {w.min():.4f})"
+    elif w[j:].sum() < _MIN_WEIGHT:
+        reason = f"not bimodal (upper mixture weight {w[j:].sum():.4f})"
     else:
-        grid = np.linspace(m[0], m[1], 1025)
+        grid = np.linspace(m[j - 1], m[j], 1025)
         logp = np.log(w)[:, None] - np.log(s)[:, None] - 0.5 * ((grid[None, :] - m[:, None]) / s[:, None]) ** 2
-        diff = logp[1] - logp[0]  # > 0 where the upper component is more probable
+        from scipy.special import logsumexp
+
+        diff = logsumexp(logp[j:], axis=0) - logsumexp(logp[:j], axis=0)  # > 0 where the upper group wins
         cross = np.nonzero((diff[:-1] <= 0) & (diff[1:] > 0))[0]
         if cross.size == 0:
             reason = "not bimodal (posteriors do not cross between the means)"
@@ -369,7 +391,9 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _robust_threshold(x: np.ndarray, method: str, *, fallback: str, seed: int) -> tuple[float, str]:
+def _robust_threshold(
+    x: np.ndarray, method: str, *, fallback: str, seed: int, max_components: int = 3
+) -> tuple[float, str]:
     """Any automatic method, guarded against empty, tiny and constant inputs."""
     x = _finite(x)
     if x.size == 0:
@@ -378,7 +402,7 @@ def _robust_threshold(x: np.ndarray, method: str, *, fallback: str, seed: int) -
         why = "constant values" if float(np.ptp(x)) == 0.0 else f"only {x.size} values"
         return float(np.max(x)), f"{why}: threshold = maximum, no cell is positive"
     if method == "gmm":
-        return threshold_gmm(x, fallback=fallback, seed=seed)
+        return threshold_gmm(x, fallback=fallback, seed=seed, max_components=max_components)
     if method == "otsu":
         return threshold_otsu(x)
     if method == "valley":
@@ -503,28 +527,33 @@ def compute_gates(
         tv = transform_values(raw, marker_config=mc, cofactor=cof)
         per_sample = {s: tv[(sid == s).to_numpy()] for s in sample_list}
         g = mc.gate
-        result: dict[str, tuple[float, str, str]] = {}  # sample -> (threshold, method, warning)
+        # sample -> (threshold on the transformed scale, method, warning, threshold in raw units or None)
+        result: dict[str, tuple[float, str, str, float | None]] = {}
         if g.method == "manual":
             t = float(transform_values([g.value], marker_config=mc, cofactor=cof)[0])
-            result = {s: (t, "manual", "") for s in sample_list}
+            result = {s: (t, "manual", "", float(g.value)) for s in sample_list}
         elif g.method in ("gmm", "otsu", "valley"):
             for s in sample_list:
                 x = _cap(_finite(per_sample[s]), max_cells_per_sample, _rng(seed, marker, s))
-                t, w = _robust_threshold(x, g.method, fallback=g.fallback, seed=seed)
-                result[s] = (t, g.method, w)
+                t, w = _robust_threshold(x, g.method, fallback=g.fallback, seed=seed, max_components=g.max_components)
+                result[s] = (t, g.method, w, None)
         elif g.method == "pooled":
             parts = [_cap(_finite(per_sample[s]), max_cells_per_sample, _rng(seed, marker, s)) for s in sample_list]
             x = np.concatenate(parts) if parts else np.empty(0)
-            t, w = _robust_threshold(x, g.pooled_method, fallback=g.fallback, seed=seed)
-            result = {s: (t, "pooled", w) for s in sample_list}
+            t, w = _robust_threshold(
+                x, g.pooled_method, fallback=g.fallback, seed=seed, max_components=g.max_components
+            )
+            result = {s: (t, "pooled", w, None) for s in sample_list}
         elif g.method == "reference":
-            result = _reference_gates(per_sample, samples, marker=marker, mc=mc)
+            raw_per_sample = {s: raw[(sid == s).to_numpy()] for s in sample_list}
+            result = _reference_gates(raw_per_sample, samples, marker=marker, mc=mc, cofactor=cof)
         else:  # pragma: no cover - the config model forbids it
             raise ConfigError(f"phenotypes.markers.{marker}.gate.method: unknown method {g.method!r}")
         override = file_gates.get(marker, {})
         for s in sample_list:
-            t, method, w = result[s]
-            t_raw = float(inverse_transform(t, transform=mc.transform, cofactor=cof)) if np.isfinite(t) else t
+            t, method, w, t_raw = result[s]
+            if t_raw is None:
+                t_raw = float(inverse_transform(t, transform=mc.transform, cofactor=cof)) if np.isfinite(t) else t
             if s in override or "*" in override:
                 t_raw = override.get(s, override.get("*"))
                 t = float(transform_values([t_raw], marker_config=mc, cofactor=cof)[0])
@@ -547,8 +576,14 @@ def compute_gates(
 
 
 def _reference_gates(
-    per_sample: dict[str, np.ndarray], samples: pd.DataFrame | None, *, marker: str, mc: MarkerConfig
-) -> dict[str, tuple[float, str, str]]:
+    per_sample: dict[str, np.ndarray],
+    samples: pd.DataFrame | None,
+    *,
+    marker: str,
+    mc: MarkerConfig,
+    cofactor: float,
+) -> dict[str, tuple[float, str, str, float | None]]:
+    """Reference gates from the raw values per sample: the quantile is taken in measured units."""
     g = mc.gate
     where = f"phenotypes.markers.{marker}.gate"
     if samples is None or "sample_id" not in samples.columns:
@@ -575,7 +610,7 @@ def _reference_gates(
         )
     cache: dict[tuple[str, ...], tuple[float, str]] = {}
 
-    def gate_of(ref_ids: list[str]) -> tuple[float, str]:
+    def gate_of(ref_ids: list[str]) -> tuple[float, str]:  # raw-unit quantile
         key = tuple(ref_ids)
         if key not in cache:
             x = np.concatenate([_finite(per_sample[r]) for r in ref_ids])
@@ -585,7 +620,7 @@ def _reference_gates(
                 cache[key] = (float(np.quantile(x, g.quantile)), "")
         return cache[key]
 
-    out: dict[str, tuple[float, str, str]] = {}
+    out: dict[str, tuple[float, str, str, float | None]] = {}
     for s in per_sample:
         if g.group_by is None:
             group_refs, warn = refs, ""
@@ -596,8 +631,9 @@ def _reference_gates(
             if not group_refs:
                 group_refs = refs
                 warn = f"no reference sample with {g.group_by}={gv}: all {len(refs)} reference samples used"
-        t, w = gate_of(group_refs)
-        out[s] = (t, "reference", _join(warn, w))
+        t_raw, w = gate_of(group_refs)
+        t = float(transform_values([t_raw], marker_config=mc, cofactor=cofactor)[0])
+        out[s] = (t, "reference", _join(warn, w), t_raw)
     return out
 
 

@@ -72,49 +72,57 @@ def _build_kernels():
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def index_tile(lab, nuc, has_nuc, lo, uniq, y0, x0, want_moments, idx, counts, mom):
-        """Bin index per pixel (-1 = background); counts per bin; moments per cell."""
+    def measure_tile(lab, nuc, has_nuc, lo, uniq, y0, x0, want_moments, img, want_sq, write_idx,
+                     idx, counts, mom, sums, sumsq):
+        """One pass over a tile: bin index of every pixel (bin = 2 × cell + is_nucleus), counts per
+        bin, moments per cell, and per-bin sums (and sums of squares) of every channel.
+
+        ``sums`` is (bins, C) so that the C additions of a pixel are independent (no store-to-load
+        dependency chain when neighbouring pixels fall in the same bin)."""
         h, w = lab.shape
+        n_c = img.shape[0]
         direct = uniq.size == 0
         for i in range(h):
             gy = float(y0 + i)
-            for j in range(w):
-                lv = np.int64(lab[i, j])
-                if lv == 0:
-                    idx[i, j] = -1
-                    continue
-                if direct:
-                    c = lv - lo
-                else:
-                    c = np.searchsorted(uniq, lv)
-                k = 2 * c
-                if has_nuc and np.int64(nuc[i, j]) == lv:
-                    k += 1
-                idx[i, j] = k
-                counts[k] += 1
-                gx = float(x0 + j)
-                mom[c, 0] += gy
-                mom[c, 1] += gx
-                if want_moments:
-                    mom[c, 2] += gy * gy
-                    mom[c, 3] += gx * gx
-                    mom[c, 4] += gy * gx
+            kprev = -1
+            j0 = 0
+            for j in range(w + 1):
+                k = -1
+                if j < w:
+                    lv = np.int64(lab[i, j])
+                    if lv != 0:
+                        if direct:
+                            c = lv - lo
+                        else:
+                            c = np.searchsorted(uniq, lv)
+                        k = 2 * c
+                        if has_nuc and np.int64(nuc[i, j]) == lv:
+                            k += 1
+                        for ci in range(n_c):
+                            v = np.float64(img[ci, i, j])
+                            sums[k, ci] += v
+                            if want_sq:
+                                sumsq[k, ci] += v * v
+                    if write_idx:
+                        idx[i, j] = k
+                if k != kprev:
+                    if kprev >= 0:  # close the run [j0, j) of bin kprev: counts and moments in closed form
+                        n = float(j - j0)
+                        cp = kprev >> 1
+                        counts[kprev] += n
+                        sx = n * (x0 + j0) + n * (n - 1) / 2
+                        mom[cp, 0] += n * gy
+                        mom[cp, 1] += sx
+                        if want_moments:
+                            a0 = float(x0 + j0)
+                            mom[cp, 2] += n * gy * gy
+                            mom[cp, 3] += n * a0 * a0 + a0 * n * (n - 1) + (n - 1) * n * (2 * n - 1) / 6
+                            mom[cp, 4] += gy * sx
+                    kprev = k
+                    j0 = j
         return 0
 
-    @numba.njit(cache=True, nogil=True)
-    def accumulate(idx, vals, sums, sumsq, want_sq):
-        h, w = idx.shape
-        for i in range(h):
-            for j in range(w):
-                k = idx[i, j]
-                if k >= 0:
-                    v = np.float64(vals[i, j])
-                    sums[k] += v
-                    if want_sq:
-                        sumsq[k] += v * v
-        return 0
-
-    return {"index_tile": index_tile, "accumulate": accumulate}
+    return {"measure_tile": measure_tile}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -461,21 +469,22 @@ def quantify_cells(
         lo, uniq, n_cells = mp
         nuc = _read(nuclei, key) if has_nuc else None
         n_bins = 2 * n_cells
+        img = _read(image_cyx, (slice(None),) + key)
         if kernels is not None:
-            idx = np.empty(lab.shape, np.int64)
+            idx = np.empty(lab.shape if qs else (1, 1), np.int64)
             counts = np.zeros(n_bins)
             mom = np.zeros((n_cells, 5 if morphology else 2))
-            kernels["index_tile"](lab, nuc if has_nuc else dummy_nuc, has_nuc, lo, uniq, y0, x0,
-                                  morphology, idx, counts, mom)
+            sums_bc = np.zeros((n_bins, n_c))
+            sumsq_bc = np.zeros((n_bins, n_c)) if want_sq else np.zeros((1, 1))
+            kernels["measure_tile"](lab, nuc if has_nuc else dummy_nuc, has_nuc, lo, uniq, y0, x0,
+                                    morphology, img, want_sq, bool(qs), idx, counts, mom, sums_bc, sumsq_bc)
+            sums = sums_bc.T
+            sumsq = sumsq_bc.T if want_sq else None
         else:
             idx, counts, mom = _index_tile_numpy(lab, nuc, lo, uniq, y0, x0, morphology, n_cells)
-        img = _read(image_cyx, (slice(None),) + key)
-        sums = np.zeros((n_c, n_bins))
-        sumsq = np.zeros((n_c, n_bins)) if want_sq else None
-        for ci in range(n_c):
-            if kernels is not None:
-                kernels["accumulate"](idx, img[ci], sums[ci], sumsq[ci] if want_sq else sums[ci], want_sq)
-            else:
+            sums = np.zeros((n_c, n_bins))
+            sumsq = np.zeros((n_c, n_bins)) if want_sq else None
+            for ci in range(n_c):
                 s, s2 = _accumulate_numpy(idx, img[ci], n_bins, want_sq)
                 sums[ci] = s
                 if want_sq:
@@ -572,14 +581,21 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
     sums = _merge(all_labels, inv, n, parts.sums)               # (n, 2, C)
     sumsq = _merge(all_labels, inv, n, parts.sumsq) if parts.sumsq else None
     mom = _merge(all_labels, inv, n, parts.mom)
+    parts.labels, parts.counts, parts.sums, parts.sumsq, parts.mom = [], [], [], [], []  # free early
     area = counts.sum(1)
-    cols: dict[str, Any] = {
-        "cell_id": labels.astype(np.uint32),
+    names = ["x_um", "y_um", "area_um2", "nucleus_area_um2"] + _intensity_columns(channels, compartments,
+                                                                                 statistics)
+    if morphology:
+        names += ["eccentricity", "solidity", "major_axis_length_um", "minor_axis_length_um"]
+    table = np.empty((n, len(names)))  # one float block: the DataFrame wraps it without a copy
+    col_of = {nm: i for i, nm in enumerate(names)}
+    cols = _ColumnWriter(table, col_of)
+    cols.update({
         "x_um": (mom[:, 1] / area + 0.5) * px,
         "y_um": (mom[:, 0] / area + 0.5) * px,
         "area_um2": area * a_um2,
         "nucleus_area_um2": counts[:, 1] * a_um2 if has_nuc else np.full(n, np.nan),
-    }
+    })
     bg = np.array([float(background.get(ch, 0.0)) for ch in channels])
     comp_n = {"nucleus": counts[:, 1], "cytoplasm": counts[:, 0], "cell": area}
     comp_s = {"nucleus": sums[:, 1], "cytoplasm": sums[:, 0], "cell": sums.sum(1)}
@@ -608,7 +624,23 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
                     cols[name] = np.where(empty, np.nan, v)
     if morphology:
         cols.update(_morphology(mom, area, labels, np.concatenate(parts.runs), px))
-    return pd.DataFrame(cols)
+    df = pd.DataFrame(table, columns=names, copy=False)
+    df.insert(0, "cell_id", labels.astype(np.uint32))
+    return df
+
+
+class _ColumnWriter:
+    """dict-like writer of float columns into a preallocated (n, k) block."""
+
+    def __init__(self, table, col_of):
+        self.table, self.col_of = table, col_of
+
+    def __setitem__(self, name, values):
+        self.table[:, self.col_of[name]] = values
+
+    def update(self, mapping):
+        for k, v in mapping.items():
+            self[k] = v
 
 
 def _intensity_columns(channels, compartments, statistics):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import ChannelError, ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "segment_nuclei",
@@ -52,12 +52,12 @@ __all__ = [
 NUCLEI_DEFAULTS: dict[str, Any] = {
     "threshold": "otsu",  # otsu | li | triangle | local | float (absolute, on the corrected image)
     "background_factor": 2.0,  # opening side = factor * diameter (0 = no background correction)
-    "smooth_factor": 0.1,  # Gaussian sigma = factor * diameter
+    "smooth_factor": 0.04,  # Gaussian sigma = factor * diameter (>= 0.5 px)
     "noise_k": 5.0,  # threshold floor: background median + k robust sigmas
     "detect_fraction": 0.5,  # detection threshold between background (0) and the automatic one (1)
     "seed_map": "product",  # distance | intensity | product (distance x sqrt(intensity))
-    "seed_sigma_factor": 0.15,  # smoothing of the intensity for seeds = factor * diameter
-    "seed_distance_factor": 0.3,  # min distance between seeds = factor * diameter
+    "seed_sigma_factor": 0.12,  # smoothing of the intensity for seeds = factor * diameter
+    "seed_distance_factor": 0.25,  # min distance between seeds = factor * diameter
     "seed_h_factor": 0.0,  # seeds must stand this fraction of the map's maximum above their saddle
     "object_fraction": 0.3,  # each nucleus ends where it falls below this fraction of its own peak
     "min_area_um2": None,  # default 0.15 x the area of a disc of nucleus_diameter_um
@@ -455,3 +455,358 @@ def segment_cells(
         out[nuc > 0] = nuc[nuc > 0]
         return out
     raise ValueError(f"method must be 'expand' or 'membrane_watershed', got {method!r}")
+
+
+# ------------------------------------------------------------------------------- tiles and seams
+def _tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[dict[str, Any]]:
+    """Cores (a partition of the image into ``tile``-sized blocks) and windows (cores + overlap)."""
+    h, w = shape
+    tiles = []
+    for ty, y0 in enumerate(range(0, h, tile)):
+        for tx, x0 in enumerate(range(0, w, tile)):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            win = (max(0, y0 - overlap), min(h, y1 + overlap), max(0, x0 - overlap), min(w, x1 + overlap))
+            tiles.append({"index": len(tiles), "ty": ty, "tx": tx, "core": (y0, y1, x0, x1), "window": win})
+    return tiles
+
+
+def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, tissue_factor):
+    """Keep the objects whose centroid lies in the core (and in the tissue); renumber them 1..n.
+
+    Returns window-sized ``(nuclei, cells, n)`` holding only the kept objects.
+    """
+    n_obj = int(nuc.max()) if nuc.size else 0
+    if n_obj == 0:
+        return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
+    idx = np.arange(1, n_obj + 1)
+    cy, cx = (np.asarray(v, dtype=np.float64) for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
+    gy, gx = cy + win[0], cx + win[2]
+    y0, y1, x0, x1 = core
+    # the pixel that holds the centroid decides (half-open core intervals: each pixel in one core)
+    py, px = np.floor(gy + 0.5), np.floor(gx + 0.5)
+    keep = (py >= y0) & (py < y1) & (px >= x0) & (px < x1)
+    if tissue is not None:
+        ty = np.clip((py // tissue_factor).astype(np.int64), 0, tissue.shape[0] - 1)
+        tx = np.clip((px // tissue_factor).astype(np.int64), 0, tissue.shape[1] - 1)
+        keep &= tissue[ty, tx].astype(bool)
+    keep_lut = np.concatenate([[False], keep])
+    nuc_k = _relabel(nuc, keep_lut)
+    # the same renumbering for cells (cell id == nucleus id before renumbering)
+    # map old id -> new id through the pixels (a kept id sits at the same pixels in nuc and nuc_k)
+    lut = np.zeros(n_obj + 1, np.uint32)
+    m = nuc_k > 0
+    lut[nuc[m]] = nuc_k[m]
+    cells_k = lut[cells]
+    return nuc_k, cells_k, int(nuc_k.max()) if nuc_k.size else 0
+
+
+def _segment_window(nuclear, membrane, *, win, core, pixel_size_um, seg: dict[str, Any], tissue, tissue_factor,
+                    model):
+    """Segment one window (numpy) and keep its core's objects."""
+    nuclear = np.asarray(nuclear)
+    opts = dict(seg["nuclei_options"])
+    if seg["method"] == "cellpose":
+        opts.update(model=model, config=seg["cellpose"])
+    nuc = segment_nuclei(nuclear, pixel_size_um=pixel_size_um, nucleus_diameter_um=seg["nucleus_diameter_um"],
+                         method=seg["method"], **opts)
+    mem = None if membrane is None else np.asarray(membrane, dtype=np.float32)
+    cells = segment_cells(nuc, pixel_size_um=pixel_size_um, expand_um=seg["expand_um"], method=seg["cell_method"],
+                          membrane=mem)
+    return _keep_core_objects(nuc, cells, win, core, tissue, tissue_factor)
+
+
+def _paste(dst_nuc, dst_cell, tile_res, offset, tile, core_i):
+    """Write ``tile``'s kept objects into the core ``core_i`` where nothing is written yet."""
+    nuc, cell = tile_res
+    wy0, wy1, wx0, wx1 = tile["window"]
+    y0, y1, x0, x1 = core_i
+    iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+    if iy0 >= iy1 or ix0 >= ix1:
+        return
+    src = (slice(iy0 - wy0, iy1 - wy0), slice(ix0 - wx0, ix1 - wx0))
+    dst = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+    for out, lab in ((dst_nuc, nuc), (dst_cell, cell)):
+        s = lab[src]
+        o = out[dst]
+        put = (o == 0) & (s > 0)
+        o[put] = s[put] + np.uint32(offset)
+
+
+def _stitch_core(i: int, tiles, offsets, get_result) -> tuple[np.ndarray, np.ndarray]:
+    """Assemble the labels of core ``i``: its own tile first, then its neighbours in tile order."""
+    t = tiles[i]
+    y0, y1, x0, x1 = t["core"]
+    nuc = np.zeros((y1 - y0, x1 - x0), np.uint32)
+    cell = np.zeros_like(nuc)
+    neigh = [j for j, u in enumerate(tiles) if abs(u["ty"] - t["ty"]) <= 1 and abs(u["tx"] - t["tx"]) <= 1]
+    for j in [i] + [j for j in neigh if j != i]:
+        _paste(nuc, cell, get_result(j), offsets[j], tiles[j], t["core"])
+    m = nuc > 0
+    cell[m] = nuc[m]  # every nucleus pixel belongs to its own cell, whatever the seam rule chose
+    return nuc, cell
+
+
+def _resolve_config(config) -> Any:
+    from .config import SegmentationConfig
+
+    if config is None:
+        return SegmentationConfig()
+    if isinstance(config, dict):
+        return SegmentationConfig(**config)
+    if hasattr(config, "segmentation") and not isinstance(config, SegmentationConfig):
+        return config.segmentation
+    return config
+
+
+def segment_image(
+    image_cyx,
+    *,
+    channels: list[str],
+    pixel_size_um: float,
+    config=None,
+    nuclear_channel: str = "DAPI",
+    aliases: dict[str, list[str]] | None = None,
+    tissue=None,
+    tissue_grid_um: float | None = None,
+    store=None,
+    model=None,
+):
+    """Segment nuclei and cells of a whole image, tile by tile, with globally unique stitched labels.
+
+    Parameters
+    ----------
+    image_cyx : numpy or dask array, shape (C, Y, X)
+        The image (a lazy dask array from :func:`chemozone.io.read_image` is read window by window).
+    channels : list of str
+        Channel names of ``image_cyx`` (length C).
+    pixel_size_um : float
+        Pixel size, µm.
+    config : SegmentationConfig
+        ``method``, ``nucleus_diameter_um``, area limits, ``threshold``, ``cell_method``,
+        ``expand_um``, ``membrane_channels``, ``tile_size_px``, ``tile_overlap_um``, ``cellpose``.
+    nuclear_channel : str
+        Channel to segment nuclei in (matched with ``aliases`` like :func:`chemozone.io.resolve_channels`).
+    aliases : dict, optional
+        Other spellings of channel names.
+    tissue : bool ndarray, shape (Ygrid, Xgrid), optional
+        Tissue mask on the analysis grid; nuclei whose centroid falls outside it are dropped.
+    tissue_grid_um : float, optional
+        Pixel size of ``tissue``, µm (required with ``tissue``).
+    store : path, optional
+        A zarr group (folder) to write ``nuclei`` and ``cells`` into tile by tile; the function then
+        returns zarr-backed dask arrays and its peak memory depends on the tile size only.
+    model : object, optional
+        For ``method="cellpose"``: a model with the CellposeModel ``eval`` contract (tests inject one).
+
+    Returns
+    -------
+    nuclei, cells : uint32 arrays, shape (Y, X)
+        numpy arrays, or dask arrays backed by ``store``. Labels run 1..n (tile order, then raster
+        order of first pixel in the tile); ``cells`` carry their nucleus' label.
+
+    Notes
+    -----
+    Images larger than ``tile_size_px`` on either side are cut into cores of that size; each core is
+    segmented inside a window that extends it by ``tile_overlap_um`` (at least one nucleus diameter
+    plus ``expand_um``). A tile keeps the objects whose centroid pixel lies in its core, so each
+    object is kept by exactly one tile even when it straddles a seam. The kept objects of a core and
+    its 8 neighbours are then pasted into the core (own tile first, then neighbours in tile order) so
+    that objects reaching across a seam stay whole. Tiles are ``dask.delayed`` tasks computed by
+    ``dask.compute`` with the current scheduler (a distributed client parallelises them).
+    """
+    import dask
+
+    from .io import resolve_channels
+
+    seg_cfg = _resolve_config(config)
+    shape = tuple(getattr(image_cyx, "shape", ()))
+    if len(shape) != 3:
+        raise ValueError(f"image_cyx must be 3-D (C, Y, X), got shape {shape}")
+    if len(channels) != shape[0]:
+        raise ValueError(f"channels has {len(channels)} names but the image has {shape[0]} channels")
+    _validate_scale(pixel_size_um)
+    nuc_idx = resolve_channels(list(channels), [nuclear_channel], aliases=aliases, source="segmentation")[0]
+    mem_idx: list[int] = []
+    if seg_cfg.cell_method == "membrane_watershed":
+        if not seg_cfg.membrane_channels:
+            raise ConfigError("segmentation.membrane_channels: cell_method 'membrane_watershed' needs at least "
+                              "one membrane channel (e.g. [CD45, panCK]); add them or use cell_method: expand")
+        mem_idx = resolve_channels(list(channels), list(seg_cfg.membrane_channels), aliases=aliases,
+                                   source="segmentation.membrane_channels")
+    tissue_arr = None
+    factor = 1
+    if tissue is not None:
+        if tissue_grid_um is None:
+            raise ValueError("tissue_grid_um is required with tissue (the analysis grid's pixel size, µm)")
+        tissue_arr = np.asarray(tissue).astype(bool)
+        factor = max(1, int(round(tissue_grid_um / pixel_size_um)))
+
+    _, h, w = shape
+    d_px = seg_cfg.nucleus_diameter_um / pixel_size_um
+    overlap = int(math.ceil(seg_cfg.tile_overlap_um / pixel_size_um))
+    overlap = max(overlap, int(math.ceil(d_px + seg_cfg.expand_um / pixel_size_um)) + 2)
+    tile = int(seg_cfg.tile_size_px)
+    tiles = _tile_grid((h, w), tile, overlap) if (h > tile or w > tile) else [
+        {"index": 0, "ty": 0, "tx": 0, "core": (0, h, 0, w), "window": (0, h, 0, w)}]
+    seg = {
+        "method": seg_cfg.method,
+        "nucleus_diameter_um": seg_cfg.nucleus_diameter_um,
+        "expand_um": seg_cfg.expand_um,
+        "cell_method": seg_cfg.cell_method,
+        "cellpose": seg_cfg.cellpose,
+        "nuclei_options": {"min_area_um2": seg_cfg.min_nucleus_area_um2,
+                           "max_area_um2": seg_cfg.max_nucleus_area_um2,
+                           **({"threshold": seg_cfg.threshold} if seg_cfg.method == "watershed" else {})},
+    }
+    is_dask = hasattr(image_cyx, "dask")
+
+    def window_of(t):
+        wy0, wy1, wx0, wx1 = t["window"]
+        nucw = image_cyx[nuc_idx, wy0:wy1, wx0:wx1]
+        memw = None
+        if mem_idx:
+            parts = [image_cyx[c, wy0:wy1, wx0:wx1].astype(np.float32) for c in mem_idx]
+            memw = sum(parts[1:], parts[0])
+        if not is_dask:
+            nucw = np.asarray(nucw)
+        return nucw, memw
+
+    common = {"pixel_size_um": pixel_size_um, "seg": seg, "tissue_factor": factor, "model": model}
+
+    if len(tiles) == 1 and store is None:
+        nucw, memw = window_of(tiles[0])
+        if is_dask:
+            nucw = nucw.compute()
+            memw = None if memw is None else np.asarray(memw)
+        nuc, cell, _ = _segment_window(nucw, memw, win=tiles[0]["window"], core=tiles[0]["core"],
+                                       tissue=tissue_arr, **common)
+        return nuc, cell
+
+    tissue_d = dask.delayed(tissue_arr) if tissue_arr is not None else None
+    if store is None:
+        tasks = []
+        for t in tiles:
+            nucw, memw = window_of(t)
+            tasks.append(dask.delayed(_segment_window, pure=True)(
+                nucw, memw, win=t["window"], core=t["core"], tissue=tissue_d, **common))
+        results = dask.compute(*tasks)
+        counts = [r[2] for r in results]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        _check_id_range(int(np.sum(counts)))
+        nuclei = np.zeros((h, w), np.uint32)
+        cells = np.zeros((h, w), np.uint32)
+        for i, t in enumerate(tiles):
+            y0, y1, x0, x1 = t["core"]
+            n_c, c_c = _stitch_core(i, tiles, offsets, lambda j: results[j][:2])
+            nuclei[y0:y1, x0:x1] = n_c
+            cells[y0:y1, x0:x1] = c_c
+        return nuclei, cells
+    return _segment_to_store(store, tiles, window_of, common, tissue_d, (h, w), tile)
+
+
+def _check_id_range(n: int) -> None:
+    if n >= 2**32 - 1:
+        raise ValueError(f"{n} objects do not fit in uint32 labels")
+
+
+def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
+    """Two passes over the tiles, both as dask tasks: segment windows into a scratch zarr array, then
+    stitch each core from its neighbours' windows into ``store/nuclei`` and ``store/cells``."""
+    import shutil
+    from pathlib import Path
+
+    import dask
+    import dask.array as da
+    import zarr
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    root = zarr.open_group(str(store), mode="a")
+    win_h = max(t["window"][1] - t["window"][0] for t in tiles)
+    win_w = max(t["window"][3] - t["window"][2] for t in tiles)
+    scratch_name = ".tiles"
+    if scratch_name in root:
+        del root[scratch_name]
+    scratch = root.create_array(scratch_name, shape=(len(tiles), 2, win_h, win_w), chunks=(1, 2, win_h, win_w),
+                                dtype=np.uint32, fill_value=0, overwrite=True)
+    chunk = (min(tile, shape[0]), min(tile, shape[1]))
+    outs = {}
+    for name in ("nuclei", "cells"):
+        if name in root:
+            del root[name]
+        outs[name] = root.create_array(name, shape=shape, chunks=chunk, dtype=np.uint32, fill_value=0,
+                                       overwrite=True)
+    scratch_path = str(store / scratch_name)
+
+    def segment_and_park(nucw, memw, *, index, win, core, tissue, **kw):
+        nuc, cell, n = _segment_window(nucw, memw, win=win, core=core, tissue=tissue, **kw)
+        arr = zarr.open_array(scratch_path, mode="r+")
+        buf = np.zeros((1, 2, win_h, win_w), np.uint32)
+        buf[0, 0, : nuc.shape[0], : nuc.shape[1]] = nuc
+        buf[0, 1, : nuc.shape[0], : nuc.shape[1]] = cell
+        arr[index : index + 1] = buf
+        return n
+
+    tasks = []
+    for t in tiles:
+        nucw, memw = window_of(t)
+        tasks.append(dask.delayed(segment_and_park, pure=False)(
+            nucw, memw, index=t["index"], win=t["window"], core=t["core"], tissue=tissue_d, **common))
+    counts = dask.compute(*tasks)
+    _check_id_range(int(np.sum(counts)))
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    nuc_path, cell_path = str(store / "nuclei"), str(store / "cells")
+
+    def stitch_and_write(i):
+        arr = zarr.open_array(scratch_path, mode="r")
+
+        def get(j):
+            wy0, wy1, wx0, wx1 = tiles[j]["window"]
+            block = arr[j]
+            return block[0, : wy1 - wy0, : wx1 - wx0], block[1, : wy1 - wy0, : wx1 - wx0]
+
+        n_c, c_c = _stitch_core(i, tiles, offsets, get)
+        y0, y1, x0, x1 = tiles[i]["core"]
+        zarr.open_array(nuc_path, mode="r+")[y0:y1, x0:x1] = n_c
+        zarr.open_array(cell_path, mode="r+")[y0:y1, x0:x1] = c_c
+        return True
+
+    dask.compute(*[dask.delayed(stitch_and_write, pure=False)(i) for i in range(len(tiles))])
+    del root[scratch_name]
+    shutil.rmtree(store / scratch_name, ignore_errors=True)
+    return da.from_zarr(nuc_path), da.from_zarr(cell_path)
+
+
+def segmentation_provenance(config=None) -> dict[str, Any]:
+    """What produced the masks: method, parameters and, for cellpose, its version and model.
+
+    Parameters
+    ----------
+    config : SegmentationConfig or Config, optional
+
+    Returns
+    -------
+    dict
+        ``method``, ``cell_method``, ``nucleus_diameter_um``, ``expand_um``, ``threshold``,
+        ``tile_size_px``, ``tile_overlap_um``, ``nuclei_defaults``; with cellpose also
+        ``cellpose_version``, ``cellpose_model`` (and ``cellpose_model_path`` when a file).
+    """
+    seg_cfg = _resolve_config(config)
+    out: dict[str, Any] = {
+        "method": seg_cfg.method,
+        "cell_method": seg_cfg.cell_method,
+        "nucleus_diameter_um": seg_cfg.nucleus_diameter_um,
+        "min_nucleus_area_um2": seg_cfg.min_nucleus_area_um2,
+        "max_nucleus_area_um2": seg_cfg.max_nucleus_area_um2,
+        "expand_um": seg_cfg.expand_um,
+        "membrane_channels": list(seg_cfg.membrane_channels),
+        "threshold": seg_cfg.threshold,
+        "tile_size_px": seg_cfg.tile_size_px,
+        "tile_overlap_um": seg_cfg.tile_overlap_um,
+        "nuclei_defaults": dict(NUCLEI_DEFAULTS),
+    }
+    if seg_cfg.method == "cellpose":
+        from ._cellpose import cellpose_provenance
+
+        out.update(cellpose_provenance(seg_cfg.cellpose))
+    return out

@@ -16,8 +16,10 @@ Because cells take the value of their grid pixel, cell counts and tissue areas i
 :func:`infiltration_metrics` are always consistent (a cell is counted in a region exactly when its pixel's
 area is), including under the tissue-edge correction.
 
-Enrichment uses a pseudocount of ``PSEUDOCOUNT`` cells on both sides, so it is finite when a region holds
-no cell: ``log2(((n_in + a) / A_in) / ((n_out + a) / A_out))``.
+Enrichment uses a pseudocount of ``PSEUDOCOUNT`` cell in total, split between inside and outside in
+proportion to their areas (``a_in = a * A_in / (A_in + A_out)``), so it is finite when a region holds no cell
+and shrinks towards 0 (no enrichment) when counts are small — a fixed pseudocount per side would instead
+inflate the density of a small zone: ``log2(((n_in + a_in) / A_in) / ((n_out + a_out) / A_out))``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ __all__ = [
     "neighbourhood_enrichment",
 ]
 
-PSEUDOCOUNT = 0.5
-"""Cells added to both inside and outside counts before the log2 enrichment."""
+PSEUDOCOUNT = 1.0
+"""Cells added (split by area between inside and outside) before the log2 enrichment."""
 
 
 # ---------------------------------------------------------------------------------- distances
@@ -203,11 +205,7 @@ def infiltration_metrics(
         for ptype, pname, psel in pops:
             sel = psel & cell_keep
             counts = {k: int(np.count_nonzero(sel & v)) for k, v in cell_regions.items()}
-            a_in, a_out = areas["inside"], areas["outside"]
-            if a_in > 0 and a_out > 0:
-                enr = float(np.log2(((counts["inside"] + PSEUDOCOUNT) / a_in) / ((counts["outside"] + PSEUDOCOUNT) / a_out)))
-            else:
-                enr = float("nan")
+            enr = _enrichment(counts["inside"], counts["outside"], areas["inside"], areas["outside"])
             for k in regions:
                 rows.append(
                     dict(sample_id=str(sample_id), population_type=ptype, population=pname, zone=zname, region=k,
@@ -222,7 +220,8 @@ def infiltration_metrics(
 def _enrichment(n_in: float, n_out: float, a_in: float, a_out: float) -> float:
     if not (a_in > 0 and a_out > 0):
         return float("nan")
-    return float(np.log2(((n_in + PSEUDOCOUNT) / a_in) / ((n_out + PSEUDOCOUNT) / a_out)))
+    p_in = PSEUDOCOUNT * a_in / (a_in + a_out)
+    return float(np.log2(((n_in + p_in) / a_in) / ((n_out + PSEUDOCOUNT - p_in) / a_out)))
 
 
 def cognate_specificity(

@@ -377,7 +377,9 @@ def _fit_one(model: str, d: np.ndarray, y: np.ndarray, pidx: np.ndarray, n_pat: 
     def resid(theta):
         return _curve(model, d, _unpack(model, theta[:k_curve])) + onehot @ theta[k_curve:] - y
 
-    lo_d, hi_d = np.log(dmax * 1e-3), np.log(dmax * 1e3)
+    pos_d = d[d > 0]
+    # ED50 between a tenth of the lowest tested dose and 1000x the highest (no step functions below the data)
+    lo_d, hi_d = np.log((float(pos_d.min()) if len(pos_d) else dmax) * 0.1), np.log(dmax * 1e3)
     if starts is None:
         e0 = float(np.mean(y[d == d.min()]))
         top = float(np.mean(y[d == d.max()]))
@@ -386,7 +388,7 @@ def _fit_one(model: str, d: np.ndarray, y: np.ndarray, pidx: np.ndarray, n_pat: 
         else:
             pos = np.unique(d[d > 0])
             cands = np.unique(np.clip(np.quantile(pos, [0.1, 0.5, 0.9]) if len(pos) else [dmax / 2],
-                                      dmax * 2e-3, dmax * 5e2))
+                                      np.exp(lo_d) * 1.01, dmax * 5e2))
             starts = []
             for c in cands:
                 base = [e0, (top - e0) * (1 + c / dmax), np.log(c)]

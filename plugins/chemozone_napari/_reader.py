@@ -287,7 +287,7 @@ def cell_point_size_um(cells) -> float:
 
 
 def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None = None,
-                name: str = "cells") -> LayerData:
+                name: str = "cell points") -> LayerData:
     """Points layer data of a cells table (``features`` = the table; coloured by phenotype)."""
     coords = cells[["y_um", "x_um"]].to_numpy(dtype=float) if len(cells) else np.zeros((0, 2))
     col = display_category(cells)

@@ -200,7 +200,8 @@ class GateReviewWidget(QWidget):
 
     @property
     def gate(self) -> float:
-        return float(self.spin.value())
+        """The current gate on the transformed scale (the spin box shows it rounded)."""
+        return float(self._setup["threshold"]) if self._setup is not None else float(self.spin.value())
 
     def _refresh_layers(self, event=None):
         names = [ly.name for ly in cells_layers(self.viewer)]
@@ -438,6 +439,10 @@ class ZoneReviewWidget(QWidget):
 
             df = pd.read_parquet(sd / "zones.parquet")
             hit = df[df["zone"] == zone]
+            if len(hit) and "channel_thresholds" in hit.columns and isinstance(hit["channel_thresholds"].iloc[0], str):
+                vals = [float(p.split("=")[1]) for p in hit["channel_thresholds"].iloc[0].split(";") if "=" in p]
+                if vals:
+                    return float(np.mean(vals))
             if len(hit) and "threshold_used" in hit.columns and np.isfinite(hit["threshold_used"].iloc[0]):
                 return float(hit["threshold_used"].iloc[0])
         return None
@@ -500,8 +505,12 @@ class ZoneReviewWidget(QWidget):
         self.info.setText(f"error: {exc}")
 
     def _on_signal(self, result):
-        self.signal, self.tissue, self.grid_um = result
-        finite = self.signal[np.isfinite(self.signal)]
+        sig, self.tissue, self.grid_um = result
+        self.signal = sig if sig.ndim == 3 else sig[None]
+        score = self.signal.mean(axis=0)  # absolute mode: mean(signal_k / t) >= 1  <=>  mean(signal_k) >= t
+        if self.tissue is not None and self.tissue.shape == score.shape:
+            score = score[self.tissue]
+        finite = score[np.isfinite(score)]
         self._range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if self._range[1] <= self._range[0]:
             self._range = (self._range[0], self._range[0] + 1.0)
@@ -511,16 +520,21 @@ class ZoneReviewWidget(QWidget):
         if self._updating or self.signal is None:
             return
         lo, hi = self._range
-        self.thr.setValue(lo + (hi - lo) * step / SLIDER_STEPS)
+        self.set_threshold(lo + (hi - lo) * step / SLIDER_STEPS)
 
     def preview_mask(self) -> np.ndarray | None:
-        """Grid mask under the current threshold (signal above it, inside the tissue)."""
+        """The zone mask that ``chemozone run`` builds with this threshold (``mode: absolute``) and smoothing:
+        :func:`chemozone.zones.threshold_zone_signal` (module mean ≥ threshold, in tissue, holes filled,
+        small pieces removed)."""
         if self.signal is None:
             return None
-        mask = self.signal > float(self.thr.value())
-        if self.tissue is not None and self.tissue.shape == mask.shape:
-            mask &= self.tissue
-        return mask
+        from chemozone.zones import threshold_zone_signal
+
+        z = self.zone
+        thr = [float(self.thr.value())] * self.signal.shape[0]
+        tissue = self.tissue if self.tissue is not None and self.tissue.shape == self.signal.shape[1:] else None
+        return threshold_zone_signal(self.signal, thr, tissue, grid_um=self.grid_um, min_area_um2=z.min_area_um2,
+                                     fill_holes=z.fill_holes)
 
     def set_threshold(self, value: float):
         """Move the threshold and update the preview layer."""

@@ -1,0 +1,163 @@
+"""The cellpose adapter: the only module that touches cellpose (and, through it, torch).
+
+Imported lazily by :func:`chemozone.segment.segment_nuclei` when ``method="cellpose"``.
+
+* The model comes from ``segmentation.cellpose.model``: a path to a checkpoint file, or a built-in
+  name (``cpsam``, ``cpsam_v2``, ...) that cellpose resolves to ``$CELLPOSE_LOCAL_MODELS_PATH/<name>``
+  (default ``~/.cellpose/models/<name>``). cellpose would *download* a missing built-in model (and
+  silently substitute its default for an unknown name); chemozone never downloads at run time, so a
+  missing file is an error that says where to put it.
+* Any object with the CellposeModel ``eval`` contract (``masks, flows, styles = model.eval(img,
+  diameter=..., ...)``) can be injected (``model=``), which is how tests run without weights.
+* :func:`cellpose_provenance` records the cellpose version and the model for ``run.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, MissingDependencyError
+
+__all__ = ["load_cellpose_model", "cellpose_nuclei", "cellpose_provenance", "resolve_model_path"]
+
+_INSTALL = "pip install 'chemozone[cellpose]'"
+_CACHE: dict[tuple[str, bool], Any] = {}
+
+
+def _cellpose_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("cellpose")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _import_models():
+    try:
+        from cellpose import models  # noqa: PLC0415 - lazy on purpose (pulls in torch)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"segmentation.method 'cellpose' needs the cellpose package ({exc.__class__.__name__}: {exc}); "
+            f"install it with {_INSTALL} or use segmentation.method: watershed"
+        ) from None
+    return models
+
+
+def _model_dir() -> Path:
+    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
+    return Path(env) if env else Path.home() / ".cellpose" / "models"
+
+
+def resolve_model_path(model: str) -> Path:
+    """The local checkpoint file for ``segmentation.cellpose.model`` (a path or a built-in name).
+
+    Raises
+    ------
+    MissingDependencyError
+        If a built-in model's weights are not on disk (chemozone never downloads them).
+    ConfigError
+        If ``model`` is neither an existing file nor a known model name.
+    """
+    p = Path(model).expanduser()
+    if p.is_file():
+        return p.resolve()
+    looks_like_path = os.sep in str(model) or str(model).endswith((".pth", ".pt", ".ckpt")) or p.suffix != ""
+    models = _import_models()
+    known = list(getattr(models, "MODEL_NAMES", []))
+    try:
+        known += list(models.get_user_models())
+    except Exception:  # noqa: BLE001 - user model list is optional
+        pass
+    model_dir = Path(getattr(models, "MODEL_DIR", _model_dir()))
+    if str(model) in known and not looks_like_path:
+        cached = model_dir / str(model)
+        if cached.is_file():
+            return cached
+        raise MissingDependencyError(
+            f"segmentation.cellpose.model: weights of cellpose model '{model}' are not on this machine "
+            f"(looked for {cached}); chemozone does not download at run time: download them once (e.g. "
+            f"python -c \"from cellpose import models; models.CellposeModel(pretrained_model='{model}')\") or set "
+            f"segmentation.cellpose.model to a local checkpoint file"
+        )
+    raise ConfigError(
+        f"segmentation.cellpose.model: '{model}' is neither an existing file nor a cellpose model name "
+        f"(known: {sorted(set(known))}); give a path to a checkpoint or one of those names"
+    )
+
+
+def load_cellpose_model(config=None):
+    """Load (once per process) the CellposeModel named by a :class:`~chemozone.config.CellposeConfig`."""
+    from .config import CellposeConfig
+
+    cfg = config or CellposeConfig()
+    path = resolve_model_path(cfg.model)
+    key = (str(path), bool(cfg.gpu))
+    if key not in _CACHE:
+        models = _import_models()
+        _CACHE[key] = models.CellposeModel(pretrained_model=str(path), gpu=bool(cfg.gpu))
+    return _CACHE[key]
+
+
+def cellpose_nuclei(image_yx: np.ndarray, *, pixel_size_um: float, nucleus_diameter_um: float, model=None,
+                    config=None) -> np.ndarray:
+    """Run cellpose on one 2-D nuclear image.
+
+    Parameters
+    ----------
+    image_yx : ndarray, shape (Y, X)
+        Nuclear channel (cellpose normalises it by percentiles itself; not modified).
+    pixel_size_um, nucleus_diameter_um : float
+        The expected diameter in pixels is ``(config.diameter_um or nucleus_diameter_um) / pixel_size_um``.
+    model : object, optional
+        An object with ``eval(img, diameter=..., ...) -> (masks, flows, styles)``; default: the
+        model from ``config``.
+    config : CellposeConfig, optional
+
+    Returns
+    -------
+    ndarray of uint32, shape (Y, X)
+    """
+    from .config import CellposeConfig
+
+    cfg = config or CellposeConfig()
+    if model is None:
+        model = load_cellpose_model(cfg)
+    d_px = float(cfg.diameter_um or nucleus_diameter_um) / float(pixel_size_um)
+    img = np.asarray(image_yx, dtype=np.float32)
+    out = model.eval(img, diameter=d_px, flow_threshold=cfg.flow_threshold,
+                     cellprob_threshold=cfg.cellprob_threshold, batch_size=cfg.batch_size, normalize=True)
+    masks = np.asarray(out[0] if isinstance(out, (tuple, list)) else out)
+    if masks.shape != img.shape:
+        raise ValueError(f"cellpose model returned masks of shape {masks.shape} for an image of shape {img.shape}")
+    if masks.size and masks.min() < 0:
+        raise ValueError("cellpose model returned negative labels")
+    return masks.astype(np.uint32, copy=False)
+
+
+def cellpose_provenance(config=None) -> dict[str, Any]:
+    """``cellpose_version``, ``cellpose_model`` (as configured), ``cellpose_model_path`` (when on disk)
+    and the eval parameters; never imports torch unless the model name must be resolved."""
+    from .config import CellposeConfig
+
+    cfg = config or CellposeConfig()
+    out: dict[str, Any] = {
+        "cellpose_version": _cellpose_version(),
+        "cellpose_model": cfg.model,
+        "cellpose_diameter_um": cfg.diameter_um,
+        "cellpose_flow_threshold": cfg.flow_threshold,
+        "cellpose_cellprob_threshold": cfg.cellprob_threshold,
+        "cellpose_gpu": cfg.gpu,
+    }
+    p = Path(cfg.model).expanduser()
+    if p.is_file():
+        out["cellpose_model_path"] = str(p.resolve())
+        out["cellpose_model_size_bytes"] = p.stat().st_size
+    else:
+        cached = _model_dir() / cfg.model
+        out["cellpose_model_path"] = str(cached) if cached.is_file() else None
+    return out

@@ -1,0 +1,433 @@
+"""``chemozone report OUT``: one self-contained HTML page (figures embedded as PNG) for a run folder.
+
+Sections: cohort summary, failures, per-sample QC thumbnails, gate histograms, zone area vs dose, infiltration
+vs dose (fitted curves with patient-bootstrap CIs per radiation type), cognate specificity, chemokine modules.
+Figures are drawn with :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot state).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .errors import ChemozoneError
+
+__all__ = ["write_report", "cli_report", "render_report"]
+
+_COLORS = {"photon": "#1f77b4", "proton": "#2ca02c", "carbon": "#d62728", "helium": "#9467bd"}
+_MAX_THUMBS = 48
+_MAX_GATES = 24
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _fig(w: float = 6.0, h: float = 4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=90, layout="constrained")
+
+
+def _png_b64(fig) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str, cls: str = "fig") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _figure(fig, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{_img(_png_b64(fig), alt)}{cap}</figure>"
+
+
+def _table(df: pd.DataFrame, *, floatfmt: str = "{:.3g}", max_rows: int = 200) -> str:
+    if df is None or not len(df):
+        return "<p class='muted'>(empty)</p>"
+    d = df.head(max_rows).copy()
+    for c in d.columns:
+        if pd.api.types.is_float_dtype(d[c]):
+            d[c] = d[c].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
+    more = f"<p class='muted'>{len(df) - max_rows} more rows not shown</p>" if len(df) > max_rows else ""
+    return d.to_html(index=False, escape=True, border=0, classes="tbl") + more
+
+
+def _note(msg: str) -> str:
+    return f"<p class='note'>{html.escape(msg)}</p>"
+
+
+def _color(rad: str) -> str:
+    return _COLORS.get(rad, "#7f7f7f")
+
+
+# ------------------------------------------------------------------------------------------ sections
+def _summary(run: dict[str, Any]) -> str:
+    s = run["samples"]
+    status = (run["run"].get("samples") or {})
+    s = s.assign(status=[(status.get(i) or {}).get("status", "unknown") for i in s["sample_id"]])
+    cols = [c for c in ("radiation", "dose_gy") if c in s.columns]
+    parts = [f"<p><b>{len(s)}</b> samples, <b>{s['patient'].nunique() if 'patient' in s else '?'}</b> patients; "
+             f"status: {', '.join(f'{k}: {v}' for k, v in s['status'].value_counts().items())}; "
+             f"run status: <b>{html.escape(str(run['run'].get('status', '?')))}</b>.</p>"]
+    if cols:
+        g = s.groupby(cols, dropna=False).agg(samples=("sample_id", "size"),
+                                              done=("status", lambda v: int((v == "done").sum())))
+        if "patient" in s:
+            g["patients"] = s.groupby(cols, dropna=False)["patient"].nunique()
+        if len(run["cells"]) and "sample_id" in run["cells"]:
+            n = run["cells"].groupby("sample_id").size()
+            g["median_cells"] = s.assign(n=s["sample_id"].map(n)).groupby(cols, dropna=False)["n"].median()
+        parts.append(_table(g.reset_index(), floatfmt="{:g}"))
+    eff = run.get("effectiveness") or {}
+    if eff:
+        parts.append(_note("Effective dose = factor × physical dose, factors (config stats.effectiveness): "
+                           + ", ".join(f"{k} {v:g}" for k, v in eff.items())))
+    return "".join(parts)
+
+
+def _failures(run: dict[str, Any]) -> str:
+    rows = [{"sample_id": sid, "status": v.get("status"), "error": v.get("error") or ""}
+            for sid, v in (run["run"].get("samples") or {}).items() if v.get("status") != "done"]
+    if not rows:
+        return "<p>No failed samples.</p>"
+    return _table(pd.DataFrame(rows))
+
+
+def _thumb_from_masks(out: Path, sid: str) -> str | None:
+    from .io import list_labels_zarr, read_labels_zarr
+    from .layout import RunLayout
+
+    store = RunLayout(out).masks(sid)
+    names = list_labels_zarr(store)
+    if not names:
+        return None
+    fig = _fig(2.6, 2.6)
+    ax = fig.add_subplot()
+    base = None
+    if "tissue" in names:
+        base = read_labels_zarr(store, "tissue").astype(float) * 0.3
+    zones = [n for n in names if n.startswith("zone_")]
+    if base is not None:
+        rgb = np.stack([base] * 3, -1)
+        for i, z in enumerate(zones[:3]):
+            m = read_labels_zarr(store, z) > 0
+            if m.shape == base.shape:
+                rgb[..., i] = np.where(m, 0.9, rgb[..., i])
+        ax.imshow(rgb, interpolation="nearest")
+    elif "cells" in names:
+        from skimage.segmentation import find_boundaries
+
+        lab = read_labels_zarr(store, "cells")
+        ax.imshow(find_boundaries(lab), cmap="gray", interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(", ".join(z[5:] for z in zones[:3]) or sid, fontsize=7)
+    return _png_b64(fig)
+
+
+def _qc(out: Path, run: dict[str, Any]) -> str:
+    from .layout import RunLayout
+
+    lay = RunLayout(out)
+    status = run["run"].get("samples") or {}
+    ids = [sid for sid in run["samples"]["sample_id"] if (status.get(sid) or {}).get("status", "done") == "done"]
+    cards = []
+    for sid in ids[:_MAX_THUMBS]:
+        p = lay.qc(sid)
+        if p.is_file():
+            b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+        else:
+            b64 = _thumb_from_masks(out, sid)
+        if b64 is None:
+            cards.append(f"<div class='card'><div class='muted'>no QC image</div><div>{html.escape(sid)}</div></div>")
+        else:
+            cards.append(f"<div class='card'>{_img(b64, f'QC {sid}', 'thumb')}<div>{html.escape(sid)}</div></div>")
+    more = _note(f"{len(ids) - _MAX_THUMBS} more samples not shown") if len(ids) > _MAX_THUMBS else ""
+    if not cards:
+        return "<p>No completed samples.</p>"
+    return ("<p>Composite, cell outlines and zones per sample (samples/&lt;id&gt;/qc.png, or tissue/zone masks "
+            "when absent).</p><div class='grid'>" + "".join(cards) + "</div>" + more)
+
+
+def _gate_column(cells: pd.DataFrame, marker: str) -> str | None:
+    for c in (f"{marker}_cell", f"{marker}_nucleus", f"{marker}_cytoplasm"):
+        if c in cells.columns:
+            return c
+    return None
+
+
+def _gates(run: dict[str, Any]) -> str:
+    gates, cells = run["gates"], run["cells"]
+    if not len(gates) or not len(cells):
+        return _note("No gates table (run the phenotype step).")
+    markers = [m for m in dict.fromkeys(gates["marker"]) if _gate_column(cells, m)][:_MAX_GATES]
+    if not markers:
+        return _note("Gates table has no marker with intensities in cells.parquet.")
+    ncol = 4
+    nrow = int(np.ceil(len(markers) / ncol))
+    fig = _fig(3.0 * ncol, 2.3 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, m in zip(axes, markers):
+        g = gates[gates["marker"] == m]
+        col = _gate_column(cells, m)
+        v = cells[col].to_numpy(float)
+        tr = str(g["transform"].iloc[0]) if "transform" in g else "none"
+        cof = float(g["cofactor"].dropna().iloc[0]) if "cofactor" in g and g["cofactor"].notna().any() else 1.0
+        if tr == "arcsinh":
+            v = np.arcsinh(v / cof)
+        elif tr == "log1p":
+            v = np.log1p(v)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=60, color="#999999")
+        thr = g["threshold"].astype(float)
+        ax.axvline(float(thr.median()), color="#d62728", lw=1.5)
+        if thr.nunique() > 1:
+            ax.axvspan(float(thr.min()), float(thr.max()), color="#d62728", alpha=0.15)
+        frac = float((v > thr.median()).mean()) if len(v) else np.nan
+        ax.set_title(f"{m} ({tr}) {frac:.0%} +", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
+    for ax in axes[len(markers):]:
+        ax.set_axis_off()
+    return ("<p>Pooled distribution of each gated marker on its gating scale; red line: median threshold "
+            "across samples, band: range of per-sample thresholds.</p>"
+            + _figure(fig, "gate histograms", "Gate histograms"))
+
+
+def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
+                 fits_out: list[pd.DataFrame]) -> str:
+    """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm."""
+    ncol = min(3, len(metrics))
+    nrow = int(np.ceil(len(metrics) / ncol))
+    fig = _fig(4.2 * ncol, 3.2 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, (col, title) in zip(axes, metrics):
+        sub = df[np.isfinite(df[col].astype(float))]
+        for rad, g in sub.groupby(sub["radiation"].astype(str)):
+            jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(g))
+            ax.scatter(g["dose_gy"] + jitter, g[col], s=10, color=_color(rad), alpha=0.6,
+                       label=rad if g["dose_gy"].max() > 0 else f"{rad} (0 Gy)",
+                       marker="o" if g["dose_gy"].max() > 0 else "x")
+        try:
+            fits, boot = stats.fit_dose_response(sub, metric=col, n_bootstrap=n_bootstrap, seed=seed,
+                                                 return_bootstrap=True)
+        except (ChemozoneError, ValueError) as e:
+            ax.set_title(f"{title}\n(no fit: {e})", fontsize=7)
+            continue
+        fits_out.append(fits)
+        for grp in fits["group"].unique():
+            dmax = float(sub.loc[sub["radiation"].astype(str) == grp, "dose_gy"].max())
+            grid = np.linspace(0, dmax, 60)
+            cur = stats.predict_dose_response(fits, grid, boot=boot, metric=col, group=grp)
+            ch = fits[(fits["group"] == grp) & fits["chosen"]].iloc[0]
+            ax.plot(cur["dose"], cur["fit"], color=_color(grp), lw=1.8,
+                    label=f"{grp}: {ch['model']}" + (f", ED50 {ch['ED50']:.1f} Gy" if np.isfinite(ch["ED50"]) else ""))
+            if "lo" in cur:
+                ax.fill_between(cur["dose"], cur["lo"], cur["hi"], color=_color(grp), alpha=0.15, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("physical dose (Gy)", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, frameon=False)
+    for ax in axes[len(metrics):]:
+        ax.set_axis_off()
+    return _figure(fig, f"{ylabel} vs dose", f"{ylabel} vs dose, fitted curve (chosen by AIC) and 95% "
+                                             f"patient-bootstrap band per radiation type")
+
+
+def _fit_summary(fits: list[pd.DataFrame]) -> str:
+    if not fits:
+        return ""
+    f = pd.concat(fits, ignore_index=True)
+    f = f[f["chosen"]]
+    cols = ["metric", "group", "model", "E0", "Emax", "ED50", "ED50_ci_lo", "ED50_ci_hi", "slope",
+            "plateau_delta_aic", "plateau", "tost_p"]
+    return "<details><summary>Fitted parameters (chosen model per arm)</summary>" + _table(f[cols]) + "</details>"
+
+
+def _zone_area(run: dict[str, Any], nb: int, seed: int) -> str:
+    if not len(run["zones"]):
+        return _note("No zones table (run the zones step).")
+    za = stats.zone_area_table(run)
+    cols = [c for c in za.columns if c.startswith("area_fraction_")]
+    if not cols or "dose_gy" not in za:
+        return _note("No zone areas or doses to plot.")
+    fits: list[pd.DataFrame] = []
+    fig = _dose_figure(za, [(c, c[len("area_fraction_"):]) for c in cols[:9]], ylabel="zone area fraction",
+                       n_bootstrap=nb, seed=seed, fits_out=fits)
+    return fig + _fit_summary(fits)
+
+
+def _pairs(run: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    cfg = (run["run"].get("config") or {}).get("spatial") or {}
+    pairs = [(p["zone"], p["receptor"], list(p.get("cell_types") or [])) for p in cfg.get("cognate_pairs") or []]
+    zones = set(run["infiltration"]["zone"]) if len(run["infiltration"]) else set()
+    return [p for p in pairs if p[0] in zones]
+
+
+def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
+    inf = run["infiltration"]
+    if not len(inf):
+        return _note("No infiltration table (run the spatial step).")
+    pairs = _pairs(run)
+    if not pairs:
+        return _note("No cognate pairs configured (spatial.cognate_pairs); nothing to plot by receptor.")
+    panels, frames = [], []
+    for zone, receptor, cts in pairs:
+        dens = stats.density_table(run, zone=zone, region="inside", population_type="phenotype")
+        pops = [c[len("density_"):] for c in dens.columns if c.startswith("density_")]
+        cts = cts or sorted({p.split()[0] for p in pops if f"{receptor}+" in p.split()})
+        for ct in cts:
+            pos = [p for p in pops if p.split()[0] == ct and f"{receptor}+" in p.split()[1:]]
+            neg = [p for p in pops if p.split()[0] == ct and p not in pos]
+            # density of summed populations = sum of densities (same area)
+            for lab, members in ((f"{ct} {receptor}+", pos), (f"{ct} {receptor}−", neg)):
+                if members:
+                    col = f"dens::{zone}::{lab}"
+                    dens[col] = dens[[f"density_{p}" for p in members]].fillna(0).sum(axis=1)
+                    panels.append((col, f"{lab} inside {zone}"))
+        frames.append(dens)
+    if not panels:
+        return _note("No receptor-flagged phenotypes found in the infiltration table.")
+    df = frames[0]
+    for f in frames[1:]:
+        df = df.merge(f[["sample_id"] + [c for c in f.columns if c.startswith("dens::") and c not in df.columns]],
+                      on="sample_id", how="outer")
+    fits: list[pd.DataFrame] = []
+    fig = _dose_figure(df, panels[:12], ylabel="cells/mm²", n_bootstrap=nb, seed=seed, fits_out=fits)
+    for f in fits:
+        f["metric"] = f["metric"].str.replace("dens::", "").str.replace("::", ": ")
+    return ("<p>Density of receptor+ and receptor− cells of each lineage inside the chemokine zone of its cognate "
+            "pair. Receptor− cells are the specificity control: they should not follow the dose.</p>"
+            + fig + _fit_summary(fits))
+
+
+def _cognate(run: dict[str, Any]) -> str:
+    pairs = _pairs(run)
+    if not pairs or not len(run["infiltration"]):
+        return _note("No cognate pairs configured (spatial.cognate_pairs) or no infiltration table.")
+    res = stats.cognate_test(run["infiltration"], pairs=pairs, min_dose_gy=None)
+    if not len(res):
+        return _note("No receptor-flagged populations for the configured pairs.")
+    fig = _fig(6.0, 0.5 + 0.45 * len(res))
+    ax = fig.add_subplot()
+    ylab = [f"{r.cell_type} {r.receptor} in {r.zone}" for r in res.itertuples()]
+    yy = np.arange(len(res))
+    ax.errorbar(res["estimate"], yy, xerr=[res["estimate"] - res["ci_lo"], res["ci_hi"] - res["estimate"]],
+                fmt="o", color="#333333", capsize=3)
+    ax.axvline(0, color="#999999", lw=1)
+    ax.set_yticks(yy, ylab, fontsize=8)
+    ax.set_xlabel("log2 enrichment in zone, receptor+ minus receptor− (95% CI)", fontsize=8)
+    ax.invert_yaxis()
+    return ("<p>Per sample, log2(density inside zone / outside) for receptor+ and receptor− cells of the "
+            "same lineage; mixed model with a random intercept per patient; p adjusted (BH).</p>"
+            + _figure(fig, "cognate specificity", "Cognate specificity")
+            + _table(res.drop(columns=["warning"])))
+
+
+def _modules(run: dict[str, Any]) -> str:
+    cells = run["cells"]
+    if not len(cells):
+        return _note("No cells table.")
+    markers = [c[:-4] for c in cells.columns if c.endswith("_pos")
+               and c.upper().startswith(("CXCL", "CCL", "CX3CL", "XCL"))]
+    if len(markers) < 2:
+        return _note("Fewer than two gated chemokine markers: no module analysis.")
+    try:
+        res = stats.chemokine_modules(cells, markers=markers)
+    except ChemozoneError as e:
+        return _note(str(e))
+    corr = res["corr"].loc[res["order"], res["order"]]
+    fig = _fig(1.5 + 0.5 * len(markers), 1.0 + 0.45 * len(markers))
+    ax = fig.add_subplot()
+    im = ax.imshow(corr.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(corr)), [f"{m} ({res['modules'][m]})" for m in corr.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(corr)), corr.index, fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Spearman ρ")
+    return (f"<p>Spearman correlation of chemokine positivity across {res['n_units']} tumor cells, ordered by "
+            "hierarchical clustering; module number in brackets.</p>"
+            + _figure(fig, "chemokine modules", "Chemokine co-expression modules"))
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;
+color:#222;line-height:1.4;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.muted{color:#888}.note{color:#555;font-style:italic}
+table.tbl{border-collapse:collapse;font-size:12px;margin:8px 0}
+table.tbl th,table.tbl td{border:1px solid #ddd;padding:2px 6px;text-align:right}
+table.tbl th{background:#f3f3f3}
+img.fig{max-width:100%;height:auto;border:1px solid #eee}
+.grid{display:flex;flex-wrap:wrap;gap:8px}.card{width:180px;font-size:10px;text-align:center;word-break:break-all}
+img.thumb{width:176px;height:auto;border:1px solid #ccc}
+figure{margin:8px 0}figcaption{font-size:12px;color:#555}
+nav a{margin-right:12px}
+"""
+
+
+def render_report(out: str | os.PathLike) -> str:
+    """The report's HTML text for a run folder (see :func:`write_report`)."""
+    out = Path(out)
+    run = stats.load_run(out, missing="empty")
+    st = ((run["run"].get("config") or {}).get("stats") or {})
+    nb = int(min(st.get("n_bootstrap", 200), 200))
+    seed = int(st.get("seed", 0))
+    sections = [
+        ("summary", "Cohort summary", _summary(run)),
+        ("failures", "Failures", _failures(run)),
+        ("qc", "Per-sample QC", _qc(out, run)),
+        ("gates", "Gates", _gates(run)),
+        ("zones", "Zone area vs dose", _zone_area(run, nb, seed)),
+        ("infiltration", "Infiltration vs dose", _infiltration(run, nb, seed)),
+        ("cognate", "Cognate specificity", _cognate(run)),
+        ("modules", "Chemokine modules", _modules(run)),
+    ]
+    ver = (run["run"].get("versions") or {}).get("chemozone", "?")
+    nav = "".join(f"<a href='#{k}'>{html.escape(t)}</a>" for k, t, _ in sections)
+    body = "".join(f"<section id='{k}'><h2>{html.escape(t)}</h2>{b}</section>" for k, t, b in sections)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>chemozone report: "
+            f"{html.escape(out.name)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>chemozone report</h1><p class='muted'>{html.escape(str(out.resolve()))} · chemozone {ver} · "
+            f"written {now}</p><nav>{nav}</nav>{body}</body></html>")
+
+
+def write_report(out: str | os.PathLike) -> Path:
+    """Write ``OUT/report.html`` (self-contained: figures are embedded PNGs) and return its path.
+
+    Raises
+    ------
+    RunError
+        ``out`` is not a run folder (no ``run.json``).
+    MissingStepError
+        The run folder has no ``samples.parquet``.
+    """
+    from .layout import RunLayout, atomic_write_text
+
+    out = Path(out)
+    from .layout import read_run_json
+
+    read_run_json(out)  # RunError if this is not a run folder
+    if not RunLayout(out).cohort_samples.is_file():
+        from .errors import MissingStepError
+
+        raise MissingStepError(f"{RunLayout(out).cohort_samples}: no sample table; run 'chemozone run' into {out} first")
+    return atomic_write_text(RunLayout(out).report, render_report(out))
+
+
+def cli_report(args) -> int:
+    """CLI handler of ``chemozone report OUT``."""
+    path = write_report(args.out)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,156 @@
+"""The cellpose adapter: fake models for the contract and tiling, one real run on random weights."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from chemozone import _cellpose
+from chemozone.config import CellposeConfig, SegmentationConfig
+from chemozone.errors import ConfigError, MissingDependencyError
+from chemozone.metrics import match_scores, segmentation_report
+from chemozone.segment import segment_image, segment_nuclei, segmentation_provenance
+
+
+class FakeModel:
+    """CellposeModel ``eval`` contract: threshold + connected components; records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def eval(self, x, diameter=None, flow_threshold=0.4, cellprob_threshold=0.0, batch_size=8, normalize=True, **kw):
+        self.calls.append({"shape": x.shape, "diameter": diameter, "flow_threshold": flow_threshold,
+                           "cellprob_threshold": cellprob_threshold})
+        masks, _ = ndi.label(x > (x.min() + x.max()) / 2)
+        return masks.astype(np.int32), [None], None
+
+
+def _spots(shape=(300, 300), seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape)
+    truth = np.zeros(shape, np.uint32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    k = 0
+    for cy in range(12, shape[0] - 8, 24):
+        for cx in range(12, shape[1] - 8, 24):
+            k += 1
+            jy, jx = rng.uniform(-3, 3, 2)
+            m = (yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 < 36
+            img[m] = 1000
+            truth[m] = k
+    return img, truth
+
+
+def test_fake_model_contract_and_diameter_in_pixels():
+    img, truth = _spots((96, 96))
+    model = FakeModel()
+    cfg = CellposeConfig(flow_threshold=0.7)
+    lab = segment_nuclei(img, pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model,
+                         config=cfg, min_area_um2=1.0)
+    assert lab.dtype == np.uint32 and lab.shape == img.shape
+    assert segmentation_report(truth, lab)["f1_50"] == 1.0
+    assert model.calls[0]["diameter"] == pytest.approx(12.0)
+    assert model.calls[0]["flow_threshold"] == 0.7
+    cfg = CellposeConfig(diameter_um=10.0)
+    segment_nuclei(img, pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model, config=cfg)
+    assert model.calls[-1]["diameter"] == pytest.approx(20.0)
+
+
+def test_fake_model_bad_output_is_an_error():
+    class Bad:
+        def eval(self, x, **kw):
+            return np.zeros((3, 3), np.int32), None, None
+
+    with pytest.raises(ValueError, match="masks of shape"):
+        segment_nuclei(np.ones((8, 8)), pixel_size_um=1, nucleus_diameter_um=4, method="cellpose", model=Bad())
+
+
+def test_tiling_and_stitching_with_fake_model():
+    img, truth = _spots((300, 300))
+    cyx = img[None]
+    base = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0, min_nucleus_area_um2=5.0)
+    whole, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=base, model=FakeModel())
+    tiled_cfg = base.model_copy(update={"tile_size_px": 64, "tile_overlap_um": 10.0})
+    model = FakeModel()
+    tiled, cells = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=tiled_cfg, model=model)
+    assert len(model.calls) == 25  # 5 x 5 tiles
+    assert whole.max() == truth.max() == tiled.max()
+    s = match_scores(whole, tiled, thresholds=(0.9,))
+    assert s["tp"][0] == truth.max()  # every spot, including those on seams, is one whole object
+    np.testing.assert_array_equal(cells[tiled > 0], tiled[tiled > 0])
+
+
+def test_missing_cellpose_is_actionable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cellpose", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'chemozone\[cellpose\]'"):
+        segment_nuclei(np.ones((8, 8)), pixel_size_um=1, nucleus_diameter_um=4, method="cellpose")
+
+
+@pytest.mark.cellpose
+def test_missing_weights_refuse_to_download(monkeypatch, tmp_path):
+    models = pytest.importorskip("cellpose.models")
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path)
+    monkeypatch.setattr(models, "get_user_models", lambda: [])
+
+    def no_download(*a, **k):  # pragma: no cover - must never be reached
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(models, "cache_model_path", no_download)
+    with pytest.raises(MissingDependencyError, match=r"weights of cellpose model 'cpsam' are not on this machine"):
+        _cellpose.resolve_model_path("cpsam")
+    with pytest.raises(ConfigError, match=r"segmentation.cellpose.model: 'nope' is neither"):
+        _cellpose.resolve_model_path("nope")
+    with pytest.raises(ConfigError, match="is neither an existing file"):
+        _cellpose.load_cellpose_model(CellposeConfig(model=str(tmp_path / "missing.pth")))
+    (tmp_path / "cpsam").write_bytes(b"x")
+    assert _cellpose.resolve_model_path("cpsam") == tmp_path / "cpsam"
+
+
+def test_provenance_records_version_and_model(tmp_path):
+    ckpt = tmp_path / "my_model.pth"
+    ckpt.write_bytes(b"weights")
+    cfg = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(model=str(ckpt)))
+    p = segmentation_provenance(cfg)
+    assert p["method"] == "cellpose" and p["cellpose_model"] == str(ckpt)
+    assert p["cellpose_model_path"] == str(ckpt.resolve()) and p["cellpose_model_size_bytes"] == 7
+    from importlib import metadata
+
+    try:
+        expected = metadata.version("cellpose")
+    except metadata.PackageNotFoundError:
+        expected = None
+    assert p["cellpose_version"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.cellpose
+def test_real_cellpose_on_random_weights(tmp_path):
+    pytest.importorskip("cellpose")
+    torch = pytest.importorskip("torch")
+    from cellpose import vit
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "random_cpsam.pth"
+    vit.CPSAM().save_model(str(ckpt))
+    img, _ = _spots((128, 128))
+    cfg = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0,
+                             cellpose=CellposeConfig(model=str(ckpt), batch_size=1))
+    nuc, cells = segment_image(img[None], channels=["DAPI"], pixel_size_um=0.5, config=cfg)
+    assert nuc.dtype == np.uint32 and nuc.shape == (128, 128)
+    assert cells.dtype == np.uint32 and cells.shape == (128, 128)
+    assert segmentation_provenance(cfg)["cellpose_version"]
+
+
+@pytest.mark.cellpose
+@pytest.mark.skipif(not os.environ.get("CHEMOZONE_CELLPOSE_MODEL"), reason="set CHEMOZONE_CELLPOSE_MODEL to a local model")
+def test_real_cellpose_accuracy_with_local_model():
+    pytest.importorskip("cellpose")
+    synth = pytest.importorskip("chemozone.synth")
+    s = synth.generate_sample(size_px=256, dose_gy=0, seed=4)
+    cfg = CellposeConfig(model=os.environ["CHEMOZONE_CELLPOSE_MODEL"])
+    dapi = s["image"][s["channels"].index("DAPI")]
+    lab = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=8.0, method="cellpose", config=cfg)
+    assert segmentation_report(s["nuclei"], lab)["f1_50"] >= 0.9

@@ -1,0 +1,488 @@
+"""The napari plugin: manifest, reader, review files and widgets.
+
+GUI tests (marked ``gui``) need an X server: run under ``xvfb-run -a``. The fixture ``run_folder`` fabricates a
+tiny run folder (image, masks, cells, zones, infiltration, run.json) with known content, so these tests do
+not depend on the batch runner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "chemozone_napari"
+PX = 0.5
+GRID_UM = 2.0
+H, W = 96, 128
+CHANNELS = ["DAPI", "CD3", "CXCL10", "panCK"]
+# cells: centres (row, col) in pixels on a regular lattice, radius 4 px
+CENTRES = [(12 + 16 * i, 12 + 16 * j) for i in range(6) for j in range(8)]
+CD3_POS_IDS = {3, 7, 11, 20, 29, 41}  # cell ids (1-based) that are CD3 bright
+
+
+def gui(func):
+    """Mark a napari/Qt test; ignore only the third-party warnings napari/vispy emit under xvfb with PyQt5."""
+    for mark in (
+        pytest.mark.gui,
+        pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6 backend:UserWarning"),
+        pytest.mark.filterwarnings("ignore::DeprecationWarning:vispy.*"),
+        pytest.mark.filterwarnings("ignore::DeprecationWarning:napari.*"),
+    ):
+        func = mark(func)
+    return func
+
+
+def _labels() -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:H, :W]
+    nuclei = np.zeros((H, W), np.uint32)
+    cells = np.zeros((H, W), np.uint32)
+    for k, (r, c) in enumerate(CENTRES, start=1):
+        d2 = (yy - r) ** 2 + (xx - c) ** 2
+        cells[d2 <= 36] = k
+        nuclei[d2 <= 12] = k
+    return nuclei, cells
+
+
+def _cells_table(cells_lbl: np.ndarray, image: np.ndarray) -> pd.DataFrame:
+    ids = np.arange(1, len(CENTRES) + 1, dtype=np.uint32)
+    rows = []
+    for k, (r, c) in zip(ids, CENTRES):
+        m = cells_lbl == k
+        rows.append({"sample_id": "s1", "cell_id": k, "x_um": (c + 0.5) * PX, "y_um": (r + 0.5) * PX,
+                     "area_um2": m.sum() * PX * PX, "nucleus_area_um2": 12 * np.pi * PX * PX,
+                     **{f"{ch}_cell": float(image[i][m].mean()) for i, ch in enumerate(CHANNELS)}})
+    df = pd.DataFrame(rows)
+    df["cell_id"] = df["cell_id"].astype(np.uint32)
+    df["CD3_pos"] = df["CD3_cell"] > 500
+    df["panCK_pos"] = df["panCK_cell"] > 500
+    df["cell_type"] = np.where(df["CD3_pos"], "T cell", np.where(df["panCK_pos"], "Tumor", "Other"))
+    df["phenotype"] = df["cell_type"]
+    df["in_CXCL10"] = df["x_um"] < W * PX / 2
+    df["dist_CXCL10_um"] = df["x_um"] - W * PX / 2
+    df["dist_tissue_edge_um"] = 10.0
+    return df
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """A tiny run folder with one sample ``s1`` (as ``chemozone run`` writes it)."""
+    from chemozone.config import config_from_dict
+    from chemozone.io import write_labels_zarr, write_ome_tiff
+    from chemozone.layout import RunLayout, atomic_write_json, new_provenance, write_parquet
+
+    rng = np.random.default_rng(0)
+    nuclei, cells = _labels()
+    img = rng.integers(20, 60, size=(len(CHANNELS), H, W)).astype(np.uint16)
+    img[0][nuclei > 0] += 1000
+    for k in CD3_POS_IDS:
+        img[1][cells == k] += 2000
+    img[3][:, W // 2:][cells[:, W // 2:] > 0] += 1500  # tumor cells on the right half
+    img[2][:, : W // 2] += 800  # chemokine on the left half
+    image_path = tmp_path / "inputs" / "s1.ome.tif"
+    image_path.parent.mkdir()
+    write_ome_tiff(image_path, img, channels=CHANNELS, pixel_size_um=PX, tile_px=64)
+    out = tmp_path / "run"
+    lay = RunLayout(out)
+    lay.sample_dir("s1").mkdir(parents=True)
+    store = lay.masks("s1")
+    write_labels_zarr(store, "nuclei", nuclei, pixel_size_um=PX)
+    write_labels_zarr(store, "cells", cells, pixel_size_um=PX)
+    f = int(GRID_UM / PX)
+    tissue = np.ones((H // f, W // f), np.uint8)
+    tissue[:2] = 0
+    zone = np.zeros_like(tissue)
+    zone[:, : W // f // 2] = 1
+    write_labels_zarr(store, "tissue", tissue, pixel_size_um=GRID_UM)
+    write_labels_zarr(store, "zone_CXCL10", zone & tissue, pixel_size_um=GRID_UM)
+    df = _cells_table(cells, img)
+    write_parquet(df, lay.cells("s1"))
+    samples = pd.DataFrame({"sample_id": ["s1"], "image": [str(image_path)], "patient": ["P1"],
+                            "radiation": ["photon"], "dose_gy": [2.0]})
+    write_parquet(samples, lay.cohort_samples)
+    cfg = config_from_dict({
+        "phenotypes": {
+            "markers": {"CD3": {"transform": "arcsinh", "cofactor": 50.0, "gate": {"method": "otsu"}},
+                        "panCK": {"transform": "arcsinh", "gate": {"method": "otsu"}}},
+            "rules": [{"cell_type": "T cell", "pos": ["CD3"]}, {"cell_type": "Tumor", "pos": ["panCK"]}],
+        },
+        "zones": [{"name": "CXCL10", "channels": ["CXCL10"], "smooth_um": 4.0,
+                   "threshold": {"mode": "absolute", "value": 0.5}}],
+    })
+    prov = new_provenance(cfg)
+    prov["samples"] = {"s1": {"status": "done", "image": str(image_path)}}
+    atomic_write_json(lay.run_json, prov)
+    gates = pd.DataFrame({"sample_id": ["s1"], "marker": ["CD3"], "compartment": ["cell"],
+                          "threshold": [float(np.arcsinh(500 / 50.0))], "threshold_raw": [500.0],
+                          "method": ["otsu"], "transform": ["arcsinh"], "cofactor": [50.0], "warning": [""]})
+    write_parquet(gates, lay.gates)
+    write_parquet(pd.DataFrame({"sample_id": ["s1"], "zone": ["CXCL10"], "source": ["pixels"],
+                                "channels": ["CXCL10"], "threshold_used": [0.5], "area_mm2": [0.001],
+                                "tissue_area_mm2": [0.002]}), lay.zones("s1"))
+    infl = pd.DataFrame({
+        "sample_id": "s1", "population_type": "cell_type",
+        "population": ["T cell", "T cell", "Tumor", "Tumor"], "zone": "CXCL10",
+        "region": ["inside", "outside", "inside", "outside"], "n_cells": [4, 2, 0, 20],
+        "area_mm2": [0.0015, 0.0015, 0.0015, 0.0015], "density_per_mm2": [2666.7, 1333.3, 0.0, 13333.3]})
+    write_parquet(infl, lay.infiltration("s1"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- manifest
+def test_manifest_validates_and_is_discovered():
+    import npe2
+
+    mf = npe2.PluginManifest.from_file(PLUGIN_DIR / "napari.yaml")
+    assert mf.name == "chemozone"  # must equal the distribution name for napari to load it
+    assert {c.id for c in mf.contributions.commands} >= {"chemozone.get_reader", "chemozone.make_sample",
+                                                          "chemozone.gates", "chemozone.zones"}
+    assert len(mf.contributions.widgets) == 5
+    assert mf.contributions.readers[0].accepts_directories
+    for cmd in mf.contributions.commands:  # every python_name resolves
+        module, attr = cmd.python_name.split(":")
+        mod = __import__(module, fromlist=[attr])
+        assert callable(getattr(mod, attr)), cmd.python_name
+    pm = npe2.PluginManager()
+    pm.discover(include_npe1=False)
+    assert "chemozone" in pm._manifests or "chemozone" in {m.name for m in pm.iter_manifests()}
+
+
+# ------------------------------------------------------------------------------------------ reader
+def test_reader_rejects_what_it_cannot_read(tmp_path):
+    from chemozone_napari._reader import napari_get_reader
+
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "empty")) is None
+    assert napari_get_reader(str(tmp_path / "missing.tif")) is None
+    assert napari_get_reader([str(tmp_path / "notes.txt")]) is None
+    assert napari_get_reader([]) is None
+
+
+def test_reader_qptiff(shared_data):
+    from chemozone_napari._reader import napari_get_reader
+
+    path = shared_data / "qptiff_vectra" / "small_vectra.qptiff"
+    layers = napari_get_reader(str(path))(str(path))
+    assert [kw["name"] for _, kw, _ in layers] == ["DAPI", "FITC", "Cy3"]
+    assert all(kind == "image" for _, _, kind in layers)
+    for data, kw, _ in layers:
+        assert kw["scale"] == pytest.approx((0.4965, 0.4965), abs=1e-3)
+        assert data.shape == (1440, 1920)
+        assert hasattr(data, "dask")  # lazy
+        lo, hi = kw["contrast_limits"]
+        assert 0 <= lo < hi <= 255
+    assert layers[0][1]["colormap"] == "blue"
+    assert len({kw["colormap"] for _, kw, _ in layers}) == 3
+
+
+def test_reader_inform_component_tiff(shared_data):
+    from chemozone_napari._reader import napari_get_reader
+
+    path = shared_data / "vectra_phenoptr" / "FIHC4__0929309_HP_IM3_2_component_data.tif"
+    layers = napari_get_reader(str(path))(str(path))
+    names = [kw["name"] for _, kw, _ in layers]
+    assert names == ["Alexa 594", "Cy3", "Cy5", "DAPI", "FITC"]
+    assert layers[3][1]["colormap"] == "blue"
+    assert all(kw["scale"] == pytest.approx((0.4971, 0.4971), abs=1e-3) for _, kw, _ in layers)
+
+
+def test_reader_pyramid_is_multiscale_and_contrast_uses_small_level(tmp_path):
+    import dask.array as da
+
+    from chemozone.io import write_ome_tiff
+    from chemozone_napari._reader import image_layers
+
+    arr = da.from_array(np.tile(np.arange(256, dtype=np.uint16), (2, 256, 1)), chunks=(1, 128, 128))
+    path = write_ome_tiff(tmp_path / "pyr.ome.tif", arr, channels=["DAPI", "CD8"], pixel_size_um=0.25,
+                          tile_px=64, pyramid_levels=2)
+    layers = image_layers(path)
+    data, kw, _ = layers[1]
+    assert kw["multiscale"] and isinstance(data, list) and [d.shape for d in data] == [(256, 256), (128, 128), (64, 64)]
+    assert kw["name"] == "CD8" and kw["scale"] == (0.25, 0.25)
+    lo, hi = kw["contrast_limits"]
+    assert lo < 10 and 240 < hi <= 255  # the ramp 0..255 (averaged by the pyramid)
+
+
+def test_contrast_limits_sample_chunks_of_a_large_level(monkeypatch):
+    import dask.array as da
+
+    import chemozone_napari._reader as rd
+
+    monkeypatch.setattr(rd, "CONTRAST_MAX_PX", 1000)
+    arr = da.ones((1, 400, 400), chunks=(1, 50, 50), dtype=np.uint16) * 7
+    arr = da.concatenate([arr, arr * 3], axis=0)
+    assert rd.contrast_limits([arr], 1) == (21.0, 22.0)  # constant channel -> hi = lo + 1
+
+
+def test_reader_run_folder_layers_and_scales(run_folder):
+    from chemozone_napari._reader import napari_get_reader
+
+    for path in (run_folder, run_folder / "samples" / "s1"):
+        reader = napari_get_reader(str(path))
+        assert reader is not None
+        layers = reader(str(path))
+        by_name = {kw["name"]: (data, kw, kind) for data, kw, kind in layers}
+        assert list(by_name)[:4] == CHANNELS
+        assert {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points"} <= set(by_name)
+        assert by_name["DAPI"][1]["scale"] == (PX, PX)
+        assert by_name["cells"][2] == "labels" and by_name["cell points"][2] == "points"
+        assert by_name["nuclei"][1]["scale"] == (PX, PX) and by_name["nuclei"][2] == "labels"
+        assert by_name["tissue"][1]["scale"] == (GRID_UM, GRID_UM)
+        assert by_name["zone_CXCL10"][1]["translate"] == (GRID_UM / 2, GRID_UM / 2)
+        pts, kw, _ = by_name["cell points"]
+        feats = kw["features"]
+        assert len(pts) == len(CENTRES) and {"CD3_cell", "phenotype", "phenotype_display"} <= set(feats.columns)
+        # points are at the pixel centres of the labels in world (µm) coordinates
+        r, c = CENTRES[5]
+        assert pts[5] == pytest.approx([(r + 0.5) * PX, (c + 0.5) * PX])
+        # phenotype colours: one colour per phenotype
+        colors = kw["face_color"]
+        t_rows = feats["phenotype"] == "T cell"
+        assert len({tuple(x) for x in colors[t_rows.to_numpy()]}) == 1
+        assert tuple(colors[t_rows.to_numpy()][0]) != tuple(colors[(~t_rows).to_numpy()][0])
+
+
+# ------------------------------------------------------------------------------------ review files
+def test_reviewed_phenotypes_merge_and_clear(run_folder):
+    from chemozone_napari._reader import load_cells
+    from chemozone_napari._review import load_reviewed, save_reviewed
+
+    sd = run_folder / "samples" / "s1"
+    save_reviewed(sd, [2, 5], ["NK", "T cell"])
+    save_reviewed(sd, [5, 9], [None, "Tumor"])  # clears 5, adds 9
+    rev = load_reviewed(sd)
+    assert rev["cell_id"].tolist() == [2, 9] and rev["phenotype_reviewed"].tolist() == ["NK", "Tumor"]
+    cells = load_cells(sd)
+    by_id = cells.set_index("cell_id")
+    assert by_id.loc[2, "phenotype_display"] == "NK"
+    assert by_id.loc[5, "phenotype_display"] == by_id.loc[5, "phenotype"]
+    assert by_id.loc[9, "phenotype_reviewed"] == "Tumor"
+    # a re-run rewrites cells.parquet but not the sidecar: the correction survives
+    from chemozone.layout import write_parquet
+
+    write_parquet(pd.read_parquet(sd / "cells.parquet"), sd / "cells.parquet")
+    assert load_cells(sd).set_index("cell_id").loc[2, "phenotype_display"] == "NK"
+
+
+def test_update_gates_file_keeps_other_entries(tmp_path):
+    from chemozone.config import load_gates_file
+    from chemozone_napari._review import update_gates_file
+
+    path = tmp_path / "gates.yaml"
+    update_gates_file(path, "CD3", 400.0, sample_id="s1")
+    update_gates_file(path, "CD8", 12.5)
+    update_gates_file(path, "CD3", 450.0, sample_id="s1")
+    assert load_gates_file(path) == {"CD3": {"s1": 450.0}, "CD8": {"*": 12.5}}
+
+
+def test_update_zone_config_writes_threshold_and_smoothing(tmp_path):
+    from chemozone.config import load_config
+    from chemozone.errors import ConfigError
+    from chemozone_napari._review import update_zone_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"panel": {"pixel_size_um": 0.5},
+                                    "zones": [{"name": "CXCL10", "channels": ["CXCL10"]},
+                                              {"name": "CCL5", "channels": ["CCL5"], "smooth_um": 7.0}]}))
+    update_zone_config(path, "CXCL10", threshold=1.25, smooth_um=15.0)
+    cfg = load_config(path)
+    z = cfg.zones[0]
+    assert (z.threshold.mode, z.threshold.value, z.smooth_um) == ("absolute", 1.25, 15.0)
+    assert cfg.zones[1].smooth_um == 7.0 and cfg.panel.pixel_size_um == 0.5
+    with pytest.raises(ConfigError, match=r"no zone named 'CXCL8' \(zones: \['CXCL10', 'CCL5'\]\)"):
+        update_zone_config(path, "CXCL8", threshold=1.0)
+    with pytest.raises(ConfigError, match="config file not found"):
+        update_zone_config(tmp_path / "nope.yaml", "CXCL10", threshold=1.0)
+    with pytest.raises(ConfigError, match="smooth_um"):
+        update_zone_config(path, "CXCL10", smooth_um=-1.0)
+    assert load_config(path).zones[0].smooth_um == 15.0  # an invalid edit leaves the file untouched
+
+
+def test_marker_setup_uses_run_cofactor_and_gate(run_folder):
+    from chemozone_napari._reader import load_cells, run_config
+    from chemozone_napari._review import marker_setup, to_raw
+
+    cells = load_cells(run_folder / "samples" / "s1")
+    gates = pd.read_parquet(run_folder / "gates.parquet")
+    st = marker_setup(cells, "CD3", cfg=run_config(run_folder), gates=gates, sample_id="s1")
+    assert st["column"] == "CD3_cell" and st["cofactor"] == 50.0 and st["transform"] == "arcsinh"
+    assert st["values"] == pytest.approx(np.arcsinh(cells["CD3_cell"].to_numpy() / 50.0))
+    assert st["threshold"] == pytest.approx(np.arcsinh(10.0))
+    assert to_raw(st["threshold"], st) == pytest.approx(500.0)
+
+
+# --------------------------------------------------------------------------------------------- GUI
+@pytest.fixture
+def viewer_with_run(make_napari_viewer, run_folder):
+    viewer = make_napari_viewer()
+    viewer.open(str(run_folder), plugin="chemozone")
+    return viewer
+
+
+@gui
+def test_viewer_opens_run_folder(viewer_with_run):
+    names = [ly.name for ly in viewer_with_run.layers]
+    assert names[:4] == CHANNELS and {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points"} <= set(names)
+    pts = [ly for ly in viewer_with_run.layers if ly._type_string == "points"][0]
+    assert len(pts.data) == len(CENTRES) and "CD3_cell" in pts.features.columns
+    tissue = viewer_with_run.layers["tissue"]
+    assert tuple(tissue.scale) == (GRID_UM, GRID_UM)
+
+
+@gui
+def test_gate_widget_recolours_and_saved_gates_replay(viewer_with_run, run_folder, tmp_path):
+    from chemozone.config import load_gates_file
+    from chemozone.phenotype import apply_gates, compute_gates
+    from chemozone_napari._reader import run_config
+    from chemozone_napari._widgets import GateReviewWidget
+
+    w = GateReviewWidget(viewer_with_run)
+    assert w.marker == "CD3" and w.gate == pytest.approx(np.arcsinh(10.0))
+    pts = w.layer
+    before = np.asarray(pts.face_color).copy()
+    pos_before = w.positive()
+    assert set(np.flatnonzero(pos_before) + 1) == CD3_POS_IDS
+    # drag the gate below the background: every cell becomes positive and turns red
+    low = float(np.arcsinh(30.0 / 50.0))
+    w.set_gate(low)
+    after = np.asarray(pts.face_color)
+    assert w.positive().all() and not np.allclose(before, after)
+    assert np.allclose(after, after[0]) and after[0][0] > 0.9  # all red
+    assert pts.features["CD3_pos"].all()
+    # the slider moves the gate too
+    w.slider.setValue(900)
+    assert w.gate > low and w.positive().sum() < len(CENTRES)
+    # a reviewed gate: between the CD3- and CD3+ cells, but not the run's 500
+    w.set_gate(float(np.arcsinh(800 / 50.0)))
+    reviewed = w.positive()
+    gates_path = tmp_path / "reviewed_gates.yaml"
+    w.save(gates_path)
+    assert load_gates_file(gates_path) == {"CD3": {"s1": pytest.approx(800.0)}}
+    # replay: compute_gates with the gates file, then apply_gates, reproduces the reviewed _pos flags
+    cfg = run_config(run_folder)
+    pcfg = cfg.phenotypes.model_copy(update={"gates_file": gates_path})
+    cells = pd.read_parquet(run_folder / "samples" / "s1" / "cells.parquet")
+    samples = pd.read_parquet(run_folder / "samples.parquet")
+    gates = compute_gates(cells, samples, config=pcfg)
+    replayed = apply_gates(cells, gates, config=pcfg)
+    assert np.array_equal(replayed["CD3_pos"].to_numpy(), reviewed)
+    assert np.array_equal(pts.features["CD3_pos"].to_numpy(), reviewed)
+
+
+@gui
+def test_cell_inspector_click_and_correct(viewer_with_run, run_folder):
+    from chemozone_napari._reader import load_cells
+    from chemozone_napari._widgets import CellInspectorWidget
+
+    w = CellInspectorWidget(viewer_with_run)
+    r, c = CENTRES[10]
+    i = w.select_at(((r + 0.5) * PX + 0.3, (c + 0.5) * PX - 0.2))
+    assert i == 10
+    fields = {w.table.item(k, 0).text(): w.table.item(k, 1).text() for k in range(w.table.rowCount())}
+    assert fields["cell_id"] == "11" and fields["CD3_pos"] == "True" and "dist_CXCL10_um" in fields
+    assert w.select_at((500.0, 500.0)) is None  # far from every cell
+    w.correct("NK")
+    assert load_cells(run_folder / "samples" / "s1").set_index("cell_id").loc[11, "phenotype_display"] == "NK"
+    pts = w.layer
+    assert pts.features.loc[10, "phenotype_display"] == "NK"
+
+
+@gui
+def test_infiltration_panel_shows_the_sample_table(viewer_with_run):
+    from chemozone_napari._widgets import InfiltrationWidget
+
+    w = InfiltrationWidget(viewer_with_run)
+    assert w.table.rowCount() == 4
+    headers = [w.table.horizontalHeaderItem(k).text() for k in range(w.table.columnCount())]
+    assert headers[:3] == ["population", "region", "n_cells"]
+    assert len(w.fig.axes) == 1 and len(w.fig.axes[0].patches) == 4
+
+
+@gui
+def test_zone_widget_preview_and_save(viewer_with_run, tmp_path):
+    from chemozone.config import load_config
+    from chemozone_napari._widgets import ZoneReviewWidget
+
+    w = ZoneReviewWidget(viewer_with_run)
+    assert w.zone_box.currentText() == "CXCL10" and w.smooth.value() == 4.0 and w.thr.value() == 0.5
+    sig = w.compute_signal(block=True)
+    assert sig.shape == (1, H // 4, W // 4)
+    w.set_threshold(float(np.median(sig[0, 2:])))
+    preview = viewer_with_run.layers["zone preview: CXCL10"]
+    m = np.asarray(preview.data).astype(bool)
+    assert tuple(preview.scale) == (GRID_UM, GRID_UM)
+    assert m[:, : W // 8].mean() > 0.5 > m[:, W // 8 + 4:].mean()  # the chemokine is on the left half
+    assert not m[:2].any()  # outside the tissue
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(yaml.safe_dump({"zones": [{"name": "CXCL10", "channels": ["CXCL10"]}]}))
+    w.smooth.setValue(6.0)
+    w.save(cfg_path)
+    z = load_config(cfg_path).zones[0]
+    assert z.threshold.value == pytest.approx(w.thr.value()) and z.smooth_um == 6.0
+
+
+@gui
+def test_screenshot_shows_labels(make_napari_viewer, run_folder):
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black under xvfb/llvmpipe
+    viewer.open(str(run_folder), plugin="chemozone")
+    for ly in viewer.layers:
+        ly.visible = ly.name in ("DAPI", "cells") and ly._type_string != "points"
+    viewer.layers["cells"].opacity = 1.0
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    from skimage.io import imsave
+
+    imsave("/tmp/napari_shot.png", shot, check_contrast=False)
+    rgb = shot[..., :3].astype(int)
+    assert rgb.std() > 5  # not blank
+    # label colours are saturated, the grey DAPI is blue-only: many pixels with red or green signal
+    colourful = (np.abs(rgb[..., 0] - rgb[..., 1]) > 40) | (rgb[..., 0] > 60)
+    assert colourful.mean() > 0.05
+
+
+# ------------------------------------------------------------------------------ sample data, analyse
+def test_sample_data_is_a_synthetic_explant():
+    from chemozone_napari._sample_data import make_sample_data
+
+    layers = make_sample_data(size_px=128)
+    kinds = {kw["name"]: kind for _, kw, kind in layers}
+    assert kinds["DAPI"] == "image" and kinds["cells (truth)"] == "labels"
+    assert kinds["cell points (truth)"] == "points"
+    cells_lbl = next(d for d, kw, _ in layers if kw["name"] == "cells (truth)")
+    pts, kw, _ = next(x for x in layers if x[1]["name"] == "cell points (truth)")
+    assert cells_lbl.dtype == np.uint32 and len(pts) == len(np.unique(cells_lbl)) - 1
+    assert kw["metadata"]["chemozone"]["color_by"] == "cell_type"
+
+
+@gui
+@pytest.mark.slow
+def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tmp_path):
+    from chemozone.io import write_ome_tiff
+    from chemozone.synth import generate_sample
+    from chemozone_napari._widgets import AnalyseWidget
+
+    s = generate_sample(size_px=192, dose_gy=10, seed=1)
+    img_path = write_ome_tiff(tmp_path / "img.ome.tif", s["image"], channels=s["channels"], pixel_size_um=0.5)
+    cfg = {"phenotypes": {"markers": {"CD3": {"gate": {"method": "otsu"}}},
+                          "rules": [{"cell_type": "T", "pos": ["CD3"]}]},
+           "zones": [{"name": "CXCL10", "channels": ["CXCL10"], "threshold": {"mode": "per_sample"}}]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    viewer = make_napari_viewer()
+    viewer.open(str(img_path), plugin="chemozone")
+    w = AnalyseWidget(viewer)
+    assert w.image_box.currentText() == str(img_path)
+    w.config_path.setText(str(tmp_path / "cfg.yaml"))
+    w.out_path.setText(str(tmp_path / "out"))
+    result = w.run(block=True)
+    assert Path(result["sample_dir"]) == tmp_path / "out" / "samples" / "img"
+    names = [ly.name for ly in viewer.layers]
+    assert {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points"} <= set(names)
+    assert names.count("DAPI") == 1  # the image is not added twice
+    pts = viewer.layers["cell points"]
+    assert len(pts.data) > 20 and "CD3_pos" in pts.features.columns

@@ -1,0 +1,153 @@
+"""End-to-end batch runs on the tiny synthetic preset (through the CLI and the library)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chemozone.cli import main
+from chemozone.layout import RunLayout
+
+EXE = os.path.join(os.path.dirname(sys.executable), "chemozone")
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    from chemozone.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, preset="tiny", seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cohort, tmp_path_factory):
+    """One real run through the CLI with a local Dask cluster of one worker."""
+    out = tmp_path_factory.mktemp("run")
+    code = main(["run", str(tiny_cohort), "--config", str(tiny_cohort / "config.yaml"), "--out", str(out),
+                 "--workers", "1", "--quiet"])
+    assert code == 0
+    return out
+
+
+def _tables(out: Path) -> dict[str, pd.DataFrame]:
+    lay = RunLayout(out)
+    return {n: pd.read_parquet(p) for n, p in [("cells", lay.cohort_cells), ("infiltration", lay.cohort_infiltration),
+                                               ("zones", lay.cohort_zones), ("gates", lay.gates)]}
+
+
+def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
+    lay = RunLayout(tiny_run)
+    samples = pd.read_csv(tiny_cohort / "samples.csv")
+    for p in [lay.run_json, lay.run_log, lay.cohort_cells, lay.cohort_infiltration, lay.cohort_zones, lay.gates,
+              lay.cohort_samples]:
+        assert p.is_file(), p
+    prov = json.loads(lay.run_json.read_text())
+    assert prov["status"] == "done"
+    assert set(prov["samples"]) == set(samples["sample_id"])
+    for sid, info in prov["samples"].items():
+        assert info["status"] == "done"
+        assert info["step_a"]["timings_s"]["segment"] >= 0 and info["step_a"]["peak_rss_mb"] > 0
+        assert lay.cells(sid).is_file() and lay.zones(sid).is_file() and lay.infiltration(sid).is_file()
+        assert lay.qc(sid).is_file()
+        from chemozone.io import list_labels_zarr, read_labels_zarr
+
+        labels = list_labels_zarr(lay.masks(sid))
+        assert {"nuclei", "cells", "tissue"} <= set(labels)
+        assert any(n.startswith("zone_") for n in labels)
+        assert read_labels_zarr(lay.masks(sid), "cells").dtype == np.uint32
+    assert prov["inputs"] and all(len(v["sha256"]) == 64 for v in prov["inputs"].values())
+    cells = pd.read_parquet(lay.cohort_cells)
+    for col in ["sample_id", "cell_id", "x_um", "y_um", "area_um2", "nucleus_area_um2", "DAPI_nucleus",
+                "CD3_cell", "p21_nucleus", "CD3_pos", "cell_type", "phenotype", "dist_tissue_edge_um",
+                "patient", "radiation", "dose_gy"]:
+        assert col in cells.columns, col
+    assert any(c.startswith("in_") for c in cells.columns) and any(c.startswith("dist_") and c.endswith("_um") for c in cells.columns)
+    infil = pd.read_parquet(lay.cohort_infiltration)
+    for col in ["sample_id", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2", "dose_gy"]:
+        assert col in infil.columns, col
+    assert {"inside", "outside"} <= set(infil["region"])
+    zones = pd.read_parquet(lay.cohort_zones)
+    for col in ["sample_id", "zone", "source", "threshold_used", "area_mm2", "tissue_area_mm2"]:
+        assert col in zones.columns, col
+
+
+def test_same_seed_same_tables(tiny_run, tiny_cohort, tmp_path):
+    from chemozone.run import run_batch
+
+    res = run_batch(tiny_cohort, tiny_cohort / "config.yaml", tmp_path / "again", in_process=True, progress=False)
+    assert res.exit_code == 0
+    a, b = _tables(tiny_run), _tables(tmp_path / "again")
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
+
+
+def test_corrupt_image_skip_exits_3_and_records_failure(tiny_cohort, tmp_path):
+    import shutil
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    samples = pd.read_csv(cohort / "samples.csv")
+    victim = cohort / samples["image"].iloc[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])  # truncated: header fine, tiles missing
+    out = tmp_path / "run"
+    res = subprocess.run([EXE, "run", str(cohort), "--config", str(cohort / "config.yaml"), "--out", str(out),
+                          "--workers", "1", "--on-error", "skip", "--quiet"], capture_output=True, text=True)
+    prov = json.loads((out / "run.json").read_text())
+    bad = samples["sample_id"].iloc[1]
+    if res.returncode == 1:  # validation caught it before any work: that is also correct, but check the message
+        assert bad in res.stderr or victim.name in res.stderr
+        pytest.skip("truncated file rejected at validation")
+    assert res.returncode == 3, res.stderr
+    assert prov["samples"][bad]["status"] == "failed" and prov["samples"][bad]["error"]
+    assert prov["status"] == "partial" and bad in prov["failed"]
+    others = [s for s in samples["sample_id"] if s != bad]
+    assert all(prov["samples"][s]["status"] == "done" for s in others)
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert set(cells["sample_id"]) == set(others)
+    # default --on-error raise: exit 1 with a one-line message naming the sample
+    res = subprocess.run([EXE, "run", str(cohort), "--config", str(cohort / "config.yaml"), "--out", str(tmp_path / "r2"),
+                          "--workers", "1", "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 1 and bad in res.stderr and "Traceback" not in res.stderr
+
+
+def test_refuses_to_start_on_a_missing_channel(tiny_cohort, tmp_path, capsys):
+    cfg = (tiny_cohort / "config.yaml").read_text().replace("CXCL10", "CXCL99", 1)
+    (tmp_path / "c.yaml").write_text(cfg)
+    code = main(["run", str(tiny_cohort), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 1
+    assert "refusing to start" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_clean_run(tiny_run, tiny_cohort, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [EXE, "run", str(tiny_cohort), "--config", str(tiny_cohort / "config.yaml"), "--out", str(out),
+           "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    # kill as soon as the first sample finished step A (mid-run)
+    while time.time() < deadline and proc.poll() is None:
+        if list(out.glob("samples/*/step_a.json")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "cells.parquet").exists() or json.loads((out / "run.json").read_text())["status"] != "done"
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    prov = json.loads((out / "run.json").read_text())
+    assert any(s.get("resumed") for s in prov["samples"].values())
+    a, b = _tables(tiny_run), _tables(out)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)

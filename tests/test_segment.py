@@ -1,0 +1,307 @@
+"""Nuclear and cell segmentation, tiling and stitching."""
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from chemozone.config import SegmentationConfig
+from chemozone.errors import ChannelError, ConfigError
+from chemozone.metrics import iou_matrix, match_scores, matched_iou, segmentation_report
+from chemozone.segment import segment_cells, segment_image, segment_nuclei, segmentation_provenance
+
+PX = 0.5  # µm/px
+D_UM = 8.0  # nucleus diameter -> 16 px
+
+
+def _blobs(shape=(256, 256), n=40, seed=0, touching=8, brightness=(300, 1500), bg=100.0):
+    """Disc-like nuclei (diameter ~16 px) with ``touching`` pairs whose centres are 13 px apart,
+    Poisson noise on a background of ``bg``. Returns (image float64, truth labels uint32)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres: list[tuple[float, float, float]] = []
+    tries = 0
+    while len(centres) < n and tries < 5000:
+        tries += 1
+        r = rng.uniform(6.5, 9.0)
+        cy, cx = rng.uniform(12, shape[0] - 12), rng.uniform(12, shape[1] - 12)
+        pair = len(centres) < 2 * touching and len(centres) % 2 == 1
+        if pair:
+            py, px, pr = centres[-1]
+            ang = rng.uniform(0, 2 * np.pi)
+            cy, cx = py + (pr + r - 2.5) * np.sin(ang), px + (pr + r - 2.5) * np.cos(ang)
+            if not (12 < cy < shape[0] - 12 and 12 < cx < shape[1] - 12):
+                continue
+            others = centres[:-1]
+        else:
+            others = centres
+        if any(np.hypot(cy - oy, cx - ox) < r + orr + 4 for oy, ox, orr in others):
+            if pair:
+                centres.pop()
+            continue
+        centres.append((cy, cx, r))
+    truth = np.zeros(shape, np.uint32)
+    best = np.full(shape, np.inf)
+    signal = np.zeros(shape)
+    for i, (cy, cx, r) in enumerate(centres, start=1):
+        d = np.hypot(yy - cy, xx - cx) / r
+        inside = (d < 1) & (d < best)
+        truth[inside] = i
+        best[inside] = d[inside]
+        b = rng.uniform(*brightness)
+        signal = np.maximum(signal, b * np.clip(1.2 - d**2 * 0.4, 0, None) * (d < 1))
+    img = rng.poisson(bg + signal).astype(np.float64)
+    return img, truth
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return _blobs()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_metrics_hand_computed():
+    t = np.zeros((4, 6), np.uint32)
+    t[:2, :2] = 1
+    t[2:, 2:4] = 2
+    t[:, 5] = 3
+    p = np.zeros_like(t)
+    p[:2, :2] = 7  # IoU 1 with 1
+    p[2:, 2:3] = 8  # IoU 0.5 with 2 -> not a match at > 0.5
+    p[0, 4] = 9  # false positive
+    iou, tids, pids = iou_matrix(t, p)
+    assert tids.tolist() == [1, 2, 3] and pids.tolist() == [7, 8, 9]
+    assert iou[0, 0] == 1.0 and iou[1, 1] == 0.5 and iou[2].sum() == 0
+    s = match_scores(t, p, thresholds=(0.4, 0.5))
+    assert s["tp"].tolist() == [2, 1] and s["fp"].tolist() == [1, 2] and s["fn"].tolist() == [1, 2]
+    assert s["f1"][1] == pytest.approx(2 / (2 + 2 + 2)) and s["ap"][1] == pytest.approx(1 / 5)
+    np.testing.assert_allclose(matched_iou(t, p), [1.0, 0.5, 0.0])
+    r = segmentation_report(t, t)
+    assert r["f1_50"] == 1.0 and r["mean_ap"] == 1.0 and r["n_true"] == 3
+    with pytest.raises(ValueError, match="same shape"):
+        iou_matrix(t, p[:2])
+
+
+# ------------------------------------------------------------------------------------------- nuclei
+def test_segment_nuclei_recovers_truth_and_splits_touching_pairs(blobs):
+    img, truth = blobs
+    lab = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    assert lab.dtype == np.uint32 and lab.shape == img.shape
+    rep = segmentation_report(truth, lab)
+    assert rep["f1_50"] >= 0.95, rep
+    # the touching pairs (labels 1..16) are found as separate nuclei
+    s = match_scores(np.where(truth <= 16, truth, 0), np.where(np.isin(lab, np.unique(lab[(truth > 0) & (truth <= 16)])), lab, 0))
+    assert s["recall"][0] >= 0.9
+    # labels are 1..n, consecutive
+    assert np.array_equal(np.unique(lab)[1:], np.arange(1, lab.max() + 1))
+
+
+def test_segment_nuclei_is_intensity_scale_free(blobs):
+    img, truth = blobs
+    ref = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    u8 = np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
+    for variant in (img.astype(np.uint16), (img * 40).astype(np.uint16), img.astype(np.float32) / 7e4, u8):
+        lab = segment_nuclei(variant, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+        assert segmentation_report(ref, lab)["f1_50"] >= 0.97
+        assert segmentation_report(truth, lab)["f1_50"] >= 0.93
+
+
+def test_segment_nuclei_scales_with_pixel_size(blobs):
+    img, truth = blobs
+    # the same image described as 1 µm/px with 16 µm nuclei is the same problem
+    a = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    b = segment_nuclei(img, pixel_size_um=1.0, nucleus_diameter_um=2 * D_UM)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_segment_nuclei_empty_flat_and_noise_images():
+    assert segment_nuclei(np.zeros((64, 64)), pixel_size_um=PX, nucleus_diameter_um=D_UM).max() == 0
+    noise = np.random.default_rng(1).poisson(100, (256, 256)).astype(np.uint16)
+    lab = segment_nuclei(noise, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    assert lab.max() <= 2  # a tile of background yields (almost) nothing
+
+
+def test_segment_nuclei_does_not_modify_input_and_handles_nan(blobs):
+    img, truth = blobs
+    before = img.copy()
+    segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    np.testing.assert_array_equal(img, before)
+    f = img.astype(np.float32)
+    f[:5, :5] = np.nan
+    lab = segment_nuclei(f, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    assert segmentation_report(truth, lab)["f1_50"] >= 0.93
+
+
+def test_segment_nuclei_size_filters(blobs):
+    img, truth = blobs
+    # every nucleus is 33-64 µm²: an upper limit of 30 µm² removes all of them
+    lab = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, max_area_um2=30.0, min_area_um2=1.0)
+    assert lab.max() == 0
+    lab = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, min_area_um2=1.0, max_area_um2=400.0)
+    areas = np.bincount(lab.ravel())[1:] * PX**2
+    assert areas.min() >= 1.0 and areas.max() <= 400.0
+
+
+def test_segment_nuclei_threshold_options(blobs):
+    img, truth = blobs
+    for thr in ("li", "local"):
+        lab = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, threshold=thr)
+        assert segmentation_report(truth, lab)["f1_50"] >= 0.85, thr
+    lab = segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, threshold=1e9)
+    assert lab.max() == 0
+
+
+def test_segment_nuclei_errors(blobs):
+    img, _ = blobs
+    with pytest.raises(ValueError, match="2-D"):
+        segment_nuclei(img[None], pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    with pytest.raises(ValueError, match="pixel_size_um must be a positive"):
+        segment_nuclei(img, pixel_size_um=0, nucleus_diameter_um=D_UM)
+    with pytest.raises(ValueError, match="nucleus_diameter_um must be a positive"):
+        segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=-1)
+    with pytest.raises(ValueError, match="method must be"):
+        segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, method="stardist")
+    with pytest.raises(TypeError, match="unknown options"):
+        segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, sigma=3)
+    with pytest.raises(ValueError, match="threshold must be"):
+        segment_nuclei(img, pixel_size_um=PX, nucleus_diameter_um=D_UM, threshold="mean")
+
+
+def test_segment_nuclei_on_synthetic_explant_meets_target():
+    synth = pytest.importorskip("chemozone.synth")
+    s = synth.generate_sample(size_px=384, dose_gy=10, seed=3)
+    dapi = s["image"][s["channels"].index("DAPI")]
+    lab = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=8.0)
+    rep = segmentation_report(s["nuclei"], lab)
+    assert rep["f1_50"] >= 0.92, rep
+    cells = segment_cells(lab, pixel_size_um=s["pixel_size_um"], expand_um=3.0)
+    assert matched_iou(s["cells"], cells).mean() > 0.6
+
+
+# -------------------------------------------------------------------------------------------- cells
+def test_segment_cells_expand_is_capped_and_keeps_labels():
+    nuc = np.zeros((40, 40), np.uint32)
+    nuc[10:14, 10:14] = 5
+    nuc[10:14, 20:24] = 9
+    cells = segment_cells(nuc, pixel_size_um=0.5, expand_um=1.5)  # 3 px
+    m = nuc > 0
+    np.testing.assert_array_equal(cells[m], nuc[m])
+    assert set(np.unique(cells)) == {0, 5, 9}
+    assert cells[12, 16] == 5 and cells[12, 18] == 9  # the gap (px 14..19) is shared between both cells
+    assert cells[12, 6] == 0 and cells[12, 7] == 5  # capped at 3 px
+    assert cells.dtype == np.uint32
+    np.testing.assert_array_equal(segment_cells(nuc, pixel_size_um=0.5, expand_um=0), nuc)
+
+
+def test_segment_cells_membrane_watershed_follows_membrane():
+    nuc = np.zeros((30, 60), np.uint32)
+    nuc[12:18, 10:16] = 1
+    nuc[12:18, 40:46] = 2
+    mem = np.zeros((30, 60))
+    mem[:, 20] = 100.0  # a membrane much closer to nucleus 1 than the midpoint (x = 28)
+    cells = segment_cells(nuc, pixel_size_um=1.0, expand_um=30, method="membrane_watershed", membrane=mem)
+    assert cells[15, 18] == 1 and cells[15, 23] == 2 and cells[15, 35] == 2
+    np.testing.assert_array_equal(cells[nuc > 0], nuc[nuc > 0])
+    capped = segment_cells(nuc, pixel_size_um=1.0, expand_um=3, method="membrane_watershed", membrane=mem)
+    assert capped[15, 5] == 0 and capped[15, 8] == 1
+    with pytest.raises(ValueError, match="needs a membrane image"):
+        segment_cells(nuc, pixel_size_um=1.0, method="membrane_watershed")
+    with pytest.raises(ValueError, match="differs from nuclei shape"):
+        segment_cells(nuc, pixel_size_um=1.0, method="membrane_watershed", membrane=mem[:5])
+    with pytest.raises(ValueError, match="method must be"):
+        segment_cells(nuc, pixel_size_um=1.0, method="voronoi")
+    with pytest.raises(ValueError, match="integer labels"):
+        segment_cells(nuc.astype(float), pixel_size_um=1.0)
+
+
+# ----------------------------------------------------------------------------------- segment_image
+def _image(shape=(512, 512), seed=5):
+    img, truth = _blobs(shape, n=int(shape[0] * shape[1] / 1300), seed=seed, touching=20)
+    other = np.random.default_rng(seed).poisson(50, shape)
+    return np.stack([other, img]).astype(np.uint16), truth
+
+
+@pytest.fixture(scope="module")
+def big():
+    return _image()
+
+
+def test_segment_image_untiled_matches_segment_nuclei(big):
+    img, truth = big
+    cfg = SegmentationConfig(nucleus_diameter_um=D_UM)
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    ref = segment_nuclei(img[1], pixel_size_um=PX, nucleus_diameter_um=D_UM, min_area_um2=8.0, max_area_um2=400.0)
+    np.testing.assert_array_equal(nuc, ref)
+    assert isinstance(nuc, np.ndarray) and nuc.dtype == np.uint32 and cells.dtype == np.uint32
+    np.testing.assert_array_equal(cells[nuc > 0], nuc[nuc > 0])
+
+
+def test_tiled_equals_untiled_and_store(big, tmp_path):
+    img, truth = big
+    whole, whole_c = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
+                                   config=SegmentationConfig(nucleus_diameter_um=D_UM))
+    cfg = SegmentationConfig(nucleus_diameter_um=D_UM, tile_size_px=200, tile_overlap_um=20.0)
+    lazy = da.from_array(img, chunks=(1, 100, 100))
+    tiled, tiled_c = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    n = int(whole.max())
+    # no split or duplicated nucleus at seams beyond 0.5 % of cells
+    s = match_scores(whole, tiled, thresholds=(0.5,))
+    assert s["fp"][0] + s["fn"][0] <= max(1, 0.005 * n) * 2, s
+    assert matched_iou(whole_c, tiled_c).mean() > 0.98
+    # labels unique and consecutive; each label one connected piece (nothing cut at a seam)
+    ids = np.unique(tiled)[1:]
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    from scipy import ndimage as ndi
+
+    pieces = [ndi.label(tiled == i)[1] for i in ids]
+    assert max(pieces) == 1
+    np.testing.assert_array_equal(tiled_c[tiled > 0], tiled[tiled > 0])
+    # zarr store: the same labels, returned lazily
+    zn, zc = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, store=tmp_path / "seg")
+    assert hasattr(zn, "dask") and zn.dtype == np.uint32
+    np.testing.assert_array_equal(zn.compute(), tiled)
+    np.testing.assert_array_equal(zc.compute(), tiled_c)
+    # deterministic
+    again, _ = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    np.testing.assert_array_equal(again, tiled)
+
+
+def test_segment_image_tissue_drops_nuclei_outside(big):
+    img, truth = big
+    cfg = SegmentationConfig(nucleus_diameter_um=D_UM)
+    tissue = np.zeros((128, 128), bool)  # grid 2 µm = 4 px
+    tissue[:, :64] = True  # left half of the image
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, tissue=tissue,
+                               tissue_grid_um=2.0)
+    from scipy import ndimage as ndi
+
+    cx = np.array([c[1] for c in ndi.center_of_mass(nuc > 0, nuc, np.arange(1, nuc.max() + 1))])
+    assert nuc.max() > 50 and (cx < 257).all()
+    with pytest.raises(ValueError, match="tissue_grid_um is required"):
+        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, tissue=tissue)
+
+
+def test_segment_image_membrane_and_errors(big):
+    img, _ = big
+    cfg = SegmentationConfig(nucleus_diameter_um=D_UM, cell_method="membrane_watershed", membrane_channels=["CD45"])
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    np.testing.assert_array_equal(cells[nuc > 0], nuc[nuc > 0])
+    with pytest.raises(ChannelError, match="DAPI"):
+        segment_image(img, channels=["CD45", "Hoechst"], pixel_size_um=PX, config=SegmentationConfig())
+    with pytest.raises(ConfigError, match="membrane_channels"):
+        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
+                      config=SegmentationConfig(cell_method="membrane_watershed"))
+    with pytest.raises(ValueError, match="3-D"):
+        segment_image(img[0], channels=["CD45"], pixel_size_um=PX, config=SegmentationConfig())
+    with pytest.raises(ValueError, match="channels has 1 names"):
+        segment_image(img, channels=["DAPI"], pixel_size_um=PX, config=SegmentationConfig())
+    # aliases resolve the nuclear channel
+    nuc2, _ = segment_image(img, channels=["CD45", "Hoechst"], pixel_size_um=PX,
+                            config=SegmentationConfig(nucleus_diameter_um=D_UM), aliases={"DAPI": ["Hoechst"]})
+    assert nuc2.max() > 50
+
+
+def test_segmentation_provenance():
+    p = segmentation_provenance(SegmentationConfig())
+    assert p["method"] == "watershed" and p["nucleus_diameter_um"] == 8.0 and "cellpose_version" not in p
+    assert "object_fraction" in p["nuclei_defaults"]

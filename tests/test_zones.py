@@ -1,0 +1,307 @@
+"""Tests of chemozone.zones: grid downsampling, signals, cohort thresholds, masks."""
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from chemozone.config import ThresholdConfig, ZoneConfig
+from chemozone.errors import ChannelError, ConfigError, MissingStepError
+from chemozone.zones import (
+    N_QUANTILES,
+    build_zones,
+    compute_zone_thresholds,
+    downsample_to_grid,
+    grid_factor,
+    producer_zone,
+    signal_summary,
+    threshold_zone_signal,
+    tumor_compartments,
+    zone_mask_names,
+    zone_signal,
+)
+
+
+# ----------------------------------------------------------------------------------------- grid
+def test_grid_factor():
+    assert grid_factor(0.5, 2.0) == 4 and grid_factor(3.0, 2.0) == 1 and grid_factor(0.3, 2.0) == 7
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.uint16, st.tuples(st.integers(1, 13), st.integers(1, 13))), st.integers(1, 5))
+def test_downsample_equals_block_mean(img, f):
+    out = downsample_to_grid(img, f)
+    gy, gx = -(-img.shape[0] // f), -(-img.shape[1] // f)
+    assert out.shape == (gy, gx) and out.dtype == np.float32
+    for i in range(gy):
+        for j in range(gx):
+            assert out[i, j] == pytest.approx(img[i * f:(i + 1) * f, j * f:(j + 1) * f].mean(), rel=1e-6)
+
+
+def test_downsample_dask_input_matches_numpy():
+    img = np.random.default_rng(0).integers(0, 1000, (37, 50)).astype(np.uint16)
+    np.testing.assert_allclose(downsample_to_grid(da.from_array(img, chunks=(10, 13)), 4), downsample_to_grid(img, 4), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- signal
+def _disc_image(shape=(80, 80), center=(40, 40), r=10, level=100.0, base=5.0, nch=1):
+    yy, xx = np.indices(shape)
+    disc = (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= r * r
+    img = np.where(disc, level, base).astype(np.float32)
+    return np.stack([img] * nch), disc
+
+
+def test_zone_signal_background_and_no_rescaling():
+    img, disc = _disc_image()
+    z = ZoneConfig(name="C", channels=["C"], smooth_um=0.01, background_quantile=0.05)
+    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z)
+    assert sig.shape == (1, 80, 80) and sig.dtype == np.float32
+    assert sig[0][disc].max() == pytest.approx(95.0) and sig[0][~disc].max() == pytest.approx(0.0)
+    fixed = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, background=[0.0])
+    assert fixed[0][disc].max() == pytest.approx(100.0)
+
+
+def test_zone_signal_smoothing_stays_in_tissue():
+    img = np.full((1, 40, 40), 50.0, np.float32)
+    img[0, :, 20:] = 1000.0  # bright outside the tissue must not bleed in
+    tissue = np.zeros((40, 40), bool)
+    tissue[:, :20] = True
+    z = ZoneConfig(name="C", channels=["C"], smooth_um=4.0, background_quantile=0)
+    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, tissue=tissue)
+    np.testing.assert_allclose(sig[0][tissue], 50.0, rtol=1e-5)
+    assert (sig[0][~tissue] == 0).all()
+
+
+def test_zone_signal_errors():
+    img, _ = _disc_image()
+    z = ZoneConfig(name="C", channels=["C"])
+    with pytest.raises(ValueError, match=r"tissue mask has shape \(3, 3\)"):
+        zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, tissue=np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="expects a \\(C, Y, X\\) image"):
+        zone_signal(img[0], channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z)
+
+
+# ----------------------------------------------------------------------------------- thresholds
+def _summ(values_by_sample: dict[str, np.ndarray], zone: ZoneConfig) -> pd.DataFrame:
+    parts = []
+    for sid, vals in values_by_sample.items():
+        sig = np.asarray(vals, np.float32).reshape(1, 1, -1)
+        parts.append(signal_summary(sig, None, sample_id=sid, zone=zone))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_signal_summary_shape():
+    z = ZoneConfig(name="C", channels=["C"])
+    s = _summ({"a": np.arange(100)}, z)
+    assert list(s.columns) == ["sample_id", "zone", "channel", "n_pixels", "quantiles"]
+    assert s.n_pixels[0] == 100 and len(s.quantiles[0]) == N_QUANTILES and s.quantiles[0][-1] == 99
+
+
+def test_reference_threshold_uses_same_patient_sham():
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", quantile=0.9))
+    rng = np.random.default_rng(0)
+    vals = {"p1_0": rng.uniform(0, 10, 5000), "p1_8": rng.uniform(0, 50, 5000), "p2_0": rng.uniform(0, 20, 5000), "p2_8": rng.uniform(0, 50, 5000)}
+    samples = pd.DataFrame({"sample_id": list(vals), "patient": ["p1", "p1", "p2", "p2"], "dose_gy": [0, 8, 0, 8]})
+    t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
+    assert t.loc["p1_8", "threshold"] == pytest.approx(9.0, abs=0.15)  # 90th pct of p1's sham
+    assert t.loc["p2_8", "threshold"] == pytest.approx(18.0, abs=0.3)
+    assert t.loc["p1_0", "threshold"] == t.loc["p1_8", "threshold"] and (t["warning"] == "").all()
+
+
+def test_reference_fallback_and_errors():
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", quantile=0.5))
+    vals = {"a": np.arange(11.0), "b": np.arange(11.0) * 3}
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "patient": ["p1", "p2"], "dose_gy": [0, 8]})
+    t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
+    assert t.loc["b", "threshold"] == pytest.approx(5.0) and "no reference sample with patient=p2" in t.loc["b", "warning"]
+    z_bad = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", reference={"dose_gy": 99}))
+    with pytest.raises(ConfigError, match=r"zones\[0\].threshold.reference: no sample matches"):
+        compute_zone_thresholds(_summ(vals, z), samples, zones=[z_bad])
+    z_col = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", reference={"arm": "x"}))
+    with pytest.raises(ConfigError, match="column 'arm' is not in the sample sheet"):
+        compute_zone_thresholds(_summ(vals, z), samples, zones=[z_col])
+    z_grp = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", group_by="site"))
+    with pytest.raises(ConfigError, match="group_by: column 'site'"):
+        compute_zone_thresholds(_summ(vals, z), samples, zones=[z_grp])
+    with pytest.raises(MissingStepError, match=r"no signal summary for samples \['b'\]"):
+        compute_zone_thresholds(_summ({"a": vals["a"]}, z), samples, zones=[z])
+
+
+def test_pooled_otsu_separates_two_populations_and_absolute():
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="pooled", method="otsu"))
+    rng = np.random.default_rng(1)
+    vals = {"a": rng.normal(10, 1, 4000), "b": np.r_[rng.normal(10, 1, 2000), rng.normal(50, 1, 2000)]}
+    samples = pd.DataFrame({"sample_id": ["a", "b"]})
+    t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z])
+    assert t.threshold.nunique() == 1 and 15 < t.threshold[0] < 45 and t["mode"][0] == "pooled_otsu"
+    za = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="absolute", value=7.5))
+    ta = compute_zone_thresholds(_summ(vals, za), samples, zones=[za])
+    assert (ta.threshold == 7.5).all()
+
+
+def test_per_sample_manufactures_zones_reference_does_not():
+    """The reason per_sample is not the default: a sham that expresses nothing still gets a 'zone'."""
+    rng = np.random.default_rng(2)
+    sham = rng.normal(10, 1, (1, 60, 60)).astype(np.float32)
+    zr = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="reference", group_by=None, quantile=0.999))
+    zp = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="per_sample"))
+    samples = pd.DataFrame({"sample_id": ["s"], "dose_gy": [0]})
+    summ = signal_summary(sham, None, sample_id="s", zone=zr)
+    tr = compute_zone_thresholds(summ, samples, zones=[zr]).threshold[0]
+    tp = compute_zone_thresholds(summ, samples, zones=[zp])
+    m_ref = threshold_zone_signal(sham, [tr], None, grid_um=1.0, fill_holes=False)
+    m_per = threshold_zone_signal(sham, [tp.threshold[0]], None, grid_um=1.0, fill_holes=False)
+    assert m_ref.mean() < 0.01 and m_per.mean() > 0.2
+    assert "not comparable" in tp.warning[0]
+
+
+# ---------------------------------------------------------------------------------------- masks
+def test_threshold_module_min_area_and_holes():
+    sig = np.zeros((2, 20, 20), np.float32)
+    sig[0, 2:10, 2:10] = 20  # channel 0 at 2x its threshold -> module score 1 with channel 1 at 0
+    sig[0, 5, 5] = 0  # a one-pixel hole
+    sig[1, 15:17, 15:17] = 30  # channel 1 at 3x -> score 1.5 but only 4 px
+    m = threshold_zone_signal(sig, [10.0, 10.0], None, grid_um=2.0, min_area_um2=20.0, fill_holes=True)
+    assert m[2:10, 2:10].all() and m.sum() == 64  # hole filled, the 4 px (16 µm²) object removed
+    m2 = threshold_zone_signal(sig, [10.0, 10.0], None, grid_um=2.0, min_area_um2=0.0, fill_holes=False)
+    assert m2.sum() == 63 + 4
+    with pytest.raises(ValueError, match="module thresholds must be > 0"):
+        threshold_zone_signal(sig, [10.0, 0.0], None, grid_um=2.0)
+
+
+def test_producer_zone_by_hand():
+    tissue = np.ones((11, 11), bool)
+    tissue[:, 10] = False
+    cells = pd.DataFrame({"x_um": [10.5, 2.0], "y_um": [10.5, 2.0], "CXCL8_pos": [True, True], "cell_type": ["Tumor", "NK"]})
+    z = ZoneConfig(name="P", source="producers", producer_marker="CXCL8", producer_cell_types=["Tumor"], radius_um=4.0)
+    m = producer_zone(cells, tissue, grid_um=2.0, zone=z)
+    yy, xx = np.indices(tissue.shape)
+    expected = (np.hypot(yy - 5, xx - 5) * 2.0 <= 4.0) & tissue
+    np.testing.assert_array_equal(m, expected)
+    with pytest.raises(MissingStepError, match="no column 'CXCL10_pos'; run phenotyping"):
+        producer_zone(cells, tissue, grid_um=2.0, zone=z.model_copy(update={"producer_marker": "CXCL10"}))
+
+
+def test_tumor_compartments_by_hand():
+    tissue = np.ones((1, 40), bool)
+    epi = np.zeros((1, 40), bool)
+    epi[0, :5] = True
+    z = ZoneConfig(name="T", source="tumor", channels=["panCK"], bands_um=[10.0, 30.0])
+    comp = tumor_compartments(epi, tissue, grid_um=2.0, zone=z)
+    assert list(comp) == zone_mask_names([z])
+    # distance of column c (>= 5) to epithelium = (c - 4) * 2 µm
+    assert np.flatnonzero(comp["T_margin"][0]).tolist() == list(range(5, 10))
+    assert np.flatnonzero(comp["T_peritumoral"][0]).tolist() == list(range(10, 20))
+    assert np.flatnonzero(comp["T_distal"][0]).tolist() == list(range(20, 40))
+    total = sum(m.astype(int) for m in comp.values())
+    assert (total == 1).all()
+
+
+def test_build_zones_end_to_end_small():
+    img, disc = _disc_image(shape=(80, 80), r=12, nch=1)
+    pan = np.zeros((80, 80), np.float32)
+    pan[:, :20] = 100
+    img = np.concatenate([img, pan[None]])
+    tissue = np.ones((40, 40), bool)
+    zc = ZoneConfig(name="CXCL10", channels=["CXCL10"], smooth_um=0.5, min_area_um2=0,
+                    threshold=ThresholdConfig(mode="absolute", value=40.0))
+    zt = ZoneConfig(name="tumor", source="tumor", channels=["panCK"], smooth_um=0.5, min_area_um2=0,
+                    threshold=ThresholdConfig(mode="absolute", value=40.0), bands_um=[10, 40])
+    zp = ZoneConfig(name="prod", source="producers", producer_marker="CXCL10", radius_um=4.0)
+    cells = pd.DataFrame({"x_um": [40.0], "y_um": [40.0], "CXCL10_pos": [True]})
+    samples = pd.DataFrame({"sample_id": ["s"]})
+    thr = compute_zone_thresholds(pd.DataFrame(columns=["sample_id", "zone", "channel", "n_pixels", "quantiles"]).assign(
+        sample_id=["s", "s"], zone=["CXCL10", "tumor"], channel=["CXCL10", "panCK"], n_pixels=[1, 1],
+        quantiles=[[0.0] * N_QUANTILES] * 2), samples, zones=[zc, zt, zp])
+    masks, df = build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc, zt, zp], thresholds=thr,
+                            sample_id="s", channels=["CXCL10", "panCK"])
+    assert set(masks) == {"CXCL10", "prod", *zone_mask_names([zt])}
+    truth = downsample_to_grid(disc.astype(np.float32), 2) >= 0.5
+    iou = (masks["CXCL10"] & truth).sum() / (masks["CXCL10"] | truth).sum()
+    assert iou > 0.9
+    assert masks["tumor_intraepithelial"][:, :10].all() and not masks["tumor_intraepithelial"][:, 11:].any()
+    row = df.set_index("zone").loc["CXCL10"]
+    assert row.tissue_area_mm2 == pytest.approx(1600 * 4e-6) and row.area_mm2 == pytest.approx(masks["CXCL10"].sum() * 4e-6)
+    assert row.threshold_used == 40.0 and row.channels == "CXCL10" and row.area_fraction == pytest.approx(masks["CXCL10"].mean())
+    assert list(df.columns)[:5] == ["sample_id", "zone", "source", "channels", "threshold_used"]
+    with pytest.raises(ChannelError):
+        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=thr, sample_id="s", channels=["A", "B"])
+    with pytest.raises(MissingStepError, match="run compute_zone_thresholds"):
+        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=None, sample_id="s", channels=["CXCL10", "panCK"])
+
+
+# --------------------------------------------------------------------------- synthetic cohort
+@pytest.mark.slow
+def test_synthetic_zones_match_truth_and_cognate_direction():
+    """Pixel zones vs the synthetic truth zones over a photon dose series of one patient; cognate receptor+
+    cells (truth labels) are enriched in our zones, receptor- cells are not; zone area rises then plateaus.
+
+    Uses the truth tissue (block mean >= 0.5) so the test does not depend on chemozone.tissue.
+    """
+    from chemozone import synth
+    from chemozone.config import SpatialConfig, config_from_dict
+    from chemozone.spatial import annotate_cells, cognate_specificity, infiltration_metrics
+
+    cfg = config_from_dict(synth.cohort_config())
+    zones = [z for z in cfg.zones if z.source == "pixels"]
+    pe = synth.patient_effects(0, seed=0)
+    doses = [0, 2, 5, 10, 20]
+    g, f = 2.0, 4
+    sims, summ, sigs = {}, [], {}
+    for d in doses:
+        s = synth.generate_sample(size_px=512, dose_gy=d, radiation="sham" if d == 0 else "photon",
+                                  patient_effects=pe, seed=[0, 0, d], sample_id=f"s{d}")
+        s["tis"] = downsample_to_grid(s["tissue"].astype(np.float32), f) >= 0.5
+        sims[d] = s
+        for z in zones:
+            idx = [s["channels"].index(c) for c in z.channels]
+            sig = zone_signal(s["image"], channel_indices=idx, pixel_size_um=0.5, grid_um=g, zone=z, tissue=s["tis"])
+            sigs[(d, z.name)] = sig
+            summ.append(signal_summary(sig, s["tis"], sample_id=f"s{d}", zone=z))
+    samples = pd.DataFrame({"sample_id": [f"s{d}" for d in doses], "patient": "P1", "dose_gy": doses})
+    thr = compute_zone_thresholds(pd.concat(summ), samples, zones=zones)
+    ious, areas, truth_areas, cogs = {}, {}, {}, []
+    spcfg = SpatialConfig(cognate_pairs=cfg.spatial.cognate_pairs, populations=["cell_type"])
+    for d, s in sims.items():
+        masks, zdf = build_zones(s["image"], None, s["tis"], pixel_size_um=0.5, grid_um=g, zones=zones, thresholds=thr,
+                                 sample_id=f"s{d}", channels=s["channels"], signals={z.name: sigs[(d, z.name)] for z in zones})
+        for z in zones:
+            tr = downsample_to_grid(s["zones"][z.name].astype(np.float32), f) >= 0.5
+            m = masks[z.name]
+            ious[(d, z.name)] = (m & tr).sum() / max((m | tr).sum(), 1)
+            areas[(d, z.name)] = float(zdf.set_index("zone").loc[z.name, "area_fraction"])
+            truth_areas[(d, z.name)] = tr.sum() / s["tis"].sum()
+        if d == 0:
+            continue
+        cells = s["truth"].assign(sample_id=f"s{d}")
+        truth_masks = {k: downsample_to_grid(s["zones"][k].astype(np.float32), f) >= 0.5 for k in masks}
+        for lab, mm in (("ours", masks), ("truth", truth_masks)):
+            inf = infiltration_metrics(cells, mm, s["tis"], grid_um=g, config=spcfg, sample_id=f"s{d}")
+            cog = cognate_specificity(inf, config=spcfg, cells=annotate_cells(cells, mm, s["tis"], grid_um=g))
+            cogs.append(cog.assign(which=lab, dose_gy=d))
+    cog = pd.concat(cogs, ignore_index=True)
+    ours = cog[cog.which == "ours"].set_index(["dose_gy", "zone", "cell_type"])
+    truth = cog[cog.which == "truth"].set_index(["dose_gy", "zone", "cell_type"])
+    # same direction as the truth wherever the truth is clear; these 256 µm explants hold < 10 cells per lineage
+    # and group, so one cell can flip a sign: require 80 % agreement (observed: one flip, 20 Gy CCL5 NK)
+    clear = truth["log2_specificity"].abs() > 0.5
+    agree = np.sign(ours.loc[clear, "log2_specificity"]) == np.sign(truth.loc[clear, "log2_specificity"])
+    assert agree.mean() >= 0.8, pd.concat([ours.loc[clear, ["log2_specificity"]], truth.loc[clear, ["log2_specificity"]]], axis=1)
+    # pooled over the irradiated samples: receptor+ enriched in their zone, receptor- not (much), per pair
+    pooled = ours.groupby(level=["zone", "cell_type"])[["n_pos_inside", "n_pos_outside", "n_neg_inside", "n_neg_outside"]].sum()
+    for pair in cfg.spatial.cognate_pairs:
+        n = pooled.loc[(pair.zone, pair.cell_types[0])]
+        frac_in = np.mean([areas[(d, pair.zone)] for d in doses[1:]])
+        assert n.n_pos_inside / (n.n_pos_inside + n.n_pos_outside) > 2 * frac_in, (pair.zone, n.to_dict())
+    irr = np.array([v for (d, _), v in ious.items() if d > 0])
+    assert np.median(irr) >= 0.8 and irr.min() >= 0.7, ious
+    for z in zones:
+        a = [areas[(d, z.name)] for d in doses]
+        ta = [truth_areas[(d, z.name)] for d in doses]
+        assert a[0] < a[2] and ta[0] < ta[2]  # rises with dose
+        assert abs(a[-1] - a[-2]) < 0.5 * a[-2] + 0.02  # plateau: 10 -> 20 Gy changes little
+        np.testing.assert_allclose(a, ta, atol=0.04)  # and tracks the truth
