@@ -27,7 +27,9 @@ def _cells(n: int, k: int, seed: int = 0) -> pd.DataFrame:
 
 def _squidpy():
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pkg_resources  # noqa: F401
     except ImportError:  # xarray_schema (via spatialdata) still imports it; setuptools>=81 lacks it
         shim = types.ModuleType("pkg_resources")
         shim.DistributionNotFound = type("DistributionNotFound", (Exception,), {})

@@ -127,6 +127,7 @@ def test_provenance_records_version_and_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.cellpose
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")  # raised inside cellpose/torch
 def test_real_cellpose_on_random_weights(tmp_path):
     pytest.importorskip("cellpose")
     torch = pytest.importorskip("torch")

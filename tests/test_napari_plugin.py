@@ -469,12 +469,14 @@ def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tm
 
     s = generate_sample(size_px=192, dose_gy=10, seed=1)
     img_path = write_ome_tiff(tmp_path / "img.ome.tif", s["image"], channels=s["channels"], pixel_size_um=0.5)
-    cfg = {"phenotypes": {"markers": {"CD3": {"gate": {"method": "otsu"}}},
+    cfg = {"tissue": {"min_area_um2": 1000.0},
+           "phenotypes": {"markers": {"CD3": {"gate": {"method": "otsu"}}},
                           "rules": [{"cell_type": "T", "pos": ["CD3"]}]},
            "zones": [{"name": "CXCL10", "channels": ["CXCL10"], "threshold": {"mode": "per_sample"}}]}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     viewer = make_napari_viewer()
     viewer.open(str(img_path), plugin="chemozone")
+    empty = viewer.add_points(np.zeros((0, 2)), name="cell points")  # a name clash is resolved
     w = AnalyseWidget(viewer)
     assert w.image_box.currentText() == str(img_path)
     w.config_path.setText(str(tmp_path / "cfg.yaml"))
@@ -482,7 +484,8 @@ def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tm
     result = w.run(block=True)
     assert Path(result["sample_dir"]) == tmp_path / "out" / "samples" / "img"
     names = [ly.name for ly in viewer.layers]
-    assert {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points"} <= set(names)
+    assert {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points [img]"} <= set(names)
     assert names.count("DAPI") == 1  # the image is not added twice
-    pts = viewer.layers["cell points"]
-    assert len(pts.data) > 20 and "CD3_pos" in pts.features.columns
+    pts = viewer.layers["cell points [img]"]
+    written = pd.read_parquet(Path(result["sample_dir"]) / "cells.parquet")
+    assert empty.name == "cell points" and len(pts.data) == len(written) > 5 and "CD3_pos" in pts.features.columns

@@ -288,7 +288,9 @@ def _import_squidpy():
     """squidpy (test dependency only). xarray_schema still imports pkg_resources, which setuptools>=81 lacks."""
     if "pkg_resources" not in sys.modules:
         try:
-            import pkg_resources  # noqa: F401
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import pkg_resources  # noqa: F401
         except ImportError:
             shim = types.ModuleType("pkg_resources")
 

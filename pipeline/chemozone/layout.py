@@ -70,6 +70,10 @@ class RunLayout:
         return self.root / "zones.parquet"
 
     @property
+    def cohort_cognate(self) -> Path:
+        return self.root / "cognate.parquet"
+
+    @property
     def cohort_samples(self) -> Path:
         return self.root / "samples.parquet"
 
@@ -104,6 +108,9 @@ class RunLayout:
 
     def infiltration(self, sample_id: str) -> Path:
         return self.sample_dir(sample_id) / "infiltration.parquet"
+
+    def cognate(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "cognate.parquet"
 
     def qc(self, sample_id: str) -> Path:
         return self.sample_dir(sample_id) / "qc.png"

@@ -46,9 +46,6 @@ __all__ = ["quantify_cells", "COMPARTMENTS", "STATISTICS"]
 COMPARTMENTS = ("nucleus", "cytoplasm", "cell")
 STATISTICS = ("mean", "total", "std", "median", "p90")
 _QUANTILES = {"median": 0.5, "p90": 0.9}
-# a tile's label range is addressed directly (label - min) while it spans at most this many values
-# (beyond it, the tile's labels are compacted with a sorted lookup)
-_MAX_DIRECT_RANGE_FACTOR = 4
 
 
 # ------------------------------------------------------------------------------------ compiled kernels
@@ -72,57 +69,146 @@ def _build_kernels():
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def measure_tile(lab, nuc, has_nuc, lo, uniq, y0, x0, want_moments, img, want_sq, write_idx,
-                     idx, counts, mom, sums, sumsq):
-        """One pass over a tile: bin index of every pixel (bin = 2 × cell + is_nucleus), counts per
-        bin, moments per cell, and per-bin sums (and sums of squares) of every channel.
+    def label_range(lab):
+        """(lo, hi) of the nonzero labels of a tile; (1, 0) when it has none."""
+        h, w = lab.shape
+        lo = np.int64(0)
+        hi = np.int64(0)
+        found = False
+        for i in range(h):
+            for j in range(w):
+                lv = np.int64(lab[i, j])
+                if lv != 0:
+                    if not found:
+                        lo = lv
+                        hi = lv
+                        found = True
+                    elif lv < lo:
+                        lo = lv
+                    elif lv > hi:
+                        hi = lv
+        if not found:
+            return np.int64(1), np.int64(0)
+        return lo, hi
 
-        ``sums`` is (bins, C) so that the C additions of a pixel are independent (no store-to-load
-        dependency chain when neighbouring pixels fall in the same bin)."""
+    @numba.njit(cache=True, nogil=True)
+    def compact_ids(lab, lo, n_range):
+        """Compact id (in label order) of every label value ``lo + r`` present in the tile, -1 if absent."""
+        h, w = lab.shape
+        ids = np.full(n_range, -1, np.int32)
+        for i in range(h):
+            for j in range(w):
+                lv = np.int64(lab[i, j])
+                if lv != 0:
+                    ids[lv - lo] = 0
+        n = 0
+        for r in range(n_range):
+            if ids[r] == 0:
+                ids[r] = n
+                n += 1
+        return ids, n
+
+    @numba.njit(cache=True, nogil=True)
+    def measure_tile(lab, nuc, has_nuc, lo, ids, uniq, y0, x0, want_moments, img, int_path, want_sq,
+                     write_idx, idx, block, off_s, off_q):
+        """Measure one tile into ``block`` (n_cells, F), row = compact cell id.
+
+        Per row of the tile: one pass over the labels finds the runs of constant bin
+        (bin = 2 × cell + is_nucleus) and closes counts and moments per run in closed form; then each
+        channel's row is read once, contiguously, and reduced per run — for 8/16-bit integer images by
+        differences of an int64 prefix sum (exact, branch-free), otherwise by float64 accumulation in
+        raster order (the additions ``numpy.bincount`` makes, in the same order).
+
+        block columns: 0 cytoplasm count, 1 nucleus count, 2.. moments, ``off_s + flag × C + c`` sums,
+        ``off_q + flag × C + c`` sums of squares.
+        """
         h, w = lab.shape
         n_c = img.shape[0]
-        direct = uniq.size == 0
+        direct = ids.size > 0
+        run_s = np.empty(w, np.int64)
+        run_e = np.empty(w, np.int64)
+        run_k = np.empty(w, np.int64)
+        cs = np.zeros(w + 1, np.int64)
+        cs2 = np.zeros(w + 1, np.int64)
         for i in range(h):
             gy = float(y0 + i)
+            nr = 0
             kprev = -1
             j0 = 0
+            lprev = np.int64(0)
+            cprev = np.int64(-1)
             for j in range(w + 1):
-                k = -1
+                k = np.int64(-1)
                 if j < w:
                     lv = np.int64(lab[i, j])
                     if lv != 0:
-                        if direct:
-                            c = lv - lo
-                        else:
-                            c = np.searchsorted(uniq, lv)
-                        k = 2 * c
+                        if lv != lprev:
+                            if direct:
+                                cprev = np.int64(ids[lv - lo])
+                            else:
+                                cprev = np.int64(np.searchsorted(uniq, lv))
+                            lprev = lv
+                        k = 2 * cprev
                         if has_nuc and np.int64(nuc[i, j]) == lv:
                             k += 1
-                        for ci in range(n_c):
-                            v = np.float64(img[ci, i, j])
-                            sums[k, ci] += v
-                            if want_sq:
-                                sumsq[k, ci] += v * v
                     if write_idx:
                         idx[i, j] = k
                 if k != kprev:
-                    if kprev >= 0:  # close the run [j0, j) of bin kprev: counts and moments in closed form
+                    if kprev >= 0:  # close the run [j0, j) of bin kprev
+                        run_s[nr] = j0
+                        run_e[nr] = j
+                        run_k[nr] = kprev
+                        nr += 1
                         n = float(j - j0)
                         cp = kprev >> 1
-                        counts[kprev] += n
+                        block[cp, kprev & 1] += n
                         sx = n * (x0 + j0) + n * (n - 1) / 2
-                        mom[cp, 0] += n * gy
-                        mom[cp, 1] += sx
+                        block[cp, 2] += n * gy
+                        block[cp, 3] += sx
                         if want_moments:
                             a0 = float(x0 + j0)
-                            mom[cp, 2] += n * gy * gy
-                            mom[cp, 3] += n * a0 * a0 + a0 * n * (n - 1) + (n - 1) * n * (2 * n - 1) / 6
-                            mom[cp, 4] += gy * sx
+                            block[cp, 4] += n * gy * gy
+                            block[cp, 5] += n * a0 * a0 + a0 * n * (n - 1) + (n - 1) * n * (2 * n - 1) / 6
+                            block[cp, 6] += gy * sx
                     kprev = k
                     j0 = j
+            if nr == 0:
+                continue
+            for ci in range(n_c):
+                if int_path:
+                    s = np.int64(0)
+                    for j in range(w):
+                        s += np.int64(img[ci, i, j])
+                        cs[j + 1] = s
+                    if want_sq:
+                        s = np.int64(0)
+                        for j in range(w):
+                            v = np.int64(img[ci, i, j])
+                            s += v * v
+                            cs2[j + 1] = s
+                    for r in range(nr):
+                        k = run_k[r]
+                        col = (k & 1) * n_c + ci
+                        block[k >> 1, off_s + col] += float(cs[run_e[r]] - cs[run_s[r]])
+                        if want_sq:
+                            block[k >> 1, off_q + col] += float(cs2[run_e[r]] - cs2[run_s[r]])
+                else:
+                    for r in range(nr):
+                        k = run_k[r]
+                        col = (k & 1) * n_c + ci
+                        t = block[k >> 1, off_s + col]
+                        for j in range(run_s[r], run_e[r]):
+                            t += np.float64(img[ci, i, j])
+                        block[k >> 1, off_s + col] = t
+                        if want_sq:
+                            t = block[k >> 1, off_q + col]
+                            for j in range(run_s[r], run_e[r]):
+                                v = np.float64(img[ci, i, j])
+                                t += v * v
+                            block[k >> 1, off_q + col] = t
         return 0
 
-    return {"measure_tile": measure_tile}
+    return {"label_range": label_range, "compact_ids": compact_ids, "measure_tile": measure_tile}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -190,51 +276,75 @@ def _validate(image_cyx, cells, nuclei, channels, pixel_size_um, compartments, s
     return channels
 
 
-def _tile_mapping(lab: np.ndarray):
-    """(lo, uniq, n_cells) for a tile: direct addressing ``label - lo`` or a sorted unique lookup."""
-    nz = lab[lab != 0] if lab.size else lab
-    if nz.size == 0:
-        return None
-    lo, hi = int(nz.min()), int(nz.max())
-    if hi - lo + 1 <= _MAX_DIRECT_RANGE_FACTOR * lab.size + 1024:
-        return lo, np.empty(0, np.int64), hi - lo + 1
-    uniq = np.unique(nz).astype(np.int64)
-    return lo, uniq, uniq.size
+def _direct_range_ok(n_range: int, n_pixels: int) -> bool:
+    """Address a tile's labels through a lookup table of the label range (else a sorted unique list)."""
+    return n_range <= n_pixels + 1024
 
 
-def _index_tile_numpy(lab, nuc, lo, uniq, y0, x0, want_moments, n_cells):
-    lab64 = lab.astype(np.int64, copy=False)
-    fg = lab64 != 0
-    if uniq.size == 0:
-        c = np.where(fg, lab64 - lo, 0)
-    else:
-        c = np.where(fg, np.searchsorted(uniq, lab64), 0)
+def _measure_tile_numpy(lab, nuc, y0, x0, want_moments, img, want_sq, write_idx):
+    """numpy twin of the compiled kernel: (labels, idx, block) of one tile (see ``measure_tile``)."""
+    n_c = img.shape[0]
+    fg = lab != 0
+    lv = lab[fg].astype(np.int64)
+    labels_here, c = np.unique(lv, return_inverse=True)
+    c = c.reshape(-1)
+    n = labels_here.size
     k = 2 * c
     if nuc is not None:
-        k += (nuc.astype(np.int64, copy=False) == lab64) & fg
-    idx = np.where(fg, k, -1)
-    counts = np.bincount(idx[fg], minlength=2 * n_cells).astype(np.float64)
-    mom = np.zeros((n_cells, 5 if want_moments else 2))
-    cf = c[fg]
+        k += nuc[fg].astype(np.int64) == lv
+    nm = 5 if want_moments else 2
+    off_s = 2 + nm
+    off_q = off_s + 2 * n_c
+    block = np.zeros((n, off_q + (2 * n_c if want_sq else 0)))
+    block[:, 0:2] = np.bincount(k, minlength=2 * n).reshape(n, 2)
     rows, cols = np.nonzero(fg)
     gy = (rows + y0).astype(np.float64)
     gx = (cols + x0).astype(np.float64)
-    mom[:, 0] = np.bincount(cf, weights=gy, minlength=n_cells)
-    mom[:, 1] = np.bincount(cf, weights=gx, minlength=n_cells)
+    block[:, 2] = np.bincount(c, weights=gy, minlength=n)
+    block[:, 3] = np.bincount(c, weights=gx, minlength=n)
     if want_moments:
-        mom[:, 2] = np.bincount(cf, weights=gy * gy, minlength=n_cells)
-        mom[:, 3] = np.bincount(cf, weights=gx * gx, minlength=n_cells)
-        mom[:, 4] = np.bincount(cf, weights=gy * gx, minlength=n_cells)
-    return idx, counts, mom
+        block[:, 4] = np.bincount(c, weights=gy * gy, minlength=n)
+        block[:, 5] = np.bincount(c, weights=gx * gx, minlength=n)
+        block[:, 6] = np.bincount(c, weights=gy * gx, minlength=n)
+    for ci in range(n_c):
+        v = img[ci][fg].astype(np.float64)
+        s = np.bincount(k, weights=v, minlength=2 * n).reshape(n, 2)
+        block[:, off_s + ci] = s[:, 0]
+        block[:, off_s + n_c + ci] = s[:, 1]
+        if want_sq:
+            s = np.bincount(k, weights=v * v, minlength=2 * n).reshape(n, 2)
+            block[:, off_q + ci] = s[:, 0]
+            block[:, off_q + n_c + ci] = s[:, 1]
+    idx = None
+    if write_idx:
+        idx = np.full(lab.shape, -1, np.int64)
+        idx[fg] = k
+    return labels_here, idx, block
 
 
-def _accumulate_numpy(idx, vals, n_bins, want_sq):
-    fg = idx >= 0
-    k = idx[fg]
-    v = vals[fg].astype(np.float64)
-    sums = np.bincount(k, weights=v, minlength=n_bins)
-    sumsq = np.bincount(k, weights=v * v, minlength=n_bins) if want_sq else None
-    return sums, sumsq
+def _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, want_moments, img, want_sq, write_idx):
+    """(labels, idx, block) of one tile (with labels in ``lab_range`` = (lo, hi)) through the kernel."""
+    lo, hi = lab_range
+    n_range = int(hi - lo + 1)
+    if _direct_range_ok(n_range, lab.size):
+        ids, n = kernels["compact_ids"](lab, lo, n_range)
+        labels_here = np.flatnonzero(ids >= 0) + int(lo)
+        uniq = np.empty(0, np.int64)
+    else:
+        uniq = np.unique(lab[lab != 0]).astype(np.int64)
+        ids, n, labels_here = np.empty(0, np.int32), uniq.size, uniq
+    n_c = img.shape[0]
+    nm = 5 if want_moments else 2
+    off_s = 2 + nm
+    off_q = off_s + 2 * n_c
+    block = np.zeros((int(n), off_q + (2 * n_c if want_sq else 0)))
+    idx = np.empty(lab.shape if write_idx else (1, 1), np.int64)
+    int_path = img.dtype.kind in "iu" and img.dtype.itemsize <= 2
+    has_nuc = nuc is not None
+    kernels["measure_tile"](lab, nuc if has_nuc else np.zeros((1, 1), np.uint32), has_nuc, lo, ids, uniq,
+                            y0, x0, want_moments, img, int_path, want_sq, write_idx, idx, block, off_s, off_q)
+    del ids
+    return labels_here.astype(np.int64, copy=False), (idx if write_idx else None), block
 
 
 def _grouped_quantiles(keys: np.ndarray, values: np.ndarray, qs: Sequence[float]):
@@ -274,13 +384,10 @@ def _grouped_quantiles(keys: np.ndarray, values: np.ndarray, qs: Sequence[float]
 # ------------------------------------------------------------------------------------- accumulators
 @dataclass
 class _Parts:
-    """Per-tile partial results, merged by label value at the end."""
+    """Per-tile partial results (compact: one row per label present in the tile), merged by label at the end."""
 
-    labels: list = field(default_factory=list)     # (n,) int64 label values
-    counts: list = field(default_factory=list)     # (n, 2) cytoplasm, nucleus pixel counts
-    sums: list = field(default_factory=list)       # (n, 2, C)
-    sumsq: list = field(default_factory=list)      # (n, 2, C)
-    mom: list = field(default_factory=list)        # (n, 2 or 5)
+    labels: list = field(default_factory=list)     # (n,) int64 label values of each tile
+    blocks: list = field(default_factory=list)     # (n, F) float64 sums of each tile (see measure_tile)
     runs: list = field(default_factory=list)       # (m, 4) label, row, first col, last col
     q_done: dict = field(default_factory=dict)     # compartment -> list of (labels, (n, C, Q))
     q_pending: list = field(default_factory=list)  # (label, nucflag, values (m, C)) of cells cut by tiles
@@ -434,7 +541,6 @@ def quantify_cells(
     qs = [_QUANTILES[s] for s in qstats]
     kernels = _numba_kernels()
     tiles = [(y0, x0) for y0 in range(0, height, ts) for x0 in range(0, width, ts)]
-    dummy_nuc = np.zeros((1, 1), np.uint32)
 
     # pre-pass (only for exact quantiles): total pixels per (label, nucleus flag)
     totals_lab = totals_cnt = None
@@ -443,8 +549,7 @@ def quantify_cells(
         for y0, x0 in tiles:
             key = (slice(y0, y0 + ts), slice(x0, x0 + ts))
             lab = _read(cells, key)
-            mp = _tile_mapping(lab)
-            if mp is None:
+            if not lab.any():
                 continue
             k = lab.astype(np.int64) * 2
             if has_nuc:
@@ -463,76 +568,55 @@ def quantify_cells(
     for y0, x0 in tiles:
         key = (slice(y0, y0 + ts), slice(x0, x0 + ts))
         lab = _read(cells, key)
-        mp = _tile_mapping(lab)
-        if mp is None:
+        if kernels is not None:
+            lab_range = kernels["label_range"](lab)
+            if lab_range[1] < lab_range[0]:
+                continue
+        elif not lab.any():
             continue
-        lo, uniq, n_cells = mp
         nuc = _read(nuclei, key) if has_nuc else None
-        n_bins = 2 * n_cells
         img = _read(image_cyx, (slice(None),) + key)
         if kernels is not None:
-            idx = np.empty(lab.shape if qs else (1, 1), np.int64)
-            counts = np.zeros(n_bins)
-            mom = np.zeros((n_cells, 5 if morphology else 2))
-            sums_bc = np.zeros((n_bins, n_c))
-            sumsq_bc = np.zeros((n_bins, n_c)) if want_sq else np.zeros((1, 1))
-            kernels["measure_tile"](lab, nuc if has_nuc else dummy_nuc, has_nuc, lo, uniq, y0, x0,
-                                    morphology, img, want_sq, bool(qs), idx, counts, mom, sums_bc, sumsq_bc)
-            sums = sums_bc.T
-            sumsq = sumsq_bc.T if want_sq else None
+            labels_here, idx, block = _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, morphology, img,
+                                                          want_sq, bool(qs))
         else:
-            idx, counts, mom = _index_tile_numpy(lab, nuc, lo, uniq, y0, x0, morphology, n_cells)
-            sums = np.zeros((n_c, n_bins))
-            sumsq = np.zeros((n_c, n_bins)) if want_sq else None
-            for ci in range(n_c):
-                s, s2 = _accumulate_numpy(idx, img[ci], n_bins, want_sq)
-                sums[ci] = s
-                if want_sq:
-                    sumsq[ci] = s2
-        cnt2 = counts.reshape(n_cells, 2)
-        present = np.flatnonzero(cnt2.sum(1) > 0)
-        labels_here = (present + lo) if uniq.size == 0 else uniq[present]
+            labels_here, idx, block = _measure_tile_numpy(lab, nuc, y0, x0, morphology, img, want_sq, bool(qs))
+        del nuc
         parts.labels.append(labels_here)
-        parts.counts.append(cnt2[present])
-        parts.sums.append(sums.reshape(n_c, n_cells, 2)[:, present].transpose(1, 2, 0))
-        if want_sq:
-            parts.sumsq.append(sumsq.reshape(n_c, n_cells, 2)[:, present].transpose(1, 2, 0))
-        parts.mom.append(mom[present])
+        parts.blocks.append(block)
         if morphology:
             parts.runs.append(_row_runs(lab, y0, x0))
+        del lab
         if qs:
-            _tile_quantiles(parts, idx, img, lo, uniq, cnt2, totals_lab, totals_cnt, compartments, qs, has_nuc)
-        del idx, img, sums, sumsq
+            _tile_quantiles(parts, idx, img, labels_here, block[:, 0:2], totals_lab, totals_cnt, compartments,
+                            qs, has_nuc)
+        del idx, img, block
 
     return _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, morphology,
                      has_nuc, background or {})
 
 
-def _tile_quantiles(parts, idx, img, lo, uniq, cnt2, totals_lab, totals_cnt, compartments, qs, has_nuc):
+def _tile_quantiles(parts, idx, img, labels_here, cnt2, totals_lab, totals_cnt, compartments, qs, has_nuc):
     """Exact quantiles of the (label, compartment) groups complete in this tile; stash the others."""
     n_c = img.shape[0]
     fg = idx >= 0
     k = idx[fg]
     cidx = k >> 1
-    lab_of = (lambda c: c + lo) if uniq.size == 0 else (lambda c: uniq[c])
     # which cells are complete in this tile? (both compartment bins reach their totals)
-    n_cells = cnt2.shape[0]
-    present = np.flatnonzero(cnt2.sum(1) > 0)
-    labs = lab_of(present)
-    tot = np.zeros((present.size, 2), np.int64)
+    labs = labels_here
+    tot = np.zeros((labs.size, 2), np.int64)
     for flag in (0, 1):
         key2 = labs * 2 + flag
         pos = np.searchsorted(totals_lab, key2)
         pos = np.minimum(pos, max(totals_lab.size - 1, 0))
         hit = totals_lab[pos] == key2 if totals_lab.size else np.zeros(key2.size, bool)
         tot[:, flag] = np.where(hit, totals_cnt[pos], 0)
-    complete_cell = np.zeros(n_cells, bool)
-    complete_cell[present] = np.all(cnt2[present].astype(np.int64) == tot, axis=1)
+    complete_cell = np.all(cnt2.astype(np.int64) == tot, axis=1)
     done = complete_cell[cidx]
     vals = np.stack([img[ci][fg] for ci in range(n_c)], axis=1).astype(np.float64)  # (N, C)
     if (~done).any():
         sel = ~done
-        parts.q_pending.append((lab_of(cidx[sel]).astype(np.int64), (k[sel] & 1).astype(np.int8), vals[sel]))
+        parts.q_pending.append((labs[cidx[sel]], (k[sel] & 1).astype(np.int8), vals[sel]))
     if not done.any():
         return
     kd, vd = k[done], vals[done]
@@ -553,14 +637,31 @@ def _tile_quantiles(parts, idx, img, lo, uniq, cnt2, totals_lab, totals_cnt, com
         for ci in range(n_c):
             groups, q = _grouped_quantiles(keys, vv[:, ci], qs)
             res.append(q)
-        parts.q_done.setdefault(comp, []).append((lab_of(groups).astype(np.int64), np.stack(res, axis=1)))
+        parts.q_done.setdefault(comp, []).append((labs[groups], np.stack(res, axis=1)))
 
 
-def _merge(labels_all: np.ndarray, inv: np.ndarray, n: int, arrays: list) -> np.ndarray:
-    a = np.concatenate(arrays)
-    out = np.zeros((n,) + a.shape[1:])
-    np.add.at(out, inv, a)
-    return out
+class _Merged:
+    """Per-label sums over all tiles, one column at a time (a cell cut by tile seams is summed once).
+
+    The tiles' blocks are kept as they are (one row per label present in the tile); a column of the merged
+    table is gathered in label order and summed over the rows of the same label, so no second copy of
+    all partial sums is ever made.
+    """
+
+    def __init__(self, labels_list, blocks):
+        all_labels = np.concatenate(labels_list)
+        self.order = np.argsort(all_labels, kind="stable")
+        sl = all_labels[self.order]
+        del all_labels
+        self.starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
+        self.labels = sl[self.starts]
+        self.unique = self.starts.size == sl.size
+        del sl
+        self.blocks = blocks
+
+    def __call__(self, f: int) -> np.ndarray:
+        col = np.concatenate([b[:, f] for b in self.blocks])[self.order]
+        return col if self.unique else np.add.reduceat(col, self.starts)
 
 
 def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, morphology, has_nuc,
@@ -574,41 +675,46 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
         df = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in cols})
         df["cell_id"] = df["cell_id"].astype(np.uint32)
         return df
-    all_labels = np.concatenate(parts.labels)
-    labels, inv = np.unique(all_labels, return_inverse=True)
+    merged = _Merged(parts.labels, parts.blocks)
+    parts.labels = []
+    labels = merged.labels
     n = labels.size
-    counts = _merge(all_labels, inv, n, parts.counts)           # (n, 2) cyto, nuc
-    sums = _merge(all_labels, inv, n, parts.sums)               # (n, 2, C)
-    sumsq = _merge(all_labels, inv, n, parts.sumsq) if parts.sumsq else None
-    mom = _merge(all_labels, inv, n, parts.mom)
-    parts.labels, parts.counts, parts.sums, parts.sumsq, parts.mom = [], [], [], [], []  # free early
-    area = counts.sum(1)
+    nm = 5 if morphology else 2
+    off_s = 2 + nm
+    off_q = off_s + 2 * n_c
+    n_cyto, n_nuc = merged(0), merged(1)
+    area = n_cyto + n_nuc
     names = ["x_um", "y_um", "area_um2", "nucleus_area_um2"] + _intensity_columns(channels, compartments,
                                                                                  statistics)
     if morphology:
         names += ["eccentricity", "solidity", "major_axis_length_um", "minor_axis_length_um"]
-    table = np.empty((n, len(names)))  # one float block: the DataFrame wraps it without a copy
-    col_of = {nm: i for i, nm in enumerate(names)}
+    # one float block, column-major so that every column is written contiguously; the DataFrame wraps it
+    # without a copy
+    table = np.empty((len(names), n)).T
+    col_of = {nm_: i for i, nm_ in enumerate(names)}
     cols = _ColumnWriter(table, col_of)
     cols.update({
-        "x_um": (mom[:, 1] / area + 0.5) * px,
-        "y_um": (mom[:, 0] / area + 0.5) * px,
+        "x_um": (merged(3) / area + 0.5) * px,
+        "y_um": (merged(2) / area + 0.5) * px,
         "area_um2": area * a_um2,
-        "nucleus_area_um2": counts[:, 1] * a_um2 if has_nuc else np.full(n, np.nan),
+        "nucleus_area_um2": n_nuc * a_um2 if has_nuc else np.full(n, np.nan),
     })
     bg = np.array([float(background.get(ch, 0.0)) for ch in channels])
-    comp_n = {"nucleus": counts[:, 1], "cytoplasm": counts[:, 0], "cell": area}
-    comp_s = {"nucleus": sums[:, 1], "cytoplasm": sums[:, 0], "cell": sums.sum(1)}
-    comp_s2 = ({"nucleus": sumsq[:, 1], "cytoplasm": sumsq[:, 0], "cell": sumsq.sum(1)}
-               if sumsq is not None else {})
+    comp_n = {"nucleus": n_nuc, "cytoplasm": n_cyto, "cell": area}
+    want_sq = "std" in statistics
     qres = _finish_quantiles(parts, labels, n_c, compartments, qs, has_nuc) if qs else {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for ci, ch in enumerate(channels):
+            s_cyto, s_nuc = merged(off_s + ci), merged(off_s + n_c + ci)
+            comp_s = {"nucleus": s_nuc, "cytoplasm": s_cyto, "cell": s_nuc + s_cyto}
+            if want_sq:
+                q_cyto, q_nuc = merged(off_q + ci), merged(off_q + n_c + ci)
+                comp_s2 = {"nucleus": q_nuc, "cytoplasm": q_cyto, "cell": q_nuc + q_cyto}
             for comp in compartments:
                 defined = has_nuc or comp == "cell"
                 nn = comp_n[comp]
                 empty = (nn == 0) | (not defined)
-                s = comp_s[comp][:, ci]
+                s = comp_s[comp]
                 for stat in statistics:
                     name = f"{ch}_{comp}" if stat == "mean" else f"{ch}_{comp}_{stat}"
                     if stat == "mean":
@@ -616,14 +722,17 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
                     elif stat == "total":
                         v = s - nn * bg[ci]
                     elif stat == "std":
-                        s2 = comp_s2[comp][:, ci]
+                        s2 = comp_s2[comp]
                         var = (s2 - s * s / nn) / nn
                         v = np.sqrt(np.maximum(var, 0.0))
                     else:
                         v = qres[comp][:, ci, qstats.index(stat)] - bg[ci]
                     cols[name] = np.where(empty, np.nan, v)
     if morphology:
+        mom = np.stack([merged(2 + i) for i in range(nm)], axis=1)
         cols.update(_morphology(mom, area, labels, np.concatenate(parts.runs), px))
+    del merged
+    parts.blocks.clear()
     df = pd.DataFrame(table, columns=names, copy=False)
     df.insert(0, "cell_id", labels.astype(np.uint32))
     return df

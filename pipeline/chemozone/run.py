@@ -228,7 +228,33 @@ def _step_a_is_current(row: dict[str, Any], cfg: Config, lay: RunLayout, stamp: 
 
 
 # ------------------------------------------------------------------------------------ cohort step
-def cohort_step(cfg: Config, samples, measurements: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
+    """Pass A of the zones for one sample: per-channel zone signals on the grid → small summaries."""
+    import dask
+    import pandas as pd
+
+    from . import zones
+    from .io import read_labels_zarr, resolve_channels
+
+    sid = row["sample_id"]
+    lay = RunLayout(out)
+    frames = []
+    with dask.config.set(scheduler="synchronous"):
+        img = _open_image(row, cfg)
+        tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
+        grid_um = _grid_um(lay, sid)
+        for z in cfg.zones:
+            if z.source not in ("pixels", "tumor"):
+                continue
+            idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
+            sig = _stage(sid, "zones", lambda: zones.zone_signal(
+                img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um, zone=z,
+                tissue=tissue_grid))
+            frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path) -> dict[str, Any]:
     """Cohort-wide decisions between the per-sample steps: gates and zone thresholds.
 
     Returns ``{"gates": DataFrame, "zone_thresholds": DataFrame}`` and writes both to the run folder.
@@ -239,41 +265,15 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], out: str | P
 
     lay = RunLayout(out)
     cells = pd.concat(list(measurements.values()), ignore_index=True) if measurements else pd.DataFrame()
-    gates = phenotype.compute_gates(cells, samples, config=cfg.phenotypes)
+    gates = phenotype.compute_gates(cells, samples, config=cfg.phenotypes, seed=cfg.run.seed)
     write_parquet(gates, lay.gates)
-    thresholds = _zone_thresholds(cfg, samples, out)
-    if thresholds is not None:
-        write_parquet(thresholds, lay.zone_thresholds)
-    return {"gates": gates, "zone_thresholds": thresholds if thresholds is not None else pd.DataFrame()}
-
-
-def _zone_thresholds(cfg: Config, samples, out: str | Path):
-    """Per-sample zone signal summaries (cheap, recomputed) → cohort thresholds."""
-    import pandas as pd
-
-    from . import zones
-    from .io import read_labels_zarr, resolve_channels
-
     pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
-    if not pixel_zones:
-        return None
-    lay = RunLayout(out)
-    summaries = []
-    for row in samples.to_dict("records"):
-        sid = row["sample_id"]
-        if not lay.masks(sid).is_dir():
-            continue  # failed in step A
-        img = _open_image(row, cfg)
-        tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
-        grid_um = _grid_um(lay, sid)
-        for z in pixel_zones:
-            idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
-            sig = zones.zone_signal(img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um,
-                                    grid_um=grid_um, zone=z, tissue=tissue_grid)
-            summaries.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z))
-    if not summaries:
-        return None
-    return zones.compute_zone_thresholds(pd.concat(summaries, ignore_index=True), samples, zones=pixel_zones)
+    frames = [f for f in summaries if len(f)]
+    thresholds = pd.DataFrame()
+    if pixel_zones and frames:
+        thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=pixel_zones)
+        write_parquet(thresholds, lay.zone_thresholds)
+    return {"gates": gates, "zone_thresholds": thresholds}
 
 
 def _grid_um(lay: RunLayout, sid: str) -> float:
@@ -318,12 +318,15 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
             infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
                 cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
+            cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
+                infil, config=cfg.spatial, cells=cells.assign(sample_id=sid)))
         with _timed(timings, "write"):
             for name, m in masks.items():
                 write_labels_zarr(lay.masks(sid), f"zone_{name}", m, pixel_size_um=grid_um)
             write_parquet(cells, lay.cells(sid))
             write_parquet(zones_df, lay.zones(sid))
             write_parquet(infil, lay.infiltration(sid))
+            write_parquet(cognate, lay.cognate(sid))
         if cfg.run.write_qc:
             with _timed(timings, "qc"):
                 from .qc import write_qc
@@ -341,7 +344,7 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     meta = samples.drop(columns=["image"]).copy()
     write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
-                               (lay.zones, lay.cohort_zones)):
+                               (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate)):
         frames = [pd.read_parquet(per_sample(s)) for s in ok_ids if per_sample(s).is_file()]
         if not frames:
             continue
@@ -465,8 +468,7 @@ def _validate_stage_config(cfg: Config, report) -> None:
     from . import phenotype
 
     for sid, info in report.images.items():
-        phenotype.validate_phenotypes(cfg.phenotypes, info["channels"])
-        break
+        phenotype.validate_phenotypes(cfg.phenotypes, info["channels"], aliases=cfg.panel.aliases)
 
 
 def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, memory_limit, resume, on_error,
@@ -535,12 +537,21 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
             bar.advance(task_a)
 
         ok_a = [r for r in rows if prov["samples"][r["sample_id"]]["status"] == "step_a_done"]
-        # -------- cohort step
+        # -------- zone signal summaries (per sample), then the cohort step
         t0 = time.perf_counter()
+        summaries, failed_z = [], set()
+        for r, outcome in _map(client, zone_summaries, ok_a, (cfg, str(lay.root)), "zone signals"):
+            if isinstance(outcome, StageError):
+                failed_z.add(r["sample_id"])
+                fail(outcome)
+            else:
+                summaries.append(outcome)
+        ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
         measurements = {r["sample_id"]: pd.read_parquet(lay.sample_dir(r["sample_id"]) / MEASUREMENTS) for r in ok_a}
         ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
-        cohort = cohort_step(cfg, ok_samples, measurements, lay.root)
-        log.info("cohort step (gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
+        summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
+        cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
+        log.info("cohort step (zone signals, gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
         prov["cohort_step_s"] = round(time.perf_counter() - t0, 3)
 
         # -------- step B

@@ -69,6 +69,13 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             rep.problems.append(f"sample '{row.sample_id}': {exc}")
             rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
             continue
+        try:
+            from .phenotype import validate_phenotypes
+
+            validate_phenotypes(cfg.phenotypes, info["channels"], aliases=cfg.panel.aliases)
+        except ChemozoneError as exc:
+            if not any(str(exc) in p for p in rep.problems):  # a config problem: report it once
+                rep.problems.append(f"sample '{row.sample_id}': {exc}")
         rep.images[row.sample_id] = info
         c, y, x = info["shape"]
         rep.rows.append(

@@ -294,8 +294,10 @@ def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None 
     colors = category_colors(cells[col].to_numpy()) if col is not None else np.tile([1.0, 1.0, 1.0, 1.0], (len(cells), 1))
     meta = {"chemozone": {"kind": "cells", "sample_dir": str(sample_dir) if sample_dir else None,
                           "sample_id": sample_id, "color_by": col}}
-    kwargs = dict(name=name, features=cells.reset_index(drop=True), face_color=colors, border_width=0,
+    kwargs = dict(name=name, features=cells.reset_index(drop=True), border_width=0,
                   size=cell_point_size_um(cells), metadata=meta, opacity=0.9)
+    if len(cells):  # napari cannot take an empty colour array
+        kwargs["face_color"] = colors
     return (coords, kwargs, "points")
 
 
