@@ -79,3 +79,24 @@ def test_report_renders_in_chromium(report, tmp_path):
     assert m, "load script did not run"
     n_img = len(re.findall(r"<img ", path.read_text(encoding="utf-8")))
     assert m.group(1) == "1" * n_img
+
+
+@pytest.mark.slow
+def test_report_on_real_tiny_run(tmp_path):
+    """Integration: the real runner on the 'tiny' synthetic cohort, then the report and the stats loaders."""
+    pytest.importorskip("chemozone.run")
+    from chemozone import stats
+    from chemozone.run import run_batch
+    from chemozone.synth import generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, preset="tiny")
+    res = run_batch(cohort, cohort / "config.yaml", tmp_path / "run", workers=1, progress=False, in_process=True)
+    assert res.exit_code == 0
+    path = write_report(tmp_path / "run")
+    text = path.read_text(encoding="utf-8")
+    for s in SECTIONS:
+        assert f"id='{s}'" in text
+    assert len(re.findall(r"<img class=\"fig\"", text)) >= 3
+    run = stats.load_run(tmp_path / "run")
+    assert len(stats.metric_table(run, "zone_area")) == len(run["samples"])

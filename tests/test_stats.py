@@ -294,3 +294,20 @@ def test_bh_fdr_invariants(p):
     assert np.all(q >= p - 1e-12) and np.all(q <= 1)
     order = np.argsort(p, kind="stable")
     assert np.all(np.diff(q[order]) >= -1e-12)
+
+
+def test_receptor_density_table(run):
+    t = stats.metric_table(run, "receptor_density")
+    assert {"NK CXCR2+ in CXCL8", "NK CXCR2- in CXCL8", "CD8_T CXCR3+ in CXCL10"} <= set(t.columns)
+    inf = run["infiltration"]
+    r = inf[(inf["sample_id"] == "P02_photon_10Gy") & (inf["zone"] == "CXCL8") & (inf["region"] == "inside")
+            & (inf["population"] == "NK") & (inf["population_type"] == "phenotype")].iloc[0]
+    assert t.set_index("sample_id").at["P02_photon_10Gy", "NK CXCR2- in CXCL8"] == pytest.approx(
+        r["n_cells"] / r["area_mm2"])
+    per_t = stats.receptor_density_table(run, per="tissue")
+    tissue = run["zones"].query("sample_id == 'P02_photon_10Gy' and zone == 'CXCL8'")["tissue_area_mm2"].iloc[0]
+    assert per_t.set_index("sample_id").at["P02_photon_10Gy", "NK CXCR2- in CXCL8"] == pytest.approx(
+        r["n_cells"] / tissue)
+    assert stats.split_phenotype("CD8 T CXCR3+ CCR5-") == ("CD8 T", frozenset({"CXCR3+", "CCR5-"}))
+    with pytest.raises(ValueError, match="per must be"):
+        stats.receptor_density_table(run, per="cell")

@@ -132,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    import logging
+
+    # tifffile reports damaged tags through logging; chemozone turns unreadable files into one-line errors
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     module_name, func_name = args.handler.split(":")
     try:
         func = getattr(importlib.import_module(module_name), func_name)

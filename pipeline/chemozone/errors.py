@@ -21,7 +21,7 @@ class ChemozoneError(Exception):
     """Base class of user-fixable errors (printed as one line by the CLI, exit code 1)."""
 
     def __str__(self) -> str:  # one line, always
-        return " ".join(super().__str__().split())
+        return " ".join(Exception.__str__(self).split())
 
 
 class ConfigError(ChemozoneError, ValueError):

@@ -70,26 +70,19 @@ def _build_kernels():
 
     @numba.njit(cache=True, nogil=True)
     def label_range(lab):
-        """(lo, hi) of the nonzero labels of a tile; (1, 0) when it has none."""
+        """(lo, hi) of the nonzero labels of a tile; lo > hi when it has none (branch-free, vectorised)."""
         h, w = lab.shape
-        lo = np.int64(0)
-        hi = np.int64(0)
-        found = False
+        one = np.uint64(1)
+        mx = np.uint64(0)
+        mn_1 = np.uint64(0xFFFFFFFFFFFFFFFF)  # min(label - 1) over all pixels: background wraps to the max
         for i in range(h):
             for j in range(w):
-                lv = np.int64(lab[i, j])
-                if lv != 0:
-                    if not found:
-                        lo = lv
-                        hi = lv
-                        found = True
-                    elif lv < lo:
-                        lo = lv
-                    elif lv > hi:
-                        hi = lv
-        if not found:
+                v = np.uint64(lab[i, j])
+                mx = max(mx, v)
+                mn_1 = min(mn_1, v - one)
+        if mx == 0:
             return np.int64(1), np.int64(0)
-        return lo, hi
+        return np.int64(mn_1 + one), np.int64(mx)
 
     @numba.njit(cache=True, nogil=True)
     def compact_ids(lab, lo, n_range):
@@ -111,101 +104,120 @@ def _build_kernels():
     @numba.njit(cache=True, nogil=True)
     def measure_tile(lab, nuc, has_nuc, lo, ids, uniq, y0, x0, want_moments, img, int_path, want_sq,
                      write_idx, idx, block, off_s, off_q):
-        """Measure one tile into ``block`` (n_cells, F), row = compact cell id.
+        """Measure one tile into ``block`` (2 × n_cells, G): row ``2 × cell + is_nucleus`` (a bin).
 
-        Per row of the tile: one pass over the labels finds the runs of constant bin
-        (bin = 2 × cell + is_nucleus) and closes counts and moments per run in closed form; then each
-        channel's row is read once, contiguously, and reduced per run — for 8/16-bit integer images by
-        differences of an int64 prefix sum (exact, branch-free), otherwise by float64 accumulation in
-        raster order (the additions ``numpy.bincount`` makes, in the same order).
+        Per row of the tile, one branch-free pass over the labels finds the runs of constant bin; each run
+        adds its pixel count and coordinate moments (closed form) to its bin. Each channel's row is then
+        read once, contiguously: for 8/16-bit integer images into an int64 prefix sum whose differences give
+        every run's sum exactly; otherwise summed in float64 in raster order (the additions, and their
+        order, of ``numpy.bincount``).
 
-        block columns: 0 cytoplasm count, 1 nucleus count, 2.. moments, ``off_s + flag × C + c`` sums,
-        ``off_q + flag × C + c`` sums of squares.
+        block columns: 0 count, 1 Σy, 2 Σx, (3 Σy², 4 Σx², 5 Σxy with moments), ``off_s + c`` Σ channel c,
+        ``off_q + c`` Σ channel c² (pixel coordinates are global, in pixels).
         """
         h, w = lab.shape
         n_c = img.shape[0]
         direct = ids.size > 0
-        run_s = np.empty(w, np.int64)
-        run_e = np.empty(w, np.int64)
-        run_k = np.empty(w, np.int64)
-        cs = np.zeros(w + 1, np.int64)
-        cs2 = np.zeros(w + 1, np.int64)
+        key = np.empty(w + 1, np.int64)
+        starts = np.empty(w + 1, np.int64)
+        rs = np.empty(w, np.int64)
+        re = np.empty(w, np.int64)
+        rk = np.empty(w, np.int64)
+        cs = np.zeros((w + 1, n_c), np.int64)
+        cq = np.zeros((w + 1, n_c) if want_sq else (1, 1), np.int64)
         for i in range(h):
-            gy = float(y0 + i)
-            nr = 0
-            kprev = -1
-            j0 = 0
-            lprev = np.int64(0)
-            cprev = np.int64(-1)
-            for j in range(w + 1):
-                k = np.int64(-1)
-                if j < w:
+            # key = 2 × label + is_nucleus (background: 0 or 1)
+            if has_nuc:
+                for j in range(w):
                     lv = np.int64(lab[i, j])
-                    if lv != 0:
-                        if lv != lprev:
-                            if direct:
-                                cprev = np.int64(ids[lv - lo])
-                            else:
-                                cprev = np.int64(np.searchsorted(uniq, lv))
-                            lprev = lv
-                        k = 2 * cprev
-                        if has_nuc and np.int64(nuc[i, j]) == lv:
-                            k += 1
-                    if write_idx:
-                        idx[i, j] = k
-                if k != kprev:
-                    if kprev >= 0:  # close the run [j0, j) of bin kprev
-                        run_s[nr] = j0
-                        run_e[nr] = j
-                        run_k[nr] = kprev
-                        nr += 1
-                        n = float(j - j0)
-                        cp = kprev >> 1
-                        block[cp, kprev & 1] += n
-                        sx = n * (x0 + j0) + n * (n - 1) / 2
-                        block[cp, 2] += n * gy
-                        block[cp, 3] += sx
-                        if want_moments:
-                            a0 = float(x0 + j0)
-                            block[cp, 4] += n * gy * gy
-                            block[cp, 5] += n * a0 * a0 + a0 * n * (n - 1) + (n - 1) * n * (2 * n - 1) / 6
-                            block[cp, 6] += gy * sx
-                    kprev = k
-                    j0 = j
-            if nr == 0:
+                    key[j] = 2 * lv + np.int64(np.int64(nuc[i, j]) == lv)
+            else:
+                for j in range(w):
+                    key[j] = 2 * np.int64(lab[i, j])
+            key[w] = -1
+            # run starts (conditional increment, no branch)
+            nr = 0
+            prev = np.int64(-2)
+            for j in range(w + 1):
+                k = key[j]
+                starts[nr] = j
+                nr += k != prev
+                prev = k
+            # keep the foreground runs
+            m = 0
+            for r in range(nr - 1):
+                a = starts[r]
+                k = key[a]
+                rs[m] = a
+                re[m] = starts[r + 1]
+                rk[m] = k
+                m += k >= 2
+            if write_idx:
+                for j in range(w):
+                    idx[i, j] = -1
+            gy = float(y0 + i)
+            for r in range(m):
+                k = rk[r]
+                lv = k >> 1
+                if direct:
+                    c = np.int64(ids[lv - lo])
+                else:
+                    c = np.int64(np.searchsorted(uniq, lv))
+                b = 2 * c + (k & 1)
+                rk[r] = b
+                a = rs[r]
+                n = float(re[r] - a)
+                a0 = float(x0 + a)
+                sx = n * a0 + n * (n - 1) / 2
+                block[b, 0] += n
+                block[b, 1] += n * gy
+                block[b, 2] += sx
+                if want_moments:
+                    block[b, 3] += n * gy * gy
+                    block[b, 4] += n * a0 * a0 + a0 * n * (n - 1) + (n - 1) * n * (2 * n - 1) / 6
+                    block[b, 5] += gy * sx
+                if write_idx:
+                    for j in range(a, re[r]):
+                        idx[i, j] = b
+            if m == 0:
                 continue
-            for ci in range(n_c):
-                if int_path:
+            if int_path:
+                for ci in range(n_c):
                     s = np.int64(0)
                     for j in range(w):
                         s += np.int64(img[ci, i, j])
-                        cs[j + 1] = s
+                        cs[j + 1, ci] = s
                     if want_sq:
                         s = np.int64(0)
                         for j in range(w):
                             v = np.int64(img[ci, i, j])
                             s += v * v
-                            cs2[j + 1] = s
-                    for r in range(nr):
-                        k = run_k[r]
-                        col = (k & 1) * n_c + ci
-                        block[k >> 1, off_s + col] += float(cs[run_e[r]] - cs[run_s[r]])
-                        if want_sq:
-                            block[k >> 1, off_q + col] += float(cs2[run_e[r]] - cs2[run_s[r]])
-                else:
-                    for r in range(nr):
-                        k = run_k[r]
-                        col = (k & 1) * n_c + ci
-                        t = block[k >> 1, off_s + col]
-                        for j in range(run_s[r], run_e[r]):
+                            cq[j + 1, ci] = s
+                for r in range(m):
+                    dst = block[rk[r]]
+                    ca = cs[rs[r]]
+                    cb = cs[re[r]]
+                    for ci in range(n_c):
+                        dst[off_s + ci] += float(cb[ci] - ca[ci])
+                    if want_sq:
+                        ca = cq[rs[r]]
+                        cb = cq[re[r]]
+                        for ci in range(n_c):
+                            dst[off_q + ci] += float(cb[ci] - ca[ci])
+            else:
+                for ci in range(n_c):
+                    for r in range(m):
+                        b = rk[r]
+                        t = block[b, off_s + ci]
+                        for j in range(rs[r], re[r]):
                             t += np.float64(img[ci, i, j])
-                        block[k >> 1, off_s + col] = t
+                        block[b, off_s + ci] = t
                         if want_sq:
-                            t = block[k >> 1, off_q + col]
-                            for j in range(run_s[r], run_e[r]):
+                            t = block[b, off_q + ci]
+                            for j in range(rs[r], re[r]):
                                 v = np.float64(img[ci, i, j])
                                 t += v * v
-                            block[k >> 1, off_q + col] = t
+                            block[b, off_q + ci] = t
         return 0
 
     return {"label_range": label_range, "compact_ids": compact_ids, "measure_tile": measure_tile}
@@ -281,40 +293,40 @@ def _direct_range_ok(n_range: int, n_pixels: int) -> bool:
     return n_range <= n_pixels + 1024
 
 
+def _block_layout(n_c: int, want_moments: bool, want_sq: bool):
+    """(off_s, off_q, n_columns) of a tile block (see ``measure_tile``)."""
+    off_s = 6 if want_moments else 3
+    off_q = off_s + n_c
+    return off_s, off_q, off_q + (n_c if want_sq else 0)
+
+
 def _measure_tile_numpy(lab, nuc, y0, x0, want_moments, img, want_sq, write_idx):
-    """numpy twin of the compiled kernel: (labels, idx, block) of one tile (see ``measure_tile``)."""
+    """numpy twin of the compiled kernel: (labels, idx, block) of one tile (same block, same values)."""
     n_c = img.shape[0]
     fg = lab != 0
     lv = lab[fg].astype(np.int64)
     labels_here, c = np.unique(lv, return_inverse=True)
-    c = c.reshape(-1)
-    n = labels_here.size
-    k = 2 * c
+    n_bins = 2 * labels_here.size
+    k = 2 * c.reshape(-1)
     if nuc is not None:
         k += nuc[fg].astype(np.int64) == lv
-    nm = 5 if want_moments else 2
-    off_s = 2 + nm
-    off_q = off_s + 2 * n_c
-    block = np.zeros((n, off_q + (2 * n_c if want_sq else 0)))
-    block[:, 0:2] = np.bincount(k, minlength=2 * n).reshape(n, 2)
+    off_s, off_q, n_cols = _block_layout(n_c, want_moments, want_sq)
+    block = np.zeros((n_bins, n_cols))
+    block[:, 0] = np.bincount(k, minlength=n_bins)
     rows, cols = np.nonzero(fg)
     gy = (rows + y0).astype(np.float64)
     gx = (cols + x0).astype(np.float64)
-    block[:, 2] = np.bincount(c, weights=gy, minlength=n)
-    block[:, 3] = np.bincount(c, weights=gx, minlength=n)
+    block[:, 1] = np.bincount(k, weights=gy, minlength=n_bins)
+    block[:, 2] = np.bincount(k, weights=gx, minlength=n_bins)
     if want_moments:
-        block[:, 4] = np.bincount(c, weights=gy * gy, minlength=n)
-        block[:, 5] = np.bincount(c, weights=gx * gx, minlength=n)
-        block[:, 6] = np.bincount(c, weights=gy * gx, minlength=n)
+        block[:, 3] = np.bincount(k, weights=gy * gy, minlength=n_bins)
+        block[:, 4] = np.bincount(k, weights=gx * gx, minlength=n_bins)
+        block[:, 5] = np.bincount(k, weights=gy * gx, minlength=n_bins)
     for ci in range(n_c):
         v = img[ci][fg].astype(np.float64)
-        s = np.bincount(k, weights=v, minlength=2 * n).reshape(n, 2)
-        block[:, off_s + ci] = s[:, 0]
-        block[:, off_s + n_c + ci] = s[:, 1]
+        block[:, off_s + ci] = np.bincount(k, weights=v, minlength=n_bins)
         if want_sq:
-            s = np.bincount(k, weights=v * v, minlength=2 * n).reshape(n, 2)
-            block[:, off_q + ci] = s[:, 0]
-            block[:, off_q + n_c + ci] = s[:, 1]
+            block[:, off_q + ci] = np.bincount(k, weights=v * v, minlength=n_bins)
     idx = None
     if write_idx:
         idx = np.full(lab.shape, -1, np.int64)
@@ -333,11 +345,8 @@ def _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, want_moments, img,
     else:
         uniq = np.unique(lab[lab != 0]).astype(np.int64)
         ids, n, labels_here = np.empty(0, np.int32), uniq.size, uniq
-    n_c = img.shape[0]
-    nm = 5 if want_moments else 2
-    off_s = 2 + nm
-    off_q = off_s + 2 * n_c
-    block = np.zeros((int(n), off_q + (2 * n_c if want_sq else 0)))
+    off_s, off_q, n_cols = _block_layout(img.shape[0], want_moments, want_sq)
+    block = np.zeros((2 * int(n), n_cols))
     idx = np.empty(lab.shape if write_idx else (1, 1), np.int64)
     int_path = img.dtype.kind in "iu" and img.dtype.itemsize <= 2
     has_nuc = nuc is not None
@@ -387,7 +396,7 @@ class _Parts:
     """Per-tile partial results (compact: one row per label present in the tile), merged by label at the end."""
 
     labels: list = field(default_factory=list)     # (n,) int64 label values of each tile
-    blocks: list = field(default_factory=list)     # (n, F) float64 sums of each tile (see measure_tile)
+    blocks: list = field(default_factory=list)     # (2n, G) float64 sums per bin of each tile (see measure_tile)
     runs: list = field(default_factory=list)       # (m, 4) label, row, first col, last col
     q_done: dict = field(default_factory=dict)     # compartment -> list of (labels, (n, C, Q))
     q_pending: list = field(default_factory=list)  # (label, nucflag, values (m, C)) of cells cut by tiles
@@ -588,7 +597,7 @@ def quantify_cells(
             parts.runs.append(_row_runs(lab, y0, x0))
         del lab
         if qs:
-            _tile_quantiles(parts, idx, img, labels_here, block[:, 0:2], totals_lab, totals_cnt, compartments,
+            _tile_quantiles(parts, idx, img, labels_here, block[:, 0].reshape(-1, 2), totals_lab, totals_cnt, compartments,
                             qs, has_nuc)
         del idx, img, block
 
@@ -643,7 +652,7 @@ def _tile_quantiles(parts, idx, img, labels_here, cnt2, totals_lab, totals_cnt, 
 class _Merged:
     """Per-label sums over all tiles, one column at a time (a cell cut by tile seams is summed once).
 
-    The tiles' blocks are kept as they are (one row per label present in the tile); a column of the merged
+    The tiles' blocks are kept as they are (two rows per label present in the tile); a column of the merged
     table is gathered in label order and summed over the rows of the same label, so no second copy of
     all partial sums is ever made.
     """
@@ -659,9 +668,14 @@ class _Merged:
         del sl
         self.blocks = blocks
 
-    def __call__(self, f: int) -> np.ndarray:
-        col = np.concatenate([b[:, f] for b in self.blocks])[self.order]
+    def __call__(self, f: int, flag: int) -> np.ndarray:
+        """Column ``f`` of the bins ``2 × cell + flag`` (flag 1 = nucleus), summed per label, in label order."""
+        col = np.concatenate([b[flag::2, f] for b in self.blocks])[self.order]
         return col if self.unique else np.add.reduceat(col, self.starts)
+
+    def cell(self, f: int) -> np.ndarray:
+        """Column ``f`` summed over both compartments of each cell."""
+        return self(f, 0) + self(f, 1)
 
 
 def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, morphology, has_nuc,
@@ -679,10 +693,8 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
     parts.labels = []
     labels = merged.labels
     n = labels.size
-    nm = 5 if morphology else 2
-    off_s = 2 + nm
-    off_q = off_s + 2 * n_c
-    n_cyto, n_nuc = merged(0), merged(1)
+    off_s, off_q, _ = _block_layout(n_c, morphology, "std" in statistics)
+    n_cyto, n_nuc = merged(0, 0), merged(0, 1)
     area = n_cyto + n_nuc
     names = ["x_um", "y_um", "area_um2", "nucleus_area_um2"] + _intensity_columns(channels, compartments,
                                                                                  statistics)
@@ -694,8 +706,8 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
     col_of = {nm_: i for i, nm_ in enumerate(names)}
     cols = _ColumnWriter(table, col_of)
     cols.update({
-        "x_um": (merged(3) / area + 0.5) * px,
-        "y_um": (merged(2) / area + 0.5) * px,
+        "x_um": (merged.cell(2) / area + 0.5) * px,
+        "y_um": (merged.cell(1) / area + 0.5) * px,
         "area_um2": area * a_um2,
         "nucleus_area_um2": n_nuc * a_um2 if has_nuc else np.full(n, np.nan),
     })
@@ -705,10 +717,10 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
     qres = _finish_quantiles(parts, labels, n_c, compartments, qs, has_nuc) if qs else {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for ci, ch in enumerate(channels):
-            s_cyto, s_nuc = merged(off_s + ci), merged(off_s + n_c + ci)
+            s_cyto, s_nuc = merged(off_s + ci, 0), merged(off_s + ci, 1)
             comp_s = {"nucleus": s_nuc, "cytoplasm": s_cyto, "cell": s_nuc + s_cyto}
             if want_sq:
-                q_cyto, q_nuc = merged(off_q + ci), merged(off_q + n_c + ci)
+                q_cyto, q_nuc = merged(off_q + ci, 0), merged(off_q + ci, 1)
                 comp_s2 = {"nucleus": q_nuc, "cytoplasm": q_cyto, "cell": q_nuc + q_cyto}
             for comp in compartments:
                 defined = has_nuc or comp == "cell"
@@ -729,7 +741,8 @@ def _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, mo
                         v = qres[comp][:, ci, qstats.index(stat)] - bg[ci]
                     cols[name] = np.where(empty, np.nan, v)
     if morphology:
-        mom = np.stack([merged(2 + i) for i in range(nm)], axis=1)
+        # moments in the order of _morphology: Σy, Σx, Σy², Σx², Σxy
+        mom = np.stack([merged.cell(1 + i) for i in range(5)], axis=1)
         cols.update(_morphology(mom, area, labels, np.concatenate(parts.runs), px))
     del merged
     parts.blocks.clear()

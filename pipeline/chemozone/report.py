@@ -227,10 +227,13 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
             continue
         fits_out.append(fits)
         for grp in fits["group"].unique():
+            chosen = fits[(fits["group"] == grp) & fits["chosen"]]
+            if not len(chosen):  # too few samples for any model in this arm
+                continue
+            ch = chosen.iloc[0]
             dmax = float(sub.loc[sub["radiation"].astype(str) == grp, "dose_gy"].max())
             grid = np.linspace(0, dmax, 60)
             cur = stats.predict_dose_response(fits, grid, boot=boot, metric=col, group=grp)
-            ch = fits[(fits["group"] == grp) & fits["chosen"]].iloc[0]
             ax.plot(cur["dose"], cur["fit"], color=_color(grp), lw=1.8,
                     label=f"{grp}: {ch['model']}" + (f", ED50 {ch['ED50']:.1f} Gy" if np.isfinite(ch["ED50"]) else ""))
             if "lo" in cur:
@@ -287,10 +290,11 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     for zone, receptor, cts in pairs:
         dens = stats.density_table(run, zone=zone, region="inside", population_type="phenotype")
         pops = [c[len("density_"):] for c in dens.columns if c.startswith("density_")]
-        cts = cts or sorted({p.split()[0] for p in pops if f"{receptor}+" in p.split()})
+        split = {p: stats.split_phenotype(p) for p in pops}
+        cts = cts or sorted({c for c, fl in split.values() if f"{receptor}+" in fl})
         for ct in cts:
-            pos = [p for p in pops if p.split()[0] == ct and f"{receptor}+" in p.split()[1:]]
-            neg = [p for p in pops if p.split()[0] == ct and p not in pos]
+            pos = [p for p in pops if split[p][0] == ct and f"{receptor}+" in split[p][1]]
+            neg = [p for p in pops if split[p][0] == ct and p not in pos]
             # density of summed populations = sum of densities (same area)
             for lab, members in ((f"{ct} {receptor}+", pos), (f"{ct} {receptor}−", neg)):
                 if members:

@@ -448,9 +448,15 @@ def run_batch(
     lay = RunLayout(out)
 
     report = validate_inputs(input_path, cfg)
-    if report.problems:
-        more = f" (and {len(report.problems) - 1} more; run 'chemozone validate')" if len(report.problems) > 1 else ""
-        raise RunError(f"refusing to start: {report.problems[0]}{more}")
+    # with --on-error skip, a sample whose image cannot be read is recorded as failed and the others run;
+    # any other problem (config, sample sheet, channels) refuses the run
+    skippable = report.sample_problems if on_error == "skip" else {}
+    blocking = [p for p in report.problems if not any(p == f"sample '{sid}': {m}" for sid, m in skippable.items())]
+    if blocking:
+        more = f" (and {len(blocking) - 1} more; run 'chemozone validate')" if len(blocking) > 1 else ""
+        raise RunError(f"refusing to start: {blocking[0]}{more}")
+    if report.samples is None or len(report.samples) == len(skippable):
+        raise RunError(f"refusing to start: no sample can be read ({next(iter(skippable.values()), '')})")
     _validate_stage_config(cfg, report)
     samples = report.samples
 
@@ -458,7 +464,7 @@ def run_batch(
     try:
         return _run(samples, cfg, lay, console, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
                     resume=resume, on_error=on_error, progress=progress, in_process=in_process,
-                    command=command, images=report.images)
+                    command=command, images=report.images, unreadable=skippable)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -472,7 +478,7 @@ def _validate_stage_config(cfg: Config, report) -> None:
 
 
 def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, memory_limit, resume, on_error,
-         progress, in_process, command, images) -> RunResult:
+         progress, in_process, command, images, unreadable=None) -> RunResult:
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -485,12 +491,18 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
         except json.JSONDecodeError:
             old_samples = {}
     rows = samples.to_dict("records")
+    unreadable = unreadable or {}
     for r in rows:
         prov["inputs"][r["sample_id"]] = {**file_fingerprint(r["image"]), "image_info": images.get(r["sample_id"])}
         prov["samples"][r["sample_id"]] = {"status": "pending"}
+    for sid, msg in unreadable.items():
+        prov["samples"][sid] = {"status": "failed", "stage": "validate", "error": msg}
+        log.error("sample '%s' failed in validate: %s", sid, msg)
+    rows = [r for r in rows if r["sample_id"] not in unreadable]
     atomic_write_json(prov_path, prov)
     log.info("run started: %d samples, out=%s", len(rows), lay.root)
     result = RunResult(out=lay.root)
+    result.errors.update({sid: f"sample '{sid}' failed in validate: {m}" for sid, m in unreadable.items()})
 
     def record(sid: str, **kw: Any) -> None:
         prov["samples"][sid].update(kw)
@@ -587,6 +599,14 @@ def _collect(r, fn, ok, fail) -> None:
         ok(r, info)
 
 
+def _call_safely(fn, *args):
+    """Run on a worker: a sample's failure comes back as a value (no worker error log, no traceback)."""
+    try:
+        return fn(*args)
+    except StageError as exc:
+        return exc
+
+
 def _map(client, fn, rows, args, label):
     """Run ``fn(row, *args)`` for every row, in process or as Dask tasks; yield (row, info or StageError)
     in completion order."""
@@ -599,15 +619,15 @@ def _map(client, fn, rows, args, label):
         return
     from distributed import as_completed
 
-    scattered = [client.scatter(a, broadcast=True) if not isinstance(a, (str, int, float)) else a for a in args]
-    futures = {client.submit(fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
+    # hash=False: unique keys, so data scattered for an earlier stage being released cannot race this one
+    scattered = [client.scatter(a, broadcast=True, hash=False) if not isinstance(a, (str, int, float)) else a
+                 for a in args]
+    futures = {client.submit(_call_safely, fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
                for r in rows}
     for fut in as_completed(futures):
         r = futures[fut]
         try:
             yield r, fut.result()
-        except StageError as exc:
-            yield r, exc
         except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by its memory limit
             yield r, StageError(r["sample_id"], f"{label} (worker)", " ".join(f"{type(exc).__name__}: {exc}".split()),
                                 traceback.format_exc())

@@ -57,6 +57,8 @@ __all__ = [
     "cognate_test",
     "chemokine_modules",
     "bh_fdr",
+    "split_phenotype",
+    "receptor_density_table",
 ]
 
 TABLES = ("cells", "infiltration", "zones", "samples", "gates")
@@ -287,6 +289,65 @@ def enrichment_table(run: dict[str, Any], *, zone: str, population_type: str = "
     return _done_samples(run).merge(wide.reset_index(), on="sample_id", how="inner")
 
 
+def receptor_density_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = None, region: str = "inside",
+                           per: str = "zone") -> pd.DataFrame:
+    """Per-sample density of receptor+ and receptor− cells of each cognate pair's lineages in its zone.
+
+    Parameters
+    ----------
+    pairs : sequence, optional
+        ``(zone, receptor, cell_types)`` tuples, dicts or ``CognatePair`` (default: the run config's
+        ``spatial.cognate_pairs``).
+    region : str
+        Zone region (``inside``, ``outside``, ``band_{lo}_{hi}_um``).
+    per : {"zone", "tissue"}
+        Cells per mm² of the region (``zone``) or per mm² of tissue (``tissue``: how many receptor+ cells
+        the zone has gathered, which grows with the zone).
+
+    Returns
+    -------
+    DataFrame
+        One row per sample, columns ``"{cell_type} {receptor}+ in {zone}"`` and ``"... {receptor}- in {zone}"``.
+    """
+    if pairs is None:
+        pairs = ((run.get("run") or {}).get("config") or {}).get("spatial", {}).get("cognate_pairs") or []
+    inf = _infiltration(run, "phenotype")
+    inf = inf[inf["region"] == region]
+    tissue = None
+    if per == "tissue":
+        tissue = run["zones"].drop_duplicates(["sample_id", "zone"]).set_index(["sample_id", "zone"])["tissue_area_mm2"]
+    elif per != "zone":
+        raise ValueError(f"per must be 'zone' or 'tissue', got {per!r}")
+    cols: dict[str, pd.Series] = {}
+    for pair in pairs:
+        zone, receptor, cts = _pair(pair)
+        sub = inf[inf["zone"] == zone]
+        cts = cts or sorted({split_phenotype(p)[0] for p in sub["population"] if f"{receptor}+" in split_phenotype(p)[1]})
+        for ct in cts:
+            mapping = {p: st for p in sub["population"].unique() if (st := _receptor_status(p, ct, receptor))}
+            if not mapping:
+                continue
+            agg = _aggregate_populations(sub, mapping)
+            for st, sign in (("pos", "+"), ("neg", "-")):
+                g = agg[agg["population"] == st].set_index("sample_id")
+                if per == "zone":
+                    v = g["n_cells"] / g["area_mm2"].where(g["area_mm2"] > 0)
+                else:
+                    v = g["n_cells"] / pd.Series([tissue.get((s, zone), np.nan) for s in g.index], index=g.index)
+                cols[f"{ct} {receptor}{sign} in {zone}"] = v
+    wide = pd.DataFrame(cols)
+    wide.index.name = "sample_id"
+    return _done_samples(run).merge(wide.reset_index(), on="sample_id", how="inner")
+
+
+def _pair(pair: Any) -> tuple[str, str, list[str]]:
+    if isinstance(pair, dict):
+        return pair["zone"], pair["receptor"], list(pair.get("cell_types") or [])
+    if hasattr(pair, "zone"):
+        return pair.zone, pair.receptor, list(pair.cell_types or [])
+    return pair[0], pair[1], list(pair[2]) if len(pair) > 2 else []
+
+
 def producer_fraction_table(run: dict[str, Any], *, markers: Sequence[str] | None = None,
                             cell_types: Sequence[str] | None = None, tumor_prefix: str = "Tumor") -> pd.DataFrame:
     """Per-sample fraction of tumor cells positive for each chemokine marker: ``producer_fraction_{marker}``.
@@ -317,10 +378,11 @@ def metric_table(run: dict[str, Any], kind: str, **kwargs) -> pd.DataFrame:
     """Dispatch to a per-sample metric helper.
 
     ``kind`` ∈ ``zone_area`` (:func:`zone_area_table`), ``density`` (:func:`density_table`),
-    ``enrichment`` (:func:`enrichment_table`), ``producer_fraction`` (:func:`producer_fraction_table`).
+    ``enrichment`` (:func:`enrichment_table`), ``producer_fraction`` (:func:`producer_fraction_table`),
+    ``receptor_density`` (:func:`receptor_density_table`).
     """
     funcs = {"zone_area": zone_area_table, "density": density_table, "enrichment": enrichment_table,
-             "producer_fraction": producer_fraction_table}
+             "producer_fraction": producer_fraction_table, "receptor_density": receptor_density_table}
     if kind not in funcs:
         raise ValueError(f"unknown metric kind {kind!r}; choose from {sorted(funcs)}")
     out = funcs[kind](run, **kwargs)
@@ -659,33 +721,91 @@ def predict_dose_response(fits: pd.DataFrame, doses: np.ndarray, *, boot: pd.Dat
 
 def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photon",
                        dose: str = "effective_dose_gy", group: str = "radiation", patient: str = "patient",
-                       model: str = "emax", n_bootstrap: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+                       model: str = "emax", shared_shape: bool = True, n_bootstrap: int = 200, seed: int = 0,
+                       alpha: float = 0.05) -> pd.DataFrame:
     """How much of the reference arm's response each radiation type conserves.
 
-    Fits ``model`` per arm on ``dose`` (by default the effective dose) and returns, per arm, the
-    ratio ``Emax_arm / Emax_reference`` (slope ratio for ``linear``) with a paired patient-bootstrap CI.
-    A ratio below 1 whose CI excludes 1 is a weaker (partially conserved) response.
+    With ``shared_shape`` (default), the curve shape (ED50, and the Hill exponent for ``hill``) is fitted on
+    the reference arm and shared: every arm is then fitted as ``y = E0 + A * H(dose)`` (plus patient
+    offsets) and the ratio ``A_arm / A_reference`` is the conservation factor at equal ``dose`` (by default
+    the effective dose). This is stable even when an arm's doses all lie near its plateau. Without it,
+    each arm gets its own ``model`` fit and the ratio of the ``Emax`` (``slope`` for linear) is reported.
+    CIs: paired patient bootstrap (the same patient resample for all arms).
+
+    Returns
+    -------
+    DataFrame
+        ``metric, group, reference, amplitude, ratio, ratio_ci_lo, ratio_ci_hi, n_bootstrap``. A ratio below 1
+        whose CI excludes 1 is a weaker (partially conserved) response.
     """
-    fits, boot = fit_dose_response(df, metric=metric, dose=dose, group=group, patient=patient, models=(model,),
-                                   n_bootstrap=n_bootstrap, seed=seed, return_bootstrap=True)
+    need = [metric, dose, group, patient]
+    miss = [c for c in need if c not in df.columns]
+    if miss:
+        raise MissingStepError(f"table lacks column(s) {miss}; build it with stats.metric_table(...)")
+    data = df[need].copy()
+    data = data[np.isfinite(data[metric].astype(float)) & np.isfinite(data[dose].astype(float))]
+    data[dose] = data[dose].astype(float)
+    data[metric] = data[metric].astype(float)
+    data[patient] = data[patient].astype(str)
     amp = "slope" if model == "linear" else "Emax"
-    if reference not in set(fits["group"]):
-        raise ValueError(f"reference arm {reference!r} not in the data (arms: {sorted(set(fits['group']))})")
-    ref = fits.loc[fits["group"] == reference, amp].iloc[0]
+
+    def _amps(d_: pd.DataFrame, starts=None) -> dict[str, float]:
+        arms = _arms(d_, dose, group)
+        if reference not in arms:
+            raise ValueError(f"reference arm {reference!r} not in the data (arms: {sorted(arms)})")
+
+        def fit(arm, mod, x=None, st=None):
+            pats = {p: i for i, p in enumerate(sorted(arm[patient].unique()))}
+            xx = arm[dose].to_numpy(float) if x is None else x
+            return _fit_one(mod, xx, arm[metric].to_numpy(float), arm[patient].map(pats).to_numpy(), len(pats),
+                            starts=st)
+
+        ref = fit(arms[reference], model, st=starts)
+        if ref is None:
+            return {}
+        out = {"_theta": ref["theta"]}
+        if not shared_shape or model == "linear":
+            for g, arm in arms.items():
+                f = fit(arm, model) if g != reference else ref
+                if f is not None:
+                    out[g] = dict(zip(_PARAMS[model], f["params"]))[amp]
+            return out
+        p = list(ref["params"])
+        for g, arm in arms.items():
+            shape = _curve(model, arm[dose].to_numpy(float), [0.0, 1.0] + p[2:])
+            f = fit(arm, "linear", x=shape)
+            if f is not None:
+                out[g] = f["params"][1]
+        return out
+
+    est = _amps(data)
+    if not est:
+        raise ValueError(f"could not fit the reference arm {reference!r} for {metric!r}")
+    theta = est.pop("_theta")
+    rng = np.random.default_rng(seed)
+    pats = np.array(sorted(data[patient].unique()))
+    by = {p: data[data[patient] == p] for p in pats}
+    draws = []
+    for b in range(n_bootstrap):
+        pick = rng.choice(pats, size=len(pats), replace=True)
+        bd = pd.concat([by[p].assign(**{patient: f"b{i}"}) for i, p in enumerate(pick)], ignore_index=True)
+        a = _amps(bd, starts=[theta])
+        a.pop("_theta", None)
+        if reference in a and a[reference]:
+            draws.append({g: v / a[reference] for g, v in a.items()})
+    dr = pd.DataFrame(draws)
     rows = []
-    bref = boot[boot["group"] == reference].set_index("draw")[amp] if len(boot) else pd.Series(dtype=float)
-    for _, r in fits.iterrows():
-        row = {"metric": metric, "group": r["group"], "reference": reference, "amplitude": r[amp],
-               "ratio": r[amp] / ref if ref else np.nan, "ratio_ci_lo": np.nan, "ratio_ci_hi": np.nan}
-        if len(boot):
-            bg = boot[boot["group"] == r["group"]].set_index("draw")[amp]
-            both = bg.index.intersection(bref.index)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratios = (bg[both] / bref[both]).to_numpy(float)
-            ratios = ratios[np.isfinite(ratios)]
-            if len(ratios):
-                row["ratio_ci_lo"], row["ratio_ci_hi"] = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
-        rows.append(row)
+    for g, v in est.items():
+        r = {"metric": metric, "group": g, "reference": reference, "amplitude": v,
+             "ratio": v / est[reference] if est[reference] else np.nan, "ratio_ci_lo": np.nan, "ratio_ci_hi": np.nan,
+             "n_bootstrap": 0}
+        if g in dr:
+            vals = dr[g].to_numpy(float)
+            vals = vals[np.isfinite(vals)]
+            if len(vals):
+                r["ratio_ci_lo"], r["ratio_ci_hi"] = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+                r["n_bootstrap"] = len(vals)
+        rows.append(r)
     return pd.DataFrame(rows)
 
 
@@ -914,13 +1034,28 @@ def compare_radiation(df: pd.DataFrame, *, metric: str, reference: str = "photon
 
 
 # ============================================================================== cognate vs non-cognate
-def _receptor_status(population: str, cell_type: str, receptor: str) -> str | None:
+def split_phenotype(population: str) -> tuple[str, frozenset[str]]:
+    """Split a phenotype label into its cell type and its receptor flags.
+
+    Examples
+    --------
+    >>> split_phenotype("CD8 T CXCR3+ CCR5+")
+    ('CD8 T', frozenset({'CXCR3+', 'CCR5+'}))
+    >>> split_phenotype("NK")
+    ('NK', frozenset())
+    """
     toks = str(population).split()
-    if not toks or toks[0] != cell_type:
+    k = len(toks)
+    while k > 1 and toks[k - 1][-1:] in ("+", "-"):
+        k -= 1
+    return " ".join(toks[:k]), frozenset(toks[k:])
+
+
+def _receptor_status(population: str, cell_type: str, receptor: str) -> str | None:
+    ct, flags = split_phenotype(population)
+    if ct != cell_type:
         return None
-    if f"{receptor}+" in toks[1:]:
-        return "pos"
-    return "neg"
+    return "pos" if f"{receptor}+" in flags else "neg"
 
 
 def bh_fdr(p: Sequence[float]) -> np.ndarray:
@@ -981,18 +1116,13 @@ def cognate_test(infiltration: pd.DataFrame, *, pairs: Sequence[Any], patient: s
         inf = inf[inf[dose].astype(float) >= min_dose_gy]
     rows = []
     for pair in pairs:
-        if isinstance(pair, dict):
-            zone, receptor, cts = pair["zone"], pair["receptor"], pair.get("cell_types") or []
-        elif hasattr(pair, "zone"):
-            zone, receptor, cts = pair.zone, pair.receptor, list(pair.cell_types or [])
-        else:
-            zone, receptor, cts = pair[0], pair[1], list(pair[2]) if len(pair) > 2 else []
+        zone, receptor, cts = _pair(pair)
         sub = inf[inf["zone"] == zone]
         if not len(sub):
             raise MissingStepError(f"infiltration table has no zone '{zone}' (zones: {sorted(set(inf['zone']))}); "
                                    f"check spatial.cognate_pairs and the config's zones")
         if not cts:
-            cts = sorted({str(p).split()[0] for p in sub["population"] if f"{receptor}+" in str(p).split()})
+            cts = sorted({split_phenotype(p)[0] for p in sub["population"] if f"{receptor}+" in split_phenotype(p)[1]})
         for ct in cts:
             mapping = {}
             for pop in sub["population"].unique():

@@ -8,7 +8,7 @@ The mask is computed from block means of the image (a lazy dask array is reduced
 full-resolution image is never held in memory): each channel is scaled by its own robust range
 (1st-99th percentile of the block means), the channels are averaged, smoothed (``smooth_um``),
 thresholded (Otsu / triangle / Li or an absolute value on that scaled signal), pieces smaller than
-``min_area_um2`` are dropped and holes smaller than ``fill_holes_um2`` filled (larger holes, i.e. tears
+``min_area_um2`` (or than a fifth of the field of view, for small crops) are dropped and holes smaller than ``fill_holes_um2`` filled (larger holes, i.e. tears
 and lumina, stay excluded).
 """
 
@@ -152,7 +152,10 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
     lab, n = ndi.label(mask)
     if n:
         sizes = np.bincount(lab.ravel()) * grid_um**2
-        keep = sizes >= cfg.min_area_um2
+        # a small field of view (a crop, a tiny ROI) may hold less tissue than min_area_um2 in all:
+        # a piece covering at least a fifth of the field is then kept
+        field_um2 = mask.size * grid_um**2
+        keep = sizes >= min(cfg.min_area_um2, 0.2 * field_um2)
         keep[0] = False
         mask = keep[lab]
     # fill small holes; large holes (tears) stay excluded

@@ -22,6 +22,8 @@ class ValidationReport:
     rows: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     images: dict[str, dict] = field(default_factory=dict)
+    sample_problems: dict[str, str] = field(default_factory=dict)
+    """Problems that concern one sample's image only (a run with ``--on-error skip`` skips that sample)."""
 
     @property
     def ok(self) -> bool:
@@ -67,6 +69,7 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             resolve_channels(info["channels"], wanted, aliases=cfg.panel.aliases, source=row.image)
         except ChemozoneError as exc:
             rep.problems.append(f"sample '{row.sample_id}': {exc}")
+            rep.sample_problems[row.sample_id] = str(exc)
             rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
             continue
         try:
