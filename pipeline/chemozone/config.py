@@ -284,6 +284,7 @@ class ZoneConfig(_Section):
     """pixels/tumor: this quantile of the sample's smoothed tissue pixels is subtracted per channel as
     background (0 = off)."""
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    """Default: reference quantile of the sham samples (pixels); pooled Otsu for source 'tumor'."""
     min_area_um2: float = Field(200.0, ge=0)
     fill_holes: bool = True
     producer_marker: str | None = None
@@ -297,6 +298,10 @@ class ZoneConfig(_Section):
 
     @model_validator(mode="after")
     def _source_fields(self) -> ZoneConfig:
+        if self.source == "tumor" and "threshold" not in self.model_fields_set:
+            # epithelium is present in every sample (sham included): a reference quantile of the sham would
+            # only keep its brightest 1 %, so tumor compartments default to a pooled Otsu threshold
+            object.__setattr__(self, "threshold", ThresholdConfig(mode="pooled", method="otsu"))
         if self.source in ("pixels", "tumor") and not self.channels:
             raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
         if self.source == "producers" and not self.producer_marker:
