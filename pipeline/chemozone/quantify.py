@@ -1,12 +1,16 @@
 """Per-cell, per-compartment measurement: exact, vectorised, out-of-core.
 
 :func:`quantify_cells` turns a ``(C, Y, X)`` image and ``(Y, X)`` label images into the per-cell table that
-every later stage reads. The image is visited tile by tile (``tile_size_px``); per tile, every pixel gets a
-compact bin index (cell × compartment) once, and each channel is reduced into per-bin sums (and sums of
-squares) in one streaming pass — a compiled kernel when ``numba`` is importable, ``np.bincount``
-otherwise. Per-tile partial sums are merged by label value at the end, so a cell split across tiles is
-measured exactly once and exactly; peak memory depends on the tile size and channel count, never on the
-image size (dask / zarr-backed inputs are read one tile at a time).
+every later stage reads. The image is visited tile by tile (``tile_size_px``); per tile, the labels present
+get compact ids, every pixel a bin (cell × compartment) and each run of equal bins its count and coordinate
+moments in closed form; every pixel then adds its C channel values to its bin in one streaming pass — a
+compiled kernel when ``numba`` is importable (int64 sums for 8/16-bit images: exact, so row bands of a tile
+may run in threads, ``CHEMOZONE_QUANT_THREADS``; float64 in raster order otherwise), ``np.bincount`` in
+the numpy fallback (``CHEMOZONE_NO_NUMBA=1``), which gives the same table bit for bit. Each tile keeps only
+one row per (label present, compartment); at the end one column at a time is gathered in label order and
+summed over the tiles that share a label, so a cell split across tiles is measured exactly once and exactly,
+and no second copy of the partial sums is made. Peak memory ~ one tile of image and labels plus the
+per-cell table (dask / zarr-backed inputs are read one tile at a time).
 
 Definitions (documented contract)
 ---------------------------------
