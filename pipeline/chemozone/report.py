@@ -26,6 +26,7 @@ __all__ = ["write_report", "cli_report", "render_report"]
 _COLORS = {"photon": "#1f77b4", "proton": "#2ca02c", "carbon": "#d62728", "helium": "#9467bd"}
 _MAX_THUMBS = 48
 _MAX_GATES = 24
+_MAX_BOOTSTRAP = 30  # draws per curve band in the report (the notebooks/stats use the config's n_bootstrap)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -206,7 +207,7 @@ def _gates(run: dict[str, Any]) -> str:
 
 
 def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
-                 fits_out: list[pd.DataFrame]) -> str:
+                 fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "emax", "hill")) -> str:
     """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm."""
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
@@ -221,7 +222,7 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
                        marker="o" if g["dose_gy"].max() > 0 else "x")
         try:
             fits, boot = stats.fit_dose_response(sub, metric=col, n_bootstrap=n_bootstrap, seed=seed,
-                                                 return_bootstrap=True)
+                                                 models=models, return_bootstrap=True)
         except (ChemozoneError, ValueError) as e:
             ax.set_title(f"{title}\n(no fit: {e})", fontsize=7)
             continue
@@ -286,34 +287,15 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     pairs = _pairs(run)
     if not pairs:
         return _note("No cognate pairs configured (spatial.cognate_pairs); nothing to plot by receptor.")
-    panels, frames = [], []
-    for zone, receptor, cts in pairs:
-        dens = stats.density_table(run, zone=zone, region="inside", population_type="phenotype")
-        pops = [c[len("density_"):] for c in dens.columns if c.startswith("density_")]
-        split = {p: stats.split_phenotype(p) for p in pops}
-        cts = cts or sorted({c for c, fl in split.values() if f"{receptor}+" in fl})
-        for ct in cts:
-            pos = [p for p in pops if split[p][0] == ct and f"{receptor}+" in split[p][1]]
-            neg = [p for p in pops if split[p][0] == ct and p not in pos]
-            # density of summed populations = sum of densities (same area)
-            for lab, members in ((f"{ct} {receptor}+", pos), (f"{ct} {receptor}−", neg)):
-                if members:
-                    col = f"dens::{zone}::{lab}"
-                    dens[col] = dens[[f"density_{p}" for p in members]].fillna(0).sum(axis=1)
-                    panels.append((col, f"{lab} inside {zone}"))
-        frames.append(dens)
+    df = stats.receptor_density_table(run, pairs=pairs, per="tissue")
+    panels = [(c, c) for c in df.columns if " in " in c and (c.split(" in ")[0].endswith(("+", "-")))]
     if not panels:
         return _note("No receptor-flagged phenotypes found in the infiltration table.")
-    df = frames[0]
-    for f in frames[1:]:
-        df = df.merge(f[["sample_id"] + [c for c in f.columns if c.startswith("dens::") and c not in df.columns]],
-                      on="sample_id", how="outer")
     fits: list[pd.DataFrame] = []
-    fig = _dose_figure(df, panels[:12], ylabel="cells/mm²", n_bootstrap=nb, seed=seed, fits_out=fits)
-    for f in fits:
-        f["metric"] = f["metric"].str.replace("dens::", "").str.replace("::", ": ")
-    return ("<p>Density of receptor+ and receptor− cells of each lineage inside the chemokine zone of its cognate "
-            "pair. Receptor− cells are the specificity control: they should not follow the dose.</p>"
+    fig = _dose_figure(df, panels[:12], ylabel="cells in zone per mm² tissue", n_bootstrap=nb, seed=seed,
+                       fits_out=fits, models=("linear", "emax"))
+    return ("<p>Receptor+ and receptor− cells of each lineage inside the chemokine zone of its cognate pair, per "
+            "mm² of tissue (how many cells the zone gathered). Receptor− cells are the specificity control.</p>"
             + fig + _fit_summary(fits))
 
 
@@ -385,7 +367,7 @@ def render_report(out: str | os.PathLike) -> str:
     out = Path(out)
     run = stats.load_run(out, missing="empty")
     st = ((run["run"].get("config") or {}).get("stats") or {})
-    nb = int(min(st.get("n_bootstrap", 200), 200))
+    nb = int(min(st.get("n_bootstrap", 200), _MAX_BOOTSTRAP))
     seed = int(st.get("seed", 0))
     sections = [
         ("summary", "Cohort summary", _summary(run)),

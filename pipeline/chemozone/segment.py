@@ -51,6 +51,8 @@ from .errors import ConfigError
 
 __all__ = [
     "segment_nuclei",
+    "nuclei_statistics",
+    "membrane_scale",
     "segment_cells",
     "segment_image",
     "segmentation_provenance",
@@ -92,99 +94,264 @@ def _validate_scale(pixel_size_um: float, **lengths: float | None) -> None:
 
 
 # --------------------------------------------------------------------------- classical nuclei
-def _background(img: np.ndarray, size_px: float) -> np.ndarray:
+_STAT_PIXELS = 4_000_000  # image-level statistics come from a lattice of at most ~this many pixels
+
+
+def _lattice_step(shape: tuple[int, ...]) -> int:
+    """Stride of the image-level sampling lattice (pixels ``y % s == 0 and x % s == 0``)."""
+    n = int(shape[-2]) * int(shape[-1])
+    return max(1, int(math.ceil(math.sqrt(n / _STAT_PIXELS))))
+
+
+def _lattice(arr: np.ndarray, origin: tuple[int, int], region: tuple[int, int, int, int], step: int) -> np.ndarray:
+    """Values of ``arr`` (a window starting at global ``origin``) on the global lattice inside
+    ``region`` = (y0, y1, x0, x1) in global coordinates."""
+    y0, y1, x0, x1 = region
+    oy, ox = origin
+    gy0, gx0 = -(-y0 // step) * step, -(-x0 // step) * step
+    return arr[..., gy0 - oy : y1 - oy : step, gx0 - ox : x1 - ox : step]
+
+
+def _correlate_box(a: np.ndarray, size: int) -> np.ndarray:
+    """Box mean by explicit correlation (each output computed independently, so values do not depend
+    on where the array starts, unlike the running sum of ``uniform_filter``)."""
+    w = np.full(size, 1.0 / size)
+    a = ndi.correlate1d(a, w, axis=0, mode="nearest")
+    return ndi.correlate1d(a, w, axis=1, mode="nearest")
+
+
+def _upsample_linear(a: np.ndarray, f: int, axis: int) -> np.ndarray:
+    """Bilinear upsampling by an integer factor along one axis (``ndi.zoom(order=1, grid_mode=True,
+    mode="nearest")``), with weights that depend only on the position inside the block."""
+    n = a.shape[axis]
+    r = np.arange(f)
+    c = (r + 0.5) / f - 0.5
+    lo_off = np.floor(c).astype(np.int64)
+    w = (c - lo_off).astype(a.dtype)
+    q = np.repeat(np.arange(n), f)
+    rr = np.tile(r, n)
+    lo = np.clip(q + lo_off[rr], 0, n - 1)
+    hi = np.clip(q + lo_off[rr] + 1, 0, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    wv = w[rr].reshape(shape)
+    return np.take(a, lo, axis=axis) * (1 - wv) + np.take(a, hi, axis=axis) * wv
+
+
+def _background_geometry(size_px: float) -> tuple[int, int, int]:
+    """Block factor ``f``, opening side ``k`` and box side ``u`` (both in blocks) of :func:`_background`."""
+    f = max(1, int(size_px // 8))
+    k = max(3, int(round(size_px / f)) | 1)
+    u = max(3, (k // 2) | 1)
+    return f, k, u
+
+
+def _background(img: np.ndarray, size_px: float, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Smooth estimate of the background: grey opening with a square of side ``size_px``.
 
-    Computed on a block-minimum reduced copy (factor ~ size/8) so the cost does not grow with the
-    nucleus size, then bilinearly resampled to full resolution.
+    Computed on a block-minimum reduced copy (factor ``f`` ~ size/8) so the cost does not grow with
+    the nucleus size, then bilinearly resampled to full resolution. The blocks are aligned to the
+    image's global pixel grid (``origin`` = global position of ``img[0, 0]``) and every step is a
+    per-pixel computation, so a window of a larger image gets bit-identical values wherever it has
+    :func:`_context_px` of context.
     """
-    f = max(1, int(size_px // 8))
+    f, k, u = _background_geometry(size_px)
     if f > 1:
         h, w = img.shape
-        ph, pw = (-h) % f, (-w) % f
-        padded = np.pad(img, ((0, ph), (0, pw)), mode="edge")
+        by, bx = origin[0] % f, origin[1] % f
+        ay, ax = (-(h + by)) % f, (-(w + bx)) % f
+        padded = np.pad(img, ((by, ay), (bx, ax)), mode="edge")
         small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).min(axis=(1, 3))
     else:
         small = img
-    k = max(3, int(round(size_px / f)) | 1)
     opened = ndi.grey_opening(small, size=(k, k), mode="nearest")
-    opened = ndi.uniform_filter(opened, size=max(3, (k // 2) | 1), mode="nearest")
+    opened = _correlate_box(opened, u).astype(np.float32)
     if f > 1:
-        zoom = (padded.shape[0] / small.shape[0], padded.shape[1] / small.shape[1])
-        up = ndi.zoom(opened, zoom, order=1, mode="nearest", grid_mode=True)
-        up = up[: img.shape[0], : img.shape[1]]
+        up = _upsample_linear(_upsample_linear(opened, f, 0), f, 1)
+        up = up[by : by + img.shape[0], bx : bx + img.shape[1]]
         # opening is <= image; the resampled surface may exceed it slightly: clip to keep a top-hat
         return np.minimum(up, img)
     return opened
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    med = np.median(values)
-    return float(1.4826 * np.median(np.abs(values - med)))
+def _gauss_radius(sigma: float) -> int:
+    return int(4.0 * sigma + 0.5)  # scipy's default truncate = 4
 
 
-def _noise_floor(smooth: np.ndarray, thr, k: float) -> float:
-    """Background level + ``k`` robust sigmas, from the pixels below the automatic threshold.
-
-    sigma comes from the lower tail (median - 5th percentile) / 1.645, which nuclei cannot inflate,
-    so that a tile with no nuclei (pure noise) keeps a threshold above its noise.
-    """
-    sample = smooth[::2, ::2] if smooth.size > 1_000_000 else smooth
-    below = sample[sample < thr] if np.ndim(thr) == 0 else sample.ravel()
-    if below.size < 16:
-        return -np.inf
-    med = float(np.median(below))
-    sigma = (med - float(np.percentile(below, 5))) / 1.645
-    return med + k * sigma
-
-
-def _threshold(img: np.ndarray, method: Any, d_px: float) -> float:
-    from skimage import filters
-
-    if isinstance(method, (int, float)) and not isinstance(method, bool):
-        return float(method)
-    sample = img
-    if img.size > 4_000_000:  # a regular subsample is enough for a histogram threshold
-        step = int(math.ceil(math.sqrt(img.size / 4_000_000)))
-        sample = img[::step, ::step]
-    if method == "otsu":
-        return float(filters.threshold_otsu(sample))
-    if method == "li":
-        return float(filters.threshold_li(sample))
-    if method == "triangle":
-        return float(filters.threshold_triangle(sample))
-    if method == "local":
-        return filters.threshold_local(img, block_size=int(4 * d_px) | 1, method="gaussian")
-    raise ValueError(f"threshold must be 'otsu', 'li', 'triangle', 'local' or a number, got {method!r}")
+def _context_px(d_px: float, opts: dict[str, Any]) -> int:
+    """Pixels of context the per-pixel preprocessing (background, smoothing, seed map, local
+    threshold) of the classical segmenter needs: beyond this distance from a window's edge its
+    values equal those of the whole image."""
+    r = 0
+    if opts["background_factor"] > 0:
+        f, k, u = _background_geometry(opts["background_factor"] * d_px)
+        r += f * (2 * (k // 2) + u // 2 + 2) + f
+    r += _gauss_radius(max(0.5, opts["smooth_factor"] * d_px))
+    extra = _gauss_radius(max(0.5, opts["seed_sigma_factor"] * d_px)) + _gauss_radius(max(0.5, 0.08 * d_px))
+    if opts["threshold"] == "local":
+        extra = max(extra, _gauss_radius(((int(4 * d_px) | 1) - 1) / 6) + 1)
+    return int(r + extra + 1)
 
 
-def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px: float, max_px: float) -> np.ndarray:
-    from skimage.feature import peak_local_max
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
+def _finite_fill(img: np.ndarray) -> np.ndarray:
     img = img.astype(np.float32, copy=True)
     if not np.all(np.isfinite(img)):
         finite = img[np.isfinite(img)]
         img[~np.isfinite(img)] = float(finite.min()) if finite.size else 0.0
+    return img
+
+
+def _preprocess(img: np.ndarray, d_px: float, opts: dict[str, Any], origin=(0, 0)):
+    """Background-corrected, denoised image and the brighter-scale blob map (both float32)."""
+    if opts["background_factor"] > 0:
+        img = img - _background(img, opts["background_factor"] * d_px, origin)
+    smooth = ndi.gaussian_filter(img, max(0.5, opts["smooth_factor"] * d_px), mode="nearest")
+    blob = ndi.gaussian_filter(smooth, max(0.5, opts["seed_sigma_factor"] * d_px), mode="nearest")
+    return smooth, blob
+
+
+def _local_threshold(smooth: np.ndarray, d_px: float) -> np.ndarray:
+    from skimage import filters
+
+    return filters.threshold_local(smooth, block_size=int(4 * d_px) | 1, method="gaussian", mode="nearest")
+
+
+def _nuclear_samples(img: np.ndarray, d_px: float, opts: dict[str, Any], *, origin, region, step) -> dict:
+    """First pass of a tile: the preprocessed values on the global lattice inside ``region``."""
+    img = _finite_fill(np.asarray(img))
+    smooth, blob = _preprocess(img, d_px, opts, origin)
+    out = {"smooth": _lattice(smooth, origin, region, step).ravel(),
+           "blob": _lattice(blob, origin, region, step).ravel()}
+    if opts["threshold"] == "local":
+        out["local"] = _lattice(_local_threshold(smooth, d_px), origin, region, step).ravel()
+    return out
+
+
+def _merge_samples(parts: list[dict]) -> dict:
+    keys = parts[0].keys() if parts else ("smooth", "blob")
+    return {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.float32) for k in keys}
+
+
+def _statistics_from_samples(samples: dict, opts: dict[str, Any]) -> dict[str, Any]:
+    """Image-level intensity statistics of the classical segmenter from lattice samples.
+
+    ``threshold`` (the automatic threshold; None for ``local``), ``background_level`` (median of
+    the pixels below it), ``noise_floor`` (background + ``noise_k`` robust sigmas of the lower
+    tail; nuclei cannot inflate it) and ``seed_scale`` (95th percentile of the background-subtracted
+    blob map inside the foreground, the brightness at which the seed map saturates).
+    """
+    from skimage import filters
+
+    s = np.asarray(samples["smooth"], np.float32)
+    method = opts["threshold"]
+    numeric = isinstance(method, (int, float)) and not isinstance(method, bool)
+    if s.size == 0 or float(s.max()) == float(s.min()):
+        thr = float(method) if numeric else (float(s.max()) if s.size else 0.0)
+        return {"threshold": thr, "background_level": 0.0, "noise_floor": thr, "seed_scale": 1.0}
+    if numeric:
+        thr, bg, floor = float(method), 0.0, -np.inf
+        det = np.full(s.shape, thr, np.float32)
+    else:
+        if method == "otsu":
+            thr = float(filters.threshold_otsu(s))
+        elif method == "li":
+            thr = float(filters.threshold_li(np.sort(s)))  # canonical order: exact sums
+        elif method == "triangle":
+            thr = float(filters.threshold_triangle(s))
+        elif method == "local":
+            thr = None
+        else:
+            raise ValueError(f"threshold must be 'otsu', 'li', 'triangle', 'local' or a number, got {method!r}")
+        below = s[s < thr] if thr is not None else s
+        bg = float(np.median(below)) if below.size else float(np.median(s))
+        floor = -np.inf
+        if opts["noise_k"] > 0 and below.size >= 16:
+            sigma = (float(np.median(below)) - float(np.percentile(below, 5))) / 1.645
+            floor = float(np.median(below)) + opts["noise_k"] * sigma
+        t = np.asarray(samples["local"], np.float32) if thr is None else thr
+        det = np.maximum(bg + opts["detect_fraction"] * (t - bg), floor)
+    fg = s > det
+    blob = np.clip(np.asarray(samples["blob"], np.float32) - bg, 0, None)[fg]
+    scale = float(np.percentile(blob, 95)) if blob.size else 0.0
+    return {"threshold": thr, "background_level": float(bg), "noise_floor": float(floor),
+            "seed_scale": scale if scale > 0 else 1.0}
+
+
+def nuclei_statistics(image_yx, *, pixel_size_um: float, nucleus_diameter_um: float, **options: Any) -> dict:
+    """Image-level intensity statistics of the classical nuclear segmenter.
+
+    :func:`segment_nuclei` computes them from its own image when not given; :func:`segment_image`
+    computes them once per image (a cheap first pass over the tiles that keeps only a lattice of
+    at most ~4 Mpx) and passes them to every tile, so that tiled and whole-image runs use the same
+    parameters.
+
+    Parameters
+    ----------
+    image_yx : array-like, shape (Y, X)
+        The nuclear channel.
+    pixel_size_um, nucleus_diameter_um : float
+        As for :func:`segment_nuclei`.
+    **options
+        Keys of :data:`NUCLEI_DEFAULTS` (``threshold``, ``background_factor``, ...).
+
+    Returns
+    -------
+    dict
+        ``threshold`` (None for ``local``), ``background_level``, ``noise_floor``, ``seed_scale``
+        (floats, in the units of the background-corrected image); pass it back as
+        ``segment_nuclei(..., statistics=...)``.
+    """
+    img = _validate_2d(image_yx, "image_yx")
+    _validate_scale(pixel_size_um, nucleus_diameter_um=nucleus_diameter_um)
+    opts = _watershed_options(options)
+    d_px = nucleus_diameter_um / pixel_size_um
+    h, w = img.shape
+    samples = _nuclear_samples(img, d_px, opts, origin=(0, 0), region=(0, h, 0, w), step=_lattice_step(img.shape))
+    return _statistics_from_samples(samples, opts)
+
+
+def _watershed_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(NUCLEI_DEFAULTS))
+    if unknown:
+        raise TypeError(f"segment_nuclei(method='watershed') got unknown options {unknown}; "
+                        f"valid: {sorted(NUCLEI_DEFAULTS)}")
+    return {**NUCLEI_DEFAULTS, **options}
+
+
+_STAT_KEYS = ("threshold", "background_level", "noise_floor", "seed_scale")
+
+
+def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px: float, max_px: float,
+                      statistics: dict | None = None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    from skimage.feature import peak_local_max
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    img = _finite_fill(img)
     if img.size == 0 or float(img.max()) == float(img.min()):
         return np.zeros(img.shape, np.uint32)
-    if opts["background_factor"] > 0:
-        img = img - _background(img, opts["background_factor"] * d_px)
-    sigma = max(0.5, opts["smooth_factor"] * d_px)
-    smooth = ndi.gaussian_filter(img, sigma, mode="nearest")
-
-    # foreground: automatic threshold, floored by the background noise
-    thr = _threshold(smooth, opts["threshold"], d_px)
-    if not isinstance(opts["threshold"], (int, float)):
-        floor = _noise_floor(smooth, thr, opts["noise_k"]) if opts["noise_k"] > 0 else -np.inf
-        bg_level = _background_level(smooth, thr)
-        # detection threshold: part of the way from the background to the automatic threshold, so
-        # that dim nuclei are found; each object's extent is refined against its own peak below
-        thr = bg_level + opts["detect_fraction"] * (thr - bg_level)
-        thr = np.maximum(thr, floor)
+    smooth, blob = _preprocess(img, d_px, opts, origin)
+    if statistics is None:
+        h, w = img.shape
+        samples = {"smooth": _lattice(smooth, (0, 0), (0, h, 0, w), _lattice_step(img.shape)).ravel(),
+                   "blob": _lattice(blob, (0, 0), (0, h, 0, w), _lattice_step(img.shape)).ravel()}
+        if opts["threshold"] == "local":
+            samples["local"] = _lattice(_local_threshold(smooth, d_px), (0, 0), (0, h, 0, w),
+                                        _lattice_step(img.shape)).ravel()
+        statistics = _statistics_from_samples(samples, opts)
     else:
-        bg_level = 0.0
+        missing = [k for k in _STAT_KEYS if k not in statistics]
+        if missing:
+            raise ValueError(f"statistics is missing {missing}; compute it with nuclei_statistics()")
+    bg_level = float(statistics["background_level"])
+
+    # foreground: part of the way from the background to the automatic threshold (dim nuclei are
+    # found; each object's extent is refined against its own peak below), floored by the noise
+    if isinstance(opts["threshold"], (int, float)) and not isinstance(opts["threshold"], bool):
+        thr = float(opts["threshold"])
+    else:
+        t = _local_threshold(smooth, d_px) if opts["threshold"] == "local" else float(statistics["threshold"])
+        thr = np.maximum(bg_level + opts["detect_fraction"] * (t - bg_level), float(statistics["noise_floor"]))
     fg = smooth > thr
     fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool)) if d_px >= 6 else fg
     fg = _fill_small_holes(fg, math.pi * (d_px / 2) ** 2)
@@ -198,19 +365,19 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
     if seed_kind == "distance":
         seed_map = dist
     else:
-        blob = ndi.gaussian_filter(inten, max(0.5, opts["seed_sigma_factor"] * d_px))
-        scale = float(np.percentile(blob[fg], 95)) or 1.0
-        rel = np.clip(blob / scale, 0, 1.0)
+        rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, 1.0)
         seed_map = rel if seed_kind == "intensity" else dist * np.sqrt(rel)
-    seed_map = ndi.gaussian_filter(seed_map, max(0.5, 0.08 * d_px))
+    seed_map = ndi.gaussian_filter(seed_map, max(0.5, 0.08 * d_px), mode="nearest")
     seed_map[~fg] = 0
     comp, ncomp = ndi.label(fg)
     min_dist = max(1, int(round(opts["seed_distance_factor"] * d_px)))
     peaks = peak_local_max(seed_map, min_distance=min_dist, labels=comp, exclude_border=False)
     h = opts["seed_h_factor"]
     if h > 0 and len(peaks):
-        # keep peaks that stand out by h (relative to the map's scale) from their surroundings
-        hm = h_maxima(seed_map, h * float(seed_map.max())).astype(bool)
+        # keep peaks that stand out by h x the map's nominal maximum (the nucleus radius; a fixed
+        # scale, so that the choice does not depend on the tile) from their surroundings
+        nominal = d_px / 2 if seed_kind != "intensity" else 1.0
+        hm = h_maxima(seed_map, h * nominal).astype(bool)
         hm_lab, _ = ndi.label(hm)
         ids = hm_lab[peaks[:, 0], peaks[:, 1]]
         ok = ids > 0
@@ -239,12 +406,6 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
         labels = _largest_piece(labels)
         labels = _fill_holes_labels(labels)
     return _size_filter(labels, min_px, max_px)
-
-
-def _background_level(smooth: np.ndarray, thr) -> float:
-    sample = smooth[::2, ::2] if smooth.size > 1_000_000 else smooth
-    below = sample[sample < thr] if np.ndim(thr) == 0 else sample.ravel()
-    return float(np.median(below)) if below.size else float(np.median(sample))
 
 
 def _fill_small_holes(fg: np.ndarray, max_px: float) -> np.ndarray:
@@ -336,6 +497,8 @@ def segment_nuclei(
     pixel_size_um: float,
     nucleus_diameter_um: float,
     method: str = "watershed",
+    statistics: dict[str, Any] | None = None,
+    origin_px: tuple[int, int] = (0, 0),
     **options: Any,
 ) -> np.ndarray:
     """Segment nuclei in one nuclear channel.
@@ -343,13 +506,24 @@ def segment_nuclei(
     Parameters
     ----------
     image_yx : array-like, shape (Y, X)
-        The nuclear channel (any numeric dtype and intensity range; not modified).
+        The nuclear channel (any numeric dtype and intensity range; not modified). With
+        ``method="cellpose"`` also a stack of shape (C, Y, X), C <= 3, of the channels the model
+        reads (``CellposeConfig.channels``, in that order).
     pixel_size_um : float
         Pixel size, µm.
     nucleus_diameter_um : float
         Typical nucleus diameter, µm; every length of the method scales with it.
     method : {"watershed", "cellpose"}
         The classical segmenter (no weights) or the cellpose adapter.
+    statistics : dict, optional
+        Image-level intensity statistics computed elsewhere (for a tile of a larger image, so that
+        every tile uses the same parameters). watershed: the dict of :func:`nuclei_statistics`
+        (default: computed from ``image_yx`` itself). cellpose: ``{"lowhigh": (C, 2) array}``,
+        the intensities mapped to 0 and 1 per channel (default: cellpose's own 1st/99th
+        percentiles of ``image_yx``).
+    origin_px : (int, int)
+        Global (y, x) position of ``image_yx[0, 0]`` when it is a window of a larger image; aligns
+        the block grid of the background estimate so that windows reproduce the whole image.
     **options
         watershed: keys of :data:`NUCLEI_DEFAULTS` (``threshold``, ``min_area_um2``,
         ``max_area_um2``, ``background_factor``, ``smooth_factor``, ``noise_k``,
@@ -371,16 +545,17 @@ def segment_nuclei(
     >>> int(lab.max()), lab.dtype.name
     (2, 'uint32')
     """
-    img = _validate_2d(image_yx, "image_yx")
+    if method == "cellpose" and np.ndim(image_yx) == 3:
+        img = np.asarray(image_yx)
+        if not 1 <= img.shape[0] <= 3:
+            raise ValueError(f"cellpose reads at most 3 channels, got a stack of shape {img.shape}")
+    else:
+        img = _validate_2d(image_yx, "image_yx")
     _validate_scale(pixel_size_um, nucleus_diameter_um=nucleus_diameter_um)
     d_px = nucleus_diameter_um / pixel_size_um
     disc_um2 = math.pi * (nucleus_diameter_um / 2) ** 2
     if method == "watershed":
-        unknown = sorted(set(options) - set(NUCLEI_DEFAULTS))
-        if unknown:
-            raise TypeError(f"segment_nuclei(method='watershed') got unknown options {unknown}; "
-                            f"valid: {sorted(NUCLEI_DEFAULTS)}")
-        opts = {**NUCLEI_DEFAULTS, **options}
+        opts = _watershed_options(options)
     elif method == "cellpose":
         opts = dict(options)
     else:
@@ -393,9 +568,12 @@ def segment_nuclei(
     if method == "cellpose":
         from ._cellpose import cellpose_nuclei
 
-        labels = cellpose_nuclei(img, pixel_size_um=pixel_size_um, nucleus_diameter_um=nucleus_diameter_um, **opts)
+        lowhigh = None if statistics is None else statistics.get("lowhigh")
+        labels = cellpose_nuclei(img, pixel_size_um=pixel_size_um, nucleus_diameter_um=nucleus_diameter_um,
+                                 lowhigh=lowhigh, **opts)
         return _size_filter(labels.astype(np.int64, copy=False), min_um2 / px2, max_um2 / px2)
-    return _nuclei_watershed(img, d_px, opts, min_um2 / px2, max_um2 / px2)
+    return _nuclei_watershed(img, d_px, opts, min_um2 / px2, max_um2 / px2, statistics=statistics,
+                             origin=(int(origin_px[0]), int(origin_px[1])))
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -406,6 +584,7 @@ def segment_cells(
     expand_um: float = 3.0,
     method: str = "expand",
     membrane=None,
+    membrane_scales=None,
 ) -> np.ndarray:
     """Grow nuclei into cell bodies; every cell keeps the label of its nucleus.
 
@@ -421,8 +600,15 @@ def segment_cells(
         ``expand``: each background pixel within ``expand_um`` goes to its nearest nucleus.
         ``membrane_watershed``: watershed of the membrane image seeded by the nuclei, restricted to
         pixels within ``expand_um`` of a nucleus, so that cells meet at the bright membranes.
-    membrane : ndarray, shape (Y, X), optional
-        Membrane signal (e.g. the sum of CD45 and panCK), needed by ``membrane_watershed``.
+    membrane : ndarray, shape (Y, X) or (C, Y, X), optional
+        Membrane signal, needed by ``membrane_watershed``: one image, or a stack of membrane
+        channels (e.g. CD45 and panCK) that are put on a common scale before they are summed:
+        channel ``c`` becomes ``(m_c - low_c) / (high_c - low_c)`` so that a dim and a bright
+        marker guide the watershed equally (the measured intensities are untouched).
+    membrane_scales : array-like, shape (C, 2), optional
+        ``(low, high)`` per channel of a membrane stack; default :func:`membrane_scale` of the
+        stack itself (its 1st and 99th percentiles). :func:`segment_image` passes image-level
+        values so that all tiles share them.
 
     Returns
     -------
@@ -453,7 +639,10 @@ def segment_cells(
     if method == "membrane_watershed":
         if membrane is None:
             raise ValueError("method 'membrane_watershed' needs a membrane image (segmentation.membrane_channels)")
-        mem = _validate_2d(membrane, "membrane").astype(np.float32)
+        if np.ndim(membrane) == 3:
+            mem = _combine_membranes(np.asarray(membrane), membrane_scales)
+        else:
+            mem = _validate_2d(membrane, "membrane").astype(np.float32)
         if mem.shape != nuc.shape:
             raise ValueError(f"membrane shape {mem.shape} differs from nuclei shape {nuc.shape}")
         reach = ndi.distance_transform_edt(nuc == 0) <= dist_px
@@ -463,6 +652,53 @@ def segment_cells(
         out[nuc > 0] = nuc[nuc > 0]
         return out
     raise ValueError(f"method must be 'expand' or 'membrane_watershed', got {method!r}")
+
+
+def membrane_scale(membrane_cyx, *, step: int | None = None) -> np.ndarray:
+    """Robust ``(low, high)`` = (1st, 99th percentile) of each membrane channel.
+
+    Parameters
+    ----------
+    membrane_cyx : array-like, shape (C, Y, X)
+        Membrane channels (numpy or dask; only a lattice of at most ~4 Mpx is read).
+    step : int, optional
+        Lattice stride (default: from the image size, as for the nuclear statistics).
+
+    Returns
+    -------
+    ndarray of float64, shape (C, 2)
+        ``high > low`` for every channel (a flat channel gets ``high = low + 1``).
+    """
+    shape = tuple(np.shape(membrane_cyx))
+    if len(shape) != 3:
+        raise ValueError(f"membrane_cyx must be 3-D (C, Y, X), got shape {shape}")
+    s = step or _lattice_step(shape)
+    lat = np.asarray(membrane_cyx[:, ::s, ::s], dtype=np.float64)
+    return _robust_ranges(lat.reshape(shape[0], -1))
+
+
+def _robust_ranges(values_c_n: np.ndarray) -> np.ndarray:
+    out = np.zeros((values_c_n.shape[0], 2))
+    for c, v in enumerate(values_c_n):
+        v = v[np.isfinite(v)]
+        lo, hi = (np.percentile(v, [1, 99]) if v.size else (0.0, 1.0))
+        if not hi > lo:
+            hi = lo + 1.0
+        out[c] = lo, hi
+    return out
+
+
+def _combine_membranes(mem_cyx: np.ndarray, scales) -> np.ndarray:
+    """Sum of membrane channels, each mapped to ``(m - low) / (high - low)``; shape (Y, X) float32."""
+    scales = membrane_scale(mem_cyx, step=1) if scales is None else np.asarray(scales, dtype=np.float64)
+    if scales.shape != (mem_cyx.shape[0], 2):
+        raise ValueError(f"membrane_scales must have shape ({mem_cyx.shape[0]}, 2), got {scales.shape}")
+    out = np.zeros(mem_cyx.shape[1:], np.float32)
+    for c in range(mem_cyx.shape[0]):
+        lo, hi = scales[c]
+        m = np.nan_to_num(np.asarray(mem_cyx[c], np.float32), nan=float(lo))
+        out += (m - np.float32(lo)) / np.float32(hi - lo)
+    return out
 
 
 # ------------------------------------------------------------------------------- tiles and seams
@@ -486,13 +722,21 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
     n_obj = int(nuc.max()) if nuc.size else 0
     if n_obj == 0:
         return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
+    # centroid pixel from exact integer sums (global coordinates), so that two tiles always agree on
+    # which core holds an object: floor(sum / n + 1/2) >= y0  <=>  2 sum + n >= 2 y0 n
     idx = np.arange(1, n_obj + 1)
-    cy, cx = (np.asarray(v, dtype=np.float64) for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
-    gy, gx = cy + win[0], cx + win[2]
+    n = np.bincount(nuc.ravel(), minlength=n_obj + 1)[1:].astype(np.int64)
+    cy, cx = (np.nan_to_num(np.asarray(v, dtype=np.float64))
+              for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
+    # local coordinate sums are integers well below 2**53: rounding n * centroid recovers them exactly
+    sy = np.rint(cy * n).astype(np.int64) + int(win[0]) * n
+    sx = np.rint(cx * n).astype(np.int64) + int(win[2]) * n
+    nz = np.maximum(n, 1)
     y0, y1, x0, x1 = core
-    # the pixel that holds the centroid decides (half-open core intervals: each pixel in one core)
-    py, px = np.floor(gy + 0.5), np.floor(gx + 0.5)
-    keep = (py >= y0) & (py < y1) & (px >= x0) & (px < x1)
+    keep = ((n > 0) & (2 * sy + n >= 2 * y0 * n) & (2 * sy + n < 2 * y1 * n)
+            & (2 * sx + n >= 2 * x0 * n) & (2 * sx + n < 2 * x1 * n))
+    py = (2 * sy + n) // (2 * nz)
+    px = (2 * sx + n) // (2 * nz)
     if tissue is not None:
         ty = np.clip((py // tissue_factor).astype(np.int64), 0, tissue.shape[0] - 1)
         tx = np.clip((px // tissue_factor).astype(np.int64), 0, tissue.shape[1] - 1)
@@ -509,18 +753,59 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
 
 
 def _segment_window(nuclear, membrane, *, win, core, pixel_size_um, seg: dict[str, Any], tissue, tissue_factor,
-                    model):
-    """Segment one window (numpy) and keep its core's objects."""
+                    model, statistics=None):
+    """Segment one window (numpy) and keep its core's objects.
+
+    ``statistics``: image-level ``{"nuclei": ..., "membrane_scales": ...}`` shared by all tiles.
+    """
     nuclear = np.asarray(nuclear)
+    statistics = statistics or {}
     opts = dict(seg["nuclei_options"])
     if seg["method"] == "cellpose":
         opts.update(model=model, config=seg["cellpose"])
+    else:
+        opts["origin_px"] = (int(win[0]), int(win[2]))
     nuc = segment_nuclei(nuclear, pixel_size_um=pixel_size_um, nucleus_diameter_um=seg["nucleus_diameter_um"],
-                         method=seg["method"], **opts)
+                         method=seg["method"], statistics=statistics.get("nuclei"), **opts)
     mem = None if membrane is None else np.asarray(membrane, dtype=np.float32)
     cells = segment_cells(nuc, pixel_size_um=pixel_size_um, expand_um=seg["expand_um"], method=seg["cell_method"],
-                          membrane=mem)
+                          membrane=mem, membrane_scales=statistics.get("membrane_scales"))
     return _keep_core_objects(nuc, cells, win, core, tissue, tissue_factor)
+
+
+def _window_samples(nuclear, membrane, *, win, core, step, seg: dict[str, Any], d_px: float, nuclei: bool = True):
+    """First pass of a tile: lattice samples of its core for the image-level statistics."""
+    origin = (int(win[0]), int(win[2]))
+    out: dict[str, Any] = {}
+    if not nuclei:
+        pass
+    elif seg["method"] == "watershed":
+        out["nuclei"] = _nuclear_samples(np.asarray(nuclear), d_px, _watershed_options(seg["nuclei_options"]),
+                                         origin=origin, region=core, step=step)
+    else:  # cellpose: raw values of the channels it reads (for its normalisation)
+        arr = np.asarray(nuclear, dtype=np.float32)
+        arr = arr if arr.ndim == 3 else arr[None]
+        out["raw"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
+    if membrane is not None:
+        arr = np.asarray(membrane, dtype=np.float32)
+        out["membrane"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
+    return out
+
+
+def _image_statistics(parts: list[dict], seg: dict[str, Any], nuclei: bool = True) -> dict[str, Any]:
+    """Combine the tiles' lattice samples into the statistics every tile uses."""
+    stats: dict[str, Any] = {}
+    if not nuclei:
+        pass
+    elif seg["method"] == "watershed":
+        stats["nuclei"] = _statistics_from_samples(_merge_samples([p["nuclei"] for p in parts]),
+                                                   _watershed_options(seg["nuclei_options"]))
+    else:
+        raw = np.concatenate([p["raw"] for p in parts], axis=1)
+        stats["nuclei"] = {"lowhigh": _robust_ranges(raw)}
+    if parts and "membrane" in parts[0]:
+        stats["membrane_scales"] = _robust_ranges(np.concatenate([p["membrane"] for p in parts], axis=1))
+    return stats
 
 
 def _paste(dst_nuc, dst_cell, tile_res, offset, tile, core_i):
@@ -649,13 +934,18 @@ def segment_image(
         tissue_arr = np.asarray(tissue).astype(bool)
         factor = max(1, int(round(tissue_grid_um / pixel_size_um)))
 
+    cp_idx: list[int] = []
+    if seg_cfg.method == "cellpose" and seg_cfg.cellpose.channels:
+        if len(seg_cfg.cellpose.channels) > 3:
+            raise ConfigError(f"segmentation.cellpose.channels: cellpose 4 reads at most 3 channels, got "
+                              f"{len(seg_cfg.cellpose.channels)} ({list(seg_cfg.cellpose.channels)}); keep up to 3 "
+                              f"(e.g. [panCK, DAPI])")
+        cp_idx = resolve_channels(list(channels), list(seg_cfg.cellpose.channels), aliases=aliases,
+                                  source="segmentation.cellpose.channels")
+
     _, h, w = shape
     d_px = seg_cfg.nucleus_diameter_um / pixel_size_um
-    overlap = int(math.ceil(seg_cfg.tile_overlap_um / pixel_size_um))
-    overlap = max(overlap, int(math.ceil(d_px + seg_cfg.expand_um / pixel_size_um)) + 2)
-    tile = int(seg_cfg.tile_size_px)
-    tiles = _tile_grid((h, w), tile, overlap) if (h > tile or w > tile) else [
-        {"index": 0, "ty": 0, "tx": 0, "core": (0, h, 0, w), "window": (0, h, 0, w)}]
+    expand_px = seg_cfg.expand_um / pixel_size_um
     seg = {
         "method": seg_cfg.method,
         "nucleus_diameter_um": seg_cfg.nucleus_diameter_um,
@@ -666,29 +956,50 @@ def segment_image(
                            "max_area_um2": seg_cfg.max_nucleus_area_um2,
                            **({"threshold": seg_cfg.threshold} if seg_cfg.method == "watershed" else {})},
     }
+    overlap = int(math.ceil(seg_cfg.tile_overlap_um / pixel_size_um))
+    overlap = max(overlap, int(math.ceil(d_px + expand_px)) + 2)
+    if seg_cfg.method == "watershed":
+        # enough context that every object kept by a tile (and its neighbours) is computed from the
+        # same preprocessed values as in a whole-image run
+        overlap = max(overlap, _context_px(d_px, _watershed_options(seg["nuclei_options"]))
+                      + int(math.ceil(2 * d_px + expand_px)) + 2)
+    tile = int(seg_cfg.tile_size_px)
+    tiles = _tile_grid((h, w), tile, overlap) if (h > tile or w > tile) else [
+        {"index": 0, "ty": 0, "tx": 0, "core": (0, h, 0, w), "window": (0, h, 0, w)}]
     is_dask = hasattr(image_cyx, "dask")
+    step = _lattice_step((h, w))
 
     def window_of(t):
         wy0, wy1, wx0, wx1 = t["window"]
-        nucw = image_cyx[nuc_idx, wy0:wy1, wx0:wx1]
-        memw = None
-        if mem_idx:
-            parts = [image_cyx[c, wy0:wy1, wx0:wx1].astype(np.float32) for c in mem_idx]
-            memw = sum(parts[1:], parts[0])
+        nucw = image_cyx[cp_idx if cp_idx else nuc_idx, wy0:wy1, wx0:wx1]
+        memw = image_cyx[mem_idx, wy0:wy1, wx0:wx1] if mem_idx else None
         if not is_dask:
             nucw = np.asarray(nucw)
+            memw = None if memw is None else np.asarray(memw, dtype=np.float32)
         return nucw, memw
 
     common = {"pixel_size_um": pixel_size_um, "seg": seg, "tissue_factor": factor, "model": model}
+    sample_kw = {"step": step, "seg": seg, "d_px": d_px}
 
     if len(tiles) == 1 and store is None:
         nucw, memw = window_of(tiles[0])
         if is_dask:
             nucw = nucw.compute()
-            memw = None if memw is None else np.asarray(memw)
-        nuc, cell, _ = _segment_window(nucw, memw, win=tiles[0]["window"], core=tiles[0]["core"],
-                                       tissue=tissue_arr, **common)
+            memw = None if memw is None else np.asarray(memw, dtype=np.float32)
+        t0 = tiles[0]
+        stats = {}
+        need_nuc = seg["method"] == "cellpose"  # the classical segmenter computes its own, identically
+        if need_nuc or memw is not None:
+            part = _window_samples(nucw, memw, win=t0["window"], core=t0["core"], nuclei=need_nuc, **sample_kw)
+            stats = _image_statistics([part], seg, nuclei=need_nuc)
+        nuc, cell, _ = _segment_window(nucw, memw, win=t0["window"], core=t0["core"], tissue=tissue_arr,
+                                       statistics=stats, **common)
         return nuc, cell
+
+    # first pass: image-level statistics from a lattice of every tile's core (small results)
+    parts = dask.compute(*[dask.delayed(_window_samples, pure=True)(*window_of(t), win=t["window"], core=t["core"],
+                                                                    **sample_kw) for t in tiles])
+    common["statistics"] = _image_statistics(list(parts), seg)
 
     tissue_d = dask.delayed(tissue_arr) if tissue_arr is not None else None
     if store is None:
