@@ -160,3 +160,43 @@ def test_resume_after_sigkill_equals_clean_run(tiny_run, tiny_cohort, tmp_path):
     a, b = _tables(tiny_run), _tables(out)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
+
+
+def test_reviewed_gates_zones_and_phenotypes_replay_in_a_run(tiny_cohort, tmp_path):
+    """What a user decides in napari (gates file, zone threshold, hand-corrected phenotype) is replayed by a run."""
+    import shutil
+
+    import yaml
+    from chemozone_napari._review import save_reviewed, update_gates_file, update_zone_config
+
+    from chemozone.run import run_batch
+
+    cfg_path = tmp_path / "config.yaml"
+    shutil.copy(tiny_cohort / "config.yaml", cfg_path)
+    out = tmp_path / "run"
+    assert run_batch(tiny_cohort, cfg_path, out, in_process=True, progress=False).exit_code == 0
+    cells = pd.read_parquet(out / "cells.parquet")
+    sid = cells["sample_id"].iloc[0]
+    one = cells[cells["sample_id"] == sid]
+    compartment = yaml.safe_load(cfg_path.read_text())["phenotypes"]["markers"]["CD3"]["compartment"]
+    col = f"CD3_{compartment}"
+    reviewed_gate = float(np.median(one[col]))
+    update_gates_file(tmp_path / "gates.yaml", "CD3", reviewed_gate, sample_id=sid)
+    update_zone_config(cfg_path, "CXCL8", threshold=123.0, smooth_um=8.0)
+    data = yaml.safe_load(cfg_path.read_text())
+    data["phenotypes"]["gates_file"] = "gates.yaml"
+    cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cell_id = int(one["cell_id"].iloc[0])
+    save_reviewed(out / "samples" / sid, [cell_id], ["NK CXCR2+"])
+
+    assert run_batch(tiny_cohort, cfg_path, out, in_process=True, progress=False, resume=True).exit_code == 0
+    again = pd.read_parquet(out / "cells.parquet")
+    one2 = again[again["sample_id"] == sid]
+    np.testing.assert_array_equal(one2["CD3_pos"].to_numpy(), (one2[col] > reviewed_gate).to_numpy())
+    gates = pd.read_parquet(out / "gates.parquet")
+    row = gates[(gates["sample_id"] == sid) & (gates["marker"] == "CD3")].iloc[0]
+    assert row["threshold_raw"] == pytest.approx(reviewed_gate)
+    zones = pd.read_parquet(out / "zones.parquet")
+    assert (zones.loc[zones["zone"] == "CXCL8", "threshold_used"] == 123.0).all()
+    rev = one2.set_index("cell_id")["phenotype_reviewed"]
+    assert rev.loc[cell_id] == "NK CXCR2+" and rev.drop(cell_id).isna().all()

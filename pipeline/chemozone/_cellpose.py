@@ -104,19 +104,26 @@ def load_cellpose_model(config=None):
 
 
 def cellpose_nuclei(image_yx: np.ndarray, *, pixel_size_um: float, nucleus_diameter_um: float, model=None,
-                    config=None) -> np.ndarray:
-    """Run cellpose on one 2-D nuclear image.
+                    config=None, lowhigh=None) -> np.ndarray:
+    """Run cellpose on one 2-D image (one or up to 3 channels).
 
     Parameters
     ----------
-    image_yx : ndarray, shape (Y, X)
-        Nuclear channel (cellpose normalises it by percentiles itself; not modified).
+    image_yx : ndarray, shape (Y, X) or (C, Y, X) with C <= 3
+        The nuclear channel, or the channels of ``CellposeConfig.channels`` in that order (e.g. a
+        membrane/cytoplasm marker and the nuclear channel). A stack is handed to the model channels
+        last, ``(Y, X, C)`` with ``channel_axis=2``, the layout of cellpose 4's ``CellposeModel.eval``
+        (cellpose 4 ignores the old ``channels=[cyto, nuclei]`` argument and reads up to 3 channels
+        in any order). Not modified.
     pixel_size_um, nucleus_diameter_um : float
         The expected diameter in pixels is ``(config.diameter_um or nucleus_diameter_um) / pixel_size_um``.
     model : object, optional
         An object with ``eval(img, diameter=..., ...) -> (masks, flows, styles)``; default: the
         model from ``config``.
     config : CellposeConfig, optional
+    lowhigh : array-like, shape (C, 2), optional
+        Intensities mapped to 0 and 1 per channel (image-level values shared by all tiles of an
+        image); default: cellpose normalises each call by its own 1st/99th percentiles.
 
     Returns
     -------
@@ -129,11 +136,32 @@ def cellpose_nuclei(image_yx: np.ndarray, *, pixel_size_um: float, nucleus_diame
         model = load_cellpose_model(cfg)
     d_px = float(cfg.diameter_um or nucleus_diameter_um) / float(pixel_size_um)
     img = np.asarray(image_yx, dtype=np.float32)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and not 1 <= img.shape[0] <= 3):
+        raise ValueError(f"cellpose needs a (Y, X) image or a (C, Y, X) stack with C <= 3, got shape {img.shape}")
+    yx = img.shape[-2:]
+    kw: dict[str, Any] = {}
+    n_ch = 1
+    if img.ndim == 3:
+        n_ch = img.shape[0]
+        if n_ch == 1:
+            img = img[0]
+        else:
+            img = np.ascontiguousarray(np.moveaxis(img, 0, -1))  # (Y, X, C)
+            kw["channel_axis"] = 2
+    normalize: Any = True
+    if lowhigh is not None:
+        lh = np.asarray(lowhigh, dtype=np.float64).reshape(-1, 2)
+        if lh.shape[0] != n_ch:
+            raise ValueError(f"lowhigh has {lh.shape[0]} rows for {n_ch} channels")
+        if n_ch == 1:  # cellpose adds the channel axis itself: one row for the one channel
+            lh = lh[:1]
+        normalize = {"lowhigh": lh}
     out = model.eval(img, diameter=d_px, flow_threshold=cfg.flow_threshold,
-                     cellprob_threshold=cfg.cellprob_threshold, batch_size=cfg.batch_size, normalize=True)
+                     cellprob_threshold=cfg.cellprob_threshold, batch_size=cfg.batch_size, normalize=normalize,
+                     **kw)
     masks = np.asarray(out[0] if isinstance(out, (tuple, list)) else out)
-    if masks.shape != img.shape:
-        raise ValueError(f"cellpose model returned masks of shape {masks.shape} for an image of shape {img.shape}")
+    if masks.shape != yx:
+        raise ValueError(f"cellpose model returned masks of shape {masks.shape} for an image of shape {yx}")
     if masks.size and masks.min() < 0:
         raise ValueError("cellpose model returned negative labels")
     return masks.astype(np.uint32, copy=False)
@@ -152,6 +180,7 @@ def cellpose_provenance(config=None) -> dict[str, Any]:
         "cellpose_flow_threshold": cfg.flow_threshold,
         "cellpose_cellprob_threshold": cfg.cellprob_threshold,
         "cellpose_gpu": cfg.gpu,
+        "cellpose_channels": list(cfg.channels) if cfg.channels else None,
     }
     p = Path(cfg.model).expanduser()
     if p.is_file():

@@ -55,6 +55,7 @@ log = logging.getLogger("chemozone")
 STEP_A_SECTIONS = ("panel", "tissue", "segmentation", "quantification")
 STAMP = "step_a.json"
 MEASUREMENTS = "measurements.parquet"
+REVIEWED = "reviewed.parquet"  # cell_id, phenotype_reviewed: written by the napari cell inspector, never by a run
 
 
 @dataclass
@@ -320,6 +321,10 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
                 infil, config=cfg.spatial, cells=cells.assign(sample_id=sid)))
+        reviewed = sdir / REVIEWED
+        if reviewed.is_file():  # hand corrections from napari's cell inspector survive re-runs
+            rev = pd.read_parquet(reviewed)[["cell_id", "phenotype_reviewed"]]
+            cells = cells.merge(rev.astype({"cell_id": cells["cell_id"].dtype}), on="cell_id", how="left")
         with _timed(timings, "write"):
             for name, m in masks.items():
                 write_labels_zarr(lay.masks(sid), f"zone_{name}", m, pixel_size_um=grid_um)
