@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from chemozone import _cellpose
 from chemozone.config import CellposeConfig, SegmentationConfig
-from chemozone.errors import ConfigError, MissingDependencyError
+from chemozone.errors import ChannelError, ConfigError, MissingDependencyError
 from chemozone.metrics import match_scores, segmentation_report
 from chemozone.segment import segment_image, segment_nuclei, segmentation_provenance
 
@@ -21,9 +21,13 @@ class FakeModel:
     def __init__(self):
         self.calls = []
 
-    def eval(self, x, diameter=None, flow_threshold=0.4, cellprob_threshold=0.0, batch_size=8, normalize=True, **kw):
+    def eval(self, x, diameter=None, flow_threshold=0.4, cellprob_threshold=0.0, batch_size=8, normalize=True,
+             channel_axis=None, **kw):
         self.calls.append({"shape": x.shape, "diameter": diameter, "flow_threshold": flow_threshold,
-                           "cellprob_threshold": cellprob_threshold})
+                           "cellprob_threshold": cellprob_threshold, "channel_axis": channel_axis,
+                           "normalize": normalize, "x": x})
+        if channel_axis is not None:
+            x = np.moveaxis(x, channel_axis, -1)[..., -1]  # the nuclear channel comes last in these tests
         masks, _ = ndi.label(x > (x.min() + x.max()) / 2)
         return masks.astype(np.int32), [None], None
 
@@ -77,10 +81,59 @@ def test_tiling_and_stitching_with_fake_model():
     model = FakeModel()
     tiled, cells = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=tiled_cfg, model=model)
     assert len(model.calls) == 25  # 5 x 5 tiles
+    # every tile is normalised with the same image-level percentiles
+    lhs = {tuple(np.asarray(c["normalize"]["lowhigh"]).ravel()) for c in model.calls}
+    assert len(lhs) == 1
     assert whole.max() == truth.max() == tiled.max()
     s = match_scores(whole, tiled, thresholds=(0.9,))
     assert s["tp"][0] == truth.max()  # every spot, including those on seams, is one whole object
     np.testing.assert_array_equal(cells[tiled > 0], tiled[tiled > 0])
+
+
+def test_configured_channels_reach_the_model_channels_last():
+    img, truth = _spots((96, 96))
+    mem = np.random.default_rng(2).uniform(0, 50, img.shape)
+    cyx = np.stack([img, mem, np.full(img.shape, 7.0)])  # DAPI, CD45, other
+    cfg = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0, min_nucleus_area_um2=1.0,
+                             cellpose=CellposeConfig(channels=["CD45", "DAPI"]))
+    model = FakeModel()
+    nuc, _ = segment_image(cyx, channels=["DAPI", "CD45", "CD3"], pixel_size_um=0.5, config=cfg, model=model)
+    call = model.calls[0]
+    # cellpose 4 layout: (Y, X, C) with channel_axis=2, channels in the configured order
+    assert call["shape"] == (96, 96, 2) and call["channel_axis"] == 2
+    np.testing.assert_array_equal(call["x"][..., 0], mem.astype(np.float32))
+    np.testing.assert_array_equal(call["x"][..., 1], img.astype(np.float32))
+    # image-level normalisation: (1st, 99th percentile) per channel, in the same order
+    lh = np.asarray(call["normalize"]["lowhigh"])
+    np.testing.assert_allclose(lh, [np.percentile(mem.astype(np.float32), [1, 99]), np.percentile(img, [1, 99])],
+                               rtol=1e-6)
+    assert segmentation_report(truth, nuc)["f1_50"] == 1.0
+    # a single nuclear channel stays a 2-D image (no channel_axis)
+    model = FakeModel()
+    segment_image(cyx, channels=["DAPI", "CD45", "CD3"], pixel_size_um=0.5, model=model,
+                  config=cfg.model_copy(update={"cellpose": CellposeConfig()}))
+    assert model.calls[0]["shape"] == (96, 96) and model.calls[0]["channel_axis"] is None
+    assert np.asarray(model.calls[0]["normalize"]["lowhigh"]).shape == (1, 2)
+    # standalone: cellpose normalises by itself
+    segment_nuclei(np.stack([mem, img]), pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model)
+    assert model.calls[-1]["shape"] == (96, 96, 2) and model.calls[-1]["normalize"] is True
+    assert segmentation_provenance(cfg)["cellpose_channels"] == ["CD45", "DAPI"]
+
+
+def test_configured_channels_errors():
+    cyx = np.zeros((4, 16, 16))
+    names = ["DAPI", "CD45", "CD3", "CD8"]
+    too_many = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(channels=names))
+    with pytest.raises(ConfigError, match=r"segmentation.cellpose.channels: cellpose 4 reads at most 3"):
+        segment_image(cyx, channels=names, pixel_size_um=0.5, config=too_many, model=FakeModel())
+    unknown = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(channels=["panCK", "DAPI"]))
+    with pytest.raises(ChannelError, match="panCK"):
+        segment_image(cyx, channels=names, pixel_size_um=0.5, config=unknown, model=FakeModel())
+    with pytest.raises(ValueError, match="at most 3 channels"):
+        segment_nuclei(cyx, pixel_size_um=1, nucleus_diameter_um=4, method="cellpose", model=FakeModel())
+    with pytest.raises(ValueError, match="lowhigh has 1 rows for 2 channels"):
+        _cellpose.cellpose_nuclei(cyx[:2], pixel_size_um=1, nucleus_diameter_um=4, model=FakeModel(),
+                                  lowhigh=[[0, 1]])
 
 
 def test_missing_cellpose_is_actionable(monkeypatch):

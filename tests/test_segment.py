@@ -8,7 +8,14 @@ import pytest
 from chemozone.config import SegmentationConfig
 from chemozone.errors import ChannelError, ConfigError
 from chemozone.metrics import iou_matrix, match_scores, matched_iou, segmentation_report
-from chemozone.segment import segment_cells, segment_image, segment_nuclei, segmentation_provenance
+from chemozone.segment import (
+    membrane_scale,
+    nuclei_statistics,
+    segment_cells,
+    segment_image,
+    segment_nuclei,
+    segmentation_provenance,
+)
 
 PX = 0.5  # µm/px
 D_UM = 8.0  # nucleus diameter -> 16 px
@@ -193,6 +200,39 @@ def test_segment_cells_expand_is_capped_and_keeps_labels():
     np.testing.assert_array_equal(segment_cells(nuc, pixel_size_um=0.5, expand_um=0), nuc)
 
 
+def test_membrane_channels_are_put_on_a_common_scale():
+    # two bands of two nuclei each; band 1's cells are separated by a dim CD45 membrane (x = 20),
+    # band 2's by a bright panCK membrane (x = 40); panCK also has a moderately bright line at x = 34
+    # in band 1 that, summed raw, would outweigh the dim CD45 membrane
+    nuc = np.zeros((60, 60), np.uint32)
+    nuc[10:16, 8:14], nuc[10:16, 46:52] = 1, 2
+    nuc[40:46, 8:14], nuc[40:46, 46:52] = 3, 4
+    cd45 = np.zeros((60, 60))
+    panck = np.zeros((60, 60))
+    cd45[:30, 20:22] = 10.0
+    panck[:30, 34:36] = 200.0
+    panck[30:, 40:42] = 1000.0
+    stack = np.stack([cd45, panck])
+    cells = segment_cells(nuc, pixel_size_um=1.0, expand_um=40, method="membrane_watershed", membrane=stack)
+    assert cells[12, 19] == 1 and cells[12, 24] == 2 and cells[12, 33] == 2  # the dim membrane decides
+    assert cells[42, 38] == 3 and cells[42, 43] == 4  # the bright one too
+    raw = segment_cells(nuc, pixel_size_um=1.0, expand_um=40, method="membrane_watershed", membrane=cd45 + panck)
+    assert raw[12, 24] == 1  # summed raw, the bright channel's line wins (the old behaviour)
+    # display-independent: rescaling or offsetting a channel changes nothing
+    again = segment_cells(nuc, pixel_size_um=1.0, expand_um=40, method="membrane_watershed",
+                          membrane=np.stack([cd45 * 37 + 500, panck / 9]))
+    np.testing.assert_array_equal(again, cells)
+    np.testing.assert_allclose(membrane_scale(stack), [[0, 10], [0, 1000]])
+    # explicit (image-level) scales are used as given
+    flat = segment_cells(nuc, pixel_size_um=1.0, expand_um=40, method="membrane_watershed", membrane=stack,
+                         membrane_scales=[[0, 1], [0, 1]])
+    np.testing.assert_array_equal(flat, raw)
+    with pytest.raises(ValueError, match=r"membrane_scales must have shape \(2, 2\)"):
+        segment_cells(nuc, pixel_size_um=1.0, method="membrane_watershed", membrane=stack, membrane_scales=[[0, 1]])
+    with pytest.raises(ValueError, match="3-D"):
+        membrane_scale(cd45)
+
+
 def test_segment_cells_membrane_watershed_follows_membrane():
     nuc = np.zeros((30, 60), np.uint32)
     nuc[12:18, 10:16] = 1
@@ -236,34 +276,118 @@ def test_segment_image_untiled_matches_segment_nuclei(big):
     np.testing.assert_array_equal(cells[nuc > 0], nuc[nuc > 0])
 
 
-def test_tiled_equals_untiled_and_store(big, tmp_path):
-    img, truth = big
-    whole, whole_c = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
-                                   config=SegmentationConfig(nucleus_diameter_um=D_UM))
-    cfg = SegmentationConfig(nucleus_diameter_um=D_UM, tile_size_px=200, tile_overlap_um=20.0)
+def _same_objects(a, b) -> bool:
+    """True when the two label images hold exactly the same objects (the same pixel sets), whatever
+    their numbering: the (a, b) label pairs over the union of the foregrounds form a bijection."""
+    m = (a > 0) | (b > 0)
+    pairs = np.unique(np.stack([a[m], b[m]]), axis=1)
+    return np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size
+
+
+def _seam_image(tile=96, n_tiles=3, seed=3):
+    """Nuclei centred on vertical seams, on horizontal seams and on four-tile corners of a
+    ``tile``-px grid, plus touching pairs straddling seams; two membrane channels ~100x apart in
+    brightness. Returns (image (3, Y, X) uint16 [CD45, panCK, DAPI], list of seam centres)."""
+    rng = np.random.default_rng(seed)
+    side = tile * n_tiles
+    yy, xx = np.mgrid[:side, :side]
+    dapi = np.zeros((side, side))
+    centres = []
+    for k in range(1, n_tiles):
+        s = k * tile
+        centres += [(s, s), (s - 0.5, s + 0.5)]  # four-tile corners
+        for t in range(n_tiles):
+            m = t * tile + tile // 2
+            centres += [(m, s), (s, m)]  # on a vertical / horizontal seam
+            centres += [(m + 24, s - 6.5), (m + 24, s + 6.5)]  # a touching pair across a vertical seam
+            centres += [(s - 6.5, m + 24), (s + 6.5, m + 24)]  # ... and across a horizontal one
+    centres = [c for c in centres if 10 < c[0] < side - 10 and 10 < c[1] < side - 10]
+    for cy, cx in centres:
+        d = np.hypot(yy - cy, xx - cx) / 7.5
+        dapi = np.maximum(dapi, rng.uniform(400, 1200) * np.clip(1.2 - 0.4 * d**2, 0, None) * (d < 1))
+    ring = np.zeros((side, side))
+    for cy, cx in centres:
+        ring = np.maximum(ring, np.exp(-((np.hypot(yy - cy, xx - cx) - 12) ** 2) / 4))
+    cd45 = rng.poisson(5 + 20 * ring * (xx < side / 2))
+    panck = rng.poisson(500 + 2000 * ring * (xx >= side / 2))
+    img = np.stack([cd45, panck, rng.poisson(100 + dapi)]).astype(np.uint16)
+    return img, centres
+
+
+def test_tiled_equals_untiled_exactly_at_seams_and_corners(tmp_path):
+    img, centres = _seam_image()
+    names = ["CD45", "panCK", "DAPI"]
+    base = {"nucleus_diameter_um": D_UM, "cell_method": "membrane_watershed", "membrane_channels": ["CD45", "panCK"]}
+    whole, whole_c = segment_image(img, channels=names, pixel_size_um=PX, config=SegmentationConfig(**base))
+    cfg = SegmentationConfig(**base, tile_size_px=96, tile_overlap_um=5.0)
     lazy = da.from_array(img, chunks=(1, 100, 100))
-    tiled, tiled_c = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    tiled, tiled_c = segment_image(lazy, channels=names, pixel_size_um=PX, config=cfg)
     n = int(whole.max())
-    # no split or duplicated nucleus at seams beyond 0.5 % of cells
-    s = match_scores(whole, tiled, thresholds=(0.5,))
-    assert s["fp"][0] + s["fn"][0] <= max(1, 0.005 * n) * 2, s
-    assert matched_iou(whole_c, tiled_c).mean() > 0.98
+    assert n >= 0.95 * len(centres)  # the seam nuclei are found (pairs split) ...
+    for cy, cx in centres:  # ... each one object, not two halves
+        assert tiled[int(round(cy)), int(round(cx))] > 0
+    # the whole-image statistics reach every tile: the same objects, pixel for pixel, nuclei and cells
+    assert int(tiled.max()) == n
+    assert _same_objects(whole, tiled)
+    assert _same_objects(whole_c, tiled_c)
     # labels unique and consecutive; each label one connected piece (nothing cut at a seam)
     ids = np.unique(tiled)[1:]
     assert np.array_equal(ids, np.arange(1, len(ids) + 1))
     from scipy import ndimage as ndi
 
-    pieces = [ndi.label(tiled == i)[1] for i in ids]
-    assert max(pieces) == 1
+    assert max(ndi.label(tiled == i)[1] for i in ids) == 1
     np.testing.assert_array_equal(tiled_c[tiled > 0], tiled[tiled > 0])
     # zarr store: the same labels, returned lazily
-    zn, zc = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, store=tmp_path / "seg")
+    zn, zc = segment_image(lazy, channels=names, pixel_size_um=PX, config=cfg, store=tmp_path / "seg")
     assert hasattr(zn, "dask") and zn.dtype == np.uint32
     np.testing.assert_array_equal(zn.compute(), tiled)
     np.testing.assert_array_equal(zc.compute(), tiled_c)
-    # deterministic
-    again, _ = segment_image(lazy, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
-    np.testing.assert_array_equal(again, tiled)
+
+
+def test_tiled_equals_untiled_on_dense_blobs(big):
+    img, truth = big
+    whole, whole_c = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
+                                   config=SegmentationConfig(nucleus_diameter_um=D_UM))
+    for tile in (200, 128):
+        cfg = SegmentationConfig(nucleus_diameter_um=D_UM, tile_size_px=tile, tile_overlap_um=20.0)
+        tiled, tiled_c = segment_image(da.from_array(img, chunks=(1, 100, 100)), channels=["CD45", "DAPI"],
+                                       pixel_size_um=PX, config=cfg)
+        # the issue's budget is 0.5 % of cells split or duplicated at seams; we get none
+        s = match_scores(whole, tiled, thresholds=(0.5,))
+        assert s["fp"][0] + s["fn"][0] <= 0.005 * whole.max(), s
+        assert _same_objects(whole, tiled) and _same_objects(whole_c, tiled_c)
+    again, _ = segment_image(da.from_array(img, chunks=(1, 100, 100)), channels=["CD45", "DAPI"],
+                             pixel_size_um=PX, config=cfg)
+    np.testing.assert_array_equal(again, tiled)  # deterministic
+
+
+def test_precomputed_statistics_make_a_window_reproduce_the_whole_image(big):
+    img, _ = big
+    dapi = img[1]
+    whole = segment_nuclei(dapi, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    stats = nuclei_statistics(dapi, pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    assert set(stats) == {"threshold", "background_level", "noise_floor", "seed_scale"}
+    assert stats["background_level"] < stats["noise_floor"] < stats["threshold"]
+    np.testing.assert_array_equal(segment_nuclei(dapi, pixel_size_um=PX, nucleus_diameter_um=D_UM,
+                                                 statistics=stats), whole)
+    # a window (odd origin, so the background blocks must be realigned) with the image's statistics
+    y0, x0 = 37, 141
+    win = dapi[y0 : y0 + 300, x0 : x0 + 300]
+    part = segment_nuclei(win, pixel_size_um=PX, nucleus_diameter_um=D_UM, statistics=stats, origin_px=(y0, x0))
+    core = (slice(110, 190), slice(110, 190))  # far from the window's edges
+    ids = np.unique(whole[y0 : y0 + 300, x0 : x0 + 300][core])[1:]
+    ref = whole[y0 : y0 + 300, x0 : x0 + 300]
+    assert len(ids) >= 5
+    for i in ids:
+        j = np.unique(part[ref == i])
+        assert len(j) == 1 and j[0] > 0
+        np.testing.assert_array_equal(part == j[0], ref == i)
+    # a window's own statistics differ from the image's (the reason to pass them)
+    own = nuclei_statistics(dapi[:120, :120], pixel_size_um=PX, nucleus_diameter_um=D_UM)
+    assert own["threshold"] != stats["threshold"]
+    with pytest.raises(ValueError, match=r"statistics is missing \['seed_scale'\]"):
+        segment_nuclei(dapi, pixel_size_um=PX, nucleus_diameter_um=D_UM,
+                       statistics={k: v for k, v in stats.items() if k != "seed_scale"})
 
 
 def test_segment_image_tissue_drops_nuclei_outside(big):

@@ -452,24 +452,9 @@ def _cap(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _reference_samples(samples: pd.DataFrame, query: dict[str, Any], marker: str) -> pd.Series:
-    sel = pd.Series(True, index=samples.index)
-    for col, want in query.items():
-        if col not in samples.columns:
-            raise ConfigError(
-                f"phenotypes.markers.{marker}.gate.reference: column '{col}' is not in the sample sheet "
-                f"(columns: {list(samples.columns)}); fix the query"
-            )
-        wants = want if isinstance(want, (list, tuple)) else [want]
-        col_vals = samples[col]
-        hit = pd.Series(False, index=samples.index)
-        for w in wants:
-            if isinstance(w, (int, float)) and not isinstance(w, bool):
-                num = pd.to_numeric(col_vals, errors="coerce")
-                hit |= pd.Series(np.isclose(num.to_numpy(dtype=float), float(w)), index=samples.index)
-            else:
-                hit |= col_vals.astype(str) == str(w)
-        sel &= hit
-    return sel
+    from .samples import select_samples
+
+    return select_samples(samples, query, where=f"phenotypes.markers.{marker}.gate.reference")
 
 
 def compute_gates(

@@ -18,7 +18,7 @@ import pandas as pd
 from .config import Config
 from .errors import SampleSheetError
 
-__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "REQUIRED_COLUMNS", "SAFE_ID"]
+__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "select_samples", "REQUIRED_COLUMNS", "SAFE_ID"]
 
 REQUIRED_COLUMNS = ["sample_id", "image", "patient", "radiation", "dose_gy"]
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -214,3 +214,54 @@ def _validate(df: pd.DataFrame, *, source: str, row_offset: int | None) -> pd.Da
         df["radiation"] = df["radiation"].str.strip().str.lower()
     front = REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]
     return df[front]
+
+
+def select_samples(samples: pd.DataFrame, query: dict, *, where: str) -> pd.Series:
+    """Which samples match a metadata query such as ``{dose_gy: 0}`` or ``{radiation: [sham, photon]}``.
+
+    Numbers match numerically (``0`` matches ``0.0`` and ``"0"``), anything else as text. Used to pick
+    the reference samples of gates and zone thresholds.
+
+    Parameters
+    ----------
+    samples : DataFrame
+        The sample table.
+    query : dict
+        ``{column: value or list of values}``; all columns must match.
+    where : str
+        The config path of the query, for error messages.
+
+    Returns
+    -------
+    pandas.Series of bool, aligned with ``samples``.
+
+    Raises
+    ------
+    ConfigError
+        A query column that the sample sheet lacks (lists the columns).
+
+    >>> df = pd.DataFrame({"dose_gy": [0.0, 2.0], "radiation": ["sham", "photon"]})
+    >>> select_samples(df, {"dose_gy": 0}, where="q").tolist()
+    [True, False]
+    """
+    import numpy as np
+
+    from .errors import ConfigError
+
+    sel = pd.Series(True, index=samples.index)
+    for col, want in query.items():
+        if col not in samples.columns:
+            raise ConfigError(
+                f"{where}: column '{col}' is not in the sample sheet (columns: {list(samples.columns)}); fix the query"
+            )
+        wants = want if isinstance(want, (list, tuple, set)) else [want]
+        values = samples[col]
+        hit = pd.Series(False, index=samples.index)
+        for w in wants:
+            if isinstance(w, (int, float)) and not isinstance(w, bool):
+                num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+                hit |= pd.Series(np.isclose(num, float(w)), index=samples.index)
+            else:
+                hit |= values.astype(str) == str(w)
+        sel &= hit
+    return sel

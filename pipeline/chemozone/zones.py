@@ -313,19 +313,9 @@ def _auto_threshold(values: np.ndarray, method: str) -> float:
 
 
 def _query(samples: pd.DataFrame, query: Mapping[str, Any], where: str) -> np.ndarray:
-    sel = np.ones(len(samples), bool)
-    for col, val in query.items():
-        if col not in samples.columns:
-            raise ConfigError(
-                f"{where}.reference: column '{col}' is not in the sample sheet (columns: {list(samples.columns)})"
-            )
-        vals = val if isinstance(val, (list, tuple, set)) else [val]
-        s = samples[col]
-        try:
-            sel &= s.astype(float).isin([float(v) for v in vals]).to_numpy()
-        except (TypeError, ValueError):
-            sel &= s.astype(str).isin([str(v) for v in vals]).to_numpy()
-    return sel
+    from .samples import select_samples
+
+    return select_samples(samples, dict(query), where=f"{where}.reference").to_numpy()
 
 
 def compute_zone_thresholds(
