@@ -253,3 +253,17 @@ def test_cli(tmp_path, capsys):
     assert read_image(tmp_path / "c" / "images" / "P01_sham_0Gy_r1.ome.tif").channels == ["DAPI", "panCK", "CD3", "CXCL8"]
     assert main(["synth", str(tmp_path / "d"), "--preset", "tiny", "--channels", "CD3"]) == 1
     assert "DAPI" in capsys.readouterr().err
+
+
+def test_cohort_config_for_a_channel_subset_passes_phenotype_validation():
+    """A smaller panel (e.g. the large preset's 8 channels) drops rules, flags and lineages it cannot use."""
+    from chemozone.config import config_from_dict
+    from chemozone.phenotype import validate_phenotypes
+    from chemozone.synth import cohort_config
+
+    channels = ["DAPI", "panCK", "CD45", "CD3", "CD8", "CD56", "CXCR2", "CXCL8"]
+    cfg = config_from_dict(cohort_config(channels))
+    validate_phenotypes(cfg.phenotypes, channels)
+    types = {r.cell_type for r in cfg.phenotypes.rules}
+    assert "CD4 T" not in types and set(cfg.phenotypes.receptor_cell_types) <= types
+    assert all(set(p.cell_types) <= types for p in cfg.spatial.cognate_pairs)

@@ -59,6 +59,8 @@ __all__ = [
     "bh_fdr",
     "split_phenotype",
     "receptor_density_table",
+    "receptor_count_table",
+    "dose_rate_test",
 ]
 
 TABLES = ("cells", "infiltration", "zones", "samples", "gates")
@@ -289,9 +291,98 @@ def enrichment_table(run: dict[str, Any], *, zone: str, population_type: str = "
     return _done_samples(run).merge(wide.reset_index(), on="sample_id", how="inner")
 
 
+def receptor_count_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = None,
+                         regions: Sequence[str] = ("inside", "outside"), pool: bool = False) -> pd.DataFrame:
+    """Counts of receptor+ and receptor− cells of each cognate pair's lineages, per sample, zone and region.
+
+    The raw material of every honest infiltration metric: cell counts with the area they were counted
+    in, zero-filled (a sample whose zone exists but holds none of a population gets ``n_cells = 0``, not a
+    missing row).
+
+    Parameters
+    ----------
+    run : dict
+        From :func:`load_run` (``infiltration`` needed; ``zones`` gives the tissue area when present).
+    pairs : sequence, optional
+        ``(zone, receptor, cell_types)`` tuples, dicts or ``CognatePair`` (default: the run config's
+        ``spatial.cognate_pairs``).
+    regions : sequence of str
+        Zone regions to keep (``inside``, ``outside``, ``band_{lo}_{hi}_um``).
+    pool : bool
+        Also add rows for the pair's cell types pooled (``cell_type = "NK & CD8 T"``).
+
+    Returns
+    -------
+    DataFrame
+        Long table, one row per (sample, zone, receptor, cell_type, status, region): ``n_cells``,
+        ``area_mm2`` (of the region), ``tissue_area_mm2``; ``status`` is ``pos`` (carries the receptor) or
+        ``neg``; plus the sample metadata.
+    """
+    if pairs is None:
+        pairs = ((run.get("run") or {}).get("config") or {}).get("spatial", {}).get("cognate_pairs") or []
+    inf = _infiltration(run, "phenotype")
+    inf = inf[inf["region"].isin(list(regions))]
+    zt = run.get("zones")
+    tissue = None
+    if zt is not None and len(zt) and {"sample_id", "zone", "tissue_area_mm2"} <= set(zt.columns):
+        tissue = zt.drop_duplicates(["sample_id", "zone"]).set_index(["sample_id", "zone"])["tissue_area_mm2"]
+    parts = []
+    for pair in pairs:
+        zone, receptor, cts = _pair(pair)
+        sub = inf[inf["zone"] == zone]
+        if not len(sub):
+            continue
+        cts = cts or sorted({split_phenotype(p)[0] for p in sub["population"] if f"{receptor}+" in split_phenotype(p)[1]})
+        # the area of each (sample, region) where the zone was measured, whatever the population
+        areas = sub.groupby(["sample_id", "region"], as_index=False)["area_mm2"].first()
+        groups = [(ct, [ct]) for ct in cts] + ([(" & ".join(cts), list(cts))] if pool and len(cts) > 1 else [])
+        for label, members in groups:
+            mapping = {}
+            for p in sub["population"].unique():
+                for ct in members:
+                    if (st := _receptor_status(p, ct, receptor)):
+                        mapping[p] = st
+            agg = _aggregate_populations(sub, mapping) if mapping else pd.DataFrame(
+                columns=["sample_id", "zone", "region", "population", "n_cells", "area_mm2"])
+            n = agg.groupby(["sample_id", "region", "population"])["n_cells"].sum()
+            for st in ("pos", "neg"):
+                a = areas.copy()
+                a["n_cells"] = [int(n.get((sid, reg, st), 0)) for sid, reg in zip(a["sample_id"], a["region"])]
+                a["zone"], a["receptor"], a["cell_type"], a["status"] = zone, receptor, label, st
+                if tissue is not None:
+                    a["tissue_area_mm2"] = [tissue.get((sid, zone), np.nan) for sid in a["sample_id"]]
+                else:
+                    a["tissue_area_mm2"] = np.nan
+                parts.append(a)
+    cols = ["sample_id", "zone", "receptor", "cell_type", "status", "region", "n_cells", "area_mm2", "tissue_area_mm2"]
+    if not parts:
+        return _done_samples(run).merge(pd.DataFrame(columns=cols), on="sample_id", how="inner")
+    out = pd.concat(parts, ignore_index=True)
+    miss = out["tissue_area_mm2"].isna()
+    if miss.any() and {"inside", "outside"} <= set(out["region"]):
+        io = out[out["region"].isin(["inside", "outside"])].groupby(
+            ["sample_id", "zone", "cell_type", "status"])["area_mm2"].transform("sum")
+        out.loc[miss & out["region"].isin(["inside", "outside"]), "tissue_area_mm2"] = io
+    out = out[cols]
+    return _done_samples(run).merge(out, on="sample_id", how="inner")
+
+
 def receptor_density_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = None, region: str = "inside",
-                           per: str = "zone") -> pd.DataFrame:
+                           per: str = "zone", pool: bool = False) -> pd.DataFrame:
     """Per-sample density of receptor+ and receptor− cells of each cognate pair's lineages in its zone.
+
+    Which denominator answers which question (the zones grow with dose, so this matters):
+
+    * ``per="zone"`` – cells per mm² **of the zone**: how densely the zone is infiltrated. Not confounded by
+      the zone's size: a population placed independently of the zones has the same density inside a small
+      and a large zone. Use it (or the log2 enrichment inside/outside, :func:`dose_rate_test`) to judge
+      whether receptor− cells respond to dose.
+    * ``per="tissue"`` – cells inside the zone per mm² **of tissue**: the *amount* of infiltration the zone
+      has gathered. It grows with the zone for any population, attracted or not, so it measures the
+      infiltration amount of attracted (cognate receptor+) cells, never specificity.
+
+    Samples whose zone exists but holds none of a population get 0 (not NaN); samples with an empty zone
+    get NaN for ``per="zone"``.
 
     Parameters
     ----------
@@ -301,43 +392,139 @@ def receptor_density_table(run: dict[str, Any], *, pairs: Sequence[Any] | None =
     region : str
         Zone region (``inside``, ``outside``, ``band_{lo}_{hi}_um``).
     per : {"zone", "tissue"}
-        Cells per mm² of the region (``zone``) or per mm² of tissue (``tissue``: how many receptor+ cells
-        the zone has gathered, which grows with the zone).
+        Denominator, see above.
+    pool : bool
+        Also add the pair's cell types pooled (``"NK & CD8 T CXCR2+ in CXCL8"``).
 
     Returns
     -------
     DataFrame
         One row per sample, columns ``"{cell_type} {receptor}+ in {zone}"`` and ``"... {receptor}- in {zone}"``.
     """
-    if pairs is None:
-        pairs = ((run.get("run") or {}).get("config") or {}).get("spatial", {}).get("cognate_pairs") or []
-    inf = _infiltration(run, "phenotype")
-    inf = inf[inf["region"] == region]
-    tissue = None
-    if per == "tissue":
-        tissue = run["zones"].drop_duplicates(["sample_id", "zone"]).set_index(["sample_id", "zone"])["tissue_area_mm2"]
-    elif per != "zone":
+    if per not in ("zone", "tissue"):
         raise ValueError(f"per must be 'zone' or 'tissue', got {per!r}")
+    ct = receptor_count_table(run, pairs=pairs, regions=(region,) if per == "zone" else (region, "inside", "outside"),
+                              pool=pool)
+    ct = ct[ct["region"] == region]
     cols: dict[str, pd.Series] = {}
-    for pair in pairs:
-        zone, receptor, cts = _pair(pair)
-        sub = inf[inf["zone"] == zone]
-        cts = cts or sorted({split_phenotype(p)[0] for p in sub["population"] if f"{receptor}+" in split_phenotype(p)[1]})
-        for ct in cts:
-            mapping = {p: st for p in sub["population"].unique() if (st := _receptor_status(p, ct, receptor))}
-            if not mapping:
-                continue
-            agg = _aggregate_populations(sub, mapping)
-            for st, sign in (("pos", "+"), ("neg", "-")):
-                g = agg[agg["population"] == st].set_index("sample_id")
-                if per == "zone":
-                    v = g["n_cells"] / g["area_mm2"].where(g["area_mm2"] > 0)
-                else:
-                    v = g["n_cells"] / pd.Series([tissue.get((s, zone), np.nan) for s in g.index], index=g.index)
-                cols[f"{ct} {receptor}{sign} in {zone}"] = v
+    for (zone, receptor, cell_type, status), g in ct.groupby(["zone", "receptor", "cell_type", "status"], sort=False):
+        g = g.set_index("sample_id")
+        den = g["area_mm2"] if per == "zone" else g["tissue_area_mm2"]
+        sign = "+" if status == "pos" else "-"
+        cols[f"{cell_type} {receptor}{sign} in {zone}"] = g["n_cells"] / den.where(den > 0)
     wide = pd.DataFrame(cols)
     wide.index.name = "sample_id"
     return _done_samples(run).merge(wide.reset_index(), on="sample_id", how="inner")
+
+
+def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: str = "dose_gy",
+                   group: str = "radiation", patient: str = "patient", alpha: float = 0.05) -> pd.DataFrame:
+    """Dose trend of an infiltration metric estimated from counts (quasi-Poisson GLM, area offsets).
+
+    Per-sample densities in a zone that grows with dose are ratios of small counts over very different
+    areas (a 0 Gy zone can be a few hundred µm²), so an average of per-sample densities is dominated by the
+    smallest zones and a pseudocount biases enrichments. This test models the counts themselves:
+
+    * ``contrast="density"`` – density inside the zone (cells per mm² of zone)::
+
+          n_inside ~ Poisson(area_inside · exp(patient + β · dose))
+
+    * ``contrast="enrichment"`` – log enrichment inside vs outside, within each sample::
+
+          n_region ~ Poisson(area_region · exp(sample + inside · (patient + β · dose)))
+
+      The per-sample terms absorb the population's overall abundance, so β is the change of the
+      inside/outside density ratio with dose, free of zone size *and* of global abundance changes.
+
+    β is reported as log2 units per Gy (``estimate``) with a t confidence interval whose standard error is
+    inflated by the Pearson over-dispersion (never shrunk below Poisson). A population placed
+    independently of the zones has β = 0 in both contrasts; attracted (cognate) cells have β > 0 in the
+    enrichment only while attraction outpaces the zone's growth.
+
+    Parameters
+    ----------
+    counts : DataFrame
+        From :func:`receptor_count_table` (``n_cells, area_mm2, region`` + metadata); the key columns
+        present among ``zone, receptor, cell_type, status`` split it into separate tests.
+    contrast : {"enrichment", "density"}
+    dose, group, patient : str
+        Columns. Each radiation type with doses > 0 is an arm, with all 0 Gy controls.
+    alpha : float
+        1 − confidence level.
+
+    Returns
+    -------
+    DataFrame
+        One row per key × arm: the key columns, ``arm, contrast, estimate`` (log2 per Gy), ``ci_lo, ci_hi,
+        p, dispersion, n_samples, n_cells_inside, warning``.
+    """
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+    from scipy import stats as sst
+
+    if contrast not in ("enrichment", "density"):
+        raise ValueError(f"contrast must be 'enrichment' or 'density', got {contrast!r}")
+    need = ["sample_id", "region", "n_cells", "area_mm2", dose, group, patient]
+    miss = [c for c in need if c not in counts.columns]
+    if miss:
+        raise MissingStepError(f"count table lacks column(s) {miss}; build it with stats.receptor_count_table(...)")
+    keys = [c for c in ("zone", "receptor", "cell_type", "status") if c in counts.columns]
+    rows = []
+    groups = counts.groupby(keys, sort=False) if keys else [((), counts)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        g = g[g["region"].isin(["inside", "outside"])].copy()
+        g["dose"] = g[dose].astype(float)
+        g["pat"] = g[patient].astype(str)
+        g["sid"] = g["sample_id"].astype(str)
+        g["inside"] = (g["region"] == "inside").astype(float)
+        # a sample informs the test only where the regions it needs have area (and, for the enrichment, cells)
+        ok_in = g[(g["region"] == "inside") & (g["area_mm2"] > 0)]["sid"]
+        if contrast == "density":
+            g = g[(g["region"] == "inside") & g["sid"].isin(ok_in)]
+        else:
+            ok_out = g[(g["region"] == "outside") & (g["area_mm2"] > 0)]["sid"]
+            tot = g.groupby("sid")["n_cells"].sum()
+            g = g[g["sid"].isin(set(ok_in) & set(ok_out) & set(tot[tot > 0].index))]
+        for arm_name, arm in _arms(g, "dose", group).items():
+            arm = arm.reset_index(drop=True)
+            row = dict(zip(keys, key))
+            row.update(arm=arm_name, contrast=contrast, estimate=np.nan, ci_lo=np.nan, ci_hi=np.nan, p=np.nan,
+                       dispersion=np.nan, n_samples=int(arm["sid"].nunique()),
+                       n_cells_inside=int(arm.loc[arm["inside"] == 1, "n_cells"].sum()), warning="")
+            n_pat = arm["pat"].nunique()
+            if contrast == "density":
+                formula = "n_cells ~ dose" + (" + C(pat)" if n_pat > 1 else "")
+                term = "dose"
+            else:
+                formula = "n_cells ~ 0 + C(sid) + " + ("inside:C(pat)" if n_pat > 1 else "inside") + " + inside:dose"
+                term = "inside:dose"
+            if row["n_cells_inside"] == 0 or arm["dose"].nunique() < 2:
+                row["warning"] = "no cells inside the zone" if row["n_cells_inside"] == 0 else "one dose level"
+                rows.append(row)
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    res = smf.glm(formula, arm, family=sm.families.Poisson(),
+                                  offset=np.log(arm["area_mm2"].to_numpy(float))).fit()
+                except (ValueError, np.linalg.LinAlgError) as e:  # pragma: no cover - degenerate data
+                    row["warning"] = f"fit failed: {str(e).splitlines()[0]}"
+                    rows.append(row)
+                    continue
+            dfr = max(float(res.df_resid), 1.0)
+            phi = max(1.0, float(res.pearson_chi2) / dfr)
+            se = float(res.bse[term]) * np.sqrt(phi)
+            b = float(res.params[term])
+            q = sst.t.ppf(1 - alpha / 2, dfr)
+            ln2 = np.log(2.0)
+            row.update(estimate=b / ln2, ci_lo=(b - q * se) / ln2, ci_hi=(b + q * se) / ln2,
+                       p=float(2 * sst.t.sf(abs(b / se), dfr)) if se > 0 else np.nan, dispersion=phi,
+                       warning="; ".join(sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}"
+                                                 for w in caught})))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=keys + ["arm", "contrast", "estimate", "ci_lo", "ci_hi", "p", "dispersion",
+                                              "n_samples", "n_cells_inside", "warning"])
 
 
 def _pair(pair: Any) -> tuple[str, str, list[str]]:
@@ -1039,8 +1226,9 @@ def split_phenotype(population: str) -> tuple[str, frozenset[str]]:
 
     Examples
     --------
-    >>> split_phenotype("CD8 T CXCR3+ CCR5+")
-    ('CD8 T', frozenset({'CXCR3+', 'CCR5+'}))
+    >>> cell_type, flags = split_phenotype("CD8 T CXCR3+ CCR5+")
+    >>> cell_type, sorted(flags)
+    ('CD8 T', ['CCR5+', 'CXCR3+'])
     >>> split_phenotype("NK")
     ('NK', frozenset())
     """

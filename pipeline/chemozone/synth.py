@@ -978,15 +978,17 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
         zones.append({"name": "tumor", "source": "tumor", "channels": ["panCK"], "smooth_um": 4.0})
     pairs = []
     lineages = {"CXCL8": ["NK", "CD8 T"], "CXCL10": ["CD8 T", "NK"], "CCL5": ["CD8 T", "NK"]}
+    typed = {r["cell_type"] for r in rules}
     for m, rec in MODULES.items():
         if m in has and rec in has:
-            pairs.append({"zone": m, "receptor": rec, "cell_types": lineages[m]})
+            pairs.append({"zone": m, "receptor": rec, "cell_types": [t for t in lineages[m] if t in typed]})
     params = truth_parameters()
     return {
         "panel": {"pixel_size_um": PIXEL_SIZE_UM, "nuclear_channel": "DAPI"},
         "segmentation": {"method": "watershed", "nucleus_diameter_um": 9.0, "expand_um": 3.0},
         "phenotypes": {"markers": markers, "rules": rules, "receptors": receptors,
-                       "receptor_cell_types": ["CD8 T", "CD4 T", "NK", "Macrophage", "Other immune"],
+                       "receptor_cell_types": [t for t in ["CD8 T", "CD4 T", "NK", "Macrophage", "Other immune"]
+                                               if t in typed],
                        "default_cell_type": "Other"},
         "zones": zones,
         "spatial": {"cognate_pairs": pairs},
