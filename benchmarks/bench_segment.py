@@ -140,7 +140,7 @@ def main(argv=None) -> int:
             m = (whole > 0) | (tiled > 0)
             pairs = np.unique(np.stack([whole[m], tiled[m]]), axis=1)
             same = np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size
-            ntiles = -(-side // tile) ** 2
+            ntiles = (-(-side // tile)) ** 2
             print(f"{ntiles:>8} {dt:8.2f} {int(tiled.max()):7d} {int(sc['fp'][0] + sc['fn'][0]):14d} {str(same):>18}"
                   f"   time ratio {dt / t_whole:.2f}")
 

@@ -311,3 +311,62 @@ def test_receptor_density_table(run):
     assert stats.split_phenotype("CD8 T CXCR3+ CCR5-") == ("CD8 T", frozenset({"CXCR3+", "CCR5-"}))
     with pytest.raises(ValueError, match="per must be"):
         stats.receptor_density_table(run, per="cell")
+
+
+# ------------------------------------------------------------------ counts and area-offset dose tests
+def _synthetic_counts(rng, beta_in_log2: float, *, zone_grows: bool = True) -> pd.DataFrame:
+    """Counts of one population inside/outside a zone: density outside 100/mm², inside 100·2**(β·dose)/mm²."""
+    rows = []
+    for p in range(6):
+        pmult = np.exp(rng.normal(0, 0.2))
+        for rad, doses in (("sham", [0.0]), ("photon", [2.0, 5.0, 10.0, 20.0])):
+            for d in doses:
+                a_t = 0.05
+                a_in = a_t * (0.01 + 0.3 * d / (4 + d) if zone_grows else 0.2)
+                a_out = a_t - a_in
+                lam_in = 100 * pmult * a_in * 2 ** (beta_in_log2 * d)
+                lam_out = 100 * pmult * a_out
+                sid = f"P{p}_{rad}_{d:g}"
+                for reg, lam, a in (("inside", lam_in, a_in), ("outside", lam_out, a_out)):
+                    rows.append({"sample_id": sid, "patient": f"P{p}", "radiation": rad, "dose_gy": d,
+                                 "region": reg, "n_cells": int(rng.poisson(lam)), "area_mm2": a,
+                                 "tissue_area_mm2": a_t, "cell_type": "NK", "status": "neg"})
+    return pd.DataFrame(rows)
+
+
+def test_dose_rate_test_flat_vs_attracted():
+    rng = np.random.default_rng(3)
+    flat = _synthetic_counts(rng, 0.0)
+    # placed independently of a growing zone: no trend in zone density or enrichment ...
+    for contrast in ("enrichment", "density"):
+        r = stats.dose_rate_test(flat, contrast=contrast).set_index("arm").loc["photon"]
+        assert r["ci_lo"] <= 0 <= r["ci_hi"], (contrast, r)
+    # ... while the per-tissue count inside the zone rises (the confounded metric)
+    ins = flat[flat["region"] == "inside"].groupby("dose_gy")["n_cells"].sum()
+    assert ins.loc[20.0] > 5 * max(ins.loc[0.0], 1)
+    up = _synthetic_counts(rng, 0.08)
+    for contrast in ("enrichment", "density"):
+        r = stats.dose_rate_test(up, contrast=contrast).set_index("arm").loc["photon"]
+        assert r["ci_lo"] > 0 and r["estimate"] == pytest.approx(0.08, abs=0.04)
+    with pytest.raises(ValueError, match="contrast must be"):
+        stats.dose_rate_test(flat, contrast="ratio")
+    with pytest.raises(MissingStepError, match="receptor_count_table"):
+        stats.dose_rate_test(flat.drop(columns=["area_mm2"]))
+
+
+def test_receptor_count_table_zero_fill_and_pool(run):
+    c = stats.receptor_count_table(run, pool=True)
+    assert set(c["status"]) == {"pos", "neg"} and set(c["region"]) == {"inside", "outside"}
+    assert any(" & " in ct for ct in c["cell_type"])
+    # every (sample, region) where the zone was measured appears for every population, zero-filled
+    k = c[(c["zone"] == "CXCL8") & (c["cell_type"] == "NK")]
+    assert k.groupby("status")["sample_id"].nunique().nunique() == 1
+    assert (k["n_cells"] >= 0).all()
+    # the pooled count is the sum of its lineages
+    g = c[(c["zone"] == "CXCL8") & (c["region"] == "inside") & (c["status"] == "pos")]
+    piv = g.pivot_table(index="sample_id", columns="cell_type", values="n_cells", aggfunc="sum")
+    pooled = [ct for ct in piv.columns if " & " in ct][0]
+    parts = pooled.split(" & ")
+    assert (piv[pooled] == piv[parts].sum(axis=1)).all()
+    per_z = stats.receptor_density_table(run, per="zone", pool=True)
+    assert f"{pooled} CXCR2+ in CXCL8" in per_z.columns

@@ -280,6 +280,44 @@ def _pairs(run: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     return [p for p in pairs if p[0] in zones]
 
 
+def _zone_density_figure(counts: pd.DataFrame) -> str:
+    """Pooled density inside each zone (Σ cells / Σ zone area per dose and arm, Poisson 95 % CI): receptor± lines."""
+    from scipy import stats as sst
+
+    keys = list(counts.groupby(["zone", "receptor", "cell_type"], sort=False).groups)[:12]
+    ncol = min(3, len(keys))
+    nrow = int(np.ceil(len(keys) / ncol))
+    fig = _fig(4.2 * ncol, 3.2 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    inside = counts[(counts["region"] == "inside") & (counts["area_mm2"] > 0)].copy()
+    inside["arm"] = np.where(inside["dose_gy"].astype(float) > 0, inside["radiation"].astype(str), "0 Gy")
+    for ax, (zone, receptor, ct) in zip(axes, keys):
+        sub = inside[(inside["zone"] == zone) & (inside["receptor"] == receptor) & (inside["cell_type"] == ct)]
+        zero = sub[sub["arm"] == "0 Gy"]
+        for arm in sorted(set(sub["arm"]) - {"0 Gy"}):
+            for status, ls, mk in (("pos", "-", "o"), ("neg", "--", "s")):
+                g = pd.concat([zero, sub[sub["arm"] == arm]])
+                g = g[g["status"] == status].groupby("dose_gy")[["n_cells", "area_mm2"]].sum().reset_index()
+                n, a = g["n_cells"].to_numpy(float), g["area_mm2"].to_numpy(float)
+                lo = np.where(n > 0, sst.chi2.ppf(0.025, 2 * n) / 2, 0.0) / a
+                hi = sst.chi2.ppf(0.975, 2 * n + 2) / 2 / a
+                dens = n / a
+                sign = "+" if status == "pos" else "−"
+                ax.errorbar(g["dose_gy"], dens, yerr=[dens - lo, hi - dens], color=_color(arm), ls=ls, marker=mk,
+                            ms=3, lw=1.2, capsize=2, mfc="none" if status == "neg" else _color(arm),
+                            label=f"{arm} {receptor}{sign}")
+        ax.set_title(f"{ct} in {zone} zone", fontsize=9)
+        ax.set_xlabel("physical dose (Gy)", fontsize=8)
+        ax.set_ylabel("cells per mm² of zone (inside)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, frameon=False)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    return _figure(fig, "density inside zone vs dose",
+                   "Density inside the zone (cells per mm² of zone): cells pooled over the samples at each dose "
+                   "(Σ cells / Σ zone area), exact Poisson 95% CI; receptor+ solid, receptor− dashed")
+
+
 def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     inf = run["infiltration"]
     if not len(inf):
@@ -287,16 +325,33 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     pairs = _pairs(run)
     if not pairs:
         return _note("No cognate pairs configured (spatial.cognate_pairs); nothing to plot by receptor.")
-    df = stats.receptor_density_table(run, pairs=pairs, per="tissue")
-    panels = [(c, c) for c in df.columns if " in " in c and (c.split(" in ")[0].endswith(("+", "-")))]
-    if not panels:
+    counts = stats.receptor_count_table(run, pairs=pairs)
+    if not len(counts) or not counts["n_cells"].sum():
         return _note("No receptor-flagged phenotypes found in the infiltration table.")
+    df = stats.receptor_density_table(run, pairs=pairs, per="tissue")
+    panels = [(c, c) for c in df.columns if " in " in c and c.split(" in ")[0].endswith("+")]
     fits: list[pd.DataFrame] = []
-    fig = _dose_figure(df, panels[:12], ylabel="cells in zone per mm² tissue", n_bootstrap=nb, seed=seed,
-                       fits_out=fits, models=("linear", "emax"))
-    return ("<p>Receptor+ and receptor− cells of each lineage inside the chemokine zone of its cognate pair, per "
-            "mm² of tissue (how many cells the zone gathered). Receptor− cells are the specificity control.</p>"
-            + fig + _fit_summary(fits))
+    amount = _dose_figure(df, panels[:12], ylabel="receptor+ cells inside zone per mm² tissue", n_bootstrap=nb,
+                          seed=seed, fits_out=fits, models=("linear", "emax"))
+    tests = pd.concat([stats.dose_rate_test(counts, contrast=c) for c in ("enrichment", "density")],
+                      ignore_index=True)
+    tests = tests.drop(columns=["warning"]).rename(columns={"estimate": "log2 per Gy"})
+    text = (
+        "<p><b>Which metric answers which question.</b> The chemokine zones grow with dose, so the denominator "
+        "matters. <i>Infiltration amount</i> = cognate receptor+ cells inside the zone per mm² of <b>tissue</b>: "
+        "how many attracted cells the zone gathered (first figure, fitted linear vs Emax). This number grows "
+        "with the zone for <i>any</i> population, attracted or not, so it is never used for specificity. "
+        "<i>Specificity</i> is judged on metrics that are not confounded by zone size: the density inside the "
+        "zone (cells per mm² of <b>zone</b>, second figure) and the log2 enrichment inside vs outside the zone. "
+        "Both are estimated from the counts with the areas as offsets (quasi-Poisson GLM, patient effects; "
+        "the enrichment also cancels each sample's overall abundance), so tiny 0 Gy zones do not dominate. "
+        "Receptor− cells that are not attracted should show a slope whose 95% CI includes 0.</p>")
+    return (text + "<h3>Infiltration amount (receptor+ cells in zone per mm² tissue)</h3>" + amount
+            + _fit_summary(fits)
+            + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"
+            + _zone_density_figure(counts)
+            + "<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI:</p>"
+            + _table(tests))
 
 
 def _cognate(run: dict[str, Any]) -> str:
