@@ -35,6 +35,9 @@ def test_report_self_contained(report):
     for s in SECTIONS:
         assert f"id='{s}'" in text
     assert info["failed"][0] in text and "fabricated failure" in text
+    # infiltration: the metric choice is stated and the axes say which denominator
+    assert "Which metric answers which question" in text and "cells per mm² of zone" in text
+    assert "receptor+ cells inside zone per mm² tissue" in text
     # no external resources: every src is a data URI
     srcs = re.findall(r'src="([^"]+)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)

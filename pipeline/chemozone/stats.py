@@ -22,6 +22,12 @@ Conventions
   fitted by least squares with one additive offset per patient (a fixed patient block), so that
   between-patient differences in level do not blur the curve. AIC = n log(RSS/n) + 2k (k counts the curve
   parameters, the patient offsets and the residual variance; the offsets cancel in comparisons).
+* Infiltration metrics against zones that grow with dose: cells inside a zone per mm² of *tissue*
+  (``receptor_density_table(per="tissue")``) measures the infiltration *amount* and grows with the zone
+  for any population, so it is used only for attracted (cognate receptor+) cells. Whether a population
+  responds to dose at all (the receptor− specificity control) is judged on metrics not confounded by zone
+  size: the density inside the zone (per mm² of zone) and the log2 enrichment inside/outside, both
+  estimated from counts with area offsets by :func:`dose_rate_test` (:func:`receptor_count_table`).
 * Confidence intervals come from a bootstrap over patients (resampled with replacement; every arm of one
   draw uses the same resample, so ratios between arms are paired).
 """
