@@ -200,3 +200,17 @@ def test_reviewed_gates_zones_and_phenotypes_replay_in_a_run(tiny_cohort, tmp_pa
     assert (zones.loc[zones["zone"] == "CXCL8", "threshold_used"] == 123.0).all()
     rev = one2.set_index("cell_id")["phenotype_reviewed"]
     assert rev.loc[cell_id] == "NK CXCR2+" and rev.drop(cell_id).isna().all()
+
+
+def test_documented_example_config_runs_on_the_tiny_cohort(tiny_cohort, tmp_path):
+    """configs/example.yaml (reference-gated chemokines, producer zone, tumor compartments) runs end to end."""
+    from chemozone.run import run_batch
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "example.yaml"
+    res = run_batch(tiny_cohort, example, tmp_path / "run", in_process=True, progress=False)
+    assert res.exit_code == 0
+    zones = pd.read_parquet(tmp_path / "run" / "zones.parquet")
+    assert {"CXCL8", "CXCL8_producers", "tumor_intraepithelial", "tumor_margin"} <= set(zones["zone"])
+    # reference (sham) thresholds: sham samples have (almost) no chemokine zone, irradiated ones do
+    cx = zones[zones["zone"] == "CXCL8"].set_index("dose_gy")["area_fraction"]
+    assert cx.loc[0.0].max() < 0.05 < cx.loc[10.0].min()
