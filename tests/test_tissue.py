@@ -79,3 +79,39 @@ def test_tissue_mask_absolute_threshold_and_errors():
     assert not m.any()  # scaled signal never exceeds ~1
     with pytest.raises(ValueError, match="3-D"):
         tissue_mask(img[0], pixel_size_um=1.0)
+
+
+def test_field_that_is_all_tissue_is_not_split_into_dim_and_bright():
+    """A crop of a section (no glass): dim and bright tissue both count; a dark tear is still excluded."""
+    import numpy as np
+
+    from chemozone.config import TissueConfig
+    from chemozone.tissue import tissue_mask
+
+    rng = np.random.default_rng(0)
+    img = np.empty((1, 400, 400))
+    img[0, :200] = rng.normal(1000, 60, (200, 400))  # bright tissue
+    img[0, 200:] = rng.normal(750, 60, (200, 400))   # dim tissue (ratio 0.75: no glass anywhere)
+    img[0, 300:320, 50:350] = 20                      # a tear
+    mask, grid_um = tissue_mask(img, pixel_size_um=1.0, config=TissueConfig(grid_um=2, smooth_um=2, fill_holes_um2=100))
+    assert mask[:100].all() and mask[120:145].mean() > 0.95  # dim half kept
+    assert not mask[152:158, 40:170].any()                    # tear excluded
+    # the same image on glass: the dark surround is background
+    glass = np.full((1, 600, 600), 30.0)
+    glass[:, 100:500, 100:500] = img
+    mask2, _ = tissue_mask(glass, pixel_size_um=1.0, config=TissueConfig(grid_um=2, smooth_um=2, fill_holes_um2=100))
+    assert not mask2[:40].any() and mask2[60:240, 60:240].mean() > 0.95
+
+
+def test_real_fields_that_are_all_tissue(shared_data):
+    from chemozone.io import read_image
+    from chemozone.tissue import tissue_mask
+
+    for path in ["lymphoid_5ch/input.tiff", "vectra_phenoptr/FIHC4__0929309_HP_IM3_2_component_data.tif"]:
+        img = read_image(shared_data / path, pixel_size_um=0.5)
+        mask, _ = tissue_mask(img.data, pixel_size_um=img.pixel_size_um)
+        assert mask.mean() > 0.95, path
+    # a TMA core on glass (.qptiff): the core is tissue, the glass around it is not
+    img = read_image(shared_data / "qptiff_vectra" / "small_vectra.qptiff")
+    mask, _ = tissue_mask(img.data, pixel_size_um=img.pixel_size_um)
+    assert 0.4 < mask.mean() < 0.6 and not mask[:, -20:].any() and mask[mask.shape[0] // 2, mask.shape[1] // 3]

@@ -107,6 +107,10 @@ class TissueConfig(_Section):
     """Gaussian sigma before thresholding, µm."""
     threshold: Literal["otsu", "triangle", "li"] | float = "otsu"
     """Automatic threshold method, or an absolute value on the combined signal."""
+    glass_contrast: float = Field(3.0, gt=1)
+    """The darker class of an automatic threshold is background (glass) only if the brighter class's median
+    is at least this many times its median; otherwise the field is all tissue (dim and bright tissue) and
+    only holes much darker than the dim tissue are excluded."""
     min_area_um2: PositiveFloat = 20000.0
     """Tissue pieces smaller than this are dropped, µm²."""
     fill_holes_um2: PositiveFloat = 2000.0
