@@ -15,7 +15,6 @@ and Parquet tables (see :func:`chemozone.layout.write_parquet`).
 from __future__ import annotations
 
 import functools
-import json
 import re
 import threading
 import xml.etree.ElementTree as ET
@@ -37,7 +36,6 @@ __all__ = [
     "write_labels_zarr",
     "read_labels_zarr",
     "list_labels_zarr",
-    "read_table",
 ]
 
 
@@ -720,25 +718,3 @@ def labels_pixel_size_um(store: str | Path, name: str) -> float | None:
         return float(dict(grp.attrs)["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
     except (KeyError, IndexError, TypeError):
         return None
-
-
-def read_table(path: str | Path):
-    """Read a Parquet table (pandas).
-
-    Raises
-    ------
-    MissingStepError
-        If the file is missing (names it).
-    """
-    import pandas as pd
-
-    from .errors import MissingStepError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingStepError(f"{path}: table not found; run the step that writes it first")
-    return pd.read_parquet(path)
-
-
-def _dump(obj: Any) -> str:  # pragma: no cover - debugging helper
-    return json.dumps(obj, indent=1, default=str)
