@@ -48,7 +48,7 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
     lay = RunLayout(tiny_run)
     samples = pd.read_csv(tiny_cohort / "samples.csv")
     for p in [lay.run_json, lay.run_log, lay.cohort_cells, lay.cohort_infiltration, lay.cohort_zones, lay.gates,
-              lay.cohort_samples]:
+              lay.cohort_samples, lay.report]:
         assert p.is_file(), p
     prov = json.loads(lay.run_json.read_text())
     assert prov["status"] == "done"
@@ -111,7 +111,7 @@ def test_corrupt_image_skip_exits_3_and_records_failure(tiny_cohort, tmp_path, d
         victim.write_bytes(bytes(data[:200]))
     out = tmp_path / "run"
     res = subprocess.run([EXE, "run", str(cohort), "--config", str(cohort / "config.yaml"), "--out", str(out),
-                          "--workers", "1", "--on-error", "skip", "--quiet"], capture_output=True, text=True)
+                          "--workers", "1", "--on-error", "skip", "--quiet", "--no-report"], capture_output=True, text=True)
     assert res.returncode == 3, res.stderr
     prov = json.loads((out / "run.json").read_text())
     bad = samples["sample_id"].iloc[1]
@@ -124,7 +124,7 @@ def test_corrupt_image_skip_exits_3_and_records_failure(tiny_cohort, tmp_path, d
     assert set(cells["sample_id"]) == set(others)
     # default --on-error raise: exit 1 with a one-line message naming the sample, no traceback
     res = subprocess.run([EXE, "run", str(cohort), "--config", str(cohort / "config.yaml"), "--out", str(tmp_path / "r2"),
-                          "--workers", "1", "--quiet"], capture_output=True, text=True)
+                          "--workers", "1", "--quiet", "--no-report"], capture_output=True, text=True)
     assert res.returncode == 1 and bad in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0
 
@@ -142,7 +142,7 @@ def test_refuses_to_start_on_a_missing_channel(tiny_cohort, tmp_path, capsys):
 def test_resume_after_sigkill_equals_clean_run(tiny_run, tiny_cohort, tmp_path):
     out = tmp_path / "killed"
     cmd = [EXE, "run", str(tiny_cohort), "--config", str(tiny_cohort / "config.yaml"), "--out", str(out),
-           "--workers", "1", "--quiet"]
+           "--workers", "1", "--quiet", "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     # kill as soon as the first sample finished step A (mid-run)

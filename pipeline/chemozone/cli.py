@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", type=Path, help="folder of images, samples.csv, or one image")
     r.add_argument("--config", type=Path, required=True, help="experiment config (YAML)")
     r.add_argument("--out", type=Path, required=True, help="run folder to write")
+    r.add_argument("--no-report", action="store_true", help="skip writing OUT/report.html")
     _add_run_options(r)
     r.set_defaults(handler="chemozone.run:cli_run")
 

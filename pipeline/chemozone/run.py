@@ -656,6 +656,10 @@ def cli_run(args: argparse.Namespace) -> int:
                     memory_limit=args.memory_limit, resume=args.resume, on_error=args.on_error,
                     progress=not args.quiet, command=sys.argv)
     _print_summary(res)
+    if not args.no_report and any(s == "done" for s in res.statuses.values()):
+        from .report import write_report
+
+        print(f"report: {write_report(res.out)}")
     return res.exit_code
 
 

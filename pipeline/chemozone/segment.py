@@ -77,6 +77,8 @@ NUCLEI_DEFAULTS: dict[str, Any] = {
     "seed_distance_factor": 0.25,  # min distance between seeds = factor * diameter
     "seed_h_factor": 0.0,  # seeds must stand this fraction of the map's maximum above their saddle
     "object_fraction": 0.3,  # each nucleus ends where it falls below this fraction of its own peak
+    "flood": "seed",
+    "distance_cap": 0,
     "min_area_um2": None,  # default 0.15 x the area of a disc of nucleus_diameter_um
     "max_area_um2": None,  # default 8 x that area
 }
@@ -273,8 +275,7 @@ def _statistics_from_samples(samples: dict, opts: dict[str, Any]) -> dict[str, A
         bg = float(np.median(below)) if below.size else float(np.median(s))
         floor = -np.inf
         if opts["noise_k"] > 0 and below.size >= 16:
-            sigma = (float(np.median(below)) - float(np.percentile(below, 5))) / 1.645
-            floor = float(np.median(below)) + opts["noise_k"] * sigma
+            floor = _noise_floor(below, opts["noise_k"])
         t = np.asarray(samples["local"], np.float32) if thr is None else thr
         det = np.maximum(bg + opts["detect_fraction"] * (t - bg), floor)
     fg = s > det
@@ -282,6 +283,29 @@ def _statistics_from_samples(samples: dict, opts: dict[str, Any]) -> dict[str, A
     scale = float(np.percentile(blob, 95)) if blob.size else 0.0
     return {"threshold": thr, "background_level": float(bg), "noise_floor": float(floor),
             "seed_scale": scale if scale > 0 else 1.0}
+
+
+def _noise_floor(below: np.ndarray, k: float) -> float:
+    """Background level + ``k`` robust sigmas from the pixels below the automatic threshold.
+
+    Two estimates, the lower one wins: around the median (the lower tail median - 5th percentile;
+    right when the background dominates) and around the histogram mode (the half-normal spread of
+    the values below the mode; right in dense fields, where dim nuclei below the threshold would
+    inflate the first). Values at the minimum (clipped by the top-hat) are ignored for the mode.
+    """
+    med = float(np.median(below))
+    floor = med + k * (med - float(np.percentile(below, 5))) / 1.645
+    lo_v = float(below.min())
+    v = below[below > lo_v]
+    if v.size >= 16 and float(v.max()) > float(v.min()):
+        hist, edges = np.histogram(v, bins=256)
+        hist = ndi.gaussian_filter1d(hist.astype(np.float64), 2.0)
+        i = int(np.argmax(hist))
+        mode = 0.5 * float(edges[i] + edges[i + 1])
+        tail = v[v < mode]
+        if tail.size >= 16:
+            floor = min(floor, mode + k * float(np.median(mode - tail)) / 0.6745)
+    return floor
 
 
 def nuclei_statistics(image_yx, *, pixel_size_um: float, nucleus_diameter_um: float, **options: Any) -> dict:
@@ -367,13 +391,15 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
 
     # seeds: maxima of a map that combines shape (distance) and brightness
     dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    if opts.get("distance_cap", 0) > 0:
+        dist = np.minimum(dist, opts["distance_cap"] * d_px)
     inten = np.clip(smooth - bg_level, 0, None)
     seed_kind = opts["seed_map"]
     if seed_kind == "distance":
         seed_map = dist
     else:
-        rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, 1.0)
-        seed_map = rel if seed_kind == "intensity" else dist * np.sqrt(rel)
+        rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, None if seed_kind == "blob" else 1.0)
+        seed_map = rel if seed_kind in ("intensity", "blob") else dist * np.sqrt(rel)
     seed_map = ndi.gaussian_filter(seed_map, max(0.5, 0.08 * d_px), mode="nearest")
     seed_map[~fg] = 0
     comp, ncomp = ndi.label(fg)
@@ -402,7 +428,9 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
         start = len(peaks) + 1
         for i, (y, x) in enumerate(pos):
             markers[int(y), int(x)] = start + i
-    labels = watershed(-seed_map, markers, mask=fg)
+    fk = opts.get("flood", "seed")
+    flood = -seed_map if fk == "seed" else (-blob if fk == "blob" else (-smooth if fk == "smooth" else -ndi.gaussian_filter(smooth, 1.0)))
+    labels = watershed(flood, markers, mask=fg)
     frac = opts["object_fraction"]
     if frac > 0 and labels.max() > 0:
         # each nucleus ends where its intensity falls below `frac` of its own peak
