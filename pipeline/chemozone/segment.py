@@ -24,10 +24,13 @@ float images of any range:
 2. denoising: Gaussian with sigma ``max(0.5 px, 0.04 d)``;
 3. detection: half-way (``detect_fraction``) between the background level and the automatic
    threshold (Otsu / Li / triangle / local, or an absolute value), never below a noise floor of
-   ``noise_k`` robust sigmas of the background (a tile without nuclei stays empty);
-4. seeds: maxima, at least ``0.25 d`` apart, of the distance transform of the foreground times the
-   square root of the intensity smoothed at ``0.12 d`` (shape and brightness together split
-   touching nuclei);
+   ``noise_k`` robust sigmas of the background (a tile without nuclei stays empty); the sigma is
+   the smaller of a median-based and a histogram-mode-based estimate, so that in dense fields the
+   dim nuclei below the threshold do not inflate it;
+4. seeds: maxima, at least ``0.25 d`` apart, of the distance transform of the foreground (capped at
+   ``distance_cap_factor`` x ``d`` = half a diameter, so that touching nuclei merged into a large
+   region are split by brightness rather than by the region's shape) times the square root of the
+   intensity smoothed at ``0.12 d`` (shape and brightness together split touching nuclei);
 5. watershed of the inverted seed map inside the foreground;
 6. per-object refinement: each nucleus ends where its intensity falls below ``object_fraction``
    (0.3) of its own peak (dim and bright nuclei both get their own half-max-like outline), holes
@@ -42,8 +45,9 @@ statistics to every tile, and the preprocessing is per-pixel with a global block
 run reproduces the whole-image labels exactly (tiles overlap by at least :func:`_context_px` plus two
 nucleus diameters and the cell expansion).
 
-On the 52 real images of nuclei_dsb2018 this gives F1@0.5 = 0.854 (textbook watershed 0.729); see
-``benchmarks/bench_nuclei_dsb2018.py``.
+On the 52 real images of nuclei_dsb2018 this gives F1@0.5 = 0.860, mAP 0.560 (textbook watershed
+0.729); on a dense real Vectra field F1@0.5 = 0.51 against inForm's nuclei (0.27 before the dense-field
+changes); see ``benchmarks/bench_nuclei_dsb2018.py`` and ``benchmarks/bench_nuclei_real.py``.
 """
 
 from __future__ import annotations
@@ -75,10 +79,9 @@ NUCLEI_DEFAULTS: dict[str, Any] = {
     "seed_map": "product",  # distance | intensity | product (distance x sqrt(intensity))
     "seed_sigma_factor": 0.12,  # smoothing of the intensity for seeds = factor * diameter
     "seed_distance_factor": 0.25,  # min distance between seeds = factor * diameter
+    "distance_cap_factor": 0.5,  # the seed map's distance saturates at factor * diameter (0 = never)
     "seed_h_factor": 0.0,  # seeds must stand this fraction of the map's maximum above their saddle
     "object_fraction": 0.3,  # each nucleus ends where it falls below this fraction of its own peak
-    "flood": "seed",
-    "distance_cap": 0,
     "min_area_um2": None,  # default 0.15 x the area of a disc of nucleus_diameter_um
     "max_area_um2": None,  # default 8 x that area
 }
@@ -391,15 +394,18 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
 
     # seeds: maxima of a map that combines shape (distance) and brightness
     dist = ndi.distance_transform_edt(fg).astype(np.float32)
-    if opts.get("distance_cap", 0) > 0:
-        dist = np.minimum(dist, opts["distance_cap"] * d_px)
+    if opts["distance_cap_factor"] > 0:
+        # in dense tissue touching nuclei merge into large foreground regions whose distance
+        # transform is one broad ridge; beyond a nucleus radius it says nothing about single nuclei,
+        # so it saturates there and the intensity decides the seeds
+        dist = np.minimum(dist, opts["distance_cap_factor"] * d_px)
     inten = np.clip(smooth - bg_level, 0, None)
     seed_kind = opts["seed_map"]
     if seed_kind == "distance":
         seed_map = dist
     else:
-        rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, None if seed_kind == "blob" else 1.0)
-        seed_map = rel if seed_kind in ("intensity", "blob") else dist * np.sqrt(rel)
+        rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, 1.0)
+        seed_map = rel if seed_kind == "intensity" else dist * np.sqrt(rel)
     seed_map = ndi.gaussian_filter(seed_map, max(0.5, 0.08 * d_px), mode="nearest")
     seed_map[~fg] = 0
     comp, ncomp = ndi.label(fg)
@@ -428,9 +434,7 @@ def _nuclei_watershed(img: np.ndarray, d_px: float, opts: dict[str, Any], min_px
         start = len(peaks) + 1
         for i, (y, x) in enumerate(pos):
             markers[int(y), int(x)] = start + i
-    fk = opts.get("flood", "seed")
-    flood = -seed_map if fk == "seed" else (-blob if fk == "blob" else (-smooth if fk == "smooth" else -ndi.gaussian_filter(smooth, 1.0)))
-    labels = watershed(flood, markers, mask=fg)
+    labels = watershed(-seed_map, markers, mask=fg)
     frac = opts["object_fraction"]
     if frac > 0 and labels.max() > 0:
         # each nucleus ends where its intensity falls below `frac` of its own peak
@@ -562,8 +566,8 @@ def segment_nuclei(
     **options
         watershed: keys of :data:`NUCLEI_DEFAULTS` (``threshold``, ``min_area_um2``,
         ``max_area_um2``, ``background_factor``, ``smooth_factor``, ``noise_k``,
-        ``seed_distance_factor``, ``seed_h_factor``). cellpose: ``model`` (an object with the
-        CellposeModel ``eval`` contract), ``config`` (a :class:`~chemozone.config.CellposeConfig`),
+        ``seed_distance_factor``, ``distance_cap_factor``, ``seed_h_factor``). cellpose: ``model``
+        (an object with the CellposeModel ``eval`` contract), ``config`` (a :class:`~chemozone.config.CellposeConfig`),
         ``min_area_um2``, ``max_area_um2``.
 
     Returns
