@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pipeline"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from bench_nuclei_dsb2018 import textbook  # noqa: E402  (the same textbook recipe in every benchmark)
+
 
 def _dapi(side: int, seed: int = 0) -> np.ndarray:
     """A DAPI-like image: tile a 512 px synthetic explant patch (cheap to generate)."""
@@ -70,22 +72,6 @@ def _child(side: int, tile: int, store: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"side": side, "seconds": dt, "peak_mb": peak / 1024, "base_mb": base / 1024,
                       "n": int(nuc.max().compute())}))
-
-
-def textbook(img: np.ndarray, d_px: float) -> np.ndarray:
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.filters import gaussian, threshold_otsu
-    from skimage.segmentation import watershed
-
-    sm = gaussian(img.astype(float), sigma=1)
-    fg = sm > threshold_otsu(sm)
-    dist = ndi.distance_transform_edt(fg)
-    comp, _ = ndi.label(fg)
-    peaks = peak_local_max(dist, min_distance=max(1, int(round(d_px / 4))), labels=comp, exclude_border=False)
-    markers = np.zeros(img.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return watershed(-dist, markers, mask=fg)
 
 
 def main(argv=None) -> int:
