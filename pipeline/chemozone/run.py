@@ -541,9 +541,17 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
     with Progress(*cols, console=console, disable=not progress, transient=False) as bar, client_ctx as client:
         task_a = bar.add_task("segment + quantify", total=len(todo))
         big = [r for r in todo if client is not None and _is_large(images.get(r["sample_id"]), cfg)]
-        for r in big:  # the tiles of a large image become tasks on the cluster
-            _collect(r, lambda r=r: process_sample_a(r, cfg, lay.root, local=False),
-                     lambda r, info: _finish_a(r, info, stamps, lay, record), fail)
+        for r in big:  # the tiles of a large image become tasks on the cluster, with their own progress bar
+            from .progress import report_progress
+
+            tile_bar = bar.add_task(f"  {r['sample_id']}: tiles", total=None)
+
+            def on_tiles(stage, done, total, tile_bar=tile_bar, sid=r["sample_id"]):
+                bar.update(tile_bar, description=f"  {sid}: {stage}", completed=done, total=total)
+
+            with report_progress(on_tiles):
+                _collect(r, lambda r=r: process_sample_a(r, cfg, lay.root, local=False),
+                         lambda r, info: _finish_a(r, info, stamps, lay, record), fail)
             bar.advance(task_a)
         small = [r for r in todo if r not in big]
         for r, outcome in _map(client, process_sample_a, small, (cfg, str(lay.root)), "step A"):

@@ -59,6 +59,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import ConfigError
+from .progress import compute_with_progress
 
 __all__ = [
     "segment_nuclei",
@@ -1036,8 +1037,9 @@ def segment_image(
         return nuc, cell
 
     # first pass: image-level statistics from a lattice of every tile's core (small results)
-    parts = dask.compute(*[dask.delayed(_window_samples, pure=True)(*window_of(t), win=t["window"], core=t["core"],
-                                                                    **sample_kw) for t in tiles])
+    parts = compute_with_progress([dask.delayed(_window_samples, pure=True)(*window_of(t), win=t["window"],
+                                                                           core=t["core"], **sample_kw)
+                                   for t in tiles], "tiles: statistics")
     common["statistics"] = _image_statistics(list(parts), seg)
 
     tissue_d = dask.delayed(tissue_arr) if tissue_arr is not None else None
@@ -1047,7 +1049,7 @@ def segment_image(
             nucw, memw = window_of(t)
             tasks.append(dask.delayed(_segment_window, pure=True)(
                 nucw, memw, win=t["window"], core=t["core"], tissue=tissue_d, **common))
-        results = dask.compute(*tasks)
+        results = compute_with_progress(tasks, "tiles: segment")
         counts = [r[2] for r in results]
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         _check_id_range(int(np.sum(counts)))
@@ -1110,7 +1112,7 @@ def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
         nucw, memw = window_of(t)
         tasks.append(dask.delayed(segment_and_park, pure=False)(
             nucw, memw, index=t["index"], win=t["window"], core=t["core"], tissue=tissue_d, **common))
-    counts = dask.compute(*tasks)
+    counts = compute_with_progress(tasks, "tiles: segment")
     _check_id_range(int(np.sum(counts)))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     nuc_path, cell_path = str(store / "nuclei"), str(store / "cells")
@@ -1129,7 +1131,7 @@ def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
         zarr.open_array(cell_path, mode="r+")[y0:y1, x0:x1] = c_c
         return True
 
-    dask.compute(*[dask.delayed(stitch_and_write, pure=False)(i) for i in range(len(tiles))])
+    compute_with_progress([dask.delayed(stitch_and_write, pure=False)(i) for i in range(len(tiles))], "tiles: stitch")
     del root[scratch_name]
     shutil.rmtree(store / scratch_name, ignore_errors=True)
     return da.from_zarr(nuc_path), da.from_zarr(cell_path)
