@@ -37,3 +37,16 @@ def test_segment_image_reports_its_tiles():
     assert {"tiles: statistics", "tiles: segment"} <= stages
     final = [(d, t) for st, d, t in seen if st == "tiles: segment"][-1]
     assert final[0] == final[1] > 1
+
+
+def test_quantify_reports_its_tiles():
+    from chemozone.quantify import quantify_cells
+
+    labels = np.zeros((64, 64), np.uint32)
+    labels[5:20, 5:20] = 1
+    labels[40:60, 30:50] = 2
+    img = np.ones((2, 64, 64), np.uint16)
+    seen = []
+    with report_progress(lambda *a: seen.append(a)):
+        quantify_cells(img, labels, channels=["a", "b"], pixel_size_um=1.0, tile_size_px=32)
+    assert seen[-1] == ("tiles: quantify", 4, 4)

@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["compute_with_progress", "report_progress"]
+__all__ = ["compute_with_progress", "report_progress", "notify_progress"]
 
 Listener = Callable[[str, int, int], None]
 _LISTENER: contextvars.ContextVar[Listener | None] = contextvars.ContextVar("chemozone_progress", default=None)
@@ -36,6 +36,13 @@ def report_progress(listener: Listener) -> Iterator[None]:
         yield
     finally:
         _LISTENER.reset(token)
+
+
+def notify_progress(stage: str, done: int, total: int) -> None:
+    """Report progress of a loop the library runs itself (e.g. quantification tiles); no-op without a listener."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(stage, done, total)
 
 
 def _client_or_none():

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ChannelError, ConfigError, ImageError
+from .progress import notify_progress
 
 __all__ = ["quantify_cells", "COMPARTMENTS", "STATISTICS"]
 
@@ -601,7 +602,9 @@ def quantify_cells(
             totals_lab, totals_cnt = np.zeros(0, np.int64), np.zeros(0, np.int64)
 
     parts = _Parts()
-    for y0, x0 in tiles:
+    for t_done, (y0, x0) in enumerate(tiles, 1):
+        if len(tiles) > 1:
+            notify_progress("tiles: quantify", t_done, len(tiles))
         key = (slice(y0, y0 + ts), slice(x0, x0 + ts))
         lab = _read(cells, key)
         if kernels is not None:
