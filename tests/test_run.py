@@ -52,6 +52,8 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
         assert p.is_file(), p
     prov = json.loads(lay.run_json.read_text())
     assert prov["status"] == "done"
+    assert prov["segmentation"]["method"] == "watershed" and "nuclei_defaults" in prov["segmentation"]
+    assert prov["versions"]["chemozone"] and prov["config"]["segmentation"]["method"] == "watershed"
     assert set(prov["samples"]) == set(samples["sample_id"])
     for sid, info in prov["samples"].items():
         assert info["status"] == "done"

@@ -487,8 +487,11 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .segment import segmentation_provenance
+
     prov_path = lay.run_json
     prov = new_provenance(cfg, command=command)
+    prov["segmentation"] = segmentation_provenance(cfg.segmentation)  # method, defaults, cellpose version/model
     old_samples: dict[str, Any] = {}
     if resume and prov_path.is_file():
         try:
