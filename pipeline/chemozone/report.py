@@ -25,6 +25,7 @@ __all__ = ["write_report", "cli_report", "render_report"]
 
 _COLORS = {"photon": "#1f77b4", "proton": "#2ca02c", "carbon": "#d62728", "helium": "#9467bd"}
 _MAX_THUMBS = 48
+_GATE_SAMPLES = 16
 _MAX_GATES = 24
 _MAX_BOOTSTRAP = 30  # draws per curve band in the report (the notebooks/stats use the config's n_bootstrap)
 
@@ -45,8 +46,8 @@ def _png_b64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(b64: str, alt: str, cls: str = "fig") -> str:
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+def _img(b64: str, alt: str, cls: str = "fig", mime: str = "image/png") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:{mime};base64,{b64}">'
 
 
 def _figure(fig, alt: str, caption: str = "") -> str:
@@ -137,6 +138,20 @@ def _thumb_from_masks(out: Path, sid: str) -> str | None:
     return _png_b64(fig)
 
 
+def _thumbnail_b64(path: Path, max_side: int = 480) -> str:
+    """A qc.png shrunk for embedding (the full-size file stays in the sample folder and is linked)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _qc(out: Path, run: dict[str, Any]) -> str:
     from .layout import RunLayout
 
@@ -146,14 +161,16 @@ def _qc(out: Path, run: dict[str, Any]) -> str:
     cards = []
     for sid in ids[:_MAX_THUMBS]:
         p = lay.qc(sid)
-        if p.is_file():
-            b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+        if p.is_file():  # a small JPEG embedded, linked to the full-size qc.png in the sample folder
+            img = _img(_thumbnail_b64(p), f"QC {sid}", "thumb", mime="image/jpeg")
+            img = f"<a href='{html.escape(p.relative_to(out).as_posix())}'>{img}</a>"
         else:
             b64 = _thumb_from_masks(out, sid)
-        if b64 is None:
+            img = _img(b64, f"QC {sid}", "thumb") if b64 is not None else None
+        if img is None:
             cards.append(f"<div class='card'><div class='muted'>no QC image</div><div>{html.escape(sid)}</div></div>")
         else:
-            cards.append(f"<div class='card'>{_img(b64, f'QC {sid}', 'thumb')}<div>{html.escape(sid)}</div></div>")
+            cards.append(f"<div class='card'>{img}<div>{html.escape(sid)}</div></div>")
     more = _note(f"{len(ids) - _MAX_THUMBS} more samples not shown") if len(ids) > _MAX_THUMBS else ""
     if not cards:
         return "<p>No completed samples.</p>"
@@ -161,49 +178,35 @@ def _qc(out: Path, run: dict[str, Any]) -> str:
             "when absent).</p><div class='grid'>" + "".join(cards) + "</div>" + more)
 
 
-def _gate_column(cells: pd.DataFrame, marker: str) -> str | None:
-    for c in (f"{marker}_cell", f"{marker}_nucleus", f"{marker}_cytoplasm"):
-        if c in cells.columns:
-            return c
-    return None
-
-
 def _gates(run: dict[str, Any]) -> str:
+    """Per marker, each sample's distribution on the gating scale with its gate (``phenotype.plot_gates``)."""
+    from .errors import ChemozoneError
+    from .phenotype import plot_gates
+
     gates, cells = run["gates"], run["cells"]
     if not len(gates) or not len(cells):
         return _note("No gates table (run the phenotype step).")
-    markers = [m for m in dict.fromkeys(gates["marker"]) if _gate_column(cells, m)][:_MAX_GATES]
-    if not markers:
-        return _note("Gates table has no marker with intensities in cells.parquet.")
-    ncol = 4
+    markers = list(dict.fromkeys(gates["marker"]))[:_MAX_GATES]
+    n_samples = min(cells["sample_id"].nunique(), _GATE_SAMPLES)
+    ncol = 2
     nrow = int(np.ceil(len(markers) / ncol))
-    fig = _fig(3.0 * ncol, 2.3 * nrow)
+    fig = _fig(6.5 * ncol, (1.0 + 0.32 * n_samples) * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    drawn = 0
     for ax, m in zip(axes, markers):
-        g = gates[gates["marker"] == m]
-        col = _gate_column(cells, m)
-        v = cells[col].to_numpy(float)
-        tr = str(g["transform"].iloc[0]) if "transform" in g else "none"
-        cof = float(g["cofactor"].dropna().iloc[0]) if "cofactor" in g and g["cofactor"].notna().any() else 1.0
-        if tr == "arcsinh":
-            v = np.arcsinh(v / cof)
-        elif tr == "log1p":
-            v = np.log1p(v)
-        v = v[np.isfinite(v)]
-        ax.hist(v, bins=60, color="#999999")
-        thr = g["threshold"].astype(float)
-        ax.axvline(float(thr.median()), color="#d62728", lw=1.5)
-        if thr.nunique() > 1:
-            ax.axvspan(float(thr.min()), float(thr.max()), color="#d62728", alpha=0.15)
-        frac = float((v > thr.median()).mean()) if len(v) else np.nan
-        ax.set_title(f"{m} ({tr}) {frac:.0%} +", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.set_yticks([])
+        try:
+            plot_gates(cells, gates, marker=m, ax=ax, max_samples=_GATE_SAMPLES)
+            drawn += 1
+        except ChemozoneError:  # the marker's intensity column is not in cells.parquet
+            ax.set_axis_off()
     for ax in axes[len(markers):]:
         ax.set_axis_off()
-    return ("<p>Pooled distribution of each gated marker on its gating scale; red line: median threshold "
-            "across samples, band: range of per-sample thresholds.</p>"
-            + _figure(fig, "gate histograms", "Gate histograms"))
+    if not drawn:
+        return _note("Gates table has no marker with intensities in cells.parquet.")
+    more = (f" First {_GATE_SAMPLES} samples shown." if cells["sample_id"].nunique() > _GATE_SAMPLES else "")
+    return ("<p>Each sample's distribution of every gated marker on its gating scale (the compartment and "
+            "transform of the gate), with the gate used for that sample (red) and the fraction positive."
+            + more + "</p>" + _figure(fig, "gate histograms", "Gate histograms"))
 
 
 def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
