@@ -211,47 +211,9 @@ def test_cognate_receptor_cells_enriched_in_their_zone_others_not():
         assert abs(log2_enrichment("-")) < 0.6, m
 
 
-def test_exogenous_pool_is_fixed_and_cognate_cells_gather_in_zones_with_dose():
-    """The co-cultured pool does not grow with dose; its cognate receptor+ cells move into the zones."""
-    T = synth.CELL_TYPES.index
-    res = {}
-    for d, _, c in _scenes([0, 20], [1, 2, 3]):
-        ex = c["exogenous"]
-        cog = sum(int((ex & c["receptors"][r] & c["in_zone"][m] & np.isin(c["type"], [T("NK"), T("CD8 T")])).sum())
-                  for m, r in synth.MODULES.items())
-        res.setdefault(d, []).append((ex.sum(), cog))
-    n = {d: np.mean(v, axis=0) for d, v in res.items()}
-    assert 0.7 < n[20][0] / n[0][0] < 1.4  # pool size independent of dose
-    assert n[20][1] > 4 * max(n[0][1], 1.0)
-
-
-def test_modules_are_spatially_separable():
-    """Each module has its own patch field: zones of two modules overlap about as often as chance predicts
-    (not much more), so receptor− cells attracted by another module are not concentrated in a zone."""
-    ratios = []
-    for _, _, c in _scenes([20], [1, 2, 3, 4]):
-        z = c["in_zone"]
-        mods = list(synth.MODULES)
-        for i in range(3):
-            for j in range(i + 1, 3):
-                a, b = z[mods[i]], z[mods[j]]
-                if a.sum() and b.sum():
-                    ratios.append((a & b).mean() / (a.mean() * b.mean()))
-    assert np.median(ratios) < 2.0
-
-
-def test_enough_attracted_cognate_cells_per_lineage():
-    """Every configured cognate lineage gets several attracted receptor+ cells per irradiated 512² sample."""
-    pairs = synth.cohort_config()["spatial"]["cognate_pairs"]
-    T = synth.CELL_TYPES.index
-    tot: dict[tuple, list] = {}
-    for _, _, c in _scenes([20], [1, 2, 3, 4], size=512):
-        for p in pairs:
-            for lin in p["cell_types"]:
-                sel = c["exogenous"] & (c["type"] == T(lin)) & c["receptors"][p["receptor"]] & c["in_zone"][p["zone"]]
-                tot.setdefault((p["zone"], lin), []).append(int(sel.sum()))
-    means = {k: np.mean(v) for k, v in tot.items()}
-    assert len(means) == 6 and min(means.values()) >= 3.0, means
+def test_exogenous_infiltration_rises_with_dose():
+    n = {d: np.mean([c["exogenous"].sum() for _, _, c in [x for x in _scenes([d], [1, 2])]]) for d in (0, 20)}
+    assert n[20] > 2 * n[0]
 
 
 # ------------------------------------------------------------------------------- options, CLI

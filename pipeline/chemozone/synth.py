@@ -172,10 +172,9 @@ def truth_parameters() -> dict[str, Any]:
         },
         "senescence": {"baseline": 0.05, "emax": 0.40, "ed50_gy": 4.0, "hill_n": 2.0,
                        "conservation": {"photon": 1.0, "proton": 1.0, "carbon": 1.0}},
-        "senescent_producer_odds": 1.5,
-        "producer_patchiness": 4.0,
+        "senescent_producer_odds": 3.0,
+        "producer_patchiness": 1.2,
         "patch_correlation_um": 50.0,
-        "patch_territories": True,
         "producer_amount_sd_log": 0.3,
         "zone": {"sigma_um": 12.0, "level": 0.5, "grid_um": 2.0,
                  "definition": "tissue & sum_i w_i exp(-d_i^2 / (2 sigma^2)) >= level, producers i of the module"},
@@ -194,12 +193,12 @@ def truth_parameters() -> dict[str, Any]:
             "nest_fraction": [0.30, 0.40],
         },
         "exogenous": {
-            "density_per_mm2": 1300.0,
-            "types": {"NK": 0.5, "CD8 T": 0.5},
-            "receptor_probabilities": {"NK": {"CXCR2": 0.70, "CXCR3": 0.50, "CCR5": 0.50},
-                                       "CD8 T": {"CXCR2": 0.40, "CXCR3": 0.70, "CCR5": 0.60}},
-            "attraction": 20.0,
-            "placement": "intensity ∝ tissue * (1 + attraction * sum_m R_m F_m(x)), R_m = carries module m's receptor",
+            "attracted_per_producer": {"CXCL8": 0.30, "CXCL10": 0.30, "CCL5": 0.25},
+            "attracted_types": {"CXCL8": {"NK": 0.6, "CD8 T": 0.4},
+                                "CXCL10": {"CD8 T": 0.6, "NK": 0.4},
+                                "CCL5": {"CD8 T": 0.5, "NK": 0.3, "CD4 T": 0.2}},
+            "uniform_per_cell": 0.01,
+            "uniform_types": {"NK": 0.35, "CD8 T": 0.4, "CD4 T": 0.25},
         },
         "imaging": {"spillover": 0.03, "stain_sd_log": 0.12, "gain": 1.5, "read_noise": 6.0,
                     "channel_spec": {k: dict(zip(("compartment", "amplitude", "autofluorescence", "background"), v))
@@ -385,18 +384,9 @@ def _build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, pati
     senescent[tumor_idx[_gumbel_topk(rng, logw, k)]] = True
     amount: dict[str, np.ndarray] = {}
     realized: dict[str, Any] = {"senescent_probability": p_sen}
-    # one independent patch field per module; with ``patch_territories`` each module's field is taken
-    # relative to the mean of all modules (pairwise correlation -0.5, unit variance), so the modules hold
-    # separate territories of the tumor and their zones overlap about as often as chance predicts over
-    # the tissue (producers can only be tumor cells, which by itself co-localises the zones)
-    gfields = {m: _smooth_field(rng, (fh, fw), corr_patch) for m in MODULES}
-    if params.get("patch_territories", False) and len(gfields) > 1:
-        gmean = sum(gfields.values()) / len(gfields)
-        scale = math.sqrt(len(gfields) / (len(gfields) - 1.0))
-        gfields = {m: ((gm - gmean) * scale).astype(np.float32) for m, gm in gfields.items()}
     for m in MODULES:
         pm = producer_probability(dose_gy, radiation, m, params=params, patient=patient)
-        gm = gfields[m]
+        gm = _smooth_field(rng, (fh, fw), corr_patch)
         k = rng.binomial(len(tumor_idx), pm)
         logw = params["producer_patchiness"] * sample_grid(gm, fpx, y[tumor_idx], x[tumor_idx]) \
             + math.log(params["senescent_producer_odds"]) * senescent[tumor_idx]
@@ -435,67 +425,41 @@ def _build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, pati
             receptors[r][idx] = rng.random(len(idx)) < probs[r]
     exo = params["exogenous"]
     infil = patient.get("infiltration_mult", 1.0)
-    # exogenous (co-cultured) cells: a pool seeded onto the slice whose size does not depend on dose; each
-    # cell carries receptors drawn by type and is placed with intensity tissue * (1 + beta * sum of the
-    # fields of the modules whose receptor it carries). Receptor-negative cells of a module are therefore
-    # never drawn to its zone by its own chemokine, and their number does not grow with dose.
-    tissue_area_mm2 = float(tissue_grid.sum()) * grid_um * grid_um / 1e6
-    n_exo = int(rng.poisson(exo["density_per_mm2"] * tissue_area_mm2 * infil))
-    etypes = list(exo["types"])
-    tp = np.array([exo["types"][t] for t in etypes])
-    e_t = np.array([_T[t] for t in etypes], dtype=np.int64)[rng.choice(len(etypes), n_exo, p=tp / tp.sum())]
-    erp = exo["receptor_probabilities"]
-    e_rec = {r: rng.random(n_exo) < np.array([erp.get(CELL_TYPES[t], rp.get(CELL_TYPES[t], {})).get(r, 0.0)
-                                                for t in e_t]) for r in RECEPTORS}
-    mod_of = {rec: m for m, rec in MODULES.items()}
-    code = np.zeros(n_exo, np.int64)
-    for i, r in enumerate(RECEPTORS):
-        code |= e_rec[r].astype(np.int64) << i
+    realized["attracted"] = {}
     # exogenous cells are added in the gaps between resident cells (>= 7 µm from any nucleus centre)
     placer = _GapPlacer(y, x, min_dist_px=7.0 / px)
-    fyy = (np.arange(fh) + 0.5) * fpx - 0.5
-    fxx = (np.arange(fw) + 0.5) * fpx - 0.5
-    tis_f = sample_grid(tissue_score, g, np.repeat(fyy, fw), np.tile(fxx, fh)) > 0
-    # gaps are scarce inside the dense nests: weight candidates by 1 / (local fraction of free positions),
-    # so that accepted cells follow the intended intensity rather than the gap density
-    free = np.zeros((gh, gw), np.float32)
-    if placer.tree is not None:
-        qy = (np.arange(gh)[:, None] + rng.random((gh, gw))) * g - 0.5
-        qx = (np.arange(gw)[None, :] + rng.random((gh, gw))) * g - 0.5
-        dist, _ = placer.tree.query(np.column_stack([qy.ravel(), qx.ravel()]), k=1)
-        free = (dist >= placer.d).reshape(gh, gw).astype(np.float32)
-    else:
-        free[:] = 1.0
-    tis_g = tissue_grid.astype(np.float32)
-    s_g = 10.0 / grid_um
-    phi = ndi.gaussian_filter(free * tis_g, s_g) / np.maximum(ndi.gaussian_filter(tis_g, s_g), 1e-3)
-    inv_free = 1.0 / np.maximum(sample_grid(phi.astype(np.float32), g, np.repeat(fyy, fw), np.tile(fxx, fh)), 0.05)
-    groups = sorted(set(code.tolist()))
-    cands, need = [], []
-    for cval in groups:
-        w = tis_f.astype(np.float64)
-        for i, r in enumerate(RECEPTORS):
-            if cval >> i & 1:
-                w = w + exo["attraction"] * tis_f * fields[mod_of[r]].ravel()
-        w = w * inv_free
-        k_g = int((code == cval).sum())
-        if w.sum() <= 0:
-            cands.append((np.zeros(0), np.zeros(0)))
-        else:
-            kk = rng.choice(w.size, 30 * k_g, p=w / w.sum())
-            cy_ = (kk // fw + rng.random(len(kk))) * fpx - 0.5
-            cx_ = (kk % fw + rng.random(len(kk))) * fpx - 0.5
-            ok_ = (cy_ >= 0) & (cy_ <= H - 1) & (cx_ >= 0) & (cx_ <= W - 1)
-            ok_ &= sample_grid(tissue_score, g, cy_, cx_) > 0
-            cands.append((cy_[ok_], cx_[ok_]))
-        need.append(k_g)
-    placed = placer.place_groups(cands, need, rng)
+    tissue_ok = lambda yy, xx: sample_grid(tissue_score, g, yy, xx) > 0  # noqa: E731
     new_y, new_x, new_t, new_rec = [], [], [], []
-    for cval, got in zip(groups, placed):
-        sel = np.nonzero(code == cval)[0][: len(got)]
-        new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(e_t[sel])
-        new_rec.append({r: e_rec[r][sel] for r in RECEPTORS})
-    realized["exogenous"] = int(sum(len(v) for v in new_y))
+    for m, rec in MODULES.items():
+        lam = exo["attracted_per_producer"][m] * float(amount[m].sum()) * infil
+        n_att = int(rng.poisson(lam))
+        w = np.where(fields[m] >= level_zone, fields[m], 0.0).ravel()
+        got = np.zeros((0, 2))
+        if n_att and w.sum() > 0:
+            k = rng.choice(w.size, 30 * n_att, p=w / w.sum())
+            cy_ = (k // fw + rng.random(len(k))) * fpx - 0.5
+            cx_ = (k % fw + rng.random(len(k))) * fpx - 0.5
+            keep = tissue_ok(cy_, cx_) & (cy_ >= 0) & (cy_ <= H - 1) & (cx_ >= 0) & (cx_ <= W - 1)
+            keep &= sample_grid(fields[m], fpx, cy_, cx_) >= level_zone
+            got = placer.place(cy_[keep], cx_[keep], n_att)
+        types = list(exo["attracted_types"][m])
+        tp = np.array([exo["attracted_types"][m][t] for t in types])
+        tt = np.array([_T[t] for t in types])[rng.choice(len(types), len(got), p=tp / tp.sum())]
+        new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(tt)
+        new_rec.append({r: np.full(len(got), r == rec) for r in RECEPTORS})
+        realized["attracted"][m] = int(len(got))
+    n_uni = int(rng.poisson(exo["uniform_per_cell"] * n * infil))
+    got = np.zeros((0, 2))
+    if n_uni:
+        cy_ = rng.uniform(0, H - 1, 30 * n_uni)
+        cx_ = rng.uniform(0, W - 1, 30 * n_uni)
+        got = placer.place(cy_[tissue_ok(cy_, cx_)], cx_[tissue_ok(cy_, cx_)], n_uni)
+    types = list(exo["uniform_types"])
+    tp = np.array([exo["uniform_types"][t] for t in types])
+    tt = np.array([_T[t] for t in types])[rng.choice(len(types), len(got), p=tp / tp.sum())]
+    new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(tt)
+    new_rec.append({r: rng.random(len(got)) < np.array([rp[CELL_TYPES[t]][r] for t in tt]) for r in RECEPTORS})
+    realized["uniform_exogenous"] = int(len(got))
     n_new = sum(len(v) for v in new_y)
     y = np.concatenate([y] + new_y)
     x = np.concatenate([x] + new_x)
@@ -604,44 +568,6 @@ class _GapPlacer:
         self.tree = cKDTree(np.column_stack([y, x])) if len(y) else None
         self.d = float(min_dist_px)
         self.hash: dict[tuple[int, int], list[tuple[float, float]]] = {}
-
-    def place_groups(self, cands: list[tuple[np.ndarray, np.ndarray]], need: list[int],
-                     rng: np.random.Generator) -> list[np.ndarray]:
-        """Place ``need[g]`` cells from each group's candidates, groups interleaved at random (fair crowding)."""
-        pts = []
-        for cy, cx in cands:
-            if self.tree is not None and len(cy):
-                dist, _ = self.tree.query(np.column_stack([cy, cx]), k=1)
-                cy, cx = cy[dist >= self.d], cx[dist >= self.d]
-            pts.append((cy.tolist(), cx.tolist()))
-        out: list[list[tuple[float, float]]] = [[] for _ in need]
-        ptr = [0] * len(need)
-        left = np.array(need, dtype=np.float64)
-        for gi in range(len(need)):
-            if not pts[gi][0]:
-                left[gi] = 0
-        d2 = self.d * self.d
-        while left.sum() > 0:
-            gi = int(rng.choice(len(left), p=left / left.sum()))
-            cy, cx = pts[gi]
-            while ptr[gi] < len(cy):
-                py, px_ = cy[ptr[gi]], cx[ptr[gi]]
-                ptr[gi] += 1
-                if not self._clash(py, px_, d2):
-                    self.hash.setdefault((int(py // self.d), int(px_ // self.d)), []).append((py, px_))
-                    out[gi].append((py, px_))
-                    break
-            left[gi] = 0 if (ptr[gi] >= len(cy) or len(out[gi]) >= need[gi]) else need[gi] - len(out[gi])
-        return [np.array(o, dtype=np.float64).reshape(-1, 2) for o in out]
-
-    def _clash(self, py: float, px_: float, d2: float) -> bool:
-        gy, gx = int(py // self.d), int(px_ // self.d)
-        for oy in (-1, 0, 1):
-            for ox in (-1, 0, 1):
-                for qy, qx in self.hash.get((gy + oy, gx + ox), ()):
-                    if (qy - py) ** 2 + (qx - px_) ** 2 < d2:
-                        return True
-        return False
 
     def place(self, cy: np.ndarray, cx: np.ndarray, k: int) -> np.ndarray:
         out: list[tuple[float, float]] = []
