@@ -185,7 +185,9 @@ def test_producer_probability_rises_then_plateaus():
     assert f[0][0] < 0.06 and f[10][0] > 5 * f[0][0]
     assert abs(f[20][0] - f[10][0]) < 0.25 * (f[10][0] - f[0][0])
     assert f[20][1] > 3 * f[0][1]  # senescence rises with dose
-    assert f[20][2] > 1.3 * f[20][3]  # producers enriched among senescent cells
+    # producers mildly enriched among senescent cells (odds 3 on top of strong per-module patches, so that
+    # the senescence link does not co-localise the modules)
+    assert f[20][2] > f[20][3]
 
 
 def test_cognate_receptor_cells_enriched_in_their_zone_others_not():
@@ -194,26 +196,69 @@ def test_cognate_receptor_cells_enriched_in_their_zone_others_not():
     for _, _, c in _scenes([10, 20], [1, 2, 3, 4]):
         for m, rec, lin in [("CXCL8", "CXCR2", "NK"), ("CXCL10", "CXCR3", "CD8 T"), ("CCL5", "CCR5", "CD8 T")]:
             lin_cells = c["type"] == T(lin)
-            allc = np.ones_like(lin_cells)
+            # reference: resident immune cells, placed independently of the zones (uniform per area; tumor
+            # cells are not a fair reference, they are denser in the nests where the zones lie)
+            allc = ~c["exogenous"] & np.isin(c["type"], [T(t) for t in synth.IMMUNE_TYPES])
             z = c["in_zone"][m]
             for sign, sel in (("+", lin_cells & c["receptors"][rec]), ("-", lin_cells & ~c["receptors"][rec]),
                               ("all", allc)):
                 counts.setdefault((m, sign), np.zeros(2))
                 counts[(m, sign)] += [np.sum(sel & z), np.sum(sel & ~z)]
     for m in synth.MODULES:
-        ref = counts[(m, "all")]  # zone share of all cells: the expectation without attraction
+        ref = counts[(m, "all")]  # zone share of resident immune cells: the expectation without attraction
 
         def log2_enrichment(sign):
             inside, outside = counts[(m, sign)]
             return np.log2(((inside + 0.5) / ref[0]) / ((outside + 0.5) / ref[1]))
 
         assert log2_enrichment("+") > 1.0, m
-        assert abs(log2_enrichment("-")) < 0.6, m
+        # receptor− cells are not drawn in (they may be depleted: many carry another module's receptor and
+        # are drawn to that module's territory, which the zones of this module mostly avoid)
+        assert log2_enrichment("-") < 0.6, m
+        assert log2_enrichment("+") - log2_enrichment("-") > 1.0, m
 
 
-def test_exogenous_infiltration_rises_with_dose():
-    n = {d: np.mean([c["exogenous"].sum() for _, _, c in [x for x in _scenes([d], [1, 2])]]) for d in (0, 20)}
-    assert n[20] > 2 * n[0]
+def test_exogenous_pool_is_fixed_and_cognate_cells_gather_in_zones_with_dose():
+    """The co-cultured pool does not grow with dose; its cognate receptor+ cells move into the zones."""
+    T = synth.CELL_TYPES.index
+    res = {}
+    for d, _, c in _scenes([0, 20], [1, 2, 3]):
+        ex = c["exogenous"]
+        cog = sum(int((ex & c["receptors"][r] & c["in_zone"][m] & np.isin(c["type"], [T("NK"), T("CD8 T")])).sum())
+                  for m, r in synth.MODULES.items())
+        res.setdefault(d, []).append((ex.sum(), cog))
+    n = {d: np.mean(v, axis=0) for d, v in res.items()}
+    assert 0.7 < n[20][0] / n[0][0] < 1.4  # pool size independent of dose
+    assert n[20][1] > 4 * max(n[0][1], 1.0)
+
+
+def test_modules_are_spatially_separable():
+    """Each module has its own patch field: zones of two modules overlap about as often as chance predicts
+    (not much more), so receptor− cells attracted by another module are not concentrated in a zone."""
+    ratios = []
+    for _, _, c in _scenes([20], [1, 2, 3, 4]):
+        z = c["in_zone"]
+        mods = list(synth.MODULES)
+        for i in range(3):
+            for j in range(i + 1, 3):
+                a, b = z[mods[i]], z[mods[j]]
+                if a.sum() and b.sum():
+                    ratios.append((a & b).mean() / (a.mean() * b.mean()))
+    assert np.median(ratios) < 2.0
+
+
+def test_enough_attracted_cognate_cells_per_lineage():
+    """Every configured cognate lineage gets several attracted receptor+ cells per irradiated 512² sample."""
+    pairs = synth.cohort_config()["spatial"]["cognate_pairs"]
+    T = synth.CELL_TYPES.index
+    tot: dict[tuple, list] = {}
+    for _, _, c in _scenes([20], [1, 2, 3, 4], size=512):
+        for p in pairs:
+            for lin in p["cell_types"]:
+                sel = c["exogenous"] & (c["type"] == T(lin)) & c["receptors"][p["receptor"]] & c["in_zone"][p["zone"]]
+                tot.setdefault((p["zone"], lin), []).append(int(sel.sum()))
+    means = {k: np.mean(v) for k, v in tot.items()}
+    assert len(means) == 6 and min(means.values()) >= 3.0, means
 
 
 # ------------------------------------------------------------------------------- options, CLI

@@ -20,9 +20,11 @@ Model (all parameters in ``truth/cohort.json``)
   ``p_m = baseline_m + Emax_m * c_m(r) * D_eff**n / (ED50**n + D_eff**n)``, ``D_eff = e(r) * dose``
   (effectiveness ``e``: photon 1.0, proton 1.1, carbon 2.5; conservation ``c``: CXCL10 0.5 after carbon).
   The senescent (p21+) fraction follows the same law. Producers are drawn without replacement with
-  weights ``exp(k * G_m(x)) * odds**senescent`` (``G_m`` a smooth random field: patchy producers,
-  enriched among senescent cells). Patients carry random effects (ED50, Emax, immune density,
-  infiltration).
+  weights ``exp(k * H_m(x)) * odds**senescent``: ``H_m`` are smooth random fields with pairwise
+  correlation -0.5 (``patch_territories``: independent draws combined by the factor of that correlation), so
+  each module holds its own territories of the tumor and module zones overlap about as often as chance
+  predicts; the senescence link is mild next to the patches. Patients carry random effects (ED50, Emax,
+  immune density, infiltration).
 * **Truth zones**: ``F_m(x) = sum_i w_i exp(-|x - x_i|² / (2 sigma²))`` over the producers i of module m
   (amount ``w_i``, mean 1), ``sigma = 12 µm``, computed on a 2 µm grid and interpolated bilinearly to
   full resolution; the zone is ``tissue & (F_m >= 0.5)`` (a lone average producer gives a disc of about
@@ -32,11 +34,12 @@ Model (all parameters in ``truth/cohort.json``)
   ``background + A * F_m``: a threshold near ``background + A/2`` recovers the zone.
 * **Infiltration**: resident immune cells are placed independently of the zones (uniform density over
   the tissue), with receptor flags drawn by type (NK mostly CXCR2+, CD8 T often CXCR3+/CCR5+...).
-  An *exogenous* population (``exogenous`` column) is added: for each module, ``Poisson(kappa * sum w)``
-  cells of an attracted lineage (NK, CD8 T, CD4 T) carrying only the cognate receptor (CXCR2↔CXCL8,
-  CXCR3↔CXCL10, CCR5↔CCL5) are placed inside the module's zone with probability ∝ ``F_m``; plus a few
-  exogenous cells placed uniformly with receptor flags drawn by type. Receptor-negative cells are thus
-  never drawn to a zone by its own chemokine.
+  An *exogenous* (co-cultured) pool (``exogenous`` column) of ``Poisson(density * tissue area)`` NK and
+  CD8 T cells, whose size does not depend on dose, carries receptors drawn by type; each cell is placed
+  with intensity ``tissue * (1 + beta * sum_m R_m F_m(x))`` where ``R_m`` = it carries module m's
+  receptor (CXCR2↔CXCL8, CXCR3↔CXCL10, CCR5↔CCL5), corrected for the scarcity of gaps in dense nests.
+  Receptor-negative cells are thus never drawn to a zone by its own chemokine, and their number and
+  spread do not change with dose.
 * **Imaging**: marker signal in its compartment (nuclear p21; membrane CD45/CD3/CD8/CD4/CD56/receptors;
   cytoplasmic panCK/CD68; chemokine dots), per-sample staining scale per channel, background and
   stromal autofluorescence (stronger in early channels), 3 % spillover between neighbouring channels,
@@ -173,8 +176,9 @@ def truth_parameters() -> dict[str, Any]:
         "senescence": {"baseline": 0.05, "emax": 0.40, "ed50_gy": 4.0, "hill_n": 2.0,
                        "conservation": {"photon": 1.0, "proton": 1.0, "carbon": 1.0}},
         "senescent_producer_odds": 3.0,
-        "producer_patchiness": 1.2,
+        "producer_patchiness": 4.0,
         "patch_correlation_um": 50.0,
+        "patch_territories": True,
         "producer_amount_sd_log": 0.3,
         "zone": {"sigma_um": 12.0, "level": 0.5, "grid_um": 2.0,
                  "definition": "tissue & sum_i w_i exp(-d_i^2 / (2 sigma^2)) >= level, producers i of the module"},
@@ -193,12 +197,12 @@ def truth_parameters() -> dict[str, Any]:
             "nest_fraction": [0.30, 0.40],
         },
         "exogenous": {
-            "attracted_per_producer": {"CXCL8": 0.30, "CXCL10": 0.30, "CCL5": 0.25},
-            "attracted_types": {"CXCL8": {"NK": 0.6, "CD8 T": 0.4},
-                                "CXCL10": {"CD8 T": 0.6, "NK": 0.4},
-                                "CCL5": {"CD8 T": 0.5, "NK": 0.3, "CD4 T": 0.2}},
-            "uniform_per_cell": 0.01,
-            "uniform_types": {"NK": 0.35, "CD8 T": 0.4, "CD4 T": 0.25},
+            "density_per_mm2": 700.0,
+            "types": {"NK": 0.5, "CD8 T": 0.5},
+            "receptor_probabilities": {"NK": {"CXCR2": 0.70, "CXCR3": 0.50, "CCR5": 0.50},
+                                       "CD8 T": {"CXCR2": 0.40, "CXCR3": 0.70, "CCR5": 0.60}},
+            "attraction": 20.0,
+            "placement": "intensity ∝ tissue * (1 + attraction * sum_m R_m F_m(x)), R_m = carries module m's receptor",
         },
         "imaging": {"spillover": 0.03, "stain_sd_log": 0.12, "gain": 1.5, "read_noise": 6.0,
                     "channel_spec": {k: dict(zip(("compartment", "amplitude", "autofluorescence", "background"), v))
@@ -262,6 +266,25 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: fl
     n = rng.standard_normal(shape).astype(np.float32)
     f = ndi.gaussian_filter(n, max(sigma_px, 0.5), mode="wrap")
     return (f - f.mean()) / (f.std() or 1.0)
+
+
+def _territory_factor(n_modules: int) -> np.ndarray:
+    """Lower-triangular ``L`` (n, n) with ``L @ L.T`` = unit variances, pairwise correlation ``-1/(n-1)``.
+
+    The matrix is singular (the fields sum to zero), so the last row puts no weight on its own draw.
+    """
+    c = np.full((n_modules, n_modules), -1.0 / max(n_modules - 1, 1)) + np.eye(n_modules) * (1.0 + 1.0 / max(n_modules - 1, 1))
+    if n_modules == 1:
+        return np.ones((1, 1))
+    low = np.zeros_like(c)
+    for i in range(n_modules):
+        for j in range(i + 1):
+            v = c[i, j] - low[i, :j] @ low[j, :j]
+            if i == j:
+                low[i, i] = math.sqrt(max(v, 0.0))
+            else:
+                low[i, j] = v / low[j, j] if low[j, j] > 1e-12 else 0.0
+    return low
 
 
 def _gumbel_topk(rng: np.random.Generator, logw: np.ndarray, k: int) -> np.ndarray:
@@ -384,9 +407,17 @@ def _build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, pati
     senescent[tumor_idx[_gumbel_topk(rng, logw, k)]] = True
     amount: dict[str, np.ndarray] = {}
     realized: dict[str, Any] = {"senescent_probability": p_sen}
-    for m in MODULES:
+    # one independent patch field per module, drawn in module order; with ``patch_territories`` module m's
+    # field is the combination sum_j L[m, j] G_j of the draws so far (L: lower-triangular factor of the
+    # territory correlation, pairwise -1/(M-1)), so the modules hold separate territories of the tumor and
+    # their zones overlap about as often as chance predicts over the tissue (producers can only be tumor
+    # cells, which by itself co-localises the zones)
+    terr = _territory_factor(len(MODULES)) if params.get("patch_territories", False) else None
+    raw: list[np.ndarray] = []
+    for mi, m in enumerate(MODULES):
         pm = producer_probability(dose_gy, radiation, m, params=params, patient=patient)
-        gm = _smooth_field(rng, (fh, fw), corr_patch)
+        raw.append(_smooth_field(rng, (fh, fw), corr_patch))
+        gm = raw[-1] if terr is None else sum(float(terr[mi, j]) * raw[j] for j in range(mi + 1)).astype(np.float32)
         k = rng.binomial(len(tumor_idx), pm)
         logw = params["producer_patchiness"] * sample_grid(gm, fpx, y[tumor_idx], x[tumor_idx]) \
             + math.log(params["senescent_producer_odds"]) * senescent[tumor_idx]
@@ -425,41 +456,67 @@ def _build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, pati
             receptors[r][idx] = rng.random(len(idx)) < probs[r]
     exo = params["exogenous"]
     infil = patient.get("infiltration_mult", 1.0)
-    realized["attracted"] = {}
+    # exogenous (co-cultured) cells: a pool seeded onto the slice whose size does not depend on dose; each
+    # cell carries receptors drawn by type and is placed with intensity tissue * (1 + beta * sum of the
+    # fields of the modules whose receptor it carries). Receptor-negative cells of a module are therefore
+    # never drawn to its zone by its own chemokine, and their number does not grow with dose.
+    tissue_area_mm2 = float(tissue_grid.sum()) * grid_um * grid_um / 1e6
+    n_exo = int(rng.poisson(exo["density_per_mm2"] * tissue_area_mm2 * infil))
+    etypes = list(exo["types"])
+    tp = np.array([exo["types"][t] for t in etypes])
+    e_t = np.array([_T[t] for t in etypes], dtype=np.int64)[rng.choice(len(etypes), n_exo, p=tp / tp.sum())]
+    erp = exo["receptor_probabilities"]
+    e_rec = {r: rng.random(n_exo) < np.array([erp.get(CELL_TYPES[t], rp.get(CELL_TYPES[t], {})).get(r, 0.0)
+                                                for t in e_t]) for r in RECEPTORS}
+    mod_of = {rec: m for m, rec in MODULES.items()}
+    code = np.zeros(n_exo, np.int64)
+    for i, r in enumerate(RECEPTORS):
+        code |= e_rec[r].astype(np.int64) << i
     # exogenous cells are added in the gaps between resident cells (>= 7 µm from any nucleus centre)
     placer = _GapPlacer(y, x, min_dist_px=7.0 / px)
-    tissue_ok = lambda yy, xx: sample_grid(tissue_score, g, yy, xx) > 0  # noqa: E731
+    fyy = (np.arange(fh) + 0.5) * fpx - 0.5
+    fxx = (np.arange(fw) + 0.5) * fpx - 0.5
+    tis_f = sample_grid(tissue_score, g, np.repeat(fyy, fw), np.tile(fxx, fh)) > 0
+    # gaps are scarce inside the dense nests: weight candidates by 1 / (local fraction of free positions),
+    # so that accepted cells follow the intended intensity rather than the gap density
+    free = np.zeros((gh, gw), np.float32)
+    if placer.tree is not None:
+        qy = (np.arange(gh)[:, None] + rng.random((gh, gw))) * g - 0.5
+        qx = (np.arange(gw)[None, :] + rng.random((gh, gw))) * g - 0.5
+        dist, _ = placer.tree.query(np.column_stack([qy.ravel(), qx.ravel()]), k=1)
+        free = (dist >= placer.d).reshape(gh, gw).astype(np.float32)
+    else:
+        free[:] = 1.0
+    tis_g = tissue_grid.astype(np.float32)
+    s_g = 10.0 / grid_um
+    phi = ndi.gaussian_filter(free * tis_g, s_g) / np.maximum(ndi.gaussian_filter(tis_g, s_g), 1e-3)
+    inv_free = 1.0 / np.maximum(sample_grid(phi.astype(np.float32), g, np.repeat(fyy, fw), np.tile(fxx, fh)), 0.05)
+    groups = sorted(set(code.tolist()))
+    cands, need = [], []
+    for cval in groups:
+        w = tis_f.astype(np.float64)
+        for i, r in enumerate(RECEPTORS):
+            if cval >> i & 1:
+                w = w + exo["attraction"] * tis_f * fields[mod_of[r]].ravel()
+        w = w * inv_free
+        k_g = int((code == cval).sum())
+        if w.sum() <= 0:
+            cands.append((np.zeros(0), np.zeros(0)))
+        else:
+            kk = rng.choice(w.size, 30 * k_g, p=w / w.sum())
+            cy_ = (kk // fw + rng.random(len(kk))) * fpx - 0.5
+            cx_ = (kk % fw + rng.random(len(kk))) * fpx - 0.5
+            ok_ = (cy_ >= 0) & (cy_ <= H - 1) & (cx_ >= 0) & (cx_ <= W - 1)
+            ok_ &= sample_grid(tissue_score, g, cy_, cx_) > 0
+            cands.append((cy_[ok_], cx_[ok_]))
+        need.append(k_g)
+    placed = placer.place_groups(cands, need, rng)
     new_y, new_x, new_t, new_rec = [], [], [], []
-    for m, rec in MODULES.items():
-        lam = exo["attracted_per_producer"][m] * float(amount[m].sum()) * infil
-        n_att = int(rng.poisson(lam))
-        w = np.where(fields[m] >= level_zone, fields[m], 0.0).ravel()
-        got = np.zeros((0, 2))
-        if n_att and w.sum() > 0:
-            k = rng.choice(w.size, 30 * n_att, p=w / w.sum())
-            cy_ = (k // fw + rng.random(len(k))) * fpx - 0.5
-            cx_ = (k % fw + rng.random(len(k))) * fpx - 0.5
-            keep = tissue_ok(cy_, cx_) & (cy_ >= 0) & (cy_ <= H - 1) & (cx_ >= 0) & (cx_ <= W - 1)
-            keep &= sample_grid(fields[m], fpx, cy_, cx_) >= level_zone
-            got = placer.place(cy_[keep], cx_[keep], n_att)
-        types = list(exo["attracted_types"][m])
-        tp = np.array([exo["attracted_types"][m][t] for t in types])
-        tt = np.array([_T[t] for t in types])[rng.choice(len(types), len(got), p=tp / tp.sum())]
-        new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(tt)
-        new_rec.append({r: np.full(len(got), r == rec) for r in RECEPTORS})
-        realized["attracted"][m] = int(len(got))
-    n_uni = int(rng.poisson(exo["uniform_per_cell"] * n * infil))
-    got = np.zeros((0, 2))
-    if n_uni:
-        cy_ = rng.uniform(0, H - 1, 30 * n_uni)
-        cx_ = rng.uniform(0, W - 1, 30 * n_uni)
-        got = placer.place(cy_[tissue_ok(cy_, cx_)], cx_[tissue_ok(cy_, cx_)], n_uni)
-    types = list(exo["uniform_types"])
-    tp = np.array([exo["uniform_types"][t] for t in types])
-    tt = np.array([_T[t] for t in types])[rng.choice(len(types), len(got), p=tp / tp.sum())]
-    new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(tt)
-    new_rec.append({r: rng.random(len(got)) < np.array([rp[CELL_TYPES[t]][r] for t in tt]) for r in RECEPTORS})
-    realized["uniform_exogenous"] = int(len(got))
+    for cval, got in zip(groups, placed):
+        sel = np.nonzero(code == cval)[0][: len(got)]
+        new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(e_t[sel])
+        new_rec.append({r: e_rec[r][sel] for r in RECEPTORS})
+    realized["exogenous"] = int(sum(len(v) for v in new_y))
     n_new = sum(len(v) for v in new_y)
     y = np.concatenate([y] + new_y)
     x = np.concatenate([x] + new_x)
@@ -568,6 +625,44 @@ class _GapPlacer:
         self.tree = cKDTree(np.column_stack([y, x])) if len(y) else None
         self.d = float(min_dist_px)
         self.hash: dict[tuple[int, int], list[tuple[float, float]]] = {}
+
+    def place_groups(self, cands: list[tuple[np.ndarray, np.ndarray]], need: list[int],
+                     rng: np.random.Generator) -> list[np.ndarray]:
+        """Place ``need[g]`` cells from each group's candidates, groups interleaved at random (fair crowding)."""
+        pts = []
+        for cy, cx in cands:
+            if self.tree is not None and len(cy):
+                dist, _ = self.tree.query(np.column_stack([cy, cx]), k=1)
+                cy, cx = cy[dist >= self.d], cx[dist >= self.d]
+            pts.append((cy.tolist(), cx.tolist()))
+        out: list[list[tuple[float, float]]] = [[] for _ in need]
+        ptr = [0] * len(need)
+        left = np.array(need, dtype=np.float64)
+        for gi in range(len(need)):
+            if not pts[gi][0]:
+                left[gi] = 0
+        d2 = self.d * self.d
+        while left.sum() > 0:
+            gi = int(rng.choice(len(left), p=left / left.sum()))
+            cy, cx = pts[gi]
+            while ptr[gi] < len(cy):
+                py, px_ = cy[ptr[gi]], cx[ptr[gi]]
+                ptr[gi] += 1
+                if not self._clash(py, px_, d2):
+                    self.hash.setdefault((int(py // self.d), int(px_ // self.d)), []).append((py, px_))
+                    out[gi].append((py, px_))
+                    break
+            left[gi] = 0 if (ptr[gi] >= len(cy) or len(out[gi]) >= need[gi]) else need[gi] - len(out[gi])
+        return [np.array(o, dtype=np.float64).reshape(-1, 2) for o in out]
+
+    def _clash(self, py: float, px_: float, d2: float) -> bool:
+        gy, gx = int(py // self.d), int(px_ // self.d)
+        for oy in (-1, 0, 1):
+            for ox in (-1, 0, 1):
+                for qy, qx in self.hash.get((gy + oy, gx + ox), ()):
+                    if (qy - py) ** 2 + (qx - px_) ** 2 < d2:
+                        return True
+        return False
 
     def place(self, cy: np.ndarray, cx: np.ndarray, k: int) -> np.ndarray:
         out: list[tuple[float, float]] = []
