@@ -7,7 +7,6 @@ not depend on the batch runner.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

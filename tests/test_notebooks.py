@@ -1,7 +1,6 @@
 """The notebooks execute end to end (nbclient) on a fabricated run folder, with outputs stripped in git."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

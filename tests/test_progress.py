@@ -1,6 +1,5 @@
 import dask
 import numpy as np
-import pytest
 
 from chemozone.progress import compute_with_progress, report_progress
 

@@ -14,6 +14,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingStepError",
     "RunError",
+    "require_columns",
 ]
 
 
@@ -53,3 +54,14 @@ class MissingStepError(ChemozoneError, ValueError):
 
 class RunError(ChemozoneError, RuntimeError):
     """A problem with a run folder (missing, locked, or from an incompatible run)."""
+
+
+def require_columns(df, cols, what: str, step: str) -> None:
+    """Raise :class:`MissingStepError` naming the columns ``df`` lacks and the step that makes them.
+
+    >>> import pandas as pd
+    >>> require_columns(pd.DataFrame({"a": [1]}), ["a"], "cells table", "quantify")
+    """
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise MissingStepError(f"{what} lacks column(s) {missing}; run {step} first")

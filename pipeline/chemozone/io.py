@@ -611,7 +611,6 @@ def write_labels_zarr(
     a partial label image under its final name.
     """
     import dask.array as da
-    import zarr
 
     store = Path(store)
     arr = labels if hasattr(labels, "dask") else da.from_array(np.asarray(labels), chunks=(chunk_px, chunk_px))

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ import numpy as np
 import pandas as pd
 
 from .config import MarkerConfig, PhenotypesConfig, RuleConfig, load_gates_file, save_gates_file
-from .errors import ChannelError, ConfigError, MissingStepError
+from .errors import ChannelError, ConfigError, MissingStepError, require_columns
+from .samples import select_reference
 
 __all__ = [
     "validate_phenotypes",
@@ -451,12 +452,6 @@ def _cap(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return x if x.size <= n else rng.choice(x, n, replace=False)
 
 
-def _reference_samples(samples: pd.DataFrame, query: dict[str, Any], marker: str) -> pd.Series:
-    from .samples import select_samples
-
-    return select_samples(samples, query, where=f"phenotypes.markers.{marker}.gate.reference")
-
-
 def compute_gates(
     cells: pd.DataFrame,
     samples: pd.DataFrame | None = None,
@@ -582,17 +577,8 @@ def _reference_gates(
     if missing:
         raise MissingStepError(f"{where}: samples {missing[:5]} of the cells table are not in the sample sheet")
     sheet = sheet.loc[list(per_sample)]
-    is_ref = _reference_samples(sheet, g.reference, marker)
+    is_ref = select_reference(sheet, g.reference, g.group_by, where=where)
     refs = [s for s in per_sample if is_ref.loc[s]]
-    if not refs:
-        raise ConfigError(
-            f"{where}.reference: no sample matches {g.reference} among {len(per_sample)} samples; "
-            "fix the query or use method 'pooled'"
-        )
-    if g.group_by is not None and g.group_by not in sheet.columns:
-        raise ConfigError(
-            f"{where}.group_by: column '{g.group_by}' is not in the sample sheet (columns: {list(sheet.columns)})"
-        )
     cache: dict[tuple[str, ...], tuple[float, str]] = {}
 
     def gate_of(ref_ids: list[str]) -> tuple[float, str]:  # raw-unit quantile
@@ -628,7 +614,7 @@ def gates_to_file(gates: pd.DataFrame, path: str | Path) -> Path:
     A marker whose samples all share one threshold is written as ``{'*': value}``, others per sample.
     Point ``phenotypes.gates_file`` at the file; :func:`compute_gates` then reproduces ``threshold_raw``.
     """
-    _require(gates, ["sample_id", "marker", "threshold_raw"], "gates table", "compute_gates")
+    require_columns(gates, ["sample_id", "marker", "threshold_raw"], "gates table", "chemozone.phenotype.compute_gates")
     out: dict[str, dict[str, float]] = {}
     for marker, sub in gates.groupby("marker", sort=True):
         vals = sub["threshold_raw"].to_numpy(dtype=float)
@@ -645,12 +631,6 @@ def gates_to_file(gates: pd.DataFrame, path: str | Path) -> Path:
 def gates_from_file(path: str | Path) -> dict[str, dict[str, float]]:
     """Read a gates file (``{marker: {sample_id or '*': threshold}}``, measured units)."""
     return load_gates_file(path)
-
-
-def _require(df: pd.DataFrame, cols: Iterable[str], what: str, step: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise MissingStepError(f"{what} lacks columns {missing}; run chemozone.phenotype.{step} first")
 
 
 def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, config: PhenotypesConfig) -> pd.DataFrame:
@@ -675,7 +655,7 @@ def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, config: PhenotypesC
     MissingStepError
         A sample or marker without a gate.
     """
-    _require(gates, ["sample_id", "marker", "threshold_raw"], "gates table", "compute_gates")
+    require_columns(gates, ["sample_id", "marker", "threshold_raw"], "gates table", "chemozone.phenotype.compute_gates")
     sid = _sample_ids(cells)
     out = cells.copy()
     g = gates.assign(sample_id=gates["sample_id"].astype(str))
@@ -740,7 +720,7 @@ def assign_cell_types(cells: pd.DataFrame, *, config: PhenotypesConfig) -> pd.Da
     ['T CXCR3+', 'T', 'Other']
     """
     needed = sorted({m for r in config.rules for m in (*r.pos, *r.neg, *r.any)} | set(config.receptors))
-    _require(cells, [f"{m}_pos" for m in needed], "cells table", "apply_gates")
+    require_columns(cells, [f"{m}_pos" for m in needed], "cells table", "chemozone.phenotype.apply_gates")
     n = len(cells)
     pos = {m: cells[f"{m}_pos"].to_numpy(dtype=bool) for m in needed}
     cell_type = np.full(n, config.default_cell_type, dtype=object)
@@ -803,7 +783,7 @@ def plot_gates(
     """
     from matplotlib.figure import Figure
 
-    _require(gates, ["sample_id", "marker", "compartment", "transform", "cofactor", "threshold"], "gates table", "compute_gates")
+    require_columns(gates, ["sample_id", "marker", "compartment", "transform", "cofactor", "threshold"], "gates table", "chemozone.phenotype.compute_gates")
     sub = gates[gates["marker"] == marker].copy()
     if sub.empty:
         raise MissingStepError(f"gates table has no gates for marker '{marker}'; run compute_gates with it configured")

@@ -18,7 +18,7 @@ import pandas as pd
 from .config import Config
 from .errors import SampleSheetError
 
-__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "select_samples", "REQUIRED_COLUMNS", "SAFE_ID"]
+__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "select_samples", "select_reference", "REQUIRED_COLUMNS", "SAFE_ID"]
 
 REQUIRED_COLUMNS = ["sample_id", "image", "patient", "radiation", "dose_gy"]
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -265,3 +265,42 @@ def select_samples(samples: pd.DataFrame, query: dict, *, where: str) -> pd.Seri
                 hit |= values.astype(str) == str(w)
         sel &= hit
     return sel
+
+
+def select_reference(samples: pd.DataFrame, query: dict, group_by: str | None, *, where: str) -> pd.Series:
+    """The reference samples of a gate or zone threshold, after checking the query and ``group_by``.
+
+    Parameters
+    ----------
+    samples : DataFrame
+        The samples the threshold is computed for.
+    query : dict
+        Metadata query (see :func:`select_samples`), e.g. ``{dose_gy: 0}``.
+    group_by : str or None
+        Column whose value a sample's references must share (e.g. ``patient``); checked to exist.
+    where : str
+        Config path of the threshold (``...gate`` / ``...threshold``), for error messages.
+
+    Returns
+    -------
+    pandas.Series of bool, aligned with ``samples``.
+
+    Raises
+    ------
+    ConfigError
+        No sample matches the query, or ``group_by`` is not a column of the sample sheet.
+    """
+    from .errors import ConfigError
+
+    is_ref = select_samples(samples, query, where=f"{where}.reference")
+    if not is_ref.any():
+        raise ConfigError(
+            f"{where}.reference: no sample matches {dict(query)} among {len(samples)} samples; "
+            "fix the query or use a pooled threshold"
+        )
+    if group_by is not None and group_by not in samples.columns:
+        raise ConfigError(
+            f"{where}.group_by: column '{group_by}' is not in the sample sheet (columns: {list(samples.columns)}); "
+            "set it to a column or null"
+        )
+    return is_ref

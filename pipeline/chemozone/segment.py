@@ -1087,7 +1087,7 @@ def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
     scratch_name = ".tiles"
     if scratch_name in root:
         del root[scratch_name]
-    scratch = root.create_array(scratch_name, shape=(len(tiles), 2, win_h, win_w), chunks=(1, 2, win_h, win_w),
+    root.create_array(scratch_name, shape=(len(tiles), 2, win_h, win_w), chunks=(1, 2, win_h, win_w),
                                 dtype=np.uint32, fill_value=0, overwrite=True)
     chunk = (min(tile, shape[0]), min(tile, shape[1]))
     outs = {}

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, MissingStepError, RunError
+from .errors import ConfigError, MissingStepError, RunError, require_columns
 
 __all__ = [
     "TABLES",
@@ -202,19 +202,13 @@ def _done_samples(run: dict[str, Any]) -> pd.DataFrame:
     return s.reset_index(drop=True)
 
 
-def _require(df: pd.DataFrame, cols: Iterable[str], what: str, step: str) -> None:
-    miss = [c for c in cols if c not in df.columns]
-    if miss:
-        raise MissingStepError(f"{what} lacks column(s) {miss}; run {step} first")
-
-
 def zone_area_table(run: dict[str, Any]) -> pd.DataFrame:
     """Per-sample zone area fractions: one row per sample, columns ``area_fraction_{zone}`` + metadata.
 
     ``area_fraction = area_mm2 / tissue_area_mm2`` (recomputed when the column is absent).
     """
     z = run["zones"]
-    _require(z, ["sample_id", "zone", "area_mm2"], "zones table", "the zones step")
+    require_columns(z, ["sample_id", "zone", "area_mm2"], "zones table", "the zones step")
     z = z.copy()
     if "area_fraction" not in z.columns:
         z["area_fraction"] = z["area_mm2"] / z["tissue_area_mm2"].where(z["tissue_area_mm2"] > 0)
@@ -261,7 +255,7 @@ def density_table(run: dict[str, Any], *, zone: str, region: str = "inside",
 
 def _infiltration(run: dict[str, Any], population_type: str) -> pd.DataFrame:
     inf = run["infiltration"]
-    _require(inf, ["sample_id", "population", "zone", "region", "n_cells", "area_mm2"],
+    require_columns(inf, ["sample_id", "population", "zone", "region", "n_cells", "area_mm2"],
              "infiltration table", "the spatial step")
     if "population_type" in inf.columns:
         inf = inf[inf["population_type"] == population_type]
@@ -471,9 +465,7 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
     if contrast not in ("enrichment", "density"):
         raise ValueError(f"contrast must be 'enrichment' or 'density', got {contrast!r}")
     need = ["sample_id", "region", "n_cells", "area_mm2", dose, group, patient]
-    miss = [c for c in need if c not in counts.columns]
-    if miss:
-        raise MissingStepError(f"count table lacks column(s) {miss}; build it with stats.receptor_count_table(...)")
+    require_columns(counts, need, "count table", "stats.receptor_count_table(...)")
     keys = [c for c in ("zone", "receptor", "cell_type", "status") if c in counts.columns]
     rows = []
     groups = counts.groupby(keys, sort=False) if keys else [((), counts)]
@@ -553,11 +545,11 @@ def producer_fraction_table(run: dict[str, Any], *, markers: Sequence[str] | Non
         Cell types counted as tumor (default: those starting with ``tumor_prefix``).
     """
     cells = run["cells"]
-    _require(cells, ["sample_id", "cell_type"], "cells table", "the phenotype step")
+    require_columns(cells, ["sample_id", "cell_type"], "cells table", "the phenotype step")
     if markers is None:
         markers = [c[:-4] for c in cells.columns if c.endswith("_pos")
                    and c.upper().startswith(("CXCL", "CCL", "CX3CL", "XCL"))]
-    _require(cells, [f"{m}_pos" for m in markers], "cells table", "the phenotype step (gate the chemokine markers)")
+    require_columns(cells, [f"{m}_pos" for m in markers], "cells table", "the phenotype step (gate the chemokine markers)")
     ct = cells["cell_type"].astype(str)
     is_t = ct.isin(cell_types) if cell_types is not None else ct.str.startswith(tumor_prefix)
     t = cells.loc[is_t, ["sample_id"] + [f"{m}_pos" for m in markers]]
@@ -776,10 +768,7 @@ def fit_dose_response(
     if bad:
         raise ValueError(f"unknown model(s) {bad}; choose from {sorted(_PARAMS)}")
     need = list(metrics) + [dose] + ([group] if group else []) + ([patient] if patient else [])
-    miss = [c for c in need if c not in df.columns]
-    if miss:
-        raise MissingStepError(f"dose-response table lacks column(s) {miss} (have {list(df.columns)}); "
-                               f"build it with stats.metric_table(...) and check the sample sheet")
+    require_columns(df, need, "dose-response table", "stats.metric_table(...)")
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     boots: list[dict[str, Any]] = []
@@ -932,9 +921,7 @@ def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photo
         whose CI excludes 1 is a weaker (partially conserved) response.
     """
     need = [metric, dose, group, patient]
-    miss = [c for c in need if c not in df.columns]
-    if miss:
-        raise MissingStepError(f"table lacks column(s) {miss}; build it with stats.metric_table(...)")
+    require_columns(df, need, "table", "stats.metric_table(...)")
     data = df[need].copy()
     data = data[np.isfinite(data[metric].astype(float)) & np.isfinite(data[dose].astype(float))]
     data[dose] = data[dose].astype(float)
@@ -1059,9 +1046,7 @@ def mixed_model(df: pd.DataFrame, *, metric: str, dose: str = "dose_gy", group: 
         gives each radiation type's slope (per Gy) with its CI.
     """
     need = [metric, dose, group, patient] + ([explant] if explant else [])
-    miss = [c for c in need if c not in df.columns]
-    if miss:
-        raise MissingStepError(f"mixed-model table lacks column(s) {miss}; build it with stats.metric_table(...)")
+    require_columns(df, need, "mixed-model table", "stats.metric_table(...)")
     d = df[need].copy()
     d = d[np.isfinite(d[metric].astype(float))]
     d["y"] = d[metric].astype(float)
@@ -1147,9 +1132,7 @@ def compare_radiation(df: pd.DataFrame, *, metric: str, reference: str = "photon
     from scipy import stats as sst
 
     need = [metric, dose, group, patient]
-    miss = [c for c in need if c not in df.columns]
-    if miss:
-        raise MissingStepError(f"comparison table lacks column(s) {miss}; build it with stats.metric_table(...)")
+    require_columns(df, need, "comparison table", "stats.metric_table(...)")
     d = df[need].copy()
     d = d[np.isfinite(d[metric].astype(float))]
     d["y"] = d[metric].astype(float)
@@ -1301,7 +1284,7 @@ def cognate_test(infiltration: pd.DataFrame, *, pairs: Sequence[Any], patient: s
         ``zone, receptor, cell_type, n_samples, mean_pos, mean_neg, estimate, ci_lo, ci_hi, p, p_adj,
         significant, warning``.
     """
-    _require(infiltration, ["sample_id", "population", "zone", "region", "n_cells", "area_mm2"],
+    require_columns(infiltration, ["sample_id", "population", "zone", "region", "n_cells", "area_mm2"],
              "infiltration table", "the spatial step")
     inf = infiltration
     if "population_type" in inf.columns:
@@ -1414,12 +1397,12 @@ def chemokine_modules(cells: pd.DataFrame, *, markers: Sequence[str] | None = No
     if len(markers) < 2:
         raise MissingStepError(f"need at least two gated chemokine markers ({{marker}}_pos columns), found {markers}; "
                                f"gate the chemokine channels in phenotypes.markers")
-    _require(cells, [f"{m}_pos" for m in markers] + ["cell_type"], "cells table", "the phenotype step")
+    require_columns(cells, [f"{m}_pos" for m in markers] + ["cell_type"], "cells table", "the phenotype step")
     ct = cells["cell_type"].astype(str)
     t = cells[ct.isin(cell_types) if cell_types is not None else ct.str.startswith(tumor_prefix)]
     X = t[[f"{m}_pos" for m in markers]].astype(float)
     if level == "neighbourhood":
-        _require(t, ["x_um", "y_um", "sample_id"], "cells table", "quantification")
+        require_columns(t, ["x_um", "y_um", "sample_id"], "cells table", "quantification")
         key = [t["sample_id"].astype(str), (t["x_um"] // bin_um).astype(int), (t["y_um"] // bin_um).astype(int)]
         g = X.groupby(key)
         X = g.mean()[g.size() >= min_cells_per_bin]

@@ -63,6 +63,7 @@ from scipy import ndimage as ndi
 
 from .config import ZoneConfig
 from .errors import ConfigError, MissingStepError
+from .samples import select_reference
 
 __all__ = [
     "N_QUANTILES",
@@ -312,12 +313,6 @@ def _auto_threshold(values: np.ndarray, method: str) -> float:
     return float(fn(values))
 
 
-def _query(samples: pd.DataFrame, query: Mapping[str, Any], where: str) -> np.ndarray:
-    from .samples import select_samples
-
-    return select_samples(samples, dict(query), where=f"{where}.reference").to_numpy()
-
-
 def compute_zone_thresholds(
     summaries: pd.DataFrame, samples: pd.DataFrame, *, zones: Sequence[ZoneConfig]
 ) -> pd.DataFrame:
@@ -380,16 +375,7 @@ def compute_zone_thresholds(
                              warning="per-sample relative threshold: zone areas are not comparable between samples")
                     )
             else:  # reference
-                is_ref = _query(samples, tc.reference, where)
-                if not is_ref.any():
-                    raise ConfigError(
-                        f"{where}.reference: no sample matches {dict(tc.reference)} for zone '{zone.name}'; "
-                        "fix the query or use mode 'pooled'"
-                    )
-                if tc.group_by is not None and tc.group_by not in samples.columns:
-                    raise ConfigError(
-                        f"{where}.group_by: column '{tc.group_by}' is not in the sample sheet; set it to a column or null"
-                    )
+                is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
                 cache: dict[Any, tuple[float, str]] = {}
                 for i, s in enumerate(sids):
                     key = samples.at[i, tc.group_by] if tc.group_by is not None else None
