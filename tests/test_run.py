@@ -80,6 +80,18 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
     zones = pd.read_parquet(lay.cohort_zones)
     for col in ["sample_id", "zone", "source", "threshold_used", "area_mm2", "tissue_area_mm2"]:
         assert col in zones.columns, col
+    # zone combinations: their margins are the infiltration table's inside counts and areas, exactly
+    ov = pd.read_parquet(lay.cohort_zone_overlap)
+    pair_zones = [p["zone"] for p in prov["config"]["spatial"]["cognate_pairs"]]
+    assert pair_zones and [c[3:] for c in ov.columns if c.startswith("in_")] == list(dict.fromkeys(pair_zones))
+    assert "dose_gy" in ov.columns
+    for z in dict.fromkeys(pair_zones):
+        a = ov[ov[f"in_{z}"] & (ov["population_type"] == "cell_type")].groupby(["sample_id", "population"])[
+            ["n_cells", "area_mm2"]].sum()
+        b = infil[(infil["zone"] == z) & (infil["region"] == "inside") & (infil["population_type"] == "cell_type")]
+        b = b.set_index(["sample_id", "population"])
+        assert (a["n_cells"].reindex(b.index, fill_value=0) == b["n_cells"]).all()
+        np.testing.assert_allclose(a["area_mm2"].reindex(b.index, fill_value=0), b["area_mm2"])
 
 
 def test_same_seed_same_tables(tiny_run, tiny_cohort, tmp_path):

@@ -26,7 +26,9 @@ from chemozone.spatial import (
     neighbourhood_enrichment,
     signed_distance,
     tissue_depth,
+    zone_overlap_metrics,
 )
+from chemozone.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -166,6 +168,63 @@ def test_cells_outside_tissue_are_not_counted():
     df = infiltration_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s")
     nk = df[(df.population_type == "cell_type") & (df.population == "NK")].set_index("region")
     assert nk.loc["outside", "n_cells"] == 1 and nk.loc["outside", "area_mm2"] == pytest.approx(60 * 1e-4)
+
+
+def test_zone_overlap_by_hand():
+    """Two overlapping zones on the constructed grid: combination areas and counts by hand."""
+    cells, masks, tissue, g = _constructed()
+    z2 = np.zeros_like(tissue)
+    z2[:5, :] = True  # top 5 rows (y < 50 µm)
+    masks = {"Z": masks["Z"], "W": z2}
+    df = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s1",
+                              zones=["Z", "W"])
+    px = (10e-3) ** 2
+    nk = df[(df.population_type == "cell_type") & (df.population == "NK")].set_index("region")
+    assert list(df.columns) == ["sample_id", "population_type", "population", "region", "in_Z", "in_W",
+                                "n_cells", "area_mm2"]
+    # Z: cols 0-2; W: rows 0-4. Z+W+ = 15 px, Z+W- = 15, Z-W+ = 35, Z-W- = 35
+    assert nk.loc["Z+ W+", "area_mm2"] == pytest.approx(15 * px) and nk.loc["Z- W-", "area_mm2"] == pytest.approx(35 * px)
+    # NK at (x, y) = (5,5) (15,15) (25,25) -> Z+W+; (35,35) (95,45) -> Z-W+
+    assert nk.loc["Z+ W+", "n_cells"] == 3 and nk.loc["Z- W+", "n_cells"] == 2
+    assert nk.loc["Z+ W-", "n_cells"] == 0 and nk.loc["Z- W-", "n_cells"] == 0  # zero-filled
+    assert bool(nk.loc["Z- W+", "in_W"]) and not bool(nk.loc["Z- W+", "in_Z"])
+    t = df[(df.population_type == "cell_type") & (df.population == "T")].set_index("region")
+    assert t.loc["Z- W-", "n_cells"] == 2  # the T cells at y = 55, 65 µm
+    # default zones: the cognate pairs' zones
+    cfg = SpatialConfig(cognate_pairs=[CognatePair(zone="W", receptor="CXCR2")])
+    d1 = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s1")
+    assert set(d1["region"]) == {"W+", "W-"} and "in_Z" not in d1
+    assert zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s").empty
+    with pytest.raises(ConfigError, match=r"zone\(s\) \['Q'\] have no mask"):
+        zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(overlap_zones=["Q"]), sample_id="s")
+    many = {f"Z{i}": masks["Z"] for i in range(9)}
+    with pytest.raises(ConfigError, match="at most 8"):
+        zone_overlap_metrics(cells, many, tissue, grid_um=g, config=SpatialConfig(overlap_zones=list(many)),
+                             sample_id="s")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 15.0))
+def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
+    """Summing the combination rows with in_{zone} true gives infiltration_metrics' inside counts and areas."""
+    rng = np.random.default_rng(seed)
+    g = 5.0
+    tissue = np.zeros((30, 30), bool)
+    tissue[2:28, 3:27] = True
+    masks = {n: rng.random((30, 30)) < p for n, p in (("A", 0.3), ("B", 0.5), ("C", 0.1))}
+    n = 200
+    cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
+                          "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
+    cfg = SpatialConfig(edge_exclusion_um=edge_um, overlap_zones=["A", "B", "C"])
+    ov = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s")
+    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s")
+    for z in "ABC":
+        for reg, flag in (("inside", True), ("outside", False)):
+            a = ov[ov[f"in_{z}"] == flag].groupby(["population_type", "population"])[["n_cells", "area_mm2"]].sum()
+            b = inf[(inf.zone == z) & (inf.region == reg)].set_index(["population_type", "population"])
+            assert (a["n_cells"].reindex(b.index, fill_value=0) == b["n_cells"]).all()
+            areas = ov[(ov[f"in_{z}"] == flag) & (ov.population_type == "all")]["area_mm2"].sum()
+            assert areas == pytest.approx(b["area_mm2"].iloc[0])
 
 
 def test_infiltration_missing_population_column():

@@ -371,3 +371,72 @@ def test_receptor_count_table_zero_fill_and_pool(run):
     assert (piv[pooled] == piv[parts].sum(axis=1)).all()
     per_z = stats.receptor_density_table(run, pairs=pairs, per="zone", pool=True)
     assert f"{pooled} CXCR2+ in CXCL8" in per_z.columns
+
+
+# ------------------------------------------------------------- co-localised zones: adjusted dose tests
+def _overlap_counts(rng, *, beta_a_log2: float, gamma_b: float = 2.0) -> pd.DataFrame:
+    """Counts per (zone A, zone B) combination: B overlaps A more as dose rises; cells attracted to B by
+    ``exp(gamma_b)`` and to A by ``2**(beta_a · dose)``."""
+    rows = []
+    for p in range(6):
+        pmult = np.exp(rng.normal(0, 0.2))
+        for rad, doses in (("sham", [0.0]), ("photon", [2.0, 5.0, 10.0, 20.0])):
+            for d in doses:
+                a_t = 0.05
+                fa = 0.05 + 0.3 * d / (4 + d)          # A's area fraction
+                fb = 0.05 + 0.3 * d / (4 + d)          # B's area fraction
+                p_b_given_a = min(0.95, fb * (1 + 0.1 * d))  # co-localisation grows with dose
+                ab = fa * p_b_given_a
+                parts = {(1, 1): ab, (1, 0): fa - ab, (0, 1): fb - ab, (0, 0): 1 - fa - fb + ab}
+                sid = f"P{p}_{rad}_{d:g}"
+                for (ia, ib), frac in parts.items():
+                    a = a_t * frac
+                    lam = 1000 * pmult * a * np.exp(gamma_b * ib) * 2 ** (beta_a_log2 * d * ia)
+                    rows.append({"sample_id": sid, "patient": f"P{p}", "radiation": rad, "dose_gy": d,
+                                 "zone": "A", "receptor": "R", "cell_type": "NK", "status": "neg",
+                                 "region": f"A{'+' if ia else '-'} B{'+' if ib else '-'}", "inside": bool(ia),
+                                 "in_A": bool(ia), "in_B": bool(ib), "n_cells": int(rng.poisson(lam)), "area_mm2": a})
+    return pd.DataFrame(rows)
+
+
+def test_dose_rate_test_adjusts_for_colocalised_zone():
+    rng = np.random.default_rng(5)
+    ov = _overlap_counts(rng, beta_a_log2=0.0)
+    # the unadjusted test (regions collapsed to inside/outside A) sees a spurious trend: B's cells follow B into A
+    plain = ov.assign(region=np.where(ov["in_A"], "inside", "outside")).drop(columns=["inside", "in_A", "in_B"])
+    plain = plain.groupby([c for c in plain.columns if c not in ("n_cells", "area_mm2")], as_index=False)[
+        ["n_cells", "area_mm2"]].sum()
+    r0 = stats.dose_rate_test(plain, contrast="enrichment").set_index("arm").loc["photon"]
+    assert r0["ci_lo"] > 0 and r0["adjusted_for"] == ""
+    for contrast in ("enrichment", "density"):
+        r = stats.dose_rate_test(ov, contrast=contrast).set_index("arm").loc["photon"]
+        assert r["ci_lo"] <= 0 <= r["ci_hi"] and abs(r["estimate"]) < {"enrichment": 0.03, "density": 0.06}[contrast]
+        assert r["adjusted_for"] == "B"
+    # a true trend in A is still recovered after the adjustment
+    up = _overlap_counts(rng, beta_a_log2=0.08)
+    for contrast in ("enrichment", "density"):
+        r = stats.dose_rate_test(up, contrast=contrast).set_index("arm").loc["photon"]
+        assert r["ci_lo"] > 0 and r["estimate"] == pytest.approx(0.08, abs=0.03), (contrast, r)
+
+
+def test_receptor_overlap_counts_from_run_tables():
+    samples = pd.DataFrame({"sample_id": ["s1", "s2"], "patient": ["P1", "P1"], "radiation": ["sham", "photon"],
+                            "dose_gy": [0.0, 10.0]})
+    ov = []
+    for sid in ("s1", "s2"):
+        for ia in (True, False):
+            for ib in (True, False):
+                reg = f"A{'+' if ia else '-'} B{'+' if ib else '-'}"
+                for pop, n in (("NK CXCR2+", 3), ("NK", 2), ("CD8 T CXCR2+", 1), ("CD8 T", 4)):
+                    ov.append({"sample_id": sid, "population_type": "phenotype", "population": pop, "region": reg,
+                               "in_A": ia, "in_B": ib, "n_cells": n + int(ia), "area_mm2": 0.01 + 0.01 * ib})
+    run = {"samples": samples, "zone_overlap": pd.DataFrame(ov), "run": {"samples": {}}}
+    c = stats.receptor_overlap_counts(run, pairs=[("A", "CXCR2", ["NK", "CD8 T"])], pool=True)
+    assert set(c["cell_type"]) == {"NK", "CD8 T", "NK & CD8 T"} and len(c) == 2 * 4 * 3 * 2
+    k = c[(c["sample_id"] == "s2") & (c["region"] == "A+ B-")].set_index(["cell_type", "status"])["n_cells"]
+    assert k[("NK", "pos")] == 4 and k[("NK", "neg")] == 3 and k[("NK & CD8 T", "neg")] == 3 + 5
+    assert (c["inside"] == c["in_A"]).all() and "dose_gy" in c
+    with pytest.raises(MissingStepError, match="no zone 'Q'"):
+        stats.receptor_overlap_counts(run, pairs=[("Q", "CXCR2", ["NK"])])
+    with pytest.raises(MissingStepError, match="zone_overlap.parquet"):
+        stats.receptor_overlap_counts({**run, "zone_overlap": pd.DataFrame()}, pairs=[("A", "CXCR2", ["NK"])])

@@ -74,6 +74,10 @@ class RunLayout:
         return self.root / "cognate.parquet"
 
     @property
+    def cohort_zone_overlap(self) -> Path:
+        return self.root / "zone_overlap.parquet"
+
+    @property
     def cohort_samples(self) -> Path:
         return self.root / "samples.parquet"
 
@@ -111,6 +115,9 @@ class RunLayout:
 
     def cognate(self, sample_id: str) -> Path:
         return self.sample_dir(sample_id) / "cognate.parquet"
+
+    def zone_overlap(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "zone_overlap.parquet"
 
     def qc(self, sample_id: str) -> Path:
         return self.sample_dir(sample_id) / "qc.png"

@@ -338,7 +338,18 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
                           seed=seed, fits_out=fits, models=("linear", "emax"))
     tests = pd.concat([stats.dose_rate_test(counts, contrast=c) for c in ("enrichment", "density")],
                       ignore_index=True)
-    tests = tests.drop(columns=["warning"]).rename(columns={"estimate": "log2 per Gy"})
+    tests = tests.drop(columns=["warning", "adjusted_for"]).rename(columns={"estimate": "log2 per Gy"})
+    adjusted = ""
+    ovl = run.get("zone_overlap")
+    if ovl is not None and len(ovl) and any(c.startswith("in_") for c in ovl.columns):
+        oc = stats.receptor_overlap_counts(run, pairs=pairs)
+        at = pd.concat([stats.dose_rate_test(oc, contrast=c) for c in ("enrichment", "density")], ignore_index=True)
+        at = at.drop(columns=["warning"]).rename(columns={"estimate": "log2 per Gy"})
+        adjusted = ("<p>The same trends <b>adjusted for the other zones</b> (counts per in/out combination of "
+                    "the zones, <code>zone_overlap.parquet</code>; each other zone adds its own level and dose "
+                    "trend). Chemokine zones co-localise, and more so as they grow with dose: a receptor− cell "
+                    "that carries another zone's receptor is drawn into that zone and so into the overlapping "
+                    "part of this one. Use these rows for the receptor− specificity control:</p>" + _table(at))
     text = (
         "<p><b>Which metric answers which question.</b> The chemokine zones grow with dose, so the denominator "
         "matters. <i>Infiltration amount</i> = cognate receptor+ cells inside the zone per mm² of <b>tissue</b>: "
@@ -354,7 +365,7 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
             + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"
             + _zone_density_figure(counts)
             + "<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI:</p>"
-            + _table(tests))
+            + _table(tests) + adjusted)
 
 
 def _cognate(run: dict[str, Any]) -> str:

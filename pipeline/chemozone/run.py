@@ -321,6 +321,8 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
                 infil, config=cfg.spatial, cells=cells.assign(sample_id=sid)))
+            overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
+                cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
         reviewed = sdir / REVIEWED
         if reviewed.is_file():  # hand corrections from napari's cell inspector survive re-runs
             rev = pd.read_parquet(reviewed)[["cell_id", "phenotype_reviewed"]]
@@ -332,6 +334,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             write_parquet(zones_df, lay.zones(sid))
             write_parquet(infil, lay.infiltration(sid))
             write_parquet(cognate, lay.cognate(sid))
+            write_parquet(overlap, lay.zone_overlap(sid))
         if cfg.run.write_qc:
             with _timed(timings, "qc"):
                 from .qc import write_qc
@@ -349,7 +352,8 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     meta = samples.drop(columns=["image"]).copy()
     write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
-                               (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate)):
+                               (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate),
+                               (lay.zone_overlap, lay.cohort_zone_overlap)):
         frames = [pd.read_parquet(per_sample(s)) for s in ok_ids if per_sample(s).is_file()]
         if not frames:
             continue

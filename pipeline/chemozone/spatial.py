@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .config import SpatialConfig
-from .errors import MissingStepError
+from .errors import ConfigError, MissingStepError
 from .zones import cell_grid_index
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "annotate_cells",
     "infiltration_metrics",
     "cognate_specificity",
+    "overlap_zone_names",
+    "zone_overlap_metrics",
     "nearest_distances",
     "count_within",
     "neighbourhood_enrichment",
@@ -215,6 +217,104 @@ def infiltration_metrics(
                 )
     cols = ["sample_id", "population_type", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2", "log2_enrichment"]
     return pd.DataFrame(rows, columns=cols)
+
+
+MAX_OVERLAP_ZONES = 8
+"""At most this many zones are combined in :func:`zone_overlap_metrics` (2**8 regions)."""
+
+
+def overlap_zone_names(config: SpatialConfig, available: Sequence[str]) -> list[str]:
+    """The zones combined in :func:`zone_overlap_metrics`: ``config.overlap_zones`` or the cognate pairs' zones.
+
+    Raises
+    ------
+    ConfigError
+        A named zone has no mask, or more than :data:`MAX_OVERLAP_ZONES` zones.
+    """
+    names = list(config.overlap_zones) if config.overlap_zones is not None else list(
+        dict.fromkeys(p.zone for p in config.cognate_pairs))
+    missing = [z for z in names if z not in available]
+    if missing:
+        raise ConfigError(f"spatial.overlap_zones: zone(s) {missing} have no mask; use names from {sorted(available)}")
+    if len(names) > MAX_OVERLAP_ZONES:
+        raise ConfigError(f"spatial.overlap_zones: {len(names)} zones give 2**{len(names)} regions; "
+                          f"name at most {MAX_OVERLAP_ZONES} in spatial.overlap_zones")
+    return names
+
+
+def overlap_region_name(flags: Sequence[bool], zones: Sequence[str]) -> str:
+    """``"CXCL8+ CXCL10- CCL5+"`` for the region inside CXCL8 and CCL5 and outside CXCL10."""
+    return " ".join(f"{z}{'+' if f else '-'}" for z, f in zip(zones, flags))
+
+
+def zone_overlap_metrics(
+    cells: pd.DataFrame,
+    masks: Mapping[str, np.ndarray],
+    tissue: np.ndarray,
+    *,
+    grid_um: float,
+    config: SpatialConfig | None = None,
+    sample_id: str,
+    zones: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Cell counts and tissue areas in every in/out combination of several zones.
+
+    Zones that co-localise (chemokine modules induced in the same irradiated regions) confound each other:
+    a CXCR2− cell that carries CXCR3 is drawn into CXCL10 zones, and so appears enriched in an overlapping
+    CXCL8 zone. Counting cells per combination region (``CXCL8+ CXCL10- ...``) lets a model separate the
+    zones' effects (:func:`chemozone.stats.dose_rate_test` on :func:`chemozone.stats.receptor_overlap_counts`).
+    Regions, rim exclusion and cell assignment are those of :func:`infiltration_metrics`, so summing the
+    rows with ``in_{zone}`` true gives its ``inside`` counts and areas exactly.
+
+    Parameters
+    ----------
+    cells : DataFrame with ``x_um, y_um`` and the population columns
+    masks : dict zone name -> bool ndarray (Ygrid, Xgrid)
+    tissue : bool ndarray (Ygrid, Xgrid)
+    grid_um : float
+    config : SpatialConfig
+    sample_id : str
+    zones : sequence of str, optional
+        Zones to combine (default :func:`overlap_zone_names`).
+
+    Returns
+    -------
+    DataFrame
+        ``sample_id, population_type, population, region, in_{zone}`` (bool, one per zone), ``n_cells,
+        area_mm2``; one row per population and region of non-zero area (counts zero-filled). Empty (with
+        these columns) when no zone is named.
+    """
+    config = config or SpatialConfig()
+    tissue = _check_masks(masks, tissue)
+    names = list(zones) if zones is not None else overlap_zone_names(config, list(masks))
+    missing = [z for z in names if z not in masks]
+    if missing:
+        raise ConfigError(f"zone_overlap_metrics: zone(s) {missing} have no mask; use names from {sorted(masks)}")
+    cols = ["sample_id", "population_type", "population", "region"] + [f"in_{z}" for z in names] + ["n_cells", "area_mm2"]
+    if not names:
+        return pd.DataFrame(columns=cols)
+    keep = tissue.copy()
+    if config.edge_exclusion_um > 0:
+        keep &= tissue_depth(tissue, grid_um=grid_um) >= config.edge_exclusion_um
+    code = np.zeros(tissue.shape, np.int64)
+    for i, z in enumerate(names):
+        code |= np.asarray(masks[z], bool).astype(np.int64) << i
+    n_codes = 1 << len(names)
+    px_mm2 = (float(grid_um) * 1e-3) ** 2
+    area = np.bincount(code[keep], minlength=n_codes) * px_mm2
+    r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
+    cell_code = code[r, c]
+    cell_keep = keep[r, c]
+    present = np.nonzero(area > 0)[0]
+    flags = {f"in_{z}": ((present >> i) & 1).astype(bool) for i, z in enumerate(names)}
+    region = [overlap_region_name([(k >> i) & 1 for i in range(len(names))], names) for k in present]
+    parts = []
+    for ptype, pname, psel in _populations(cells, config):
+        n = np.bincount(cell_code[psel & cell_keep], minlength=n_codes)
+        parts.append(pd.DataFrame({"sample_id": str(sample_id), "population_type": ptype, "population": pname,
+                                   "region": region, **flags, "n_cells": n[present].astype(np.int64),
+                                   "area_mm2": area[present]}))
+    return pd.concat(parts, ignore_index=True)[cols]
 
 
 def _enrichment(n_in: float, n_out: float, a_in: float, a_out: float) -> float:

@@ -66,11 +66,14 @@ __all__ = [
     "split_phenotype",
     "receptor_density_table",
     "receptor_count_table",
+    "receptor_overlap_counts",
     "dose_rate_test",
 ]
 
-TABLES = ("cells", "infiltration", "zones", "samples", "gates")
+TABLES = ("cells", "infiltration", "zones", "samples", "gates", "zone_overlap")
+_OPTIONAL = {"zone_overlap"}  # absent in run folders written before it existed: empty, not an error
 _STEP = {
+    "zone_overlap": "chemozone run (spatial step)",
     "cells": "chemozone run (quantify + phenotype + spatial)",
     "infiltration": "chemozone run (spatial step)",
     "zones": "chemozone run (zones step)",
@@ -89,10 +92,12 @@ def load_run(out: str | os.PathLike, *, tables: Sequence[str] = TABLES, missing:
     out : path
         The run folder (holds ``run.json``).
     tables : sequence of str
-        Which of ``cells, infiltration, zones, samples, gates`` to read (``samples`` is always read).
+        Which of ``cells, infiltration, zones, samples, gates, zone_overlap`` to read (``samples`` is always
+        read).
     missing : {"raise", "empty"}
         A requested table that is absent raises :class:`MissingStepError` (``"raise"``) or comes back as
-        an empty DataFrame (``"empty"``).
+        an empty DataFrame (``"empty"``). ``zone_overlap`` (new in run folders of this version) always
+        comes back empty when absent; :func:`receptor_overlap_counts` then says what to re-run.
 
     Returns
     -------
@@ -121,7 +126,7 @@ def load_run(out: str | os.PathLike, *, tables: Sequence[str] = TABLES, missing:
     run = read_run_json(out)
     lay = RunLayout(out)
     paths = {"cells": lay.cohort_cells, "infiltration": lay.cohort_infiltration, "zones": lay.cohort_zones,
-             "samples": lay.cohort_samples, "gates": lay.gates}
+             "samples": lay.cohort_samples, "gates": lay.gates, "zone_overlap": lay.cohort_zone_overlap}
     eff = dict(((run.get("config") or {}).get("stats") or {}).get("effectiveness") or {})
     result: dict[str, Any] = {"run": run, "effectiveness": eff}
     wanted = ["samples"] + [t for t in tables if t != "samples"]
@@ -129,7 +134,7 @@ def load_run(out: str | os.PathLike, *, tables: Sequence[str] = TABLES, missing:
         p = paths[name]
         if p.is_file():
             result[name] = pd.read_parquet(p)
-        elif missing == "raise":
+        elif missing == "raise" and name not in _OPTIONAL:
             raise MissingStepError(f"{p}: '{name}' table not found; run '{_STEP[name]}' into {out} first")
         else:
             result[name] = pd.DataFrame({"sample_id": pd.Series(dtype=str)})
@@ -367,6 +372,77 @@ def receptor_count_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = N
     return _done_samples(run).merge(out, on="sample_id", how="inner")
 
 
+def receptor_overlap_counts(run: dict[str, Any], *, pairs: Sequence[Any] | None = None,
+                            pool: bool = False) -> pd.DataFrame:
+    """Counts of receptor+ and receptor− cells of each cognate pair's lineages per zone-combination region.
+
+    Like :func:`receptor_count_table`, but the regions are the in/out combinations of the run's overlap
+    zones (``zone_overlap.parquet``: ``CXCL8+ CXCL10- CCL5+``, ...), so that :func:`dose_rate_test` can
+    estimate a zone's effect adjusted for the other zones it co-localises with.
+
+    Parameters
+    ----------
+    run : dict
+        From :func:`load_run` (``zone_overlap`` needed).
+    pairs : sequence, optional
+        As for :func:`receptor_count_table` (default: the run config's ``spatial.cognate_pairs``).
+    pool : bool
+        Also add rows for the pair's cell types pooled.
+
+    Returns
+    -------
+    DataFrame
+        One row per (sample, zone, receptor, cell_type, status, region): ``region`` (combination name),
+        ``inside`` (bool: the region lies in the pair's zone), ``in_{zone}`` for every overlap zone,
+        ``n_cells``, ``area_mm2`` (of the region); plus the sample metadata. Zero-filled.
+
+    Raises
+    ------
+    MissingStepError
+        No ``zone_overlap`` table, or a pair's zone is not among its zones.
+    """
+    if pairs is None:
+        pairs = ((run.get("run") or {}).get("config") or {}).get("spatial", {}).get("cognate_pairs") or []
+    ov = run.get("zone_overlap")
+    if ov is None or not len(ov):
+        raise MissingStepError("run has no zone_overlap table (zone_overlap.parquet); re-run 'chemozone run' "
+                               "with this version (spatial step) to write it")
+    require_columns(ov, ["sample_id", "population_type", "population", "region", "n_cells", "area_mm2"],
+                    "zone_overlap table", "the spatial step")
+    flags = [c for c in ov.columns if c.startswith("in_")]
+    ov = ov[ov["population_type"] == "phenotype"]
+    regions = ov.drop_duplicates(["sample_id", "region"])[["sample_id", "region", "area_mm2"] + flags]
+    parts = []
+    for pair in pairs:
+        zone, receptor, cts = _pair(pair)
+        if f"in_{zone}" not in flags:
+            raise MissingStepError(f"zone_overlap table has no zone '{zone}' (zones: {[f[3:] for f in flags]}); "
+                                   f"add it to spatial.overlap_zones and re-run")
+        cts = cts or sorted({split_phenotype(p)[0] for p in ov["population"].unique()
+                             if f"{receptor}+" in split_phenotype(p)[1]})
+        groups = [(ct, [ct]) for ct in cts] + ([(" & ".join(cts), list(cts))] if pool and len(cts) > 1 else [])
+        for label, members in groups:
+            mapping = {}
+            for p in ov["population"].unique():
+                for ct in members:
+                    if (st := _receptor_status(p, ct, receptor)):
+                        mapping[p] = st
+            sub = ov[ov["population"].isin(mapping)]
+            n = sub.assign(status=sub["population"].map(mapping)).groupby(
+                ["sample_id", "region", "status"])["n_cells"].sum()
+            for st in ("pos", "neg"):
+                a = regions.copy()
+                a["n_cells"] = [int(n.get((sid, reg, st), 0)) for sid, reg in zip(a["sample_id"], a["region"])]
+                a["zone"], a["receptor"], a["cell_type"], a["status"] = zone, receptor, label, st
+                a["inside"] = a[f"in_{zone}"].astype(bool)
+                parts.append(a)
+    cols = ["sample_id", "zone", "receptor", "cell_type", "status", "region", "inside"] + flags + ["n_cells", "area_mm2"]
+    if not parts:
+        return _done_samples(run).merge(pd.DataFrame(columns=cols), on="sample_id", how="inner")
+    out = pd.concat(parts, ignore_index=True)[cols]
+    return _done_samples(run).merge(out, on="sample_id", how="inner")
+
+
 def receptor_density_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = None, region: str = "inside",
                            per: str = "zone", pool: bool = False) -> pd.DataFrame:
     """Per-sample density of receptor+ and receptor− cells of each cognate pair's lineages in its zone.
@@ -436,6 +512,13 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
       The per-sample terms absorb the population's overall abundance, so β is the change of the
       inside/outside density ratio with dose, free of zone size *and* of global abundance changes.
 
+    Given :func:`receptor_overlap_counts` instead (regions are in/out combinations of several zones), both
+    contrasts are **adjusted for the other zones**: each other zone ``o`` adds ``in_o · (γ_o + δ_o · dose)``
+    to the linear predictor, so β is the dose trend attributable to the pair's own zone. This is the
+    specificity control to use when zones co-localise (e.g. a CXCR2− cell that carries CXCR3 is drawn
+    into CXCL10 zones, which overlap CXCL8 zones more as both grow with dose); ``adjusted_for`` names the
+    zones adjusted for.
+
     β is reported as log2 units per Gy (``estimate``) with a t confidence interval whose standard error is
     inflated by the Pearson over-dispersion (never shrunk below Poisson). A population placed
     independently of the zones has β = 0 in both contrasts; attracted (cognate) cells have β > 0 in the
@@ -444,8 +527,9 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
     Parameters
     ----------
     counts : DataFrame
-        From :func:`receptor_count_table` (``n_cells, area_mm2, region`` + metadata); the key columns
-        present among ``zone, receptor, cell_type, status`` split it into separate tests.
+        From :func:`receptor_count_table` (``n_cells, area_mm2, region`` + metadata) or
+        :func:`receptor_overlap_counts` (+ ``inside``, ``in_{zone}``); the key columns present among
+        ``zone, receptor, cell_type, status`` split it into separate tests.
     contrast : {"enrichment", "density"}
     dose, group, patient : str
         Columns. Each radiation type with doses > 0 is an arm, with all 0 Gy controls.
@@ -456,7 +540,7 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
     -------
     DataFrame
         One row per key × arm: the key columns, ``arm, contrast, estimate`` (log2 per Gy), ``ci_lo, ci_hi,
-        p, dispersion, n_samples, n_cells_inside, warning``.
+        p, dispersion, n_samples, n_cells_inside, adjusted_for, warning``.
     """
     import statsmodels.api as sm
     import statsmodels.formula.api as smf
@@ -467,35 +551,56 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
     need = ["sample_id", "region", "n_cells", "area_mm2", dose, group, patient]
     require_columns(counts, need, "count table", "stats.receptor_count_table(...)")
     keys = [c for c in ("zone", "receptor", "cell_type", "status") if c in counts.columns]
+    overlap = "inside" in counts.columns  # receptor_overlap_counts: regions are zone combinations
     rows = []
     groups = counts.groupby(keys, sort=False) if keys else [((), counts)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        g = g[g["region"].isin(["inside", "outside"])].copy()
+        others: list[str] = []
+        if overlap:
+            g = g.copy()
+            g["inside"] = g["inside"].astype(bool).astype(float)
+            own = f"in_{g['zone'].iloc[0]}" if "zone" in g.columns else None
+            others = [c for c in g.columns if c.startswith("in_") and c != own]
+        else:
+            g = g[g["region"].isin(["inside", "outside"])].copy()
+            g["inside"] = (g["region"] == "inside").astype(float)
         g["dose"] = g[dose].astype(float)
         g["pat"] = g[patient].astype(str)
         g["sid"] = g["sample_id"].astype(str)
-        g["inside"] = (g["region"] == "inside").astype(float)
         # a sample informs the test only where the regions it needs have area (and, for the enrichment, cells)
-        ok_in = g[(g["region"] == "inside") & (g["area_mm2"] > 0)]["sid"]
+        a_in = g[g["inside"] == 1].groupby("sid")["area_mm2"].sum()
+        ok_in = a_in[a_in > 0].index
         if contrast == "density":
-            g = g[(g["region"] == "inside") & g["sid"].isin(ok_in)]
+            g = g[(g["inside"] == 1) & g["sid"].isin(ok_in) & (g["area_mm2"] > 0)]
         else:
-            ok_out = g[(g["region"] == "outside") & (g["area_mm2"] > 0)]["sid"]
+            a_out = g[g["inside"] == 0].groupby("sid")["area_mm2"].sum()
             tot = g.groupby("sid")["n_cells"].sum()
-            g = g[g["sid"].isin(set(ok_in) & set(ok_out) & set(tot[tot > 0].index))]
+            g = g[g["sid"].isin(set(ok_in) & set(a_out[a_out > 0].index) & set(tot[tot > 0].index))
+                  & (g["area_mm2"] > 0)]
         for arm_name, arm in _arms(g, "dose", group).items():
             arm = arm.reset_index(drop=True)
             row = dict(zip(keys, key))
             row.update(arm=arm_name, contrast=contrast, estimate=np.nan, ci_lo=np.nan, ci_hi=np.nan, p=np.nan,
                        dispersion=np.nan, n_samples=int(arm["sid"].nunique()),
-                       n_cells_inside=int(arm.loc[arm["inside"] == 1, "n_cells"].sum()), warning="")
+                       n_cells_inside=int(arm.loc[arm["inside"] == 1, "n_cells"].sum()), adjusted_for="",
+                       warning="")
             n_pat = arm["pat"].nunique()
+            adj = ""
+            used = []
+            for i, o in enumerate(others):  # another zone present in some but not all regions of this arm
+                v = arm[o].astype(bool)
+                if v.any() and not v.all():
+                    arm[f"adj{i}"] = v.astype(float)
+                    adj += f" + adj{i} + adj{i}:dose"
+                    used.append(o[3:])
+            row["adjusted_for"] = ", ".join(used)
             if contrast == "density":
-                formula = "n_cells ~ dose" + (" + C(pat)" if n_pat > 1 else "")
+                formula = "n_cells ~ dose" + (" + C(pat)" if n_pat > 1 else "") + adj
                 term = "dose"
             else:
-                formula = "n_cells ~ 0 + C(sid) + " + ("inside:C(pat)" if n_pat > 1 else "inside") + " + inside:dose"
+                formula = ("n_cells ~ 0 + C(sid) + " + ("inside:C(pat)" if n_pat > 1 else "inside")
+                           + " + inside:dose" + adj)
                 term = "inside:dose"
             if row["n_cells_inside"] == 0 or arm["dose"].nunique() < 2:
                 row["warning"] = "no cells inside the zone" if row["n_cells_inside"] == 0 else "one dose level"
@@ -522,7 +627,7 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
                                                  for w in caught})))
             rows.append(row)
     return pd.DataFrame(rows, columns=keys + ["arm", "contrast", "estimate", "ci_lo", "ci_hi", "p", "dispersion",
-                                              "n_samples", "n_cells_inside", "warning"])
+                                              "n_samples", "n_cells_inside", "adjusted_for", "warning"])
 
 
 def _pair(pair: Any) -> tuple[str, str, list[str]]:

@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "design": [("sham", 0.0), ("photon", 2.0), ("photon", 5.0), ("photon", 10.0), ("photon", 20.0),
                         ("carbon", 2.0), ("carbon", 5.0)],
              "channels": DEFAULT_CHANNELS, "features": True},
-    "stats": {"patients": 6, "size_px": 512,
+    "stats": {"patients": 6, "size_px": 1024,
               "design": [("sham", 0.0), ("photon", 2.0), ("photon", 5.0), ("photon", 10.0), ("photon", 20.0),
                          ("proton", 2.0), ("proton", 5.0), ("proton", 10.0),
                          ("carbon", 2.0), ("carbon", 5.0), ("carbon", 10.0)],
