@@ -101,5 +101,8 @@ def test_report_on_real_tiny_run(tmp_path):
     for s in SECTIONS:
         assert f"id='{s}'" in text
     assert len(re.findall(r"<img class=\"fig\"", text)) >= 3
+    # a real run writes zone_overlap.parquet: the report adds the receptor− trends adjusted for other zones
+    assert "adjusted for the other zones" in text and "p (BH-FDR)" in text
     run = stats.load_run(tmp_path / "run")
+    assert len(run["zone_overlap"]) and len(stats.receptor_overlap_counts(run))
     assert len(stats.metric_table(run, "zone_area")) == len(run["samples"])

@@ -339,12 +339,14 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     tests = pd.concat([stats.dose_rate_test(counts, contrast=c) for c in ("enrichment", "density")],
                       ignore_index=True)
     tests = tests.drop(columns=["warning", "adjusted_for"]).rename(columns={"estimate": "log2 per Gy"})
+    tests.insert(tests.columns.get_loc("p") + 1, "p (BH-FDR)", stats.bh_fdr(tests["p"]))
     adjusted = ""
     ovl = run.get("zone_overlap")
     if ovl is not None and len(ovl) and any(c.startswith("in_") for c in ovl.columns):
         oc = stats.receptor_overlap_counts(run, pairs=pairs)
         at = pd.concat([stats.dose_rate_test(oc, contrast=c) for c in ("enrichment", "density")], ignore_index=True)
         at = at.drop(columns=["warning"]).rename(columns={"estimate": "log2 per Gy"})
+        at.insert(at.columns.get_loc("p") + 1, "p (BH-FDR)", stats.bh_fdr(at["p"]))
         adjusted = ("<p>The same trends <b>adjusted for the other zones</b> (counts per in/out combination of "
                     "the zones, <code>zone_overlap.parquet</code>; each other zone adds its own level and dose "
                     "trend). Chemokine zones co-localise, and more so as they grow with dose: a receptor− cell "
@@ -364,7 +366,9 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
             + _fit_summary(fits)
             + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"
             + _zone_density_figure(counts)
-            + "<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI:</p>"
+            + "<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI; <i>p (BH-FDR)</i> "
+              "is adjusted over the rows of the table (with many populations, one in twenty crosses p &lt; 0.05 "
+              "by chance):</p>"
             + _table(tests) + adjusted)
 
 
