@@ -14,7 +14,8 @@ and Parquet tables (see :func:`chemozone.layout.write_parquet`).
 
 from __future__ import annotations
 
-import functools
+import atexit
+import collections
 import re
 import threading
 import xml.etree.ElementTree as ET
@@ -136,11 +137,36 @@ def resolve_channels(
 _SKIP_PAGE_TYPES = {"thumbnail", "overview", "label", "macro"}
 
 
-@functools.lru_cache(maxsize=32)
+_TIFF_CACHE: collections.OrderedDict[tuple[str, int], tuple[Any, threading.Lock]] = collections.OrderedDict()
+_TIFF_CACHE_MAX = 32
+_TIFF_CACHE_LOCK = threading.Lock()
+
+
 def _open_tiff(path: str, mtime_ns: int):
+    """An open ``TiffFile`` and its lock, shared per (path, mtime); at most :data:`_TIFF_CACHE_MAX` are
+    kept (least recently used dropped), and those kept are closed at exit."""
     import tifffile
 
-    return tifffile.TiffFile(path), threading.Lock()
+    key = (path, mtime_ns)
+    with _TIFF_CACHE_LOCK:
+        hit = _TIFF_CACHE.get(key)
+        if hit is not None:
+            _TIFF_CACHE.move_to_end(key)
+            return hit
+        hit = (tifffile.TiffFile(path), threading.Lock())
+        _TIFF_CACHE[key] = hit
+        while len(_TIFF_CACHE) > _TIFF_CACHE_MAX:
+            # dropped, not closed: a reader may still hold its zarr view (the file closes when collected)
+            _TIFF_CACHE.popitem(last=False)
+        return hit
+
+
+@atexit.register
+def _close_tiffs() -> None:
+    with _TIFF_CACHE_LOCK:
+        while _TIFF_CACHE:
+            _, (tif, _lock) = _TIFF_CACHE.popitem()
+            tif.close()
 
 
 def _tiff(path: str):
