@@ -185,6 +185,45 @@ def test_segment_nuclei_on_synthetic_explant_meets_target():
     assert matched_iou(s["cells"], cells).mean() > 0.6
 
 
+def _recall_precision(truth, lab, px):
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    c = np.array(ndi.center_of_mass(np.ones_like(lab), lab, np.arange(1, lab.max() + 1))) * px
+    pred, true = c[:, ::-1], truth[["x_um", "y_um"]].to_numpy()
+    d1, i1 = cKDTree(pred).query(true)
+    _, i2 = cKDTree(true).query(pred)
+    hit = (i2[i1] == np.arange(len(true))) & (d1 <= 4.0)
+    return hit, hit.sum() / len(pred)
+
+
+def test_small_nucleus_diameter_splits_lymphocytes_from_tumor_nuclei():
+    """Co-cultured lymphocytes (~6.5 µm nuclei) crowd against tumor nuclei (~11 µm) in attracting zones:
+    with ``small_nucleus_diameter_um`` more of them get their own nucleus, at a small cost in precision."""
+    synth = pytest.importorskip("chemozone.synth")
+    s = synth.generate_sample(size_px=768, dose_gy=10, seed=2)
+    dapi = np.asarray(s["image"][s["channels"].index("DAPI")])
+    truth = s["truth"]
+    lymph = truth["cell_type"].isin(["CD8 T", "NK"]).to_numpy() & truth["exogenous"].to_numpy()
+    out = {}
+    for small in (None, 6.5):
+        cfg = SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=small)
+        nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], config=cfg)
+        hit, precision = _recall_precision(truth, nuc, s["pixel_size_um"])
+        out[small] = (hit[lymph].mean(), precision)
+    assert out[6.5][0] >= out[None][0] + 0.03, out  # measured 0.892 -> 0.932 (74 lymphocytes)
+    assert out[6.5][1] >= 0.94, out
+    # the key is the distance cap of the seed map, passed through segment_image
+    cfg = SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=6.5)
+    nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], config=cfg)
+    ref = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=9.0, min_area_um2=8.0,
+                         max_area_um2=400.0, distance_cap_factor=0.5 * 6.5 / 9.0)
+    np.testing.assert_array_equal(nuc, ref)
+    assert segmentation_provenance(cfg)["small_nucleus_diameter_um"] == 6.5
+    with pytest.raises(ValueError, match="small_nucleus_diameter_um .* must not exceed"):
+        SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=12.0)
+
+
 # -------------------------------------------------------------------------------------------- cells
 def test_segment_cells_expand_is_capped_and_keeps_labels():
     nuc = np.zeros((40, 40), np.uint32)

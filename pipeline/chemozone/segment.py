@@ -994,7 +994,9 @@ def segment_image(
         "cellpose": seg_cfg.cellpose,
         "nuclei_options": {"min_area_um2": seg_cfg.min_nucleus_area_um2,
                            "max_area_um2": seg_cfg.max_nucleus_area_um2,
-                           **({"threshold": seg_cfg.threshold} if seg_cfg.method == "watershed" else {})},
+                           **({"threshold": seg_cfg.threshold} if seg_cfg.method == "watershed" else {}),
+                           **({"distance_cap_factor": 0.5 * seg_cfg.small_nucleus_diameter_um / seg_cfg.nucleus_diameter_um}
+                              if seg_cfg.method == "watershed" and seg_cfg.small_nucleus_diameter_um else {})},
     }
     overlap = int(math.ceil(seg_cfg.tile_overlap_um / pixel_size_um))
     overlap = max(overlap, int(math.ceil(d_px + expand_px)) + 2)
@@ -1156,6 +1158,7 @@ def segmentation_provenance(config=None) -> dict[str, Any]:
         "method": seg_cfg.method,
         "cell_method": seg_cfg.cell_method,
         "nucleus_diameter_um": seg_cfg.nucleus_diameter_um,
+        "small_nucleus_diameter_um": seg_cfg.small_nucleus_diameter_um,
         "min_nucleus_area_um2": seg_cfg.min_nucleus_area_um2,
         "max_nucleus_area_um2": seg_cfg.max_nucleus_area_um2,
         "expand_um": seg_cfg.expand_um,
