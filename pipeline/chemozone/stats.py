@@ -296,6 +296,26 @@ def enrichment_table(run: dict[str, Any], *, zone: str, population_type: str = "
     return _done_samples(run).merge(wide.reset_index(), on="sample_id", how="inner")
 
 
+def _status_groups(populations, receptor: str, cell_types: Sequence[str], pool: bool
+                   ) -> list[tuple[str, dict[str, str]]]:
+    """``[(label, {phenotype: "pos" | "neg"})]`` per lineage of a cognate pair (+ the lineages pooled).
+
+    Lineages default to those with a ``{receptor}+`` phenotype among ``populations``.
+    """
+    cts = list(cell_types) or sorted({split_phenotype(p)[0] for p in populations
+                                      if f"{receptor}+" in split_phenotype(p)[1]})
+    groups = [(ct, [ct]) for ct in cts] + ([(" & ".join(cts), cts)] if pool and len(cts) > 1 else [])
+    out = []
+    for label, members in groups:
+        mapping = {}
+        for p in populations:
+            for ct in members:
+                if (st := _receptor_status(p, ct, receptor)):
+                    mapping[p] = st
+        out.append((label, mapping))
+    return out
+
+
 def receptor_count_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = None,
                          regions: Sequence[str] = ("inside", "outside"), pool: bool = False) -> pd.DataFrame:
     """Counts of receptor+ and receptor− cells of each cognate pair's lineages, per sample, zone and region.
@@ -337,16 +357,9 @@ def receptor_count_table(run: dict[str, Any], *, pairs: Sequence[Any] | None = N
         sub = inf[inf["zone"] == zone]
         if not len(sub):
             continue
-        cts = cts or sorted({split_phenotype(p)[0] for p in sub["population"] if f"{receptor}+" in split_phenotype(p)[1]})
         # the area of each (sample, region) where the zone was measured, whatever the population
         areas = sub.groupby(["sample_id", "region"], as_index=False)["area_mm2"].first()
-        groups = [(ct, [ct]) for ct in cts] + ([(" & ".join(cts), list(cts))] if pool and len(cts) > 1 else [])
-        for label, members in groups:
-            mapping = {}
-            for p in sub["population"].unique():
-                for ct in members:
-                    if (st := _receptor_status(p, ct, receptor)):
-                        mapping[p] = st
+        for label, mapping in _status_groups(sub["population"].unique(), receptor, cts, pool):
             agg = _aggregate_populations(sub, mapping) if mapping else pd.DataFrame(
                 columns=["sample_id", "zone", "region", "population", "n_cells", "area_mm2"])
             n = agg.groupby(["sample_id", "region", "population"])["n_cells"].sum()
@@ -418,15 +431,7 @@ def receptor_overlap_counts(run: dict[str, Any], *, pairs: Sequence[Any] | None 
         if f"in_{zone}" not in flags:
             raise MissingStepError(f"zone_overlap table has no zone '{zone}' (zones: {[f[3:] for f in flags]}); "
                                    f"add it to spatial.overlap_zones and re-run")
-        cts = cts or sorted({split_phenotype(p)[0] for p in ov["population"].unique()
-                             if f"{receptor}+" in split_phenotype(p)[1]})
-        groups = [(ct, [ct]) for ct in cts] + ([(" & ".join(cts), list(cts))] if pool and len(cts) > 1 else [])
-        for label, members in groups:
-            mapping = {}
-            for p in ov["population"].unique():
-                for ct in members:
-                    if (st := _receptor_status(p, ct, receptor)):
-                        mapping[p] = st
+        for label, mapping in _status_groups(ov["population"].unique(), receptor, cts, pool):
             sub = ov[ov["population"].isin(mapping)]
             n = sub.assign(status=sub["population"].map(mapping)).groupby(
                 ["sample_id", "region", "status"])["n_cells"].sum()
