@@ -20,6 +20,7 @@ Usage::
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py            # all 52 images (~1 min)
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --limit 10 # quick look
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --per-image
+    .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --small-ratio 0.72  # small_nucleus_diameter_um = 0.72 d
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--per-image", action="store_true")
+    ap.add_argument("--small-ratio", type=float, default=None,
+                    help="segmentation.small_nucleus_diameter_um as a fraction of the diameter (e.g. 0.72 = 6.5/9)")
     args = ap.parse_args(argv)
+    opts = {"distance_cap_factor": 0.5 * args.small_ratio} if args.small_ratio else {}
     import tifffile
 
     if not DATA.is_dir():
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
         return 1
     files = sorted((DATA / "images").glob("*.tif"))[: args.limit]
     methods = {
-        "chemozone": lambda im, d: segment_nuclei(im, pixel_size_um=1.0, nucleus_diameter_um=d),
+        "chemozone": lambda im, d: segment_nuclei(im, pixel_size_um=1.0, nucleus_diameter_um=d, **opts),
         "textbook": textbook,
     }
     pooled = {m: np.zeros((3, len(DEFAULT_THRESHOLDS)), np.int64) for m in methods}

@@ -9,6 +9,7 @@ diameter is given per image.
 Usage::
 
     .venv/bin/python benchmarks/bench_nuclei_real.py
+    .venv/bin/python benchmarks/bench_nuclei_real.py --small-ratio 0.72   # small_nucleus_diameter_um = 0.72 d
 """
 
 from __future__ import annotations
@@ -47,14 +48,21 @@ def cases():
     yield "lymphoid d=5um", small, ref, 0.5, 5.0
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small-ratio", type=float, default=None,
+                    help="segmentation.small_nucleus_diameter_um as a fraction of the diameter (e.g. 0.72 = 6.5/9)")
+    args = ap.parse_args(argv)
+    opts = {"distance_cap_factor": 0.5 * args.small_ratio} if args.small_ratio else {}
     if not DATA.is_dir():
         print(f"data folder {DATA} not found; this benchmark needs ../shared/data")
         return 1
     print(f"{'image':<16} {'method':<10} {'n':>5} {'ref n':>6} {'F1@0.3':>7} {'F1@0.5':>7} {'AP@0.5':>7} "
           f"{'mAP':>6} {'ms':>6}")
     for name, img, ref, px, d in cases():
-        for m, fn in (("chemozone", lambda: segment_nuclei(img, pixel_size_um=px, nucleus_diameter_um=d)),
+        for m, fn in (("chemozone", lambda: segment_nuclei(img, pixel_size_um=px, nucleus_diameter_um=d, **opts)),
                       ("textbook", lambda: textbook(img, d / px))):
             t0 = time.perf_counter()
             lab = fn()

@@ -199,8 +199,7 @@ def test_zone_overlap_by_hand():
         zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(overlap_zones=["Q"]), sample_id="s")
     many = {f"Z{i}": masks["Z"] for i in range(9)}
     with pytest.raises(ConfigError, match="at most 8"):
-        zone_overlap_metrics(cells, many, tissue, grid_um=g, config=SpatialConfig(overlap_zones=list(many)),
-                             sample_id="s")
+        zone_overlap_metrics(cells, many, tissue, grid_um=g, sample_id="s", zones=list(many))
 
 
 @settings(max_examples=25, deadline=None)

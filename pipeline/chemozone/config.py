@@ -342,6 +342,10 @@ class NeighbourhoodConfig(_Section):
     seed: int = 0
 
 
+MAX_OVERLAP_ZONES = 8
+"""At most this many zones are combined in ``zone_overlap.parquet`` (2**8 regions)."""
+
+
 class SpatialConfig(_Section):
     """Per-cell zone annotation and per-sample infiltration metrics."""
 
@@ -350,7 +354,7 @@ class SpatialConfig(_Section):
     edge_exclusion_um: float = Field(0.0, ge=0)
     """Exclude cells and tissue within this distance of the explant edge (0 = off)."""
     cognate_pairs: list[CognatePair] = Field(default_factory=list)
-    overlap_zones: list[str] | None = None
+    overlap_zones: list[str] | None = Field(None, max_length=MAX_OVERLAP_ZONES)
     """Zones whose in/out combinations are counted in ``zone_overlap.parquet`` (default: the cognate pairs'
     zones; at most 8). Lets a receptor− control be adjusted for co-localised zones (``stats.dose_rate_test``)."""
     populations: list[Literal["cell_type", "phenotype"]] = Field(default_factory=lambda: ["cell_type", "phenotype"])
@@ -414,14 +418,13 @@ class Config(_Section):
                 raise ValueError(
                     f"spatial.cognate_pairs[{i}].zone '{pair.zone}' is not a configured zone (zones: {names})"
                 )
-        masks = [f"{z.name}_{p}" for z in self.zones if z.source == "tumor"
-                 for p in ("intraepithelial", "margin", "peritumoral", "distal")]
-        masks += [z.name for z in self.zones if z.source != "tumor"]
-        for i, name in enumerate(self.spatial.overlap_zones or []):
-            if name not in masks:
-                raise ValueError(f"spatial.overlap_zones[{i}] '{name}' is not a zone mask (masks: {masks})")
-        if len(self.spatial.overlap_zones or []) > 8:
-            raise ValueError(f"spatial.overlap_zones: at most 8 zones (2**8 regions), got {len(self.spatial.overlap_zones)}")
+        if self.spatial.overlap_zones:
+            from .zones import zone_mask_names
+
+            masks = zone_mask_names(self.zones)
+            for i, name in enumerate(self.spatial.overlap_zones):
+                if name not in masks:
+                    raise ValueError(f"spatial.overlap_zones[{i}] '{name}' is not a zone mask (masks: {masks})")
         return self
 
 

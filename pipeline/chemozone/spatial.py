@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from .config import SpatialConfig
+from .config import MAX_OVERLAP_ZONES, SpatialConfig
 from .errors import ConfigError, MissingStepError
 from .zones import cell_grid_index
 
@@ -219,27 +219,11 @@ def infiltration_metrics(
     return pd.DataFrame(rows, columns=cols)
 
 
-MAX_OVERLAP_ZONES = 8
-"""At most this many zones are combined in :func:`zone_overlap_metrics` (2**8 regions)."""
-
-
-def overlap_zone_names(config: SpatialConfig, available: Sequence[str]) -> list[str]:
-    """The zones combined in :func:`zone_overlap_metrics`: ``config.overlap_zones`` or the cognate pairs' zones.
-
-    Raises
-    ------
-    ConfigError
-        A named zone has no mask, or more than :data:`MAX_OVERLAP_ZONES` zones.
-    """
-    names = list(config.overlap_zones) if config.overlap_zones is not None else list(
-        dict.fromkeys(p.zone for p in config.cognate_pairs))
-    missing = [z for z in names if z not in available]
-    if missing:
-        raise ConfigError(f"spatial.overlap_zones: zone(s) {missing} have no mask; use names from {sorted(available)}")
-    if len(names) > MAX_OVERLAP_ZONES:
-        raise ConfigError(f"spatial.overlap_zones: {len(names)} zones give 2**{len(names)} regions; "
-                          f"name at most {MAX_OVERLAP_ZONES} in spatial.overlap_zones")
-    return names
+def overlap_zone_names(config: SpatialConfig) -> list[str]:
+    """The zones combined in :func:`zone_overlap_metrics`: ``config.overlap_zones`` or the cognate pairs' zones."""
+    if config.overlap_zones is not None:
+        return list(config.overlap_zones)
+    return list(dict.fromkeys(p.zone for p in config.cognate_pairs))
 
 
 def overlap_region_name(flags: Sequence[bool], zones: Sequence[str]) -> str:
@@ -275,7 +259,7 @@ def zone_overlap_metrics(
     config : SpatialConfig
     sample_id : str
     zones : sequence of str, optional
-        Zones to combine (default :func:`overlap_zone_names`).
+        Zones to combine (default :func:`overlap_zone_names`); at most :data:`MAX_OVERLAP_ZONES`.
 
     Returns
     -------
@@ -286,10 +270,13 @@ def zone_overlap_metrics(
     """
     config = config or SpatialConfig()
     tissue = _check_masks(masks, tissue)
-    names = list(zones) if zones is not None else overlap_zone_names(config, list(masks))
+    names = list(zones) if zones is not None else overlap_zone_names(config)
     missing = [z for z in names if z not in masks]
     if missing:
-        raise ConfigError(f"zone_overlap_metrics: zone(s) {missing} have no mask; use names from {sorted(masks)}")
+        raise ConfigError(f"spatial.overlap_zones: zone(s) {missing} have no mask; use names from {sorted(masks)}")
+    if len(names) > MAX_OVERLAP_ZONES:
+        raise ConfigError(f"spatial.overlap_zones: {len(names)} zones give 2**{len(names)} regions; "
+                          f"name at most {MAX_OVERLAP_ZONES}")
     cols = ["sample_id", "population_type", "population", "region"] + [f"in_{z}" for z in names] + ["n_cells", "area_mm2"]
     if not names:
         return pd.DataFrame(columns=cols)
