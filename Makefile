@@ -20,12 +20,16 @@ $(VENV)/.all-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $@
 
+# shared libraries Qt's xcb platform plugin loads (each checked: a machine may have some and not others)
+QT_SYSLIBS := libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
+	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
+
 # system packages for GUI and report tests (X virtual framebuffer, headless Chromium, GL for Qt)
 sysdeps:
 	@missing=""; \
 	command -v xvfb-run >/dev/null 2>&1 || missing="$$missing xvfb xauth"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	dpkg -s libgl1 >/dev/null 2>&1 || missing="$$missing libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1"; \
+	for pkg in $(QT_SYSLIBS); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
 	    echo "installing system packages:$$missing"; \

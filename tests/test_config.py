@@ -119,3 +119,17 @@ def test_gates_file_round_trip_and_errors(tmp_path):
     (tmp_path / "b4.yaml").write_text("gates: {a: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_gates_file(tmp_path / "b4.yaml")
+
+
+def test_analysis_grid_has_its_own_section_and_old_key_still_loads():
+    from chemozone.config import ConfigError, config_from_dict
+
+    assert config_from_dict({}).analysis_grid.pixel_size_um == 2.0
+    assert config_from_dict({"analysis_grid": {"pixel_size_um": 4}}).analysis_grid.pixel_size_um == 4.0
+    with pytest.warns(DeprecationWarning, match=r"tissue.grid_um is deprecated.*analysis_grid.pixel_size_um"):
+        cfg = config_from_dict({"tissue": {"grid_um": 3.0, "smooth_um": 8}})
+    assert cfg.analysis_grid.pixel_size_um == 3.0 and cfg.tissue.smooth_um == 8.0
+    with pytest.raises(ConfigError, match=r"tissue.grid_um \(3.0\) and analysis_grid.pixel_size_um \(2.0\) disagree"):
+        config_from_dict({"tissue": {"grid_um": 3.0}, "analysis_grid": {"pixel_size_um": 2.0}})
+    with pytest.raises(ConfigError, match=r"analysis_grid.pixel_size_um: must be > 0"):
+        config_from_dict({"analysis_grid": {"pixel_size_um": -1}})

@@ -5,7 +5,6 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from chemozone.config import TissueConfig
 from chemozone.tissue import block_means, grid_factor, grid_shape, tissue_mask
 
 
@@ -47,8 +46,8 @@ def _explant(shape=(600, 600), seed=0):
 
 def test_tissue_mask_recovers_disc_excludes_tear_fills_small_holes_drops_debris():
     img, truth = _explant()
-    cfg = TissueConfig(grid_um=2.0, smooth_um=2.0, min_area_um2=2000.0, fill_holes_um2=500.0)
-    mask, grid_um = tissue_mask(da.from_array(img, chunks=(1, 128, 128)), pixel_size_um=1.0, config=cfg)
+    cfg = dict(grid_um=2.0, smooth_um=2.0, min_area_um2=2000.0, fill_holes_um2=500.0)
+    mask, grid_um = tissue_mask(da.from_array(img, chunks=(1, 128, 128)), pixel_size_um=1.0, **cfg)
     assert grid_um == 2.0 and mask.shape == (300, 300) and mask.dtype == bool
     truth_grid = truth[::2, ::2]
     iou = (mask & truth_grid).sum() / (mask | truth_grid).sum()
@@ -57,25 +56,25 @@ def test_tissue_mask_recovers_disc_excludes_tear_fills_small_holes_drops_debris(
     assert mask[100, 200]  # small hole (~80 µm²) filled
     assert not mask[20, 20]  # debris (~113 µm² < min_area_um2) dropped
     # numpy input gives the same mask
-    mask_np, _ = tissue_mask(img, pixel_size_um=1.0, config=cfg)
+    mask_np, _ = tissue_mask(img, pixel_size_um=1.0, **cfg)
     np.testing.assert_array_equal(mask, mask_np)
 
 
 def test_tissue_mask_is_intensity_scale_free_and_channel_selectable():
     img, _ = _explant()
-    cfg = TissueConfig(grid_um=4.0, smooth_um=4.0, min_area_um2=2000.0, fill_holes_um2=500.0)
-    m1, g = tissue_mask(img, pixel_size_um=1.0, config=cfg)
-    m2, _ = tissue_mask(img.astype(np.float32) / 1000.0, pixel_size_um=1.0, config=cfg)
+    cfg = dict(grid_um=4.0, smooth_um=4.0, min_area_um2=2000.0, fill_holes_um2=500.0)
+    m1, g = tissue_mask(img, pixel_size_um=1.0, **cfg)
+    m2, _ = tissue_mask(img.astype(np.float32) / 1000.0, pixel_size_um=1.0, **cfg)
     np.testing.assert_array_equal(m1, m2)
     assert g == 4.0
-    m3, _ = tissue_mask(img, pixel_size_um=1.0, config=cfg, channel_indices=[1])
+    m3, _ = tissue_mask(img, pixel_size_um=1.0, **cfg, channel_indices=[1])
     assert (m3 == m1).mean() > 0.99
 
 
 def test_tissue_mask_absolute_threshold_and_errors():
     img, _ = _explant()
-    cfg = TissueConfig(grid_um=4.0, smooth_um=4.0, threshold=2.0, min_area_um2=2000.0)
-    m, _ = tissue_mask(img, pixel_size_um=1.0, config=cfg)
+    cfg = dict(grid_um=4.0, smooth_um=4.0, threshold=2.0, min_area_um2=2000.0)
+    m, _ = tissue_mask(img, pixel_size_um=1.0, **cfg)
     assert not m.any()  # scaled signal never exceeds ~1
     with pytest.raises(ValueError, match="3-D"):
         tissue_mask(img[0], pixel_size_um=1.0)
@@ -85,7 +84,6 @@ def test_field_that_is_all_tissue_is_not_split_into_dim_and_bright():
     """A crop of a section (no glass): dim and bright tissue both count; a dark tear is still excluded."""
     import numpy as np
 
-    from chemozone.config import TissueConfig
     from chemozone.tissue import tissue_mask
 
     rng = np.random.default_rng(0)
@@ -93,13 +91,13 @@ def test_field_that_is_all_tissue_is_not_split_into_dim_and_bright():
     img[0, :200] = rng.normal(1000, 60, (200, 400))  # bright tissue
     img[0, 200:] = rng.normal(750, 60, (200, 400))   # dim tissue (ratio 0.75: no glass anywhere)
     img[0, 300:320, 50:350] = 20                      # a tear
-    mask, grid_um = tissue_mask(img, pixel_size_um=1.0, config=TissueConfig(grid_um=2, smooth_um=2, fill_holes_um2=100))
+    mask, grid_um = tissue_mask(img, pixel_size_um=1.0, grid_um=2, smooth_um=2, fill_holes_um2=100)
     assert mask[:100].all() and mask[120:145].mean() > 0.95  # dim half kept
     assert not mask[152:158, 40:170].any()                    # tear excluded
     # the same image on glass: the dark surround is background
     glass = np.full((1, 600, 600), 30.0)
     glass[:, 100:500, 100:500] = img
-    mask2, _ = tissue_mask(glass, pixel_size_um=1.0, config=TissueConfig(grid_um=2, smooth_um=2, fill_holes_um2=100))
+    mask2, _ = tissue_mask(glass, pixel_size_um=1.0, grid_um=2, smooth_um=2, fill_holes_um2=100)
     assert not mask2[:40].any() and mask2[60:240, 60:240].mean() > 0.95
 
 

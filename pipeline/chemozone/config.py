@@ -1,6 +1,6 @@
 """Experiment configuration: one YAML file, validated by pydantic v2 models.
 
-Sections mirror the stages: ``panel``, ``samples``, ``tissue``, ``segmentation``, ``quantification``,
+Sections mirror the stages: ``panel``, ``samples``, ``analysis_grid``, ``tissue``, ``segmentation``, ``quantification``,
 ``phenotypes``, ``zones``, ``spatial``, ``stats``, ``run``. Every key is documented in
 ``configs/example.yaml``. Unknown keys and wrong types are :class:`~chemozone.errors.ConfigError` whose
 message names the YAML path, e.g. ``zones[1].smooth_um: must be > 0, got -3``.
@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "PanelConfig",
     "SamplesConfig",
+    "AnalysisGridConfig",
     "TissueConfig",
     "CellposeConfig",
     "SegmentationConfig",
@@ -58,6 +59,7 @@ __all__ = [
     "config_hash",
     "load_gates_file",
     "save_gates_file",
+    "zone_mask_names",
 ]
 
 
@@ -94,15 +96,21 @@ class SamplesConfig(_Section):
     """File name endings that count as images when scanning a folder."""
 
 
+# ------------------------------------------------------------------------------------- analysis grid
+class AnalysisGridConfig(_Section):
+    """The coarse grid of the tissue mask, the zone masks and every distance (:mod:`chemozone.grid`)."""
+
+    pixel_size_um: PositiveFloat = 2.0
+    """Target pixel size of the analysis grid, µm: the tissue mask, zone masks and distance transforms are
+    computed on it (a whole number of image pixels; the image's own pixel size when that is coarser)."""
+
+
 # -------------------------------------------------------------------------------------------- tissue
 class TissueConfig(_Section):
-    """Tissue (explant) mask, computed at a coarse resolution."""
+    """Tissue (explant) mask, computed on the analysis grid."""
 
     channels: list[str] | None = None
     """Channels summed for the mask (each scaled by its own robust range); None = all channels."""
-    grid_um: PositiveFloat = 2.0
-    """Pixel size of the analysis grid, µm: the tissue mask, zone masks and distance transforms are
-    computed on it (the image's own pixel size when that is coarser)."""
     smooth_um: PositiveFloat = 12.0
     """Gaussian sigma before thresholding, µm."""
     threshold: Literal["otsu", "triangle", "li"] | float = "otsu"
@@ -324,6 +332,27 @@ class ZoneConfig(_Section):
         return self
 
 
+TUMOR_COMPARTMENTS = ("intraepithelial", "margin", "peritumoral", "distal")
+"""Suffixes of the four masks a ``source: tumor`` zone produces (``{zone}_intraepithelial``, ...)."""
+
+
+def zone_mask_names(zones: list[ZoneConfig]) -> list[str]:
+    """Names of the masks :func:`chemozone.zones.build_zones` returns for these zones (tumor zones give four).
+
+    Examples
+    --------
+    >>> zone_mask_names([ZoneConfig(name="CXCL8", channels=["CXCL8"]), ZoneConfig(name="T", source="tumor", channels=["panCK"])])
+    ['CXCL8', 'T_intraepithelial', 'T_margin', 'T_peritumoral', 'T_distal']
+    """
+    out: list[str] = []
+    for z in zones:
+        if z.source == "tumor":
+            out += [f"{z.name}_{p}" for p in TUMOR_COMPARTMENTS]
+        else:
+            out.append(z.name)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- spatial
 class CognatePair(_Section):
     """A zone and the receptor of its chemokine, compared within lineages."""
@@ -398,6 +427,7 @@ class Config(_Section):
 
     panel: PanelConfig = Field(default_factory=PanelConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    analysis_grid: AnalysisGridConfig = Field(default_factory=AnalysisGridConfig)
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     quantification: QuantificationConfig = Field(default_factory=QuantificationConfig)
@@ -419,8 +449,6 @@ class Config(_Section):
                     f"spatial.cognate_pairs[{i}].zone '{pair.zone}' is not a configured zone (zones: {names})"
                 )
         if self.spatial.overlap_zones:
-            from .zones import zone_mask_names
-
             masks = zone_mask_names(self.zones)
             for i, name in enumerate(self.spatial.overlap_zones):
                 if name not in masks:
@@ -472,6 +500,33 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: {seen[0]}{more}"
 
 
+# ---------------------------------------------------------------------------------- deprecated keys
+def _move_deprecated_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``tissue.grid_um`` (before 0.2) → ``analysis_grid.pixel_size_um``, with a DeprecationWarning."""
+    tissue = data.get("tissue")
+    if not isinstance(tissue, dict) or "grid_um" not in tissue:
+        return data
+    import warnings
+
+    data = {**data, "tissue": {k: v for k, v in tissue.items() if k != "grid_um"}}
+    grid = data.get("analysis_grid")
+    grid = dict(grid) if isinstance(grid, dict) else {}
+    if "pixel_size_um" in grid and grid["pixel_size_um"] != tissue["grid_um"]:
+        raise ConfigError(
+            f"{source}: tissue.grid_um ({tissue['grid_um']}) and analysis_grid.pixel_size_um "
+            f"({grid['pixel_size_um']}) disagree; keep only analysis_grid.pixel_size_um"
+        )
+    warnings.warn(
+        f"{source}: tissue.grid_um is deprecated; the analysis grid governs tissue, zones and distances: "
+        "write it as analysis_grid.pixel_size_um",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    grid["pixel_size_um"] = tissue["grid_um"]
+    data["analysis_grid"] = grid
+    return data
+
+
 # --------------------------------------------------------------------------------------------- I/O
 def config_from_dict(data: dict[str, Any] | None, *, source: str = "config", base_dir: Path | None = None) -> Config:
     """Validate a mapping into a :class:`Config`.
@@ -494,6 +549,7 @@ def config_from_dict(data: dict[str, Any] | None, *, source: str = "config", bas
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = _move_deprecated_keys(data, source)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

@@ -52,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger("chemozone")
 
-STEP_A_SECTIONS = ("panel", "tissue", "segmentation", "quantification")
+STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
 STAMP = "step_a.json"
 MEASUREMENTS = "measurements.parquet"
 REVIEWED = "reviewed.parquet"  # cell_id, phenotype_reviewed: written by the napari cell inspector, never by a run
@@ -158,8 +158,11 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 resolve_channels(img.channels, cfg.tissue.channels, aliases=cfg.panel.aliases, source=img.path)
                 if cfg.tissue.channels else None
             )
+            tc = cfg.tissue
             tmask, grid_um = _stage(sid, "tissue", lambda: tissue.tissue_mask(
-                img.data, pixel_size_um=px, config=cfg.tissue, channel_indices=tissue_idx))
+                img.data, pixel_size_um=px, grid_um=cfg.analysis_grid.pixel_size_um, smooth_um=tc.smooth_um,
+                threshold=tc.threshold, glass_contrast=tc.glass_contrast, min_area_um2=tc.min_area_um2,
+                fill_holes_um2=tc.fill_holes_um2, channel_indices=tissue_idx))
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
         with _timed(timings, "segment"):
@@ -243,7 +246,7 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
-        grid_um = _grid_um(lay, sid)
+        grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         for z in cfg.zones:
             if z.source not in ("pixels", "tumor"):
                 continue
@@ -277,13 +280,16 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
     return {"gates": gates, "zone_thresholds": thresholds}
 
 
-def _grid_um(lay: RunLayout, sid: str) -> float:
-    from .io import labels_pixel_size_um
+def _grid_um(img, cfg: Config, tissue_grid, lay: RunLayout, sid: str) -> float:
+    """The analysis grid's pixel size for this image; the stored tissue mask must be on that grid."""
+    from .grid import grid_factor, grid_shape
 
-    g = labels_pixel_size_um(lay.masks(sid), "tissue")
-    if g is None:
-        raise RunError(f"{lay.masks(sid)}: tissue mask has no pixel size; re-run without --resume")
-    return g
+    factor = grid_factor(img.pixel_size_um, cfg.analysis_grid.pixel_size_um)
+    expected = grid_shape(img.data.shape[1:], factor)
+    if tuple(tissue_grid.shape) != expected:
+        raise RunError(f"{lay.masks(sid)}: the tissue mask has shape {tuple(tissue_grid.shape)} but the analysis "
+                       f"grid of this image is {expected}; re-run step A (without --resume)")
+    return factor * float(img.pixel_size_um)
 
 
 # --------------------------------------------------------------------------------------- step B
@@ -306,7 +312,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             sg = gates[gates["sample_id"] == sid] if len(gates) else gates
             cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, config=cfg.phenotypes))
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
-        grid_um = _grid_um(lay, sid)
+        grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         with _timed(timings, "zones"):
             zt = zone_thresholds
             if zt is not None and len(zt):

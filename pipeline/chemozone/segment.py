@@ -59,6 +59,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import ConfigError
+from .grid import grid_factor
 from .progress import compute_with_progress
 
 __all__ = [
@@ -972,7 +973,7 @@ def segment_image(
         if tissue_grid_um is None:
             raise ValueError("tissue_grid_um is required with tissue (the analysis grid's pixel size, µm)")
         tissue_arr = np.asarray(tissue).astype(bool)
-        factor = max(1, int(round(tissue_grid_um / pixel_size_um)))
+        factor = grid_factor(pixel_size_um, tissue_grid_um)
 
     cp_idx: list[int] = []
     if seg_cfg.method == "cellpose" and seg_cfg.cellpose.channels:

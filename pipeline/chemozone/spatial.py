@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .config import MAX_OVERLAP_ZONES, SpatialConfig
 from .errors import ConfigError, MissingStepError
-from .zones import cell_grid_index
+from .grid import cell_grid_index, signed_distance
 
 __all__ = [
     "PSEUDOCOUNT",
@@ -56,36 +55,6 @@ PSEUDOCOUNT = 1.0
 
 
 # ---------------------------------------------------------------------------------- distances
-def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
-    """Signed distance to the edge of ``mask`` (µm): negative inside, positive outside.
-
-    Parameters
-    ----------
-    mask : bool ndarray (Y, X)
-    grid_um : float
-        Pixel size (µm).
-
-    Returns
-    -------
-    float64 ndarray (Y, X)
-
-    Examples
-    --------
-    >>> m = np.zeros((1, 5), bool); m[0, :2] = True
-    >>> signed_distance(m, grid_um=2.0).tolist()
-    [[-3.0, -1.0, 1.0, 3.0, 5.0]]
-    """
-    mask = np.asarray(mask, bool)
-    half = 0.5 * float(grid_um)
-    if not mask.any():
-        return np.full(mask.shape, np.inf)
-    if mask.all():
-        return np.full(mask.shape, -np.inf)
-    d_out = ndi.distance_transform_edt(~mask, sampling=grid_um)
-    d_in = ndi.distance_transform_edt(mask, sampling=grid_um)
-    return np.where(mask, -(d_in - half), d_out - half)
-
-
 def tissue_depth(tissue: np.ndarray, *, grid_um: float) -> np.ndarray:
     """Distance to the tissue edge (µm): positive inside the tissue, negative outside (``-signed_distance``)."""
     return -signed_distance(tissue, grid_um=grid_um)

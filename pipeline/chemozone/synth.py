@@ -72,6 +72,7 @@ from scipy import ndimage as ndi
 
 from ._synth_render import render_region, sample_grid
 from .errors import ConfigError
+from .grid import grid_factor
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -395,7 +396,7 @@ def _build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, pati
     # ------------------------------------------------------------------ dose biology
     eff = params["effectiveness"].get(radiation, 1.0)
     d_eff = eff * float(dose_gy)
-    fpx = int(round(params["zone"]["grid_um"] / px))  # field grid: 2 µm
+    fpx = grid_factor(px, params["zone"]["grid_um"])  # field grid: 2 µm
     fh, fw = -(-H // fpx), -(-W // fpx)
     corr_patch = params["patch_correlation_um"] / params["zone"]["grid_um"]
     tumor_idx = np.nonzero(ctype == _T["Tumor"])[0]

@@ -1,8 +1,7 @@
 """Tissue (explant) mask on the coarse analysis grid.
 
-The analysis grid (see ``docs/API.md``): ``factor = max(1, round(grid_um / pixel_size_um))``, grid pixel
-size ``grid_um = factor * pixel_size_um``, grid shape ``(ceil(Y / factor), ceil(X / factor))``. A cell at
-``(x_um, y_um)`` falls in grid pixel ``(int(y_um // grid_um), int(x_um // grid_um))``.
+The mask lives on the analysis grid that :mod:`chemozone.grid` defines (``grid_factor``, ``grid_shape``
+and ``block_mean`` are re-exported here for existing callers).
 
 The mask is computed from block means of the image (a lazy dask array is reduced chunk by chunk; the
 full-resolution image is never held in memory): each channel is scaled by its own robust range
@@ -14,77 +13,23 @@ and lumina, stay excluded).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import TissueConfig
+from .grid import block_mean, grid_factor, grid_shape
 
 __all__ = ["grid_factor", "grid_shape", "block_means", "tissue_mask"]
 
 
-def grid_factor(pixel_size_um: float, grid_um: float) -> int:
-    """Image pixels per analysis-grid pixel (per side).
-
-    Examples
-    --------
-    >>> grid_factor(0.5, 2.0), grid_factor(0.497, 2.0), grid_factor(4.0, 2.0)
-    (4, 4, 1)
-    """
-    if not (pixel_size_um > 0 and grid_um > 0):
-        raise ValueError(f"pixel_size_um and grid_um must be > 0, got {pixel_size_um} and {grid_um}")
-    return max(1, int(round(grid_um / pixel_size_um)))
-
-
-def grid_shape(shape_yx: tuple[int, int], factor: int) -> tuple[int, int]:
-    """Grid shape ``(ceil(Y / factor), ceil(X / factor))``."""
-    return (math.ceil(shape_yx[0] / factor), math.ceil(shape_yx[1] / factor))
-
-
 def block_means(image_cyx, factor: int, channel_indices=None) -> np.ndarray:
-    """Mean of each ``factor x factor`` block (partial blocks at the edges averaged over their pixels).
-
-    Parameters
-    ----------
-    image_cyx : numpy or dask array, shape (C, Y, X)
-    factor : int
-    channel_indices : list of int, optional
-        Channels to reduce (default all).
-
-    Returns
-    -------
-    ndarray of float64, shape (len(channel_indices), ceil(Y / factor), ceil(X / factor))
+    """Float64 block means of a (C, Y, X) image: :func:`chemozone.grid.block_mean` (kept for the API).
 
     Examples
     --------
     >>> block_means(np.arange(9.0).reshape(1, 3, 3), 2)[0].tolist()
     [[2.0, 3.5], [6.5, 8.0]]
     """
-    c, h, w = image_cyx.shape
-    idx = list(range(c)) if channel_indices is None else [int(i) for i in channel_indices]
-    gh, gw = grid_shape((h, w), factor)
-    ph, pw = gh * factor - h, gw * factor - w
-    rows = np.full(gh, factor, np.float64)
-    cols = np.full(gw, factor, np.float64)
-    rows[-1] -= ph
-    cols[-1] -= pw
-    counts = rows[:, None] * cols[None, :]
-    if hasattr(image_cyx, "dask"):
-        import dask.array as da
-
-        sub = image_cyx[idx].astype(np.float64)
-        if ph or pw:
-            sub = da.pad(sub, ((0, 0), (0, ph), (0, pw)), mode="constant")
-        step = factor * max(1, 1024 // factor)
-        sub = sub.rechunk((1, step, step))
-        sums = da.coarsen(np.sum, sub, {1: factor, 2: factor}).compute()
-    else:
-        sub = np.asarray(image_cyx)[idx].astype(np.float64)
-        if ph or pw:
-            sub = np.pad(sub, ((0, 0), (0, ph), (0, pw)), mode="constant")
-        sums = sub.reshape(len(idx), gh, factor, gw, factor).sum(axis=(2, 4))
-    return sums / counts
+    return block_mean(image_cyx, factor, channel_indices=channel_indices)
 
 
 def _auto_threshold(values: np.ndarray, method) -> float:
@@ -119,8 +64,9 @@ def _glass_guard(smooth: np.ndarray, thr: float, contrast: float) -> float:
     return 0.5 * lo_med
 
 
-def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None = None,
-                channel_indices=None) -> tuple[np.ndarray, float]:
+def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth_um: float = 12.0,
+                threshold: str | float = "otsu", glass_contrast: float = 3.0, min_area_um2: float = 20000.0,
+                fill_holes_um2: float = 2000.0, channel_indices=None) -> tuple[np.ndarray, float]:
     """The explant's tissue on the analysis grid.
 
     Parameters
@@ -129,10 +75,19 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
         The image (read block by block when lazy).
     pixel_size_um : float
         Pixel size of the image, µm.
-    config : TissueConfig, optional
-        ``grid_um``, ``smooth_um``, ``threshold``, ``min_area_um2``, ``fill_holes_um2``.
+    grid_um : float
+        Target pixel size of the analysis grid, µm (``analysis_grid.pixel_size_um``).
+    smooth_um : float
+        Gaussian sigma before thresholding, µm.
+    threshold : {"otsu", "triangle", "li"} or float
+        Automatic method, or an absolute value on the combined (range-scaled) signal.
+    glass_contrast : float
+        An automatic threshold's darker class counts as glass only if the brighter class is at least this
+        many times brighter; otherwise the field is all tissue.
+    min_area_um2, fill_holes_um2 : float
+        Smaller tissue pieces are dropped; smaller holes are filled, µm².
     channel_indices : list of int, optional
-        Channels combined for the mask (resolve ``config.channels`` names with
+        Channels combined for the mask (resolve ``tissue.channels`` names with
         :func:`chemozone.io.resolve_channels`); default all.
 
     Returns
@@ -145,14 +100,13 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
     Examples
     --------
     >>> img = np.zeros((1, 400, 400)); img[0, 100:300, 100:300] = 50.0
-    >>> m, g = tissue_mask(img, pixel_size_um=1.0, config=TissueConfig(grid_um=4, smooth_um=1, min_area_um2=100))
+    >>> m, g = tissue_mask(img, pixel_size_um=1.0, grid_um=4, smooth_um=1, min_area_um2=100)
     >>> m.shape, g, int(m.sum()) * g * g
     ((100, 100), 4.0, 40000.0)
     """
-    cfg = config or TissueConfig()
     if len(getattr(image_cyx, "shape", ())) != 3:
         raise ValueError(f"image_cyx must be 3-D (C, Y, X), got shape {getattr(image_cyx, 'shape', None)}")
-    f = grid_factor(pixel_size_um, cfg.grid_um)
+    f = grid_factor(pixel_size_um, grid_um)
     grid_um = f * float(pixel_size_um)
     means = block_means(image_cyx, f, channel_indices)
     signal = np.zeros(means.shape[1:], np.float64)
@@ -164,10 +118,10 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
         if hi > lo:
             signal += np.clip((np.nan_to_num(ch, nan=lo) - lo) / (hi - lo), 0, None)
     signal /= max(1, len(means))
-    smooth = ndi.gaussian_filter(signal, cfg.smooth_um / grid_um, mode="nearest")
-    thr = _auto_threshold(smooth, cfg.threshold)
-    if not isinstance(cfg.threshold, (int, float)) or isinstance(cfg.threshold, bool):
-        thr = _glass_guard(smooth, thr, cfg.glass_contrast)
+    smooth = ndi.gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
+    thr = _auto_threshold(smooth, threshold)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        thr = _glass_guard(smooth, thr, glass_contrast)
     mask = smooth > thr
     # drop small pieces
     lab, n = ndi.label(mask)
@@ -176,7 +130,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
         # a small field of view (a crop, a tiny ROI) may hold less tissue than min_area_um2 in all:
         # a piece covering at least a fifth of the field is then kept
         field_um2 = mask.size * grid_um**2
-        keep = sizes >= min(cfg.min_area_um2, 0.2 * field_um2)
+        keep = sizes >= min(min_area_um2, 0.2 * field_um2)
         keep[0] = False
         mask = keep[lab]
     # fill small holes; large holes (tears) stay excluded
@@ -184,7 +138,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, config: TissueConfig | None 
     if holes.any():
         hl, _ = ndi.label(holes)
         hs = np.bincount(hl.ravel()) * grid_um**2
-        small = hs < cfg.fill_holes_um2
+        small = hs < fill_holes_um2
         small[0] = False
         mask = mask | small[hl]
     return mask, grid_um

@@ -1,8 +1,7 @@
 """Chemokine zones: pixel zones, producer-cell zones and tumor compartments on the analysis grid.
 
-All masks live on the **analysis grid** (see ``docs/API.md``): the image is block-mean downsampled by
-``factor = max(1, round(grid_um / pixel_size_um))`` lazily (dask ``coarsen``), so a full-resolution
-float image is never held in memory. The grid pixel size is ``factor * pixel_size_um``.
+All masks live on the **analysis grid** (:mod:`chemozone.grid`): each channel is block-mean downsampled
+lazily (:func:`chemozone.grid.block_mean`), so a full-resolution float image is never held in memory.
 
 Three zone sources (``ZoneConfig.source``):
 
@@ -61,8 +60,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .config import ZoneConfig
+from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
+from .grid import block_mean, cell_grid_index, grid_factor
 from .samples import select_reference
 
 __all__ = [
@@ -87,65 +87,17 @@ _LEVELS = np.linspace(0.0, 1.0, N_QUANTILES)
 
 
 # ----------------------------------------------------------------------------------------- grid
-def grid_factor(pixel_size_um: float, grid_um: float) -> int:
-    """Integer block size of the analysis grid: ``max(1, round(grid_um / pixel_size_um))``.
-
-    Examples
-    --------
-    >>> grid_factor(0.5, 2.0)
-    4
-    >>> grid_factor(3.0, 2.0)
-    1
-    """
-    try:  # the tissue module owns the definition; fall back to the same formula
-        from .tissue import grid_factor as _gf  # noqa: PLC0415
-
-        return int(_gf(pixel_size_um, grid_um))
-    except ImportError:
-        return max(1, int(round(float(grid_um) / float(pixel_size_um))))
-
-
 def downsample_to_grid(image_yx: Any, factor: int) -> np.ndarray:
-    """Block mean of one 2-D channel over ``factor × factor`` blocks, lazily.
-
-    Parameters
-    ----------
-    image_yx : array-like (Y, X)
-        numpy, zarr or dask array; read block by block with dask (never the whole float image).
-    factor : int
-        Block size in pixels.
-
-    Returns
-    -------
-    ndarray float32 (ceil(Y / factor), ceil(X / factor))
-        Mean of the pixels of each block (partial blocks at the bottom/right edge average only the pixels
-        they contain).
+    """Float32 block mean of one (Y, X) channel: :func:`chemozone.grid.block_mean` (kept for the API).
 
     Examples
     --------
     >>> downsample_to_grid(np.arange(9).reshape(3, 3), 2).tolist()
     [[2.0, 3.5], [6.5, 8.0]]
     """
-    import dask.array as da  # noqa: PLC0415
-
     if getattr(image_yx, "ndim", None) != 2:
         raise ValueError(f"downsample_to_grid expects a 2-D (Y, X) array, got shape {getattr(image_yx, 'shape', None)}")
-    factor = int(factor)
-    ny, nx = image_yx.shape
-    gy, gx = -(-ny // factor), -(-nx // factor)
-    if factor == 1:
-        return np.asarray(image_yx, dtype=np.float32)
-    arr = image_yx if isinstance(image_yx, da.Array) else da.from_array(image_yx, chunks=(factor * 512, factor * 512))
-    step = factor * max(1, 2048 // factor)
-    arr = arr.astype(np.float64)
-    pad = ((0, gy * factor - ny), (0, gx * factor - nx))
-    if any(p[1] for p in pad):
-        arr = da.pad(arr, pad, mode="constant", constant_values=0)
-    arr = arr.rechunk((step, step))
-    sums = da.coarsen(np.sum, arr, {0: factor, 1: factor}).compute()
-    ry = np.minimum(factor, ny - np.arange(gy) * factor)
-    rx = np.minimum(factor, nx - np.arange(gx) * factor)
-    return (sums / np.outer(ry, rx)).astype(np.float32)
+    return block_mean(image_yx, factor, dtype=np.float32)
 
 
 def _smooth_in_tissue(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float) -> np.ndarray:
@@ -502,16 +454,6 @@ def producer_zone(
     return (d <= zone.radius_um) & tissue
 
 
-def cell_grid_index(cells: pd.DataFrame, *, grid_um: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Grid pixel ``(row, col)`` of each cell: ``(y_um // grid_um, x_um // grid_um)``, clipped to ``shape``."""
-    for c in ("x_um", "y_um"):
-        if c not in cells.columns:
-            raise MissingStepError(f"cells table has no '{c}' column; run quantification (quantify_cells) first")
-    r = np.floor(cells["y_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
-    c = np.floor(cells["x_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
-    return np.clip(r, 0, shape[0] - 1), np.clip(c, 0, shape[1] - 1)
-
-
 def tumor_compartments(epithelium: np.ndarray, tissue: np.ndarray, *, grid_um: float, zone: ZoneConfig) -> dict[str, np.ndarray]:
     """Tumor compartments by distance from the epithelium (pixel centres, µm).
 
@@ -534,17 +476,6 @@ def tumor_compartments(epithelium: np.ndarray, tissue: np.ndarray, *, grid_um: f
         f"{n}_peritumoral": tissue & (d > b0) & (d <= b1),
         f"{n}_distal": tissue & (d > b1),
     }
-
-
-def zone_mask_names(zones: Sequence[ZoneConfig]) -> list[str]:
-    """Names of the masks :func:`build_zones` returns for these zones (tumor zones give four)."""
-    out: list[str] = []
-    for z in zones:
-        if z.source == "tumor":
-            out += [f"{z.name}_{p}" for p in ("intraepithelial", "margin", "peritumoral", "distal")]
-        else:
-            out.append(z.name)
-    return out
 
 
 def build_zones(

@@ -448,7 +448,7 @@ class ZoneReviewWidget(QWidget):
         return None
 
     def _image_and_tissue(self):
-        from chemozone.io import labels_pixel_size_um, read_image, read_labels_zarr
+        from chemozone.io import read_image, read_labels_zarr
 
         layer = self._context_layer()
         img_layer = next((ly for ly in self.viewer.layers if _meta(ly).get("kind") == "image"), None)
@@ -460,15 +460,12 @@ class ZoneReviewWidget(QWidget):
         img = read_image(m["path"], channels=self._cfg.panel.channels, pixel_size_um=self._cfg.panel.pixel_size_um)
         sd = _sample_dir(layer)
         store = sd / "masks.ome.zarr" if sd is not None else None
-        tissue, grid_um = None, None
+        from chemozone.grid import grid_pixel_um
+
+        tissue = None
         if store is not None and (store / "labels" / "tissue").is_dir():
             tissue = read_labels_zarr(store, "tissue").astype(bool)
-            grid_um = labels_pixel_size_um(store, "tissue")
-        if grid_um is None:
-            from chemozone.tissue import grid_factor
-
-            grid_um = grid_factor(img.pixel_size_um, self._cfg.tissue.grid_um) * img.pixel_size_um
-        return img, tissue, float(grid_um)
+        return img, tissue, grid_pixel_um(img.pixel_size_um, self._cfg.analysis_grid.pixel_size_um)
 
     def compute_signal(self, *, block: bool = False):
         """Compute the zone's module signal with the chosen smoothing (worker thread unless ``block``)."""

@@ -1,0 +1,214 @@
+"""The analysis grid: the coarse raster on which tissue, zones and every distance are computed.
+
+Nuclei and cells live at the image's full resolution; the tissue mask, the zone masks and all distance
+transforms live on a coarser **analysis grid** whose target pixel size is the config key
+``analysis_grid.pixel_size_um`` (2 µm by default). This module is the one place that defines it:
+
+- ``factor = max(1, round(grid_um / pixel_size_um))`` image pixels per grid pixel (per side),
+- the grid pixel size is ``factor * pixel_size_um`` (the image's own pixel size when that is coarser),
+- the grid shape is ``(ceil(Y / factor), ceil(X / factor))``; a grid pixel is the mean of its block
+  (partial blocks at the bottom and right edge average only the pixels they contain),
+- a cell at ``(x_um, y_um)`` falls in grid pixel ``(floor(y_um / grid_um), floor(x_um / grid_um))``,
+- signed distances to a mask are pixel-centre Euclidean distances minus half a grid pixel, negative inside.
+
+It imports nothing else from chemozone, so every stage (tissue, segment, zones, spatial, synth) and the
+napari plugin can use it.
+
+Examples
+--------
+>>> f = grid_factor(0.5, 2.0)
+>>> f, grid_pixel_um(0.5, 2.0), grid_shape((10, 9), f)
+(4, 2.0, (3, 3))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "grid_factor",
+    "grid_pixel_um",
+    "grid_shape",
+    "block_mean",
+    "cell_grid_index",
+    "signed_distance",
+]
+
+
+def grid_factor(pixel_size_um: float, grid_um: float) -> int:
+    """Image pixels per analysis-grid pixel (per side): ``max(1, round(grid_um / pixel_size_um))``.
+
+    Parameters
+    ----------
+    pixel_size_um : float
+        The image's pixel size, µm.
+    grid_um : float
+        Target pixel size of the analysis grid, µm.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> grid_factor(0.5, 2.0), grid_factor(0.497, 2.0), grid_factor(4.0, 2.0)
+    (4, 4, 1)
+    """
+    if not (pixel_size_um > 0 and grid_um > 0):
+        raise ValueError(f"pixel_size_um and grid_um must be > 0, got {pixel_size_um} and {grid_um}")
+    return max(1, int(round(float(grid_um) / float(pixel_size_um))))
+
+
+def grid_pixel_um(pixel_size_um: float, grid_um: float) -> float:
+    """Actual pixel size of the analysis grid, µm: ``grid_factor(pixel_size_um, grid_um) * pixel_size_um``.
+
+    Examples
+    --------
+    >>> grid_pixel_um(0.5, 2.0), grid_pixel_um(0.65, 2.0), grid_pixel_um(3.0, 2.0)
+    (2.0, 1.9500000000000002, 3.0)
+    """
+    return grid_factor(pixel_size_um, grid_um) * float(pixel_size_um)
+
+
+def grid_shape(shape_yx: Sequence[int], factor: int) -> tuple[int, int]:
+    """Grid shape ``(ceil(Y / factor), ceil(X / factor))`` of an image of shape ``(Y, X)``.
+
+    Examples
+    --------
+    >>> grid_shape((10, 9), 4)
+    (3, 3)
+    """
+    return (math.ceil(shape_yx[0] / factor), math.ceil(shape_yx[1] / factor))
+
+
+def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None = None,
+               dtype: Any = np.float64) -> np.ndarray:
+    """Mean of each ``factor × factor`` block; partial blocks at the edges average the pixels they hold.
+
+    Sums are accumulated in float64 (exact for integer images); a lazy (dask) or zarr input is reduced
+    chunk by chunk, so the full-resolution image is never held in memory as floats.
+
+    Parameters
+    ----------
+    image : numpy, zarr or dask array, shape (Y, X) or (C, Y, X)
+    factor : int
+        Block size in image pixels (:func:`grid_factor`).
+    channel_indices : sequence of int, optional
+        (C, Y, X) input only: the channels to reduce (default all).
+    dtype : numpy dtype
+        Dtype of the result (default float64).
+
+    Returns
+    -------
+    ndarray, shape (ceil(Y / factor), ceil(X / factor)) or (C', ceil(Y / factor), ceil(X / factor))
+
+    Examples
+    --------
+    >>> block_mean(np.arange(9).reshape(3, 3), 2).tolist()
+    [[2.0, 3.5], [6.5, 8.0]]
+    >>> block_mean(np.arange(18.0).reshape(2, 3, 3), 2, channel_indices=[1]).shape
+    (1, 2, 2)
+    """
+    ndim = getattr(image, "ndim", None)
+    if ndim not in (2, 3):
+        raise ValueError(f"block_mean expects a (Y, X) or (C, Y, X) array, got shape {getattr(image, 'shape', None)}")
+    if ndim == 2:
+        if channel_indices is not None:
+            raise ValueError("channel_indices needs a (C, Y, X) image")
+        return block_mean(image[None], factor, dtype=dtype)[0]
+    factor = int(factor)
+    idx = list(range(image.shape[0])) if channel_indices is None else [int(i) for i in channel_indices]
+    _, h, w = image.shape
+    gh, gw = grid_shape((h, w), factor)
+    if factor == 1:
+        return np.stack([np.asarray(image[i]) for i in idx]).astype(dtype) if idx else np.zeros((0, h, w), dtype)
+    pad = ((0, 0), (0, gh * factor - h), (0, gw * factor - w))
+    if isinstance(image, np.ndarray):
+        sub = image[idx].astype(np.float64)
+        if pad[1][1] or pad[2][1]:
+            sub = np.pad(sub, pad, mode="constant")
+        sums = sub.reshape(len(idx), gh, factor, gw, factor).sum(axis=(2, 4))
+    else:
+        import dask.array as da  # noqa: PLC0415
+
+        arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=(1, factor * 512, factor * 512))
+        sub = arr[idx].astype(np.float64)
+        if pad[1][1] or pad[2][1]:
+            sub = da.pad(sub, pad, mode="constant")
+        step = factor * max(1, 1024 // factor)
+        sums = da.coarsen(np.sum, sub.rechunk((1, step, step)), {1: factor, 2: factor}).compute()
+    rows = np.minimum(factor, h - np.arange(gh) * factor)
+    cols = np.minimum(factor, w - np.arange(gw) * factor)
+    return (sums / np.outer(rows, cols)).astype(dtype)
+
+
+def cell_grid_index(cells: Any, *, grid_um: float, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grid pixel ``(row, col)`` of each cell: ``(floor(y_um / grid_um), floor(x_um / grid_um))``, clipped.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        With ``x_um`` and ``y_um`` columns (µm).
+    grid_um : float
+        Grid pixel size (:func:`grid_pixel_um`), µm.
+    shape : (int, int)
+        Grid shape; indices are clipped to it.
+
+    Returns
+    -------
+    rows, cols : int64 ndarrays, shape (n_cells,)
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> r, c = cell_grid_index(pd.DataFrame({"x_um": [0.5, 5.0], "y_um": [3.9, 99.0]}), grid_um=2.0, shape=(4, 4))
+    >>> r.tolist(), c.tolist()
+    ([1, 3], [0, 2])
+    """
+    for c in ("x_um", "y_um"):
+        if c not in cells.columns:
+            from .errors import MissingStepError  # noqa: PLC0415
+
+            raise MissingStepError(f"cells table has no '{c}' column; run quantification (quantify_cells) first")
+    r = np.floor(cells["y_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
+    c = np.floor(cells["x_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
+    return np.clip(r, 0, shape[0] - 1), np.clip(c, 0, shape[1] - 1)
+
+
+def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
+    """Signed distance to the edge of ``mask`` (µm): negative inside, positive outside.
+
+    Pixel-centre Euclidean distance to the nearest pixel of the other class, minus half a grid pixel.
+    An empty mask gives ``+inf`` everywhere, a full mask ``-inf``.
+
+    Parameters
+    ----------
+    mask : bool ndarray (Y, X)
+    grid_um : float
+        Pixel size (µm).
+
+    Returns
+    -------
+    float64 ndarray (Y, X)
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 5), bool); m[0, :2] = True
+    >>> signed_distance(m, grid_um=2.0).tolist()
+    [[-3.0, -1.0, 1.0, 3.0, 5.0]]
+    """
+    from scipy import ndimage as ndi  # noqa: PLC0415
+
+    mask = np.asarray(mask, bool)
+    half = 0.5 * float(grid_um)
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    if mask.all():
+        return np.full(mask.shape, -np.inf)
+    d_out = ndi.distance_transform_edt(~mask, sampling=grid_um)
+    d_in = ndi.distance_transform_edt(mask, sampling=grid_um)
+    return np.where(mask, -(d_in - half), d_out - half)

@@ -1,0 +1,98 @@
+"""The analysis grid (chemozone.grid): one definition used by every stage."""
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chemozone.grid import block_mean, cell_grid_index, grid_factor, grid_pixel_um, grid_shape, signed_distance
+
+
+def test_factor_pixel_and_shape():
+    assert grid_factor(0.5, 2.0) == 4 and grid_factor(0.497, 2.0) == 4 and grid_factor(4.0, 2.0) == 1
+    assert grid_pixel_um(0.5, 2.0) == 2.0 and grid_pixel_um(4.0, 2.0) == 4.0
+    assert grid_shape((10, 9), 4) == (3, 3)
+    with pytest.raises(ValueError, match="must be > 0"):
+        grid_factor(0.0, 2.0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        grid_factor(0.5, -1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 23), w=st.integers(1, 23), f=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_block_mean_equals_brute_force_numpy_dask_and_2d(h, w, f, seed):
+    img = np.random.default_rng(seed).integers(0, 1000, (2, h, w)).astype(np.uint16)
+    gh, gw = grid_shape((h, w), f)
+    brute = np.array([[[img[c, i * f:(i + 1) * f, j * f:(j + 1) * f].mean() for j in range(gw)] for i in range(gh)]
+                      for c in range(2)])
+    np.testing.assert_array_equal(block_mean(img, f), brute)
+    np.testing.assert_array_equal(block_mean(da.from_array(img, chunks=(1, 5, 7)), f), brute)
+    np.testing.assert_array_equal(block_mean(img[1], f), brute[1])
+    np.testing.assert_array_equal(block_mean(img, f, channel_indices=[1]), brute[1:])
+    out32 = block_mean(img[0], f, dtype=np.float32)
+    assert out32.dtype == np.float32 and np.array_equal(out32, brute[0].astype(np.float32))
+
+
+def test_block_mean_rejects_other_shapes():
+    with pytest.raises(ValueError, match=r"\(Y, X\) or \(C, Y, X\)"):
+        block_mean(np.zeros(5), 2)
+    with pytest.raises(ValueError, match="channel_indices needs"):
+        block_mean(np.zeros((4, 4)), 2, channel_indices=[0])
+
+
+def test_cell_grid_index_floor_and_clip():
+    cells = pd.DataFrame({"x_um": [0.0, 1.99, 2.0, -3.0, 1e6], "y_um": [0.0, 3.9, 4.0, 0.0, 1e6]})
+    r, c = cell_grid_index(cells, grid_um=2.0, shape=(3, 3))
+    assert r.tolist() == [0, 1, 2, 0, 2] and c.tolist() == [0, 0, 1, 0, 2]
+
+
+def test_cell_grid_index_names_the_missing_step():
+    from chemozone.errors import MissingStepError
+
+    with pytest.raises(MissingStepError, match="no 'y_um' column; run quantification"):
+        cell_grid_index(pd.DataFrame({"x_um": [1.0]}), grid_um=2.0, shape=(2, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), g=st.sampled_from([1.0, 2.0, 3.5]))
+def test_signed_distance_equals_brute_force(seed, g):
+    mask = np.random.default_rng(seed).random((7, 9)) < 0.3
+    if not mask.any() or mask.all():
+        return
+    yy, xx = np.mgrid[:7, :9]
+    pts_in = np.stack([yy[mask], xx[mask]], 1)
+    pts_out = np.stack([yy[~mask], xx[~mask]], 1)
+    d = signed_distance(mask, grid_um=g)
+    for (i, j), m in np.ndenumerate(mask):
+        other = pts_out if m else pts_in
+        nearest = np.sqrt(((other - [i, j]) ** 2).sum(1)).min() * g - g / 2
+        assert d[i, j] == pytest.approx(-nearest if m else nearest)
+
+
+def test_signed_distance_empty_and_full():
+    assert np.isposinf(signed_distance(np.zeros((2, 2), bool), grid_um=2.0)).all()
+    assert np.isneginf(signed_distance(np.ones((2, 2), bool), grid_um=2.0)).all()
+
+
+def test_stage_modules_reexport_the_one_definition():
+    import chemozone.grid as grid
+    from chemozone import segment, spatial, tissue, zones
+
+    assert tissue.grid_factor is grid.grid_factor and zones.grid_factor is grid.grid_factor
+    assert spatial.signed_distance is grid.signed_distance and zones.cell_grid_index is grid.cell_grid_index
+    assert segment.grid_factor is grid.grid_factor
+
+
+def test_grid_formula_is_written_once():
+    """No copy of the grid-factor formula anywhere in the library or the plugin."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"round\(\s*(float\()?\s*\w*grid\w*\)?\s*/\s*\w*(pixel|px)\w*")
+    hits = [str(p.relative_to(root)) for d in ("pipeline", "plugins") for p in (root / d).rglob("*.py")
+            if pattern.search(p.read_text(encoding="utf-8"))]
+    assert hits == ["pipeline/chemozone/grid.py"]
