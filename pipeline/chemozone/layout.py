@@ -122,6 +122,35 @@ class RunLayout:
     def qc(self, sample_id: str) -> Path:
         return self.sample_dir(sample_id) / "qc.png"
 
+    def measurements(self, sample_id: str) -> Path:
+        """Step A's per-cell measurements."""
+        return self.sample_dir(sample_id) / "measurements.parquet"
+
+    def step_a_stamp(self, sample_id: str) -> Path:
+        """Step A's resume stamp (input hash + step-A config hash), written last."""
+        return self.sample_dir(sample_id) / "step_a.json"
+
+    def reviewed(self, sample_id: str) -> Path:
+        """Hand-corrected phenotypes from napari (``cell_id, phenotype_reviewed``); never written by a run."""
+        return self.sample_dir(sample_id) / "reviewed.parquet"
+
+    @classmethod
+    def of_sample(cls, sample_dir: str | os.PathLike) -> tuple[RunLayout | None, str]:
+        """The run folder and sample id of ``RUN/samples/<sample_id>``; ``(None, name)`` for a lone folder.
+
+        Examples
+        --------
+        >>> lay, sid = RunLayout.of_sample("run/samples/P1_sham")
+        >>> str(lay.root), sid
+        ('run', 'P1_sham')
+        >>> RunLayout.of_sample("elsewhere/P1")[0] is None
+        True
+        """
+        p = Path(sample_dir)
+        if p.parent.name == "samples":
+            return cls(p.parent.parent), p.name
+        return None, p.name
+
     def sample_ids(self) -> list[str]:
         """Sample folders present on disk (sorted)."""
         if not self.samples_dir.is_dir():
