@@ -17,6 +17,7 @@ from chemozone.config import load_config
 from chemozone.errors import ConfigError
 from chemozone.io import read_image
 from chemozone.samples import load_samples
+from chemozone.synth._scene import build_scene
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -38,9 +39,9 @@ def _scenes(doses, seeds, radiation="photon", size=768):
     out = []
     for d in doses:
         for s in seeds:
-            sc = synth._build_scene((size, size), dose_gy=d, radiation=radiation, patient={}, seed=[s, 11],
-                                    channels=synth.DEFAULT_CHANNELS, params=synth.truth_parameters(),
-                                    tear=False, out_of_focus=False)
+            sc = build_scene((size, size), dose_gy=d, radiation=radiation, patient={}, seed=[s, 11],
+                             channels=synth.DEFAULT_CHANNELS, params=synth.truth_parameters(),
+                             tear=False, out_of_focus=False)
             out.append((d, s, sc["cells"]))
     return out
 

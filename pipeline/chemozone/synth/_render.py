@@ -1,4 +1,4 @@
-"""Rendering of a synthetic scene (see :mod:`chemozone.synth`) into pixels, region by region.
+"""Rendering of a synthetic scene (:func:`build_scene`) into pixels, region by region.
 
 Everything here is a pure function of the scene (global cell list and coarse fields) and a region:
 labels, tissue and zone masks are identical whichever tiling is used; only the pixel noise is drawn per
@@ -20,6 +20,9 @@ def sample_grid(grid: np.ndarray, factor: float, ys: np.ndarray, xs: np.ndarray,
     """Bilinear value of a coarse ``grid`` (one value per ``factor`` px) at full-resolution pixel coordinates.
 
     Grid cell ``(i, j)`` is centred at pixel ``((i + 0.5) * factor - 0.5, (j + 0.5) * factor - 0.5)``.
+
+    >>> sample_grid(np.array([[0.0, 4.0]], np.float32), 4, [1.5, 1.5], [1.5, 3.5]).tolist()
+    [0.0, 2.0]
     """
     gy = (np.asarray(ys, dtype=np.float64) + 0.5) / factor - 0.5
     gx = (np.asarray(xs, dtype=np.float64) + 0.5) / factor - 0.5
@@ -131,6 +134,15 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 def render_region(sc: dict[str, Any], y0: int, y1: int, x0: int, x1: int, *, seed) -> dict[str, np.ndarray]:
     """Render pixels ``[y0:y1, x0:x1]`` of a scene.
 
+    Parameters
+    ----------
+    sc : dict
+        Scene (:func:`build_scene`).
+    y0, y1, x0, x1 : int
+        Region, px.
+    seed : numpy.random.SeedSequence or int
+        Seed of the region's pixel noise.
+
     Returns
     -------
     dict
@@ -139,7 +151,6 @@ def render_region(sc: dict[str, Any], y0: int, y1: int, x0: int, x1: int, *, see
     """
     hpx = HALO_PX
     Y0, Y1, X0, X1 = y0 - hpx, y1 + hpx, x0 - hpx, x1 + hpx
-    H, W = Y1 - Y0, X1 - X0
     rng = np.random.default_rng(seed)
     g = sc["grid_px"]
     tissue = grid_region(sc["tissue_score"], g, Y0, Y1, X0, X1) > 0
@@ -147,14 +158,34 @@ def render_region(sc: dict[str, Any], y0: int, y1: int, x0: int, x1: int, *, see
     nuc, cel, rn = render_labels(sc, Y0, Y1, X0, X1)
     nuc[~tissue] = 0
     cel[~tissue] = 0
+    sig = _specific_signals(sc, rng, nuc, cel, rn, (Y0, Y1, X0, X1))
+    crop = (slice(hpx, hpx + (y1 - y0)), slice(hpx, hpx + (x1 - x0)))
+    img = _acquire(sc, rng, sig, tissue, nest, (Y0, Y1, X0, X1), crop)
+    zones = {}
+    for m, fgrid in sc["fields"].items():
+        f = grid_region(fgrid, sc["field_px"], y0, y1, x0, x1)
+        zones[m] = ((f >= sc["zone_level"]) & tissue[crop]).astype(np.uint8)
+    return {
+        "image": img,
+        "nuclei": nuc[crop],
+        "cells": cel[crop],
+        "tissue": tissue[crop].astype(np.uint8),
+        "tumor": nest[crop].astype(np.uint8),
+        "zones": zones,
+    }
+
+
+def _specific_signals(sc: dict[str, Any], rng: np.random.Generator, nuc: np.ndarray, cel: np.ndarray,
+                      rn: np.ndarray, box: tuple[int, int, int, int]) -> list:
+    """Specific signal per channel (float32 (H, W) each, haloed region ``box``) in its compartment."""
+    Y0, Y1, X0, X1 = box
+    H, W = Y1 - Y0, X1 - X0
     c = sc["cells"]
     channels = sc["channels"]
     spec = sc["channel_spec"]
     ring = _ring(cel)
     cyto = (cel > 0) & (nuc == 0)
     cell_any = cel > 0
-
-    # ---------------------------------------------------------------- specific signal per channel
     tex = 1.0 + 0.25 * _smooth_noise(rng, (H, W), 1.0)
     gran = np.clip(1.0 + 0.6 * _smooth_noise(rng, (H, W), 0.7), 0.0, None)
     sig: list = [None] * len(channels)
@@ -178,23 +209,40 @@ def render_region(sc: dict[str, Any], y0: int, y1: int, x0: int, x1: int, *, see
         else:  # pragma: no cover - guarded by the spec
             raise ValueError(kind)
         sig[ci] = s.astype(np.float32, copy=False)
+    return sig
 
-    # ------------------------------------- spillover, autofluorescence, optical blur, focus, noise
-    spill = np.float32(sc["spillover"])
+
+def _autofluorescence(sc: dict[str, Any], tissue: np.ndarray, nest: np.ndarray,
+                      box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Autofluorescence map (tissue, stronger in fibrous stroma) and the background ramp across the slide."""
+    Y0, Y1, X0, X1 = box
     fib = grid_region(sc["texture"], sc["field_px"], Y0, Y1, X0, X1)
     stroma = (tissue & ~nest).astype(np.float32)
     af_map = tissue.astype(np.float32) * np.float32(0.35) + stroma * np.clip(0.65 + 0.5 * fib, 0.0, None)
     af_map = ndi.gaussian_filter(af_map, 2.0)
     ramp = 1.0 + 0.08 * ((np.arange(X0, X1, dtype=np.float32) / max(sc["shape"][1], 1)) - 0.5)[None, :]
+    return af_map, ramp
+
+
+def _acquire(sc: dict[str, Any], rng: np.random.Generator, sig: list, tissue: np.ndarray, nest: np.ndarray,
+             box: tuple[int, int, int, int], crop: tuple[slice, slice]) -> np.ndarray:
+    """Spillover, autofluorescence, optical blur, focus and Poisson-Gaussian noise: uint16 (C, h, w).
+
+    ``sig`` (from :func:`_specific_signals`) is emptied as channels are done, to bound memory.
+    """
+    Y0, Y1, X0, X1 = box
+    channels = sc["channels"]
+    spec = sc["channel_spec"]
+    spill = np.float32(sc["spillover"])
+    af_map, ramp = _autofluorescence(sc, tissue, nest, box)
     w_oof = None
     if sc["oof"] is not None:
-        w_oof = grid_region(sc["oof"], g, Y0, Y1, X0, X1)
+        w_oof = grid_region(sc["oof"], sc["grid_px"], Y0, Y1, X0, X1)
         if float(w_oof.max()) <= 0.01:
             w_oof = None
-    crop = (slice(hpx, hpx + (y1 - y0)), slice(hpx, hpx + (x1 - x0)))
     gain, read = np.float32(sc["gain"]), np.float32(sc["read_noise"])
     nc = len(channels)
-    img = np.empty((nc, y1 - y0, x1 - x0), np.uint16)
+    img = np.empty((nc, crop[0].stop - crop[0].start, crop[1].stop - crop[1].start), np.uint16)
     for ci, name in enumerate(channels):
         s = sig[ci].copy()
         if ci > 0:
@@ -212,18 +260,7 @@ def render_region(sc: dict[str, Any], y0: int, y1: int, x0: int, x1: int, *, see
         img[ci] = s
         if ci > 0:
             sig[ci - 1] = None  # no longer needed
-    zones = {}
-    for m, fgrid in sc["fields"].items():
-        f = grid_region(fgrid, sc["field_px"], y0, y1, x0, x1)
-        zones[m] = ((f >= sc["zone_level"]) & tissue[crop]).astype(np.uint8)
-    return {
-        "image": img,
-        "nuclei": nuc[crop],
-        "cells": cel[crop],
-        "tissue": tissue[crop].astype(np.uint8),
-        "tumor": nest[crop].astype(np.uint8),
-        "zones": zones,
-    }
+    return img
 
 
 def _dots(sc, name, Y0, Y1, X0, X1, cel, rng) -> np.ndarray:
