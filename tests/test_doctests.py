@@ -7,7 +7,8 @@ import pytest
 
 import chemozone
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(chemozone.__path__, "chemozone."))
+# every module, packages' private submodules included (the examples live where the functions are)
+MODULES = sorted(m.name for m in pkgutil.walk_packages(chemozone.__path__, "chemozone."))
 
 
 @pytest.mark.parametrize("name", MODULES)
