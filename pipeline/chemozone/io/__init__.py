@@ -1,0 +1,46 @@
+"""Image and table I/O.
+
+Readers return a lazy ``(C, Y, X)`` dask array over the file's full-resolution level (no full read),
+the channel names and the pixel size in µm. Supported: OME-TIFF (pyramidal, tiled, BigTIFF), plain
+multi-page TIFF, Akoya/PerkinElmer ``.qptiff`` and inForm component TIFFs (channel names from each page's
+QPI XML; thumbnail, overview and label pages skipped), and OME-Zarr.
+
+The dask arrays read through :class:`TiffRegion` / zarr by file path, so their graphs pickle to
+Dask workers in other processes and reopen the file there.
+
+Writers: OME-Zarr label/mask images (NGFF 0.4, chunked, compressed, written chunk by chunk from dask)
+and Parquet tables (see :func:`chemozone.layout.write_parquet`).
+
+Layout (one concept per module; import the public names from ``chemozone.io``):
+
+- ``_channels``: channel-name matching (:func:`normalize_channel_name`, :func:`resolve_channels`).
+- ``_image``: the :class:`ImageData` every reader returns.
+- ``_read``: :func:`read_image` (dispatch on the file type, panel fallbacks) and :func:`read_image_info`.
+- ``_tiff``: TIFF / OME-TIFF / qptiff / inForm reading, :class:`TiffRegion`, the bounded cache of open files.
+- ``_zarr``: OME-Zarr image reading; label images (:func:`write_labels_zarr`, :func:`read_labels_zarr`,
+  :func:`list_labels_zarr`, :func:`labels_pixel_size_um`).
+- ``_write``: :func:`write_ome_tiff`.
+"""
+
+from ._channels import normalize_channel_name, resolve_channels
+from ._image import ImageData
+from ._read import read_image, read_image_info
+from ._tiff import TiffRegion
+from ._write import write_ome_tiff
+from ._zarr import labels_pixel_size_um, list_labels_zarr, read_labels_zarr, write_labels_zarr
+
+__all__ = [
+    "ImageData",
+    "read_image",
+    "read_image_info",
+    "resolve_channels",
+    "normalize_channel_name",
+    "write_ome_tiff",
+    "write_labels_zarr",
+    "read_labels_zarr",
+    "list_labels_zarr",
+]
+
+# doctest only collects examples of functions defined in the module itself; the examples of the re-exported
+# functions are documentation too
+__test__ = {"normalize_channel_name": normalize_channel_name}

@@ -1,0 +1,85 @@
+"""``read_image``: open any supported image lazily (dispatch on the file type, panel fallbacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ImageError
+from ._image import ImageData
+from ._tiff import _read_tiff
+from ._zarr import _read_ome_zarr
+
+
+def read_image(
+    path: str | Path,
+    *,
+    channels: Sequence[str] | None = None,
+    pixel_size_um: float | None = None,
+) -> ImageData:
+    """Open an image lazily.
+
+    Parameters
+    ----------
+    path : str or Path
+        OME-TIFF / TIFF / ``.qptiff`` / inForm component TIFF, or an OME-Zarr folder.
+    channels : sequence of str, optional
+        Channel names in file order (``panel.channels``), used only when the file names none.
+    pixel_size_um : float, optional
+        Pixel size (``panel.pixel_size_um``), used only when the file stores none.
+
+    Returns
+    -------
+    ImageData
+        ``data`` is a dask array of shape (C, Y, X) in the file's dtype.
+
+    Raises
+    ------
+    ImageError
+        Missing or unreadable file, no pixel size anywhere, or a channel list of the wrong length.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: image file not found; check the path or the sample sheet's 'image' column")
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".zarr"):
+        img = _read_ome_zarr(path)
+    elif name.endswith((".tif", ".tiff", ".qptiff", ".btf", ".tf8", ".svs")):
+        img = _read_tiff(path)
+    else:
+        raise ImageError(f"{path}: unsupported image type; use OME-TIFF, TIFF, .qptiff or OME-Zarr")
+    n_c = img.data.shape[0]
+    if not img.channels:
+        if channels is None:
+            img.channels = [f"channel_{i}" for i in range(n_c)]
+        elif len(channels) != n_c:
+            raise ImageError(
+                f"{path}: the file names no channels and panel.channels lists {len(channels)} names "
+                f"for {n_c} channels; give exactly {n_c} names in file order"
+            )
+        else:
+            img.channels = list(channels)
+    if img.pixel_size_um is None or not np.isfinite(img.pixel_size_um) or img.pixel_size_um <= 0:
+        if pixel_size_um is None:
+            raise ImageError(
+                f"{path}: the file stores no pixel size; set panel.pixel_size_um in the config (µm per pixel)"
+            )
+        img.pixel_size_um = float(pixel_size_um)
+    return img
+
+
+def read_image_info(path: str | Path, **kwargs) -> dict[str, Any]:
+    """Shape, dtype, channels, pixel size and format of an image, without reading pixels."""
+    img = read_image(path, **kwargs)
+    return {
+        "path": str(path),
+        "shape": list(img.data.shape),
+        "dtype": str(img.data.dtype),
+        "channels": list(img.channels),
+        "pixel_size_um": img.pixel_size_um,
+        "format": img.format,
+        "levels": len(img.levels),
+    }
+

@@ -1,0 +1,189 @@
+"""OME-Zarr: image reading (NGFF 0.4 / 0.5) and label/mask images (NGFF 0.4, chunked, compressed, written
+chunk by chunk from dask, published atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageError
+from ._image import ImageData
+
+
+def _read_ome_zarr(path: Path) -> ImageData:
+    import dask.array as da
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{path}: not a readable OME-Zarr group ({type(exc).__name__}); check the path") from None
+    attrs = dict(root.attrs)
+    ome = attrs.get("ome", attrs)  # NGFF 0.5 nests under "ome"
+    ms = ome.get("multiscales")
+    if not ms:
+        raise ImageError(f"{path}: no 'multiscales' metadata; is this an OME-Zarr image?")
+    ms0 = ms[0]
+    axes = [a["name"] if isinstance(a, dict) else a for a in ms0.get("axes", ["c", "y", "x"])]
+    levels, px = [], None
+    for i, ds in enumerate(ms0["datasets"]):
+        arr = da.from_zarr(str(path), component=ds["path"])
+        keep = []
+        for ax, n in zip(axes, arr.shape):
+            if ax in ("t", "z") and n != 1:
+                raise ImageError(f"{path}: axis '{ax}' has size {n}; chemozone reads 2-D (C, Y, X) images")
+            keep.append(ax)
+        idx = tuple(0 if ax in ("t", "z") else slice(None) for ax in keep)
+        arr = arr[idx]
+        if "c" not in axes:
+            arr = arr[None]
+        levels.append(arr)
+        if i == 0:
+            for tr in ds.get("coordinateTransformations", []):
+                if tr.get("type") == "scale":
+                    scale = tr["scale"]
+                    px = float(scale[axes.index("x")])
+                    unit = next((a.get("unit") for a in ms0.get("axes", []) if isinstance(a, dict) and a.get("name") == "x"), "micrometer")
+                    px *= {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit or "micrometer", 1.0)
+    channels = [c.get("label", f"channel_{i}") for i, c in enumerate(ome.get("omero", {}).get("channels", []))]
+    if len(channels) != levels[0].shape[0]:
+        channels = []
+    return ImageData(levels[0], channels, px, path, levels, "ome-zarr")  # type: ignore[arg-type]
+
+
+def write_labels_zarr(
+    store: str | Path,
+    name: str,
+    labels,
+    *,
+    pixel_size_um: float,
+    chunk_px: int = 1024,
+) -> Path:
+    """Write one label or mask image into ``store`` (an OME-Zarr, NGFF 0.4) at ``labels/{name}``.
+
+    Parameters
+    ----------
+    store : path
+        The ``masks.ome.zarr`` folder (created if missing; other labels are kept).
+    name : str
+        Label name, e.g. ``nuclei``, ``cells``, ``tissue``, ``zone_CXCL8``.
+    labels : numpy or dask array, shape (Y, X)
+        ``uint32`` labels or ``uint8``/``bool`` masks (bool is stored as ``uint8``); a dask array is
+        written chunk by chunk.
+    pixel_size_um : float
+        Physical pixel size, stored as the scale transform.
+
+    Notes
+    -----
+    The array is written to a temporary name and renamed into place, so a killed write never leaves
+    a partial label image under its final name.
+    """
+    import dask.array as da
+
+    store = Path(store)
+    arr = labels if hasattr(labels, "dask") else da.from_array(np.asarray(labels), chunks=(chunk_px, chunk_px))
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim != 2:
+        raise ValueError(f"labels '{name}' must be 2-D (Y, X), got shape {arr.shape}")
+    arr = arr.rechunk((chunk_px, chunk_px))
+    root = _open_ngff_root(store)
+    labels_grp = root.require_group("labels")
+    tmp_name = f".tmp-{name}"
+    if tmp_name in labels_grp:
+        del labels_grp[tmp_name]
+    grp = labels_grp.create_group(tmp_name)
+    target = grp.create_array("0", shape=arr.shape, chunks=(chunk_px, chunk_px), dtype=arr.dtype,
+                              fill_value=0, **_compressor_kwargs()) if hasattr(grp, "create_array") else \
+        grp.create_dataset("0", shape=arr.shape, chunks=(chunk_px, chunk_px), dtype=arr.dtype, fill_value=0)
+    da.store(arr, target, lock=False, compute=True)
+    grp.attrs.update(_multiscale_attrs(name, pixel_size_um))
+    grp.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+    # atomic publish: rename the group folder (local filesystem store)
+    final = store / "labels" / name
+    tmp_dir = store / "labels" / tmp_name
+    import os
+    import shutil
+
+    if final.exists():
+        old = store / "labels" / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp_dir, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final)
+    names = sorted(set(list_labels_zarr(store)) | {name})
+    labels_grp.attrs["labels"] = names
+    return final
+
+
+def _compressor_kwargs() -> dict[str, Any]:
+    from numcodecs import Blosc
+
+    return {"compressors": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)}
+
+
+def _open_ngff_root(store: Path):
+    import zarr
+
+    kw = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+    return zarr.open_group(str(store), mode="a", **kw)
+
+
+def _multiscale_attrs(name: str, pixel_size_um: float) -> dict[str, Any]:
+    return {
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": name,
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": [
+                    {"path": "0", "coordinateTransformations": [
+                        {"type": "scale", "scale": [float(pixel_size_um), float(pixel_size_um)]}]}
+                ],
+            }
+        ]
+    }
+
+
+def list_labels_zarr(store: str | Path) -> list[str]:
+    """Names of the label images in an OME-Zarr store (folders under ``labels/``)."""
+    d = Path(store) / "labels"
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_labels_zarr(store: str | Path, name: str, *, lazy: bool = False):
+    """Read ``labels/{name}`` from an OME-Zarr store: numpy (or dask when ``lazy``) array (Y, X).
+
+    Raises
+    ------
+    ImageError
+        If the store or label is missing (lists the labels present).
+    """
+    import dask.array as da
+
+    store = Path(store)
+    present = list_labels_zarr(store)
+    if name not in present:
+        raise ImageError(f"{store}: no label image '{name}' (present: {present}); run segmentation/zones first")
+    arr = da.from_zarr(str(store / "labels" / name), component="0")
+    return arr if lazy else arr.compute()
+
+
+def labels_pixel_size_um(store: str | Path, name: str) -> float | None:
+    """Pixel size stored with a label image (µm), if any."""
+    import zarr
+
+    grp = zarr.open_group(str(Path(store) / "labels" / name), mode="r")
+    try:
+        return float(dict(grp.attrs)["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
+    except (KeyError, IndexError, TypeError):
+        return None
