@@ -43,4 +43,3 @@ __all__ = [
 
 # doctest only collects examples of functions defined in the module itself; the examples of the re-exported
 # functions are documentation too
-__test__ = {"normalize_channel_name": normalize_channel_name}

@@ -45,4 +45,3 @@ __all__ = ["quantify_cells", "COMPARTMENTS", "STATISTICS"]
 
 # doctest only collects examples of functions defined in the module itself; the example of the re-exported
 # stage function is documentation too
-__test__ = {"quantify_cells": quantify_cells}
