@@ -7,7 +7,7 @@ Usage::
     chemozone run COHORT --config COHORT/config.yaml --out RUN --workers 2
     python benchmarks/eval_stats.py --run RUN --truth COHORT/truth/cohort.json
 
-    # without the runner: a fabricated run folder (tests/conftest_stats.py) with known truth
+    # without the runner: a fabricated run folder (chemozone.testing.fabricate_run) with known truth
     python benchmarks/eval_stats.py --fabricated
 
 Every check is computed twice with the same code: on the pipeline's tables (``estimate``) and on tables
@@ -231,10 +231,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     truth_tab = None
     if a.fabricated:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         import tempfile
 
-        from conftest_stats import EFFECTIVENESS, TRUTH, fabricate_run
+        from chemozone.testing import EFFECTIVENESS, TRUTH, fabricate_run
 
         out = Path(tempfile.mkdtemp(prefix="eval-stats-")) / "run"
         fabricate_run(out, n_patients=6, seed=0)

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest_stats import MARKERS, fabricate_run
 
 from chemozone import export
 from chemozone.errors import MissingDependencyError, MissingStepError, RunError
+from chemozone.testing import MARKERS, fabricate_run
 
 
 @pytest.fixture(scope="module")

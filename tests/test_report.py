@@ -10,10 +10,10 @@ import types
 
 import numpy as np
 import pytest
-from conftest_stats import fabricate_run
 
 from chemozone.errors import MissingStepError, RunError
 from chemozone.report import cli_report, write_report
+from chemozone.testing import fabricate_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest_stats import fabricate_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chemozone import stats
 from chemozone.errors import ConfigError, MissingStepError, RunError
+from chemozone.testing import fabricate_run
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +149,8 @@ def test_fabricated_cohort_dose_response(run, fab):
 
 def test_predict_dose_response_bands(run):
     za = stats.metric_table(run, "zone_area")
-    fits, boot = stats.fit_dose_response(za, metric="area_fraction_CXCL8", models=("linear", "emax"),
-                                         n_bootstrap=20, return_bootstrap=True)
+    fits, boot = stats.fit_dose_response_with_bootstrap(za, metric="area_fraction_CXCL8", models=("linear", "emax"),
+                                                        n_bootstrap=20)
     grid = np.linspace(0, 20, 11)
     cur = stats.predict_dose_response(fits, grid, boot=boot, group="photon")
     assert list(cur.columns) == ["dose", "fit", "lo", "hi"]

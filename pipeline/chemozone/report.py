@@ -224,8 +224,8 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
                        label=rad if g["dose_gy"].max() > 0 else f"{rad} (0 Gy)",
                        marker="o" if g["dose_gy"].max() > 0 else "x")
         try:
-            fits, boot = stats.fit_dose_response(sub, metric=col, n_bootstrap=n_bootstrap, seed=seed,
-                                                 models=models, return_bootstrap=True)
+            fits, boot = stats.fit_dose_response_with_bootstrap(sub, metric=col, n_bootstrap=n_bootstrap, seed=seed,
+                                                                models=models)
         except (ChemozoneError, ValueError) as e:
             ax.set_title(f"{title}\n(no fit: {e})", fontsize=7)
             continue
