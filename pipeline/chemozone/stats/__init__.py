@@ -97,7 +97,3 @@ __all__ = [
     "receptor_overlap_counts",
     "dose_rate_test",
 ]
-
-# doctest.testmod(chemozone.stats) (tests/test_doctests.py) only searches objects defined in this file: list the
-# re-exported functions so that the examples in the submodules' docstrings run too
-__test__ = {name: globals()[name] for name in __all__ if callable(globals()[name])}
