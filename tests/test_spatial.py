@@ -26,8 +26,11 @@ from chemozone.spatial import (
     neighbourhood_enrichment,
     signed_distance,
     tissue_depth,
+    overlap_zone_names,
     zone_overlap_metrics,
 )
+
+DEFAULT_BANDS_UM = SpatialConfig().distance_bands_um  # the config's default distance bands
 from chemozone.errors import ConfigError
 
 
@@ -114,8 +117,7 @@ def _constructed():
 
 def test_infiltration_counts_areas_densities_by_hand():
     cells, masks, tissue, g = _constructed()
-    cfg = SpatialConfig(distance_bands_um=[0, 20, 50, 100])
-    df = infiltration_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s1")
+    df = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s1", distance_bands_um=[0, 20, 50, 100])
     assert set(df["region"]) == {"inside", "outside", "band_0_20_um", "band_20_50_um", "band_50_100_um"}
     nk = df[(df.population_type == "cell_type") & (df.population == "NK")].set_index("region")
     px = (10e-3) ** 2  # mm² per grid pixel
@@ -146,11 +148,10 @@ def test_edge_correction_on_constructed_explant():
     # one cell per tissue pixel centre
     yy, xx = np.nonzero(tissue)
     cells = pd.DataFrame({"x_um": (xx + 0.5) * g, "y_um": (yy + 0.5) * g, "cell_type": "T", "phenotype": "T"})
-    cfg0 = SpatialConfig(distance_bands_um=[0, 50])
-    cfg = SpatialConfig(distance_bands_um=[0, 50], edge_exclusion_um=10.0)
     px = (g * 1e-3) ** 2
-    raw = infiltration_metrics(cells, {"Z": zone}, tissue, grid_um=g, config=cfg0, sample_id="e")
-    cor = infiltration_metrics(cells, {"Z": zone}, tissue, grid_um=g, config=cfg, sample_id="e")
+    raw = infiltration_metrics(cells, {"Z": zone}, tissue, grid_um=g, sample_id="e", distance_bands_um=[0, 50])
+    cor = infiltration_metrics(cells, {"Z": zone}, tissue, grid_um=g, sample_id="e", distance_bands_um=[0, 50],
+                               edge_exclusion_um=10.0)
     r = raw[raw.population_type == "all"].set_index("region")
     c = cor[cor.population_type == "all"].set_index("region")
     assert r.loc["inside", "n_cells"] == 200 and r.loc["inside", "area_mm2"] == pytest.approx(200 * px)
@@ -165,7 +166,7 @@ def test_cells_outside_tissue_are_not_counted():
     cells, masks, tissue, g = _constructed()
     tissue = tissue.copy()
     tissue[:, 9] = False
-    df = infiltration_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s")
+    df = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=DEFAULT_BANDS_UM)
     nk = df[(df.population_type == "cell_type") & (df.population == "NK")].set_index("region")
     assert nk.loc["outside", "n_cells"] == 1 and nk.loc["outside", "area_mm2"] == pytest.approx(60 * 1e-4)
 
@@ -176,8 +177,7 @@ def test_zone_overlap_by_hand():
     z2 = np.zeros_like(tissue)
     z2[:5, :] = True  # top 5 rows (y < 50 µm)
     masks = {"Z": masks["Z"], "W": z2}
-    df = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s1",
-                              zones=["Z", "W"])
+    df = zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s1", zones=["Z", "W"])
     px = (10e-3) ** 2
     nk = df[(df.population_type == "cell_type") & (df.population == "NK")].set_index("region")
     assert list(df.columns) == ["sample_id", "population_type", "population", "region", "in_Z", "in_W",
@@ -191,12 +191,13 @@ def test_zone_overlap_by_hand():
     t = df[(df.population_type == "cell_type") & (df.population == "T")].set_index("region")
     assert t.loc["Z- W-", "n_cells"] == 2  # the T cells at y = 55, 65 µm
     # default zones: the cognate pairs' zones
-    cfg = SpatialConfig(cognate_pairs=[CognatePair(zone="W", receptor="CXCR2")])
-    d1 = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s1")
+    default = overlap_zone_names(overlap_zones=None, cognate_pairs=[CognatePair(zone="W", receptor="CXCR2")])
+    d1 = zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s1", zones=default)
     assert set(d1["region"]) == {"W+", "W-"} and "in_Z" not in d1
-    assert zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s").empty
+    none = overlap_zone_names(overlap_zones=None, cognate_pairs=[])
+    assert zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s", zones=none).empty
     with pytest.raises(ConfigError, match=r"zone\(s\) \['Q'\] have no mask"):
-        zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(overlap_zones=["Q"]), sample_id="s")
+        zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s", zones=["Q"])
     many = {f"Z{i}": masks["Z"] for i in range(9)}
     with pytest.raises(ConfigError, match="at most 8"):
         zone_overlap_metrics(cells, many, tissue, grid_um=g, sample_id="s", zones=list(many))
@@ -214,9 +215,10 @@ def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
     n = 200
     cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
                           "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
-    cfg = SpatialConfig(edge_exclusion_um=edge_um, overlap_zones=["A", "B", "C"])
-    ov = zone_overlap_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s")
-    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s")
+    ov = zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s", zones=["A", "B", "C"],
+                              edge_exclusion_um=edge_um)
+    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=DEFAULT_BANDS_UM,
+                               edge_exclusion_um=edge_um)
     for z in "ABC":
         for reg, flag in (("inside", True), ("outside", False)):
             a = ov[ov[f"in_{z}"] == flag].groupby(["population_type", "population"])[["n_cells", "area_mm2"]].sum()
@@ -229,7 +231,8 @@ def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
 def test_infiltration_missing_population_column():
     cells, masks, tissue, g = _constructed()
     with pytest.raises(MissingStepError, match="no 'phenotype' column; run phenotyping"):
-        infiltration_metrics(cells.drop(columns="phenotype"), masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s")
+        infiltration_metrics(cells.drop(columns="phenotype"), masks, tissue, grid_um=g, sample_id="s",
+                             distance_bands_um=DEFAULT_BANDS_UM)
 
 
 def test_annotate_mask_shape_mismatch():
@@ -243,11 +246,11 @@ def test_cognate_specificity_cells_and_phenotype_paths_agree():
     cells, masks, tissue, g = _constructed()
     cells["CXCR2_pos"] = cells["phenotype"].str.contains("CXCR2+", regex=False)
     cells["sample_id"] = "s1"
-    cfg = SpatialConfig(distance_bands_um=[0, 50], cognate_pairs=[CognatePair(zone="Z", receptor="CXCR2", cell_types=["NK"])])
-    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, config=cfg, sample_id="s1")
+    pairs = [CognatePair(zone="Z", receptor="CXCR2", cell_types=["NK"])]
+    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s1", distance_bands_um=[0, 50])
     ann = annotate_cells(cells, masks, tissue, grid_um=g)
-    a = cognate_specificity(inf, config=cfg, cells=ann)
-    b = cognate_specificity(inf, config=cfg)
+    a = cognate_specificity(inf, cognate_pairs=pairs, cells=ann)
+    b = cognate_specificity(inf, cognate_pairs=pairs)
     pd.testing.assert_frame_equal(a, b)
     row = a.iloc[0]
     assert (row.n_pos_inside, row.n_pos_outside, row.n_neg_inside, row.n_neg_outside) == (2, 1, 1, 1)
@@ -256,16 +259,16 @@ def test_cognate_specificity_cells_and_phenotype_paths_agree():
     en = np.log2((1.3 / a_in) / (1.7 / a_out))
     assert row.log2_enrichment_pos == pytest.approx(ep) and row.log2_enrichment_neg == pytest.approx(en)
     assert row.log2_specificity == pytest.approx(ep - en)
-    empty = infiltration_metrics(cells.iloc[:0], masks, tissue, grid_um=g, config=cfg, sample_id="s1")
+    empty = infiltration_metrics(cells.iloc[:0], masks, tissue, grid_um=g, sample_id="s1", distance_bands_um=[0, 50])
     np.testing.assert_allclose(empty["log2_enrichment"], 0, atol=1e-12)  # no cells: no enrichment
 
 
 def test_cognate_missing_zone():
     cells, masks, tissue, g = _constructed()
-    cfg = SpatialConfig(cognate_pairs=[CognatePair(zone="Q", receptor="CXCR2")])
-    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, config=SpatialConfig(), sample_id="s")
+    pairs = [CognatePair(zone="Q", receptor="CXCR2")]
+    inf = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=DEFAULT_BANDS_UM)
     with pytest.raises(MissingStepError, match="zone 'Q' is not in the infiltration table"):
-        cognate_specificity(inf, config=cfg)
+        cognate_specificity(inf, cognate_pairs=pairs)
 
 
 # ---------------------------------------------------------------------------- cell–cell

@@ -21,6 +21,7 @@ from chemozone.zones import (
     signal_summary,
     threshold_zone_signal,
     tumor_compartments,
+    zone_channel_thresholds,
     zone_mask_names,
     zone_signal,
 )
@@ -58,10 +59,12 @@ def _disc_image(shape=(80, 80), center=(40, 40), r=10, level=100.0, base=5.0, nc
 def test_zone_signal_background_and_no_rescaling():
     img, disc = _disc_image()
     z = ZoneConfig(name="C", channels=["C"], smooth_um=0.01, background_quantile=0.05)
-    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z)
+    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, smooth_um=z.smooth_um,
+                      background_quantile=z.background_quantile)
     assert sig.shape == (1, 80, 80) and sig.dtype == np.float32
     assert sig[0][disc].max() == pytest.approx(95.0) and sig[0][~disc].max() == pytest.approx(0.0)
-    fixed = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, background=[0.0])
+    fixed = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, smooth_um=z.smooth_um,
+                        background_quantile=z.background_quantile, background=[0.0])
     assert fixed[0][disc].max() == pytest.approx(100.0)
 
 
@@ -71,7 +74,8 @@ def test_zone_signal_smoothing_stays_in_tissue():
     tissue = np.zeros((40, 40), bool)
     tissue[:, :20] = True
     z = ZoneConfig(name="C", channels=["C"], smooth_um=4.0, background_quantile=0)
-    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, tissue=tissue)
+    sig = zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, smooth_um=z.smooth_um,
+                      background_quantile=z.background_quantile, tissue=tissue)
     np.testing.assert_allclose(sig[0][tissue], 50.0, rtol=1e-5)
     assert (sig[0][~tissue] == 0).all()
 
@@ -80,9 +84,11 @@ def test_zone_signal_errors():
     img, _ = _disc_image()
     z = ZoneConfig(name="C", channels=["C"])
     with pytest.raises(ValueError, match=r"tissue mask has shape \(3, 3\)"):
-        zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z, tissue=np.ones((3, 3), bool))
+        zone_signal(img, channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, smooth_um=z.smooth_um,
+                    background_quantile=z.background_quantile, tissue=np.ones((3, 3), bool))
     with pytest.raises(ValueError, match="expects a \\(C, Y, X\\) image"):
-        zone_signal(img[0], channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, zone=z)
+        zone_signal(img[0], channel_indices=[0], pixel_size_um=1.0, grid_um=1.0, smooth_um=z.smooth_um,
+                    background_quantile=z.background_quantile)
 
 
 # ----------------------------------------------------------------------------------- thresholds
@@ -90,7 +96,7 @@ def _summ(values_by_sample: dict[str, np.ndarray], zone: ZoneConfig) -> pd.DataF
     parts = []
     for sid, vals in values_by_sample.items():
         sig = np.asarray(vals, np.float32).reshape(1, 1, -1)
-        parts.append(signal_summary(sig, None, sample_id=sid, zone=zone))
+        parts.append(signal_summary(sig, None, sample_id=sid, zone=zone.name, channels=zone.channels))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -150,7 +156,7 @@ def test_per_sample_manufactures_zones_reference_does_not():
     zr = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="reference", group_by=None, quantile=0.999))
     zp = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="per_sample"))
     samples = pd.DataFrame({"sample_id": ["s"], "dose_gy": [0]})
-    summ = signal_summary(sham, None, sample_id="s", zone=zr)
+    summ = signal_summary(sham, None, sample_id="s", zone=zr.name, channels=zr.channels)
     tr = compute_zone_thresholds(summ, samples, zones=[zr]).threshold[0]
     tp = compute_zone_thresholds(summ, samples, zones=[zp])
     m_ref = threshold_zone_signal(sham, [tr], None, grid_um=1.0, fill_holes=False)
@@ -178,12 +184,14 @@ def test_producer_zone_by_hand():
     tissue[:, 10] = False
     cells = pd.DataFrame({"x_um": [10.5, 2.0], "y_um": [10.5, 2.0], "CXCL8_pos": [True, True], "cell_type": ["Tumor", "NK"]})
     z = ZoneConfig(name="P", source="producers", producer_marker="CXCL8", producer_cell_types=["Tumor"], radius_um=4.0)
-    m = producer_zone(cells, tissue, grid_um=2.0, zone=z)
+    m = producer_zone(cells, tissue, grid_um=2.0, producer_marker=z.producer_marker, radius_um=z.radius_um,
+                      producer_cell_types=z.producer_cell_types)
     yy, xx = np.indices(tissue.shape)
     expected = (np.hypot(yy - 5, xx - 5) * 2.0 <= 4.0) & tissue
     np.testing.assert_array_equal(m, expected)
     with pytest.raises(MissingStepError, match="no column 'CXCL10_pos'; run phenotyping"):
-        producer_zone(cells, tissue, grid_um=2.0, zone=z.model_copy(update={"producer_marker": "CXCL10"}))
+        producer_zone(cells, tissue, grid_um=2.0, producer_marker="CXCL10", radius_um=z.radius_um,
+                      producer_cell_types=z.producer_cell_types)
 
 
 def test_tumor_compartments_by_hand():
@@ -191,7 +199,7 @@ def test_tumor_compartments_by_hand():
     epi = np.zeros((1, 40), bool)
     epi[0, :5] = True
     z = ZoneConfig(name="T", source="tumor", channels=["panCK"], bands_um=[10.0, 30.0])
-    comp = tumor_compartments(epi, tissue, grid_um=2.0, zone=z)
+    comp = tumor_compartments(epi, tissue, grid_um=2.0, bands_um=z.bands_um, zone=z.name)
     assert list(comp) == zone_mask_names([z])
     # distance of column c (>= 5) to epithelium = (c - 4) * 2 µm
     assert np.flatnonzero(comp["T_margin"][0]).tolist() == list(range(5, 10))
@@ -234,6 +242,28 @@ def test_build_zones_end_to_end_small():
         build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=None, sample_id="s", channels=["CXCL10", "panCK"])
 
 
+def test_zone_channel_thresholds_reads_build_zones_table():
+    """The per-channel thresholds written into the zones table come back as floats, per zone and sample."""
+    img, _ = _disc_image(shape=(40, 40), r=8, nch=2)
+    tissue = np.ones((20, 20), bool)
+    zm = ZoneConfig(name="M", channels=["A", "B"], smooth_um=0.5, min_area_um2=0)
+    zp = ZoneConfig(name="prod", source="producers", producer_marker="A", radius_um=4.0)
+    zt = ZoneConfig(name="tumor", source="tumor", channels=["B"], smooth_um=0.5, min_area_um2=0, bands_um=[10, 40])
+    thr = pd.DataFrame({"sample_id": "s", "zone": ["M", "M", "tumor"], "channel": ["A", "B", "B"],
+                        "threshold": [12.5, 1234567.0, 0.1], "mode": "absolute", "warning": ""})
+    cells = pd.DataFrame({"x_um": [20.0], "y_um": [20.0], "A_pos": [True]})
+    _, df = build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zm, zp, zt], thresholds=thr,
+                        sample_id="s", channels=["A", "B"])
+    assert zone_channel_thresholds(df, "M") == {"A": 12.5, "B": 1234570.0}  # stored with 6 significant digits
+    assert zone_channel_thresholds(df, "tumor_margin") == {"B": 0.1}
+    assert zone_channel_thresholds(df, "prod") == {} and zone_channel_thresholds(df, "nope") == {}
+    both = pd.concat([df, df.assign(sample_id="t")], ignore_index=True)
+    assert zone_channel_thresholds(both, "M", sample_id="t") == {"A": 12.5, "B": 1234570.0}
+    with pytest.raises(ValueError, match="pass sample_id"):
+        zone_channel_thresholds(both, "M")
+    assert zone_channel_thresholds(df.drop(columns="channel_thresholds"), "M") == {}
+
+
 # --------------------------------------------------------------------------- synthetic cohort
 @pytest.mark.slow
 def test_synthetic_zones_match_truth_and_cognate_direction():
@@ -259,13 +289,14 @@ def test_synthetic_zones_match_truth_and_cognate_direction():
         sims[d] = s
         for z in zones:
             idx = [s["channels"].index(c) for c in z.channels]
-            sig = zone_signal(s["image"], channel_indices=idx, pixel_size_um=0.5, grid_um=g, zone=z, tissue=s["tis"])
+            sig = zone_signal(s["image"], channel_indices=idx, pixel_size_um=0.5, grid_um=g, smooth_um=z.smooth_um,
+                              background_quantile=z.background_quantile, tissue=s["tis"])
             sigs[(d, z.name)] = sig
-            summ.append(signal_summary(sig, s["tis"], sample_id=f"s{d}", zone=z))
+            summ.append(signal_summary(sig, s["tis"], sample_id=f"s{d}", zone=z.name, channels=z.channels))
     samples = pd.DataFrame({"sample_id": [f"s{d}" for d in doses], "patient": "P1", "dose_gy": doses})
     thr = compute_zone_thresholds(pd.concat(summ), samples, zones=zones)
     ious, areas, truth_areas, cogs = {}, {}, {}, []
-    spcfg = SpatialConfig(cognate_pairs=cfg.spatial.cognate_pairs, populations=["cell_type"])
+    bands_um = SpatialConfig().distance_bands_um
     for d, s in sims.items():
         masks, zdf = build_zones(s["image"], None, s["tis"], pixel_size_um=0.5, grid_um=g, zones=zones, thresholds=thr,
                                  sample_id=f"s{d}", channels=s["channels"], signals={z.name: sigs[(d, z.name)] for z in zones})
@@ -280,8 +311,10 @@ def test_synthetic_zones_match_truth_and_cognate_direction():
         cells = s["truth"].assign(sample_id=f"s{d}")
         truth_masks = {k: downsample_to_grid(s["zones"][k].astype(np.float32), f) >= 0.5 for k in masks}
         for lab, mm in (("ours", masks), ("truth", truth_masks)):
-            inf = infiltration_metrics(cells, mm, s["tis"], grid_um=g, config=spcfg, sample_id=f"s{d}")
-            cog = cognate_specificity(inf, config=spcfg, cells=annotate_cells(cells, mm, s["tis"], grid_um=g))
+            inf = infiltration_metrics(cells, mm, s["tis"], grid_um=g, sample_id=f"s{d}", distance_bands_um=bands_um,
+                                       populations=["cell_type"])
+            cog = cognate_specificity(inf, cognate_pairs=cfg.spatial.cognate_pairs,
+                                      cells=annotate_cells(cells, mm, s["tis"], grid_um=g))
             cogs.append(cog.assign(which=lab, dose_gy=d))
     cog = pd.concat(cogs, ignore_index=True)
     ours = cog[cog.which == "ours"].set_index(["dose_gy", "zone", "cell_type"])

@@ -252,9 +252,9 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
                 continue
             idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
             sig = _stage(sid, "zones", lambda: zones.zone_signal(
-                img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um, zone=z,
-                tissue=tissue_grid))
-            frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z))
+                img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
+                smooth_um=z.smooth_um, background_quantile=z.background_quantile, tissue=tissue_grid))
+            frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -323,12 +323,17 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 aliases=cfg.panel.aliases))
         with _timed(timings, "spatial"):
             cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
+            sp = cfg.spatial
             infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
-                cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, distance_bands_um=sp.distance_bands_um,
+                edge_exclusion_um=sp.edge_exclusion_um, populations=sp.populations))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
-                infil, config=cfg.spatial, cells=cells.assign(sample_id=sid)))
+                infil, cognate_pairs=sp.cognate_pairs, edge_exclusion_um=sp.edge_exclusion_um,
+                cells=cells.assign(sample_id=sid)))
             overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
-                cells, masks, tissue_grid, grid_um=grid_um, config=cfg.spatial, sample_id=sid))
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid,
+                zones=spatial.overlap_zone_names(overlap_zones=sp.overlap_zones, cognate_pairs=sp.cognate_pairs),
+                edge_exclusion_um=sp.edge_exclusion_um, populations=sp.populations))
         reviewed = sdir / REVIEWED
         if reviewed.is_file():  # hand corrections from napari's cell inspector survive re-runs
             rev = pd.read_parquet(reviewed)[["cell_id", "phenotype_reviewed"]]

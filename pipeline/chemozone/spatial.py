@@ -20,6 +20,10 @@ Enrichment uses a pseudocount of ``PSEUDOCOUNT`` cell in total, split between in
 proportion to their areas (``a_in = a * A_in / (A_in + A_out)``), so it is finite when a region holds no cell
 and shrinks towards 0 (no enrichment) when counts are small — a fixed pseudocount per side would instead
 inflate the density of a small zone: ``log2(((n_in + a_in) / A_in) / ((n_out + a_out) / A_out))``.
+
+Options are plain keywords (``distance_bands_um``, ``edge_exclusion_um``, ``populations``, ``cognate_pairs``,
+``zones``); :mod:`chemozone.run` passes them from the ``spatial:`` section of the config. The cell–cell
+metrics live in ``chemozone._cell_cell`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
-from .config import MAX_OVERLAP_ZONES, SpatialConfig
+from ._cell_cell import count_within, nearest_distances, neighbourhood_enrichment
+from .config import MAX_OVERLAP_ZONES, CognatePair
 from .errors import ConfigError, MissingStepError
 from .grid import cell_grid_index, signed_distance
 
@@ -44,6 +48,7 @@ __all__ = [
     "infiltration_metrics",
     "cognate_specificity",
     "overlap_zone_names",
+    "overlap_region_name",
     "zone_overlap_metrics",
     "nearest_distances",
     "count_within",
@@ -106,9 +111,13 @@ def annotate_cells(
 
 
 # ------------------------------------------------------------------------------- infiltration
-def _populations(cells: pd.DataFrame, config: SpatialConfig) -> list[tuple[str, str, np.ndarray]]:
+POPULATIONS = ("cell_type", "phenotype")
+"""Default population columns of :func:`infiltration_metrics` and :func:`zone_overlap_metrics`."""
+
+
+def _populations(cells: pd.DataFrame, populations: Sequence[str]) -> list[tuple[str, str, np.ndarray]]:
     pops: list[tuple[str, str, np.ndarray]] = [("all", "all", np.ones(len(cells), bool))]
-    for ptype in config.populations:
+    for ptype in populations:
         if ptype not in cells.columns:
             raise MissingStepError(
                 f"cells table has no '{ptype}' column; run phenotyping (phenotype_cells) before infiltration_metrics"
@@ -119,20 +128,30 @@ def _populations(cells: pd.DataFrame, config: SpatialConfig) -> list[tuple[str, 
     return pops
 
 
+def _kept_tissue(tissue: np.ndarray, *, grid_um: float, edge_exclusion_um: float) -> np.ndarray:
+    """Tissue without the rim of depth ``< edge_exclusion_um`` (all tissue when 0)."""
+    keep = tissue.copy()
+    if edge_exclusion_um > 0:
+        keep &= tissue_depth(tissue, grid_um=grid_um) >= edge_exclusion_um
+    return keep
+
+
 def infiltration_metrics(
     cells: pd.DataFrame,
     masks: Mapping[str, np.ndarray],
     tissue: np.ndarray,
     *,
     grid_um: float,
-    config: SpatialConfig | None = None,
     sample_id: str,
+    distance_bands_um: Sequence[float],
+    edge_exclusion_um: float = 0.0,
+    populations: Sequence[str] = POPULATIONS,
 ) -> pd.DataFrame:
     """Cell counts, tissue areas and densities per population, zone and region.
 
     Regions: ``inside`` (zone ∩ tissue), ``outside`` (tissue − zone) and ``band_{lo}_{hi}_um`` (tissue
-    outside the zone with ``lo < dist ≤ hi``, edges from ``config.distance_bands_um``). With
-    ``config.edge_exclusion_um = E > 0`` the tissue rim with depth ``< E`` is removed from both counts and
+    outside the zone with ``lo < dist ≤ hi``, edges from ``distance_bands_um``). With
+    ``edge_exclusion_um = E > 0`` the tissue rim with depth ``< E`` is removed from both counts and
     areas. Only cells in (the kept) tissue are counted.
 
     Parameters
@@ -141,8 +160,13 @@ def infiltration_metrics(
     masks : dict zone name -> bool ndarray (Ygrid, Xgrid)
     tissue : bool ndarray (Ygrid, Xgrid)
     grid_um : float
-    config : SpatialConfig
     sample_id : str
+    distance_bands_um : sequence of float
+        Increasing edges of the distance bands outside each zone (µm), e.g. ``[0, 25, 50, 100, 200]``.
+    edge_exclusion_um : float
+        Depth of the tissue rim left out (µm; 0 = off).
+    populations : sequence of {"cell_type", "phenotype"}
+        Columns whose values are counted as populations (besides ``all``).
 
     Returns
     -------
@@ -151,17 +175,23 @@ def infiltration_metrics(
         log2_enrichment``; ``population_type`` is ``all`` (every cell), ``cell_type`` or ``phenotype``.
         ``log2_enrichment`` (inside vs outside, with :data:`PSEUDOCOUNT`) is repeated on every row of a
         (population, zone). Density is NaN where the area is 0.
+
+    Examples
+    --------
+    >>> tissue = np.ones((1, 4), bool); zone = np.array([[True, True, False, False]])
+    >>> cells = pd.DataFrame({"x_um": [0.5, 1.5, 2.5], "y_um": [0.5, 0.5, 0.5]})
+    >>> df = infiltration_metrics(cells, {"Z": zone}, tissue, grid_um=1.0, sample_id="s",
+    ...                           distance_bands_um=[0, 1], populations=[])
+    >>> df[["region", "n_cells", "area_mm2"]].values.tolist()
+    [['inside', 2, 2e-06], ['outside', 1, 2e-06], ['band_0_1_um', 1, 1e-06]]
     """
-    config = config or SpatialConfig()
     tissue = _check_masks(masks, tissue)
     r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
-    keep = tissue.copy()
-    if config.edge_exclusion_um > 0:
-        keep &= tissue_depth(tissue, grid_um=grid_um) >= config.edge_exclusion_um
+    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)
     px_mm2 = (float(grid_um) * 1e-3) ** 2
-    edges = list(config.distance_bands_um)
+    edges = list(distance_bands_um)
     bnames = band_names(edges)
-    pops = _populations(cells, config)
+    pops = _populations(cells, populations)
     cell_keep = keep[r, c]
     rows: list[dict[str, Any]] = []
     for zname, m in masks.items():
@@ -188,11 +218,18 @@ def infiltration_metrics(
     return pd.DataFrame(rows, columns=cols)
 
 
-def overlap_zone_names(config: SpatialConfig) -> list[str]:
-    """The zones combined in :func:`zone_overlap_metrics`: ``config.overlap_zones`` or the cognate pairs' zones."""
-    if config.overlap_zones is not None:
-        return list(config.overlap_zones)
-    return list(dict.fromkeys(p.zone for p in config.cognate_pairs))
+def overlap_zone_names(*, overlap_zones: Sequence[str] | None, cognate_pairs: Sequence[CognatePair]) -> list[str]:
+    """The zones combined in :func:`zone_overlap_metrics`: ``overlap_zones`` when set, else the cognate pairs' zones.
+
+    Examples
+    --------
+    >>> pairs = [CognatePair(zone="CXCL8", receptor="CXCR2"), CognatePair(zone="CXCL8", receptor="CXCR1")]
+    >>> overlap_zone_names(overlap_zones=None, cognate_pairs=pairs), overlap_zone_names(overlap_zones=[], cognate_pairs=pairs)
+    (['CXCL8'], [])
+    """
+    if overlap_zones is not None:
+        return list(overlap_zones)
+    return list(dict.fromkeys(p.zone for p in cognate_pairs))
 
 
 def overlap_region_name(flags: Sequence[bool], zones: Sequence[str]) -> str:
@@ -206,9 +243,10 @@ def zone_overlap_metrics(
     tissue: np.ndarray,
     *,
     grid_um: float,
-    config: SpatialConfig | None = None,
     sample_id: str,
-    zones: Sequence[str] | None = None,
+    zones: Sequence[str],
+    edge_exclusion_um: float = 0.0,
+    populations: Sequence[str] = POPULATIONS,
 ) -> pd.DataFrame:
     """Cell counts and tissue areas in every in/out combination of several zones.
 
@@ -225,10 +263,13 @@ def zone_overlap_metrics(
     masks : dict zone name -> bool ndarray (Ygrid, Xgrid)
     tissue : bool ndarray (Ygrid, Xgrid)
     grid_um : float
-    config : SpatialConfig
     sample_id : str
-    zones : sequence of str, optional
-        Zones to combine (default :func:`overlap_zone_names`); at most :data:`MAX_OVERLAP_ZONES`.
+    zones : sequence of str
+        Zones to combine (the run uses :func:`overlap_zone_names`); at most :data:`MAX_OVERLAP_ZONES`.
+    edge_exclusion_um : float
+        Depth of the tissue rim left out (µm; 0 = off), as in :func:`infiltration_metrics`.
+    populations : sequence of {"cell_type", "phenotype"}
+        As in :func:`infiltration_metrics`.
 
     Returns
     -------
@@ -237,9 +278,8 @@ def zone_overlap_metrics(
         area_mm2``; one row per population and region of non-zero area (counts zero-filled). Empty (with
         these columns) when no zone is named.
     """
-    config = config or SpatialConfig()
     tissue = _check_masks(masks, tissue)
-    names = list(zones) if zones is not None else overlap_zone_names(config)
+    names = list(zones)
     missing = [z for z in names if z not in masks]
     if missing:
         raise ConfigError(f"spatial.overlap_zones: zone(s) {missing} have no mask; use names from {sorted(masks)}")
@@ -249,9 +289,7 @@ def zone_overlap_metrics(
     cols = ["sample_id", "population_type", "population", "region"] + [f"in_{z}" for z in names] + ["n_cells", "area_mm2"]
     if not names:
         return pd.DataFrame(columns=cols)
-    keep = tissue.copy()
-    if config.edge_exclusion_um > 0:
-        keep &= tissue_depth(tissue, grid_um=grid_um) >= config.edge_exclusion_um
+    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)
     code = np.zeros(tissue.shape, np.int64)
     for i, z in enumerate(names):
         code |= np.asarray(masks[z], bool).astype(np.int64) << i
@@ -265,7 +303,7 @@ def zone_overlap_metrics(
     flags = {f"in_{z}": ((present >> i) & 1).astype(bool) for i, z in enumerate(names)}
     region = [overlap_region_name([(k >> i) & 1 for i in range(len(names))], names) for k in present]
     parts = []
-    for ptype, pname, psel in _populations(cells, config):
+    for ptype, pname, psel in _populations(cells, populations):
         n = np.bincount(cell_code[psel & cell_keep], minlength=n_codes)
         parts.append(pd.DataFrame({"sample_id": str(sample_id), "population_type": ptype, "population": pname,
                                    "region": region, **flags, "n_cells": n[present].astype(np.int64),
@@ -280,10 +318,63 @@ def _enrichment(n_in: float, n_out: float, a_in: float, a_out: float) -> float:
     return float(np.log2(((n_in + p_in) / a_in) / ((n_out + PSEUDOCOUNT - p_in) / a_out)))
 
 
+def _cognate_counts_from_cells(
+    cells: pd.DataFrame, sid: Any, pair: CognatePair, *, edge_exclusion_um: float
+) -> list[tuple[str, dict[str, int]]]:
+    """``(lineage, counts)`` of one sample and pair, counted exactly from annotated cells."""
+    need = ["cell_type", f"{pair.receptor}_pos", f"in_{pair.zone}", "dist_tissue_edge_um"]
+    miss = [n for n in need if n not in cells.columns]
+    if miss:
+        raise MissingStepError(
+            f"cognate_specificity: cells table lacks {miss}; run phenotyping (receptor gate) and annotate_cells first"
+        )
+    cs = cells[cells["sample_id"].astype(str) == str(sid)] if "sample_id" in cells.columns else cells
+    depth = cs["dist_tissue_edge_um"].to_numpy(np.float64)
+    cs = cs[(depth > 0) & (depth >= edge_exclusion_um)]  # the cells infiltration_metrics counts
+    lineages = pair.cell_types or sorted(cs.loc[cs[f"{pair.receptor}_pos"].astype(bool), "cell_type"].astype(str).unique())
+    out = []
+    for lin in lineages:
+        cl = cs[cs["cell_type"].astype(str) == lin]
+        pos = cl[f"{pair.receptor}_pos"].astype(bool).to_numpy()
+        inside = cl[f"in_{pair.zone}"].astype(bool).to_numpy()
+        out.append((lin, dict(n_pos_inside=int((pos & inside).sum()), n_pos_outside=int((pos & ~inside).sum()),
+                              n_neg_inside=int((~pos & inside).sum()), n_neg_outside=int((~pos & ~inside).sum()))))
+    return out
+
+
+def _cognate_counts_from_phenotypes(
+    infiltration: pd.DataFrame, sid: Any, pair: CognatePair
+) -> list[tuple[str, dict[str, int]]]:
+    """``(lineage, counts)`` of one sample and pair, parsed from the phenotype rows of the infiltration table."""
+    inf = infiltration
+    ph = inf[(inf["sample_id"] == sid) & (inf["zone"] == pair.zone) & (inf["population_type"] == "phenotype")]
+    flag = f"{pair.receptor}+"
+    names = ph["population"].astype(str).unique()
+    lineages = pair.cell_types or sorted({p[: -len(flag)].strip().split(" ")[0] for p in names if p.endswith(flag)} |
+                                         {p.split(f" {flag}")[0] for p in names if f" {flag}" in p})
+    out = []
+    for lin in lineages:
+        mine = [p for p in names if p == lin or p.startswith(lin + " ")]
+        is_pos = {p: flag in p[len(lin):].split() for p in mine}
+        sub = ph[ph["population"].isin(mine)]
+
+        def _cnt(region: str, positive: bool) -> int:
+            s = sub[(sub["region"] == region) & sub["population"].map(lambda p: is_pos[p] == positive)]
+            return int(s["n_cells"].sum())
+
+        out.append((lin, dict(n_pos_inside=_cnt("inside", True), n_pos_outside=_cnt("outside", True),
+                              n_neg_inside=_cnt("inside", False), n_neg_outside=_cnt("outside", False))))
+    return out
+
+
 def cognate_specificity(
-    infiltration: pd.DataFrame, *, config: SpatialConfig, cells: pd.DataFrame | None = None
+    infiltration: pd.DataFrame,
+    *,
+    cognate_pairs: Sequence[CognatePair],
+    edge_exclusion_um: float = 0.0,
+    cells: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Receptor+ vs receptor− cells of the same lineage in each configured zone ↔ receptor pair.
+    """Receptor+ vs receptor− cells of the same lineage in each zone ↔ receptor pair.
 
     Parameters
     ----------
@@ -291,8 +382,12 @@ def cognate_specificity(
         From :func:`infiltration_metrics` (one or many samples); gives the inside/outside areas, and the
         counts when ``cells`` is None (then phenotype labels are parsed: a phenotype of lineage ``L`` is
         ``L`` followed by flags; it is receptor+ when one flag is ``{receptor}+``).
-    config : SpatialConfig
-        ``cognate_pairs`` (zone, receptor, cell_types) and ``edge_exclusion_um``.
+    cognate_pairs : sequence of CognatePair
+        The pair definitions (``zone``, ``receptor``, ``cell_types``; empty ``cell_types`` = every lineage
+        with receptor+ cells), as in the config's ``spatial.cognate_pairs`` list.
+    edge_exclusion_um : float
+        The rim depth left out by :func:`infiltration_metrics` (µm); used with ``cells`` so that the same
+        cells are counted.
     cells : DataFrame, optional
         Annotated cells (:func:`annotate_cells`) with ``sample_id``, ``cell_type``, ``{receptor}_pos``,
         ``in_{zone}``, ``dist_tissue_edge_um``: counts are then taken from it exactly.
@@ -308,7 +403,7 @@ def cognate_specificity(
             "n_neg_outside", "log2_enrichment_pos", "log2_enrichment_neg", "log2_specificity"]
     rows: list[dict[str, Any]] = []
     inf = infiltration
-    for pair in config.cognate_pairs:
+    for pair in cognate_pairs:
         zi = inf[(inf["zone"] == pair.zone) & (inf["population_type"] == "all")]
         if zi.empty:
             raise MissingStepError(
@@ -318,39 +413,10 @@ def cognate_specificity(
             a_in = float(zs.loc[zs["region"] == "inside", "area_mm2"].iloc[0])
             a_out = float(zs.loc[zs["region"] == "outside", "area_mm2"].iloc[0])
             if cells is not None:
-                need = ["cell_type", f"{pair.receptor}_pos", f"in_{pair.zone}", "dist_tissue_edge_um"]
-                miss = [n for n in need if n not in cells.columns]
-                if miss:
-                    raise MissingStepError(
-                        f"cognate_specificity: cells table lacks {miss}; run phenotyping (receptor gate) and annotate_cells first"
-                    )
-                cs = cells[cells["sample_id"].astype(str) == str(sid)] if "sample_id" in cells.columns else cells
-                depth = cs["dist_tissue_edge_um"].to_numpy(np.float64)
-                cs = cs[(depth > 0) & (depth >= config.edge_exclusion_um)]  # the cells infiltration_metrics counts
-                lineages = pair.cell_types or sorted(cs.loc[cs[f"{pair.receptor}_pos"].astype(bool), "cell_type"].astype(str).unique())
-                for lin in lineages:
-                    cl = cs[cs["cell_type"].astype(str) == lin]
-                    pos = cl[f"{pair.receptor}_pos"].astype(bool).to_numpy()
-                    inside = cl[f"in_{pair.zone}"].astype(bool).to_numpy()
-                    n = dict(n_pos_inside=int((pos & inside).sum()), n_pos_outside=int((pos & ~inside).sum()),
-                             n_neg_inside=int((~pos & inside).sum()), n_neg_outside=int((~pos & ~inside).sum()))
-                    rows.append(_cognate_row(sid, pair, lin, n, a_in, a_out))
+                counts = _cognate_counts_from_cells(cells, sid, pair, edge_exclusion_um=edge_exclusion_um)
             else:
-                ph = inf[(inf["sample_id"] == sid) & (inf["zone"] == pair.zone) & (inf["population_type"] == "phenotype")]
-                flag = f"{pair.receptor}+"
-                names = ph["population"].astype(str).unique()
-                lineages = pair.cell_types or sorted({p[: -len(flag)].strip().split(" ")[0] for p in names if p.endswith(flag)} |
-                                                     {p.split(f" {flag}")[0] for p in names if f" {flag}" in p})
-                for lin in lineages:
-                    mine = [p for p in names if p == lin or p.startswith(lin + " ")]
-                    is_pos = {p: flag in p[len(lin):].split() for p in mine}
-                    sub = ph[ph["population"].isin(mine)]
-                    def _cnt(region: str, positive: bool) -> int:
-                        s = sub[(sub["region"] == region) & sub["population"].map(lambda p: is_pos[p] == positive)]
-                        return int(s["n_cells"].sum())
-                    n = dict(n_pos_inside=_cnt("inside", True), n_pos_outside=_cnt("outside", True),
-                             n_neg_inside=_cnt("inside", False), n_neg_outside=_cnt("outside", False))
-                    rows.append(_cognate_row(sid, pair, lin, n, a_in, a_out))
+                counts = _cognate_counts_from_phenotypes(inf, sid, pair)
+            rows += [_cognate_row(sid, pair, lin, n, a_in, a_out) for lin, n in counts]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -359,205 +425,3 @@ def _cognate_row(sid: Any, pair: Any, lin: str, n: dict[str, int], a_in: float, 
     en = _enrichment(n["n_neg_inside"], n["n_neg_outside"], a_in, a_out)
     return dict(sample_id=sid, zone=pair.zone, receptor=pair.receptor, cell_type=lin, **n,
                 log2_enrichment_pos=ep, log2_enrichment_neg=en, log2_specificity=ep - en)
-
-
-# --------------------------------------------------------------------------- cell-cell metrics
-def _xy(cells: pd.DataFrame) -> np.ndarray:
-    for c in ("x_um", "y_um"):
-        if c not in cells.columns:
-            raise MissingStepError(f"cells table has no '{c}' column; run quantification (quantify_cells) first")
-    return np.column_stack([cells["x_um"].to_numpy(np.float64), cells["y_um"].to_numpy(np.float64)])
-
-
-def _labels(cells: pd.DataFrame, population: str) -> tuple[np.ndarray, list[str]]:
-    if population not in cells.columns:
-        raise MissingStepError(
-            f"cells table has no '{population}' column; run phenotyping (phenotype_cells) first, or pass an existing column"
-        )
-    cat = pd.Categorical(cells[population].astype(str))
-    return cat.codes.astype(np.int64), [str(c) for c in cat.categories]
-
-
-def _sample_groups(cells: pd.DataFrame) -> list[np.ndarray]:
-    if "sample_id" not in cells.columns:
-        return [np.arange(len(cells))]
-    codes = pd.factorize(cells["sample_id"])[0]
-    order = np.argsort(codes, kind="stable")
-    splits = np.flatnonzero(np.diff(codes[order])) + 1
-    return np.split(order, splits)
-
-
-def _locality_order(pts: np.ndarray) -> np.ndarray:
-    """Order points in horizontal bands a few cell spacings high (boustrophedon), for cache-friendly queries."""
-    n = len(pts)
-    if n < 2:
-        return np.arange(n)
-    span = np.ptp(pts, axis=0)
-    h = max(float(np.sqrt(max(span[0] * span[1], 1e-12) / n)) * 4.0, 1e-9)
-    band = np.floor((pts[:, 1] - pts[:, 1].min()) / h).astype(np.int64)
-    x = np.where(band % 2 == 0, pts[:, 0], -pts[:, 0])
-    return np.lexsort((x, band))
-
-
-def nearest_distances(cells: pd.DataFrame, *, population: str = "cell_type", workers: int = 1) -> pd.DataFrame:
-    """Distance from every cell to the nearest *other* cell of each population (within its sample).
-
-    Parameters
-    ----------
-    cells : DataFrame with ``x_um, y_um``, the ``population`` column (and ``sample_id`` when several samples)
-    population : str
-        Column whose values define the populations.
-    workers : int
-        Threads for the KD-tree queries (1 = one core).
-
-    Returns
-    -------
-    DataFrame
-        Same index as ``cells``, one column ``dist_nearest_{value}_um`` per population value (NaN when the
-        sample has no other cell of that population), and ``nearest_{value}_cell_id`` when ``cell_id``
-        exists (-1 when none).
-    """
-    xy = _xy(cells)
-    codes, names = _labels(cells, population)
-    n = len(cells)
-    dist = np.full((n, len(names)), np.nan)
-    nn = np.full((n, len(names)), -1, dtype=np.int64)
-    for idx in _sample_groups(cells):
-        idx = idx[_locality_order(xy[idx])]  # queries in spatial order are ~3x faster (cache locality)
-        pts = xy[idx]
-        cod = codes[idx]
-        for k in range(len(names)):
-            members = np.flatnonzero(cod == k)
-            if members.size == 0:
-                continue
-            tree = cKDTree(pts[members])
-            d, j = tree.query(pts, k=1, workers=workers)
-            j = members[j]
-            if members.size > 1:
-                # members whose nearest is themselves: take the first neighbour that is not the cell
-                self_hit = np.flatnonzero(j[members] == members)
-                if self_hit.size:
-                    q = members[self_hit]
-                    d2, j2 = tree.query(pts[q], k=2, workers=workers)
-                    j2 = members[j2]
-                    pick = np.where(j2[:, 0] == q, 1, 0)
-                    d[q] = d2[np.arange(q.size), pick]
-                    j[q] = j2[np.arange(q.size), pick]
-            else:
-                d[members] = np.nan
-                j[members] = -1
-            dist[idx, k] = d
-            nn[idx, k] = np.where(j >= 0, idx[np.maximum(j, 0)], -1)
-    out = pd.DataFrame(dist, index=cells.index, columns=[f"dist_nearest_{v}_um" for v in names])
-    if "cell_id" in cells.columns:
-        ids = cells["cell_id"].to_numpy()
-        for k, v in enumerate(names):
-            out[f"nearest_{v}_cell_id"] = np.where(nn[:, k] >= 0, ids[np.maximum(nn[:, k], 0)], -1)
-    return out
-
-
-def count_within(cells: pd.DataFrame, *, population: str, source: str, target: str, radius_um: float) -> pd.DataFrame:
-    """Target cells within ``radius_um`` of each source cell (phenoptr's ``count_within``).
-
-    For each source cell, ``within`` = number of target cells (other than itself) at distance ≤
-    ``radius_um``.
-
-    Parameters
-    ----------
-    cells : DataFrame with ``x_um, y_um``, ``population`` (and ``sample_id`` for several samples)
-    population : str
-        Column holding the labels.
-    source, target : str
-        Label values (phenoptr's ``from`` and ``to``).
-    radius_um : float
-
-    Returns
-    -------
-    DataFrame
-        One row per sample (a single row without ``sample_id``): ``sample_id, radius_um, source, target,
-        from_count, to_count, from_with`` (source cells with at least one target within the radius),
-        ``within_mean`` (mean of ``within`` over all source cells).
-    """
-    xy = _xy(cells)
-    if population not in cells.columns:
-        raise MissingStepError(f"cells table has no '{population}' column; run phenotyping first")
-    lab = cells[population].astype(str).to_numpy()
-    sids = cells["sample_id"].astype(str).to_numpy() if "sample_id" in cells.columns else None
-    rows = []
-    for idx in _sample_groups(cells):
-        s = np.flatnonzero(lab[idx] == source)
-        t = np.flatnonzero(lab[idx] == target)
-        within = np.zeros(s.size, dtype=np.int64)
-        if s.size and t.size:
-            tree_t = cKDTree(xy[idx][t])
-            within = np.asarray(tree_t.query_ball_point(xy[idx][s], r=radius_um, return_length=True), dtype=np.int64)
-            if source == target:
-                within -= 1  # the cell itself
-        rows.append(
-            dict(sample_id=sids[idx[0]] if sids is not None and idx.size else None, radius_um=float(radius_um),
-                 source=source, target=target, from_count=int(s.size), to_count=int(t.size),
-                 from_with=int((within > 0).sum()), within_mean=float(within.mean()) if s.size else float("nan"))
-        )
-    return pd.DataFrame(rows)
-
-
-def _graph_edges(cells: pd.DataFrame, radius_um: float | None, n_neighbors: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Directed edges (i, j) of the spatial graph, within samples (i != j)."""
-    xy = _xy(cells)
-    rows, cols = [], []
-    for idx in _sample_groups(cells):
-        pts = xy[idx]
-        tree = cKDTree(pts)
-        if n_neighbors is not None:
-            k = min(int(n_neighbors) + 1, len(idx))
-            _, j = tree.query(pts, k=k)
-            j = np.atleast_2d(j)[:, 1:] if k > 1 else np.empty((len(idx), 0), int)
-            i = np.repeat(np.arange(len(idx)), j.shape[1])
-            rows.append(idx[i])
-            cols.append(idx[j.ravel()])
-        else:
-            pairs = tree.query_pairs(float(radius_um), output_type="ndarray")
-            rows += [idx[pairs[:, 0]], idx[pairs[:, 1]]]
-            cols += [idx[pairs[:, 1]], idx[pairs[:, 0]]]
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(rows), np.concatenate(cols)
-
-
-def neighbourhood_enrichment(
-    cells: pd.DataFrame,
-    *,
-    population: str,
-    radius_um: float | None = None,
-    n_neighbors: int | None = None,
-    n_permutations: int = 200,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Neighbourhood enrichment z-scores by seeded permutation of the labels (as squidpy's ``nhood_enrichment``).
-
-    The graph joins cells within ``radius_um`` (symmetric) or each cell to its ``n_neighbors`` nearest
-    cells (directed), within each sample. ``count[a, b]`` = number of directed edges from a cell of
-    population ``a`` to one of ``b``. Labels are permuted within samples ``n_permutations`` times
-    (``numpy.random.default_rng(seed)``) and ``z = (count - mean_perm) / std_perm``.
-
-    Returns
-    -------
-    zscore, counts : DataFrame (populations × populations)
-    """
-    if (radius_um is None) == (n_neighbors is None):
-        raise ValueError("give exactly one of radius_um or n_neighbors")
-    codes, names = _labels(cells, population)
-    k = len(names)
-    i, j = _graph_edges(cells, radius_um, n_neighbors)
-    count = np.bincount(codes[i] * k + codes[j], minlength=k * k).reshape(k, k).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    groups = _sample_groups(cells)
-    perm_counts = np.empty((int(n_permutations), k, k))
-    lab = codes.copy()
-    for p in range(int(n_permutations)):
-        for idx in groups:
-            lab[idx] = codes[idx][rng.permutation(idx.size)]
-        perm_counts[p] = np.bincount(lab[i] * k + lab[j], minlength=k * k).reshape(k, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (count - perm_counts.mean(axis=0)) / perm_counts.std(axis=0)
-    return pd.DataFrame(z, index=names, columns=names), pd.DataFrame(count.astype(np.int64), index=names, columns=names)

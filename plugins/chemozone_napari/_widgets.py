@@ -437,12 +437,13 @@ class ZoneReviewWidget(QWidget):
         if sd is not None and (sd / "zones.parquet").is_file():
             import pandas as pd
 
+            from chemozone.zones import zone_channel_thresholds
+
             df = pd.read_parquet(sd / "zones.parquet")
             hit = df[df["zone"] == zone]
-            if len(hit) and "channel_thresholds" in hit.columns and isinstance(hit["channel_thresholds"].iloc[0], str):
-                vals = [float(p.split("=")[1]) for p in hit["channel_thresholds"].iloc[0].split(";") if "=" in p]
-                if vals:
-                    return float(np.mean(vals))
+            vals = list(zone_channel_thresholds(df, zone).values())
+            if vals:
+                return float(np.mean(vals))
             if len(hit) and "threshold_used" in hit.columns and np.isfinite(hit["threshold_used"].iloc[0]):
                 return float(hit["threshold_used"].iloc[0])
         return None
@@ -481,7 +482,7 @@ class ZoneReviewWidget(QWidget):
             img, tissue, grid_um = self._image_and_tissue()
             idx = resolve_channels(img.channels, zone.channels, aliases=self._cfg.panel.aliases, source=img.path)
             sig = zone_signal(img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
-                              zone=zone, tissue=tissue)
+                              smooth_um=zone.smooth_um, background_quantile=zone.background_quantile, tissue=tissue)
             return np.asarray(sig), tissue, grid_um
 
         if block:

@@ -1,0 +1,198 @@
+"""Zone masks on the analysis grid: thresholded signals, producer-cell zones and tumor compartments.
+
+Re-exported by :mod:`chemozone.zones` (which describes the zone sources); plain arrays and keywords in,
+boolean grid masks out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .errors import MissingStepError
+from .grid import cell_grid_index
+
+__all__ = ["threshold_zone_signal", "producer_zone", "tumor_compartments"]
+
+
+def _check_tissue(tissue: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if tissue is None:
+        return None
+    tissue = np.asarray(tissue)
+    if tissue.shape != tuple(shape):
+        raise ValueError(
+            f"tissue mask has shape {tissue.shape} but the analysis grid is {tuple(shape)}; compute the tissue "
+            "mask with the same grid_um (chemozone.tissue.tissue_mask)"
+        )
+    return tissue.astype(bool)
+
+
+def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+    if min_px <= 1 or not mask.any():
+        return mask
+    lab, n = ndi.label(mask)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = sizes >= min_px
+    keep[0] = False
+    return keep[lab]
+
+
+def threshold_zone_signal(
+    signal: np.ndarray,
+    thresholds: Sequence[float],
+    tissue: np.ndarray | None,
+    *,
+    grid_um: float,
+    min_area_um2: float = 0.0,
+    fill_holes: bool = True,
+) -> np.ndarray:
+    """Zone mask from per-channel signals and thresholds.
+
+    The module score is ``mean_k(signal_k / threshold_k)`` and the zone is ``score >= 1`` inside tissue
+    (for one channel: ``signal >= threshold``); then holes are filled (within tissue) and components
+    smaller than ``min_area_um2`` removed.
+
+    Parameters
+    ----------
+    signal : ndarray (n_channels, Ygrid, Xgrid) or (Ygrid, Xgrid)
+    thresholds : sequence of float, one per channel (> 0 for modules of several channels)
+    tissue : bool ndarray (Ygrid, Xgrid) or None
+    grid_um : float
+        Grid pixel size (µm), to convert ``min_area_um2`` to pixels.
+
+    Returns
+    -------
+    bool ndarray (Ygrid, Xgrid)
+    """
+    sig = np.asarray(signal, dtype=np.float64)
+    if sig.ndim == 2:
+        sig = sig[None]
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.size != sig.shape[0]:
+        raise ValueError(f"{thr.size} thresholds for {sig.shape[0]} channels")
+    if not np.isfinite(thr).all():
+        mask = np.zeros(sig.shape[1:], bool)
+    elif sig.shape[0] == 1:
+        mask = sig[0] >= thr[0]
+    else:
+        if (thr <= 0).any():
+            raise ValueError(f"module thresholds must be > 0 to normalise the channels, got {thr.tolist()}")
+        mask = (sig / thr[:, None, None]).mean(axis=0) >= 1.0
+    tis = _check_tissue(tissue, mask.shape)
+    if tis is not None:
+        mask &= tis
+    if fill_holes and mask.any():
+        mask = ndi.binary_fill_holes(mask)
+        if tis is not None:
+            mask &= tis
+    return _remove_small(mask, float(min_area_um2) / (grid_um * grid_um))
+
+
+def producer_zone(
+    cells: pd.DataFrame,
+    tissue: np.ndarray,
+    *,
+    grid_um: float,
+    producer_marker: str,
+    radius_um: float,
+    producer_cell_types: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Tissue within ``radius_um`` of producer cells (``{producer_marker}_pos``) on the grid.
+
+    Parameters
+    ----------
+    cells : DataFrame with ``x_um, y_um, {producer_marker}_pos`` (and ``cell_type`` when
+        ``producer_cell_types`` is set).
+    tissue : bool ndarray (Ygrid, Xgrid)
+    grid_um : float
+        Grid pixel size (µm).
+    producer_marker : str
+        The marker whose positive cells produce the chemokine.
+    radius_um : float
+        Zone radius around each producer (µm).
+    producer_cell_types : sequence of str, optional
+        Only producers of these ``cell_type`` values (None or empty = all).
+
+    Returns
+    -------
+    bool ndarray (Ygrid, Xgrid)
+        Pixels whose centre is within ``radius_um`` of the centre of a grid pixel that holds a producer.
+
+    Examples
+    --------
+    >>> cells = pd.DataFrame({"x_um": [5.0], "y_um": [5.0], "CXCL8_pos": [True]})
+    >>> producer_zone(cells, np.ones((1, 5), bool), grid_um=2.0, producer_marker="CXCL8", radius_um=2.0).tolist()
+    [[False, True, True, True, False]]
+    """
+    col = f"{producer_marker}_pos"
+    if col not in cells.columns:
+        raise MissingStepError(
+            f"producer zone of '{producer_marker}': cells table has no column '{col}'; run phenotyping (gate marker "
+            f"'{producer_marker}' in phenotypes.markers) before building producer zones"
+        )
+    sel = cells[col].fillna(False).astype(bool).to_numpy()
+    if producer_cell_types:
+        if "cell_type" not in cells.columns:
+            raise MissingStepError(f"producer zone of '{producer_marker}': cells table has no 'cell_type'; run phenotyping first")
+        sel &= cells["cell_type"].isin(producer_cell_types).to_numpy()
+    tissue = np.asarray(tissue, bool)
+    seeds = np.zeros(tissue.shape, bool)
+    if sel.any():
+        r, c = cell_grid_index(cells.loc[sel], grid_um=grid_um, shape=tissue.shape)
+        seeds[r, c] = True
+    if not seeds.any():
+        return np.zeros_like(tissue)
+    d = ndi.distance_transform_edt(~seeds, sampling=grid_um)
+    return (d <= radius_um) & tissue
+
+
+def tumor_compartments(
+    epithelium: np.ndarray, tissue: np.ndarray, *, grid_um: float, bands_um: Sequence[float], zone: str
+) -> dict[str, np.ndarray]:
+    """Tumor compartments by distance from the epithelium (pixel centres, µm).
+
+    ``{zone}_intraepithelial`` = epithelium ∩ tissue; ``{zone}_margin`` = 0 < d ≤ bands_um[0];
+    ``{zone}_peritumoral`` = bands_um[0] < d ≤ bands_um[-1]; ``{zone}_distal`` = d > bands_um[-1] (all
+    within tissue), where d is the Euclidean distance from a pixel centre to the nearest epithelium pixel
+    centre.
+
+    Parameters
+    ----------
+    epithelium, tissue : bool ndarray (Ygrid, Xgrid)
+    grid_um : float
+        Grid pixel size (µm).
+    bands_um : sequence of float
+        Increasing band edges (µm); the first and last are used.
+    zone : str
+        The zone's name (prefix of the four mask names).
+
+    Returns
+    -------
+    dict name -> bool ndarray (Ygrid, Xgrid)
+
+    Examples
+    --------
+    >>> epi = np.array([[True, False, False, False]])
+    >>> comp = tumor_compartments(epi, np.ones((1, 4), bool), grid_um=1.0, bands_um=[1.0, 2.0], zone="T")
+    >>> {k: v.astype(int).tolist()[0] for k, v in comp.items()}
+    {'T_intraepithelial': [1, 0, 0, 0], 'T_margin': [0, 1, 0, 0], 'T_peritumoral': [0, 0, 1, 0], 'T_distal': [0, 0, 0, 1]}
+    """
+    if not isinstance(zone, str):
+        raise TypeError(f"tumor_compartments: zone is the zone's name (str), got {type(zone).__name__}")
+    tissue = np.asarray(tissue, bool)
+    epi = np.asarray(epithelium, bool) & tissue
+    if epi.any():
+        d = ndi.distance_transform_edt(~epi, sampling=grid_um)
+    else:
+        d = np.full(tissue.shape, np.inf)
+    b0, b1 = float(bands_um[0]), float(bands_um[-1])
+    n = zone
+    return {
+        f"{n}_intraepithelial": epi,
+        f"{n}_margin": tissue & ~epi & (d <= b0),
+        f"{n}_peritumoral": tissue & (d > b0) & (d <= b1),
+        f"{n}_distal": tissue & (d > b1),
+    }

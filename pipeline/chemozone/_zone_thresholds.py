@@ -1,0 +1,145 @@
+"""Cohort step of the zones: the threshold of every (sample, pixel/tumor zone, channel).
+
+Re-exported as :func:`chemozone.zones.compute_zone_thresholds`; the threshold modes are described in
+:mod:`chemozone.zones`. Works on the small per-sample summaries of pass A (:func:`chemozone.zones.signal_summary`),
+never on images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import ThresholdConfig, ZoneConfig
+from .errors import ConfigError, MissingStepError
+from .samples import select_reference
+
+__all__ = ["compute_zone_thresholds"]
+
+THRESHOLD_COLUMNS = ["sample_id", "zone", "channel", "threshold", "mode", "warning"]
+
+
+def _pooled_values(rows: pd.DataFrame, n: int = 4001) -> np.ndarray:
+    """Equally weighted values representing the tissue-area-weighted mixture of several samples' quantiles."""
+    vals, wts = [], []
+    for q, npx in zip(rows["quantiles"], rows["n_pixels"]):
+        q = np.asarray(q, dtype=np.float64)
+        if npx <= 0 or not np.isfinite(q).all():
+            continue
+        # each stored quantile stands for an equal share of the sample's pixels
+        vals.append(q)
+        wts.append(np.full(q.size, npx / q.size))
+    if not vals:
+        return np.empty(0)
+    v = np.concatenate(vals)
+    w = np.concatenate(wts)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cw = np.cumsum(w) - 0.5 * w
+    cw /= w.sum()
+    return np.interp(np.linspace(0, 1, n), cw, v)
+
+
+def _auto_threshold(values: np.ndarray, method: str) -> float:
+    from skimage import filters  # noqa: PLC0415
+
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.min() == values.max():
+        return float(values.max()) if values.size else float("nan")
+    fn = {"otsu": filters.threshold_otsu, "triangle": filters.threshold_triangle, "li": filters.threshold_li}[method]
+    return float(fn(values))
+
+
+def _reference_thresholds(
+    csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str
+) -> list[tuple[float, str]]:
+    """``(threshold, warning)`` per sample: the quantile of its reference samples (same ``group_by`` value)."""
+    is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    cache: dict[Any, tuple[float, str]] = {}
+    out = []
+    for i in range(len(sids)):
+        key = samples.at[i, tc.group_by] if tc.group_by is not None else None
+        if key not in cache:
+            warn = ""
+            sel = is_ref.copy()
+            if tc.group_by is not None:
+                sel &= (samples[tc.group_by] == key).to_numpy()
+                if not sel.any():
+                    sel = is_ref
+                    warn = f"no reference sample with {tc.group_by}={key}; used all reference samples"
+            refs = [sids[j] for j in np.flatnonzero(sel)]
+            pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs)])
+            t = float(np.quantile(pooled, tc.quantile)) if pooled.size else float("nan")
+            cache[key] = (t, warn)
+        out.append(cache[key])
+    return out
+
+
+def _channel_thresholds(
+    csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str
+) -> tuple[list[tuple[float, str]], str]:
+    """``(threshold, warning)`` per sample of one channel's summaries, and the mode label."""
+    if tc.mode == "absolute":
+        return [(float(tc.value), "")] * len(sids), "absolute"
+    if tc.mode == "pooled":
+        t = _auto_threshold(_pooled_values(csum), tc.method)
+        return [(t, "")] * len(sids), f"pooled_{tc.method}"
+    if tc.mode == "per_sample":
+        by_sample = {str(s): r for s, r in csum.groupby(csum["sample_id"].astype(str))}
+        warn = "per-sample relative threshold: zone areas are not comparable between samples"
+        return [(_auto_threshold(_pooled_values(by_sample[s]), tc.method), warn) for s in sids], f"per_sample_{tc.method}"
+    return _reference_thresholds(csum, samples, sids, tc, where=where), f"reference_q{tc.quantile:g}"
+
+
+def compute_zone_thresholds(
+    summaries: pd.DataFrame, samples: pd.DataFrame, *, zones: Sequence[ZoneConfig]
+) -> pd.DataFrame:
+    """Cohort step: the threshold of every (sample, pixel/tumor zone, channel).
+
+    Parameters
+    ----------
+    summaries : DataFrame
+        Concatenated :func:`chemozone.zones.signal_summary` outputs of all samples.
+    samples : DataFrame
+        The sample sheet (``sample_id`` + the columns used by ``threshold.reference`` / ``group_by``).
+    zones : list of ZoneConfig
+        The zone definitions (``name``, ``source``, ``channels``, ``threshold``); producer zones are
+        skipped (they have no threshold).
+
+    Returns
+    -------
+    DataFrame
+        ``sample_id, zone, channel, threshold, mode, warning`` (threshold in background-corrected image
+        units of that channel; ``warning`` is ``""`` or says why a fallback was used).
+
+    Raises
+    ------
+    ConfigError
+        When reference samples are requested but none match (names the zone and the query).
+    MissingStepError
+        When a sample or zone has no summary.
+    """
+    rows: list[dict[str, Any]] = []
+    if "sample_id" not in samples.columns:
+        raise ConfigError("samples: the sample sheet has no 'sample_id' column")
+    samples = samples.reset_index(drop=True)
+    sids = samples["sample_id"].astype(str).tolist()
+    for zi, zone in enumerate(zones):
+        if zone.source == "producers":
+            continue
+        zsum = summaries[summaries["zone"] == zone.name] if len(summaries) else summaries
+        missing = sorted(set(sids) - set(zsum["sample_id"].astype(str))) if len(zsum) else sids
+        if missing:
+            raise MissingStepError(
+                f"zones '{zone.name}': no signal summary for samples {missing[:5]}; run zone_signal + signal_summary "
+                "(pass A) for every sample before compute_zone_thresholds"
+            )
+        for ch in zone.channels:
+            csum = zsum[zsum["channel"] == ch]
+            per_sample, mode = _channel_thresholds(csum, samples, sids, zone.threshold, where=f"zones[{zi}].threshold")
+            for s, (t, warn) in zip(sids, per_sample):
+                rows.append(dict(sample_id=s, zone=zone.name, channel=ch, threshold=t, mode=mode, warning=warn))
+    return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)
