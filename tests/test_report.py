@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest_stats import fabricate_run
 
+from chemozone.cli import cli_report
 from chemozone.errors import MissingStepError, RunError
-from chemozone.report import cli_report, write_report
+from chemozone.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
