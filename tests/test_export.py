@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from chemozone import export
+from chemozone.cli import cli_export
 from chemozone.errors import MissingDependencyError, MissingStepError, RunError
 from chemozone.testing import MARKERS, fabricate_run
 
@@ -24,7 +25,7 @@ def test_export_anndata(fab, tmp_path):
     import anndata as ad
 
     dest = tmp_path / "c.h5ad"
-    assert export.cli_export(types.SimpleNamespace(out=fab["out"], to="anndata", dest=dest)) == 0
+    assert cli_export(types.SimpleNamespace(out=fab["out"], to="anndata", dest=dest)) == 0
     a = ad.read_h5ad(dest)
     cells = pd.read_parquet(fab["out"] / "cells.parquet")
     assert a.n_obs == len(cells)

@@ -11,8 +11,9 @@ import types
 import numpy as np
 import pytest
 
+from chemozone.cli import cli_report
 from chemozone.errors import MissingStepError, RunError
-from chemozone.report import cli_report, write_report
+from chemozone.report import write_report
 from chemozone.testing import fabricate_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

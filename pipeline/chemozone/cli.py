@@ -3,24 +3,26 @@
 Exit codes: 0 all done; 1 a user-fixable error (printed as one line, no traceback); 2 usage error;
 3 with ``--on-error skip`` when some samples failed (recorded in ``run.json``).
 
-Each subcommand's work lives in its stage module (``cli_<command>(args) -> int``), imported only when
-that subcommand runs, so ``chemozone --version`` stays fast and never imports heavy packages.
+Every subcommand has one handler here, ``cli_<command>(args) -> int``, registered on its parser by direct
+reference. A handler imports the library modules it needs when it runs, never at module level, so
+``chemozone --help`` and ``--version`` stay fast and import no science packages (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .errors import ChemozoneError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_validate", "cli_synth", "cli_run", "cli_demo", "cli_report", "cli_view",
+           "cli_export"]
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config (and optionally an input folder) without running")
     v.add_argument("config", type=Path, help="experiment config (YAML)")
     v.add_argument("input", type=Path, nargs="?", help="folder of images, samples.csv, or one image")
-    v.set_defaults(handler="chemozone.cli:cli_validate")
+    v.set_defaults(handler=cli_validate)
 
     s = sub.add_parser("synth", help="write a synthetic explant cohort with ground truth")
     s.add_argument("out", type=Path, help="output folder")
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=None, help="image side in pixels (overrides the preset)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--channels", default=None, help="comma-separated channel subset/extension of the default panel")
-    s.set_defaults(handler="chemozone.synth:cli_synth")
+    s.set_defaults(handler=cli_synth)
 
     r = sub.add_parser("run", help="analyse a folder of images into a run folder")
     r.add_argument("input", type=Path, help="folder of images, samples.csv, or one image")
@@ -51,27 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="run folder to write")
     r.add_argument("--no-report", action="store_true", help="skip writing OUT/report.html")
     _add_run_options(r)
-    r.set_defaults(handler="chemozone.run:cli_run")
+    r.set_defaults(handler=cli_run)
 
     d = sub.add_parser("demo", help="synthesize a small cohort, run everything, write the report")
     d.add_argument("--out", type=Path, default=Path("chemozone-demo"), help="folder for the cohort and the run")
     d.add_argument("--preset", choices=["tiny", "demo"], default="demo")
     _add_run_options(d)
-    d.set_defaults(handler="chemozone.run:cli_demo")
+    d.set_defaults(handler=cli_demo)
 
     rp = sub.add_parser("report", help="write OUT/report.html from a run folder")
     rp.add_argument("out", type=Path, help="run folder")
-    rp.set_defaults(handler="chemozone.report:cli_report")
+    rp.set_defaults(handler=cli_report)
 
     vw = sub.add_parser("view", help="open an image, a sample folder or a run folder in napari")
     vw.add_argument("path", type=Path)
-    vw.set_defaults(handler="chemozone.cli:cli_view")
+    vw.set_defaults(handler=cli_view)
 
     ex = sub.add_parser("export", help="export a run to the scverse ecosystem")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--to", choices=["anndata", "spatialdata"], required=True)
     ex.add_argument("--dest", type=Path, default=None, help="output path (default: inside the run folder)")
-    ex.set_defaults(handler="chemozone.export:cli_export")
+    ex.set_defaults(handler=cli_export)
     return p
 
 
@@ -108,6 +110,84 @@ def cli_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cli_synth(args: argparse.Namespace) -> int:
+    """``chemozone synth OUT [--preset P --patients N --size PX --seed S --channels A,B,...]``."""
+    from .synth import generate_cohort
+
+    channels = None
+    if getattr(args, "channels", None):
+        channels = [c.strip() for c in str(args.channels).split(",") if c.strip()]
+    t0 = time.perf_counter()
+    out = generate_cohort(args.out, preset=args.preset, patients=args.patients, size_px=args.size,
+                          seed=args.seed, channels=channels, progress=True)
+    n = sum(1 for _ in (Path(out) / "images").glob("*.ome.tif"))
+    print(f"wrote {n} images with ground truth to {out} in {time.perf_counter() - t0:.1f} s "
+          f"(config: {Path(out) / 'config.yaml'})")
+    return EXIT_OK
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """``run_batch`` keywords of the shared run options (``--workers`` is resolved by each command)."""
+    return dict(scheduler=args.scheduler, memory_limit=args.memory_limit, resume=args.resume, on_error=args.on_error,
+                progress=not args.quiet, command=sys.argv)
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """``chemozone run INPUT --config CFG --out OUT ...``"""
+    from .run import run_batch
+
+    res = run_batch(args.input, args.config, args.out, workers=args.workers, **_run_options(args))
+    _print_summary(res)
+    if not args.no_report and any(s == "done" for s in res.statuses.values()):
+        from .report import write_report
+
+        print(f"report: {write_report(res.out)}")
+    return res.exit_code
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    """``chemozone demo [--out DIR]``: synthesize the demo cohort, run it, write the report."""
+    import os
+
+    from .run import run_batch
+    from .synth import generate_cohort
+
+    out = Path(args.out)
+    cohort = out / "cohort"
+    t0 = time.perf_counter()
+    if not (cohort / "samples.csv").is_file():
+        print(f"generating the synthetic '{args.preset}' cohort in {cohort} ...")
+        generate_cohort(cohort, preset=args.preset)
+    run_dir = out / "run"
+    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=args.workers or min(2, os.cpu_count() or 1),
+                    **_run_options(args))
+    from .report import write_report
+
+    report = write_report(run_dir)
+    _print_summary(res)
+    print(f"report: {report}")
+    print(f"cohort tables: {run_dir / 'cells.parquet'}, {run_dir / 'infiltration.parquet'}")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return res.exit_code
+
+
+def _print_summary(res) -> None:
+    """One line for the run (``RunResult``), then one line per failed sample on stderr."""
+    n_ok = sum(1 for s in res.statuses.values() if s == "done")
+    print(f"{n_ok}/{len(res.statuses)} samples done; results in {res.out}")
+    for sid, err in res.errors.items():
+        print(f"failed: {err}", file=sys.stderr)
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    """``chemozone report OUT``: write ``OUT/report.html``."""
+    from .report import write_report
+
+    path = write_report(args.out)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 def cli_view(args: argparse.Namespace) -> int:
     """``chemozone view PATH``: open napari on an image or a run folder (needs the napari extra)."""
     try:
@@ -126,6 +206,16 @@ def cli_view(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cli_export(args: argparse.Namespace) -> int:
+    """``chemozone export OUT --to anndata|spatialdata [--dest PATH]``."""
+    from .export import export_anndata, export_spatialdata
+
+    fn = export_anndata if args.to == "anndata" else export_spatialdata
+    path = fn(args.out, getattr(args, "dest", None))
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``chemozone`` console script; returns the exit code."""
     parser = build_parser()
@@ -137,16 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # tifffile reports damaged tags through logging; chemozone turns unreadable files into one-line errors
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    module_name, func_name = args.handler.split(":")
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(args) or 0)
+        return int(args.handler(args) or 0)
     except ChemozoneError as exc:
         print(f"chemozone: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("chemozone: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .errors import MissingDependencyError, MissingStepError
 
-__all__ = ["cells_to_anndata", "export_anndata", "to_spatialdata", "export_spatialdata", "cli_export"]
+__all__ = ["cells_to_anndata", "export_anndata", "to_spatialdata", "export_spatialdata"]
 
 _COMPARTMENTS = ("cell", "nucleus", "cytoplasm")
 
@@ -91,7 +91,7 @@ def export_anndata(out: str | os.PathLike, dest: str | os.PathLike | None = None
         raise MissingStepError(f"{lay.cohort_cells}: no cell table; run 'chemozone run' into {out} first")
     cells = pd.read_parquet(lay.cohort_cells)
     a = cells_to_anndata(cells, uns=prov)
-    dest = Path(dest) if dest else out / "export" / "cells.h5ad"
+    dest = Path(dest) if dest else lay.export_anndata
     with atomic_path(dest) as tmp:
         a.write_h5ad(tmp.with_suffix(".h5ad"))
         os.replace(tmp.with_suffix(".h5ad"), tmp)
@@ -139,8 +139,10 @@ def export_spatialdata(out: str | os.PathLike, dest: str | os.PathLike | None = 
     MissingDependencyError
         The ``spatialdata`` extra is not installed.
     """
+    from .layout import RunLayout
+
     sdata = to_spatialdata(out, images=images)
-    dest = Path(dest) if dest else Path(out) / "export" / "run.spatialdata.zarr"
+    dest = Path(dest) if dest else RunLayout(out).export_spatialdata
     with atomic_path_(dest) as tmp:
         sdata.write(tmp)
     return dest
@@ -205,11 +207,3 @@ def atomic_path_(dest):
     from .layout import atomic_path
 
     return atomic_path(dest)
-
-
-def cli_export(args) -> int:
-    """CLI handler of ``chemozone export OUT --to anndata|spatialdata [--dest]``."""
-    fn = export_anndata if args.to == "anndata" else export_spatialdata
-    path = fn(args.out, getattr(args, "dest", None))
-    print(f"wrote {path}")
-    return 0

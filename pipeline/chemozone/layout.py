@@ -94,6 +94,16 @@ class RunLayout:
         return self.root / "report.html"
 
     @property
+    def export_anndata(self) -> Path:
+        """Default destination of ``chemozone export --to anndata``."""
+        return self.root / "export" / "cells.h5ad"
+
+    @property
+    def export_spatialdata(self) -> Path:
+        """Default destination of ``chemozone export --to spatialdata``."""
+        return self.root / "export" / "run.spatialdata.zarr"
+
+    @property
     def samples_dir(self) -> Path:
         return self.root / "samples"
 

@@ -21,7 +21,7 @@ import pandas as pd
 from . import stats
 from .errors import ChemozoneError
 
-__all__ = ["write_report", "cli_report", "render_report"]
+__all__ = ["write_report", "render_report"]
 
 _COLORS = {"photon": "#1f77b4", "proton": "#2ca02c", "carbon": "#d62728", "helium": "#9467bd"}
 _MAX_THUMBS = 48
@@ -483,10 +483,3 @@ def write_report(out: str | os.PathLike) -> Path:
 
         raise MissingStepError(f"{RunLayout(out).cohort_samples}: no sample table; run 'chemozone run' into {out} first")
     return atomic_write_text(RunLayout(out).report, render_report(out))
-
-
-def cli_report(args) -> int:
-    """CLI handler of ``chemozone report OUT``."""
-    path = write_report(args.out)
-    print(f"wrote {path}")
-    return 0

@@ -1,4 +1,4 @@
-"""Batch runner: ``chemozone run`` and ``chemozone demo``, on Dask.
+"""Batch runner behind ``chemozone run`` and ``chemozone demo``: what runs for each sample, in which order.
 
 Flow (see README "How a run works")::
 
@@ -17,19 +17,21 @@ and reference gates depend on the whole cohort.
 
 Every file is written atomically (temporary name, then rename); the stamp is written last, so a
 killed run never leaves a result that a later run mistakes for a finished one.
+
+Where the tasks execute (Dask cluster or in process, failures as values, progress bars, ``run.log``) is
+:mod:`chemozone.scheduler`; the command-line handlers are in :mod:`chemozone.cli`. This module is the one
+place that turns config sections into the stages' keywords.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import resource
-import sys
 import time
 import traceback
 from contextlib import contextmanager
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,6 +39,7 @@ from typing import Any, Callable, Iterator
 from .config import Config, load_config
 from .errors import ChemozoneError, RunError
 from .layout import RunLayout, atomic_write_json, file_fingerprint, new_provenance, write_parquet
+from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
 
 __all__ = [
     "run_batch",
@@ -45,14 +48,14 @@ __all__ = [
     "cohort_step",
     "merge_cohort",
     "RunResult",
-    "cli_run",
-    "cli_demo",
     "STEP_A_SECTIONS",
 ]
 
 log = logging.getLogger("chemozone")
 
 STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
+# TODO(lead): replace with RunLayout once the step functions are merged
+# (file names belong to RunLayout: measurements(sid), step_a_stamp(sid), reviewed(sid))
 STAMP = "step_a.json"
 MEASUREMENTS = "measurements.parquet"
 REVIEWED = "reviewed.parquet"  # cell_id, phenotype_reviewed: written by the napari cell inspector, never by a run
@@ -87,17 +90,6 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         timings[name] = round(time.perf_counter() - t0, 3)
-
-
-class StageError(Exception):
-    """A sample failed in a stage (carries the stage name and a one-line message)."""
-
-    def __init__(self, sample_id: str, stage: str, message: str, tb: str = "") -> None:
-        super().__init__(f"sample '{sample_id}' failed in {stage}: {message}")
-        self.sample_id, self.stage, self.message, self.tb = sample_id, stage, message, tb
-
-    def __reduce__(self):  # picklable across Dask workers
-        return (StageError, (self.sample_id, self.stage, self.message, self.tb))
 
 
 def _stage(sample_id: str, stage: str, fn: Callable[[], Any]) -> Any:
@@ -206,14 +198,6 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     return info
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _stamp_for(row: dict[str, Any], cfg: Config) -> dict[str, Any]:
     fp = file_fingerprint(row["image"])
     return {"input_sha256": fp["sha256"], "input_size": fp["size"], "config_sha256": _section_hash(cfg, STEP_A_SECTIONS)}
@@ -221,8 +205,8 @@ def _stamp_for(row: dict[str, Any], cfg: Config) -> dict[str, Any]:
 
 def _step_a_is_current(row: dict[str, Any], cfg: Config, lay: RunLayout, stamp: dict[str, Any]) -> bool:
     sid = row["sample_id"]
-    p = lay.sample_dir(sid) / STAMP
-    if not p.is_file() or not (lay.sample_dir(sid) / MEASUREMENTS).is_file() or not lay.masks(sid).is_dir():
+    p = lay.step_a_stamp(sid)
+    if not p.is_file() or not lay.measurements(sid).is_file() or not lay.masks(sid).is_dir():
         return False
     try:
         old = json.loads(p.read_text())
@@ -375,61 +359,10 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
 
 
 # -------------------------------------------------------------------------------------- the batch
-def _setup_logging(lay: RunLayout, quiet: bool) -> logging.Handler:
-    lay.root.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(lay.run_log, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
-@contextmanager
-def _dask_client(cfg: Config, *, workers: int | None, scheduler: str | None, memory_limit: str | None,
-                 console) -> Iterator[Any]:
-    """A Dask client: an existing scheduler by address, or a local cluster (processes)."""
-    from distributed import Client, LocalCluster
-
-    address = scheduler or cfg.run.scheduler
-    if address:
-        try:
-            client = Client(address, timeout="20s")
-        except OSError as exc:
-            raise RunError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or drop --scheduler") from None
-        console.print(f"connected to Dask scheduler {address} (dashboard: {client.dashboard_link})")
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n = workers or cfg.run.workers
-    cluster = LocalCluster(n_workers=n, threads_per_worker=cfg.run.threads_per_worker,
-                           memory_limit=memory_limit or cfg.run.memory_limit, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
-    client = Client(cluster)
-    console.print(f"local Dask cluster: {n} worker(s); dashboard: {client.dashboard_link}")
-    log.info("local Dask cluster with %d workers, dashboard %s", n, client.dashboard_link)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
-def run_batch(
-    input_path: str | Path,
-    config: Config | str | Path,
-    out: str | Path,
-    *,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    memory_limit: str | None = None,
-    resume: bool = False,
-    on_error: str | None = None,
-    progress: bool = True,
-    in_process: bool = False,
-    command: list[str] | None = None,
-) -> RunResult:
+def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Path, *, workers: int | None = None,
+              scheduler: str | None = None, memory_limit: str | None = None, resume: bool = False,
+              on_error: str | None = None, progress: bool = True, in_process: bool = False,
+              command: list[str] | None = None) -> RunResult:
     """Run every sample through all stages and write the run folder.
 
     Parameters
@@ -458,36 +391,17 @@ def run_batch(
     ChemozoneError
         Validation problems (before any work), or the first failure under ``on_error="raise"``.
     """
-    from rich.console import Console
-
-    from .validate import validate_inputs
+    from .validate import runnable_inputs
 
     cfg = config if isinstance(config, Config) else load_config(config)
     on_error = on_error or cfg.run.on_error
-    console = Console(stderr=True, quiet=not progress, highlight=False)
     lay = RunLayout(out)
-
-    report = validate_inputs(input_path, cfg)
-    # with --on-error skip, a sample whose image cannot be read is recorded as failed and the others run;
-    # any other problem (config, sample sheet, channels) refuses the run
-    skippable = report.sample_problems if on_error == "skip" else {}
-    blocking = [p for p in report.problems if not any(p == f"sample '{sid}': {m}" for sid, m in skippable.items())]
-    if blocking:
-        more = f" (and {len(blocking) - 1} more; run 'chemozone validate')" if len(blocking) > 1 else ""
-        raise RunError(f"refusing to start: {blocking[0]}{more}")
-    if report.samples is None or len(report.samples) == len(skippable):
-        raise RunError(f"refusing to start: no sample can be read ({next(iter(skippable.values()), '')})")
+    report, unreadable = runnable_inputs(input_path, cfg, skip_unreadable=on_error == "skip")
     _validate_stage_config(cfg, report)
-    samples = report.samples
-
-    handler = _setup_logging(lay, not progress)
-    try:
-        return _run(samples, cfg, lay, console, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
+    with run_log(lay.run_log):
+        return _run(report.samples, cfg, lay, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
                     resume=resume, on_error=on_error, progress=progress, in_process=in_process,
-                    command=command, images=report.images, unreadable=skippable)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+                    command=command, images=report.images, unreadable=unreadable)
 
 
 def _validate_stage_config(cfg: Config, report) -> None:
@@ -497,24 +411,79 @@ def _validate_stage_config(cfg: Config, report) -> None:
         phenotype.validate_phenotypes(cfg.phenotypes, info["channels"], aliases=cfg.panel.aliases)
 
 
-def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, memory_limit, resume, on_error,
-         progress, in_process, command, images, unreadable=None) -> RunResult:
-    import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Ledger:
+    """``run.json`` as the run goes: every change of a sample's status is written at once (atomically), so a
+    killed run leaves a true record. A failed sample is logged with its traceback and, under
+    ``on_error="raise"``, stops the run."""
 
+    def __init__(self, prov: dict[str, Any], lay: RunLayout, on_error: str) -> None:
+        self.prov, self.lay, self.on_error = prov, lay, on_error
+        self.result = RunResult(out=lay.root)
+
+    def save(self) -> None:
+        atomic_write_json(self.lay.run_json, self.prov)
+
+    def status(self, sid: str) -> str:
+        return self.prov["samples"][sid]["status"]
+
+    def record(self, sid: str, **kw: Any) -> None:
+        self.prov["samples"][sid].update(kw)
+        self.save()
+
+    def fail(self, exc: StageError) -> None:
+        log.error("%s\n%s", exc, exc.tb)
+        self.record(exc.sample_id, status="failed", stage=exc.stage, error=exc.message)
+        self.result.errors[exc.sample_id] = str(exc)
+        if self.on_error == "raise":
+            self.prov["status"] = "failed"
+            self.save()
+            raise RunError(f"{exc} (details in {self.lay.run_log}; use --on-error skip to finish the other samples)")
+
+
+def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_limit, resume, on_error,
+         progress, in_process, command, images, unreadable) -> RunResult:
+    """The run once its inputs are valid: step A, the cohort step, step B, then the cohort tables."""
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress, highlight=False)
+    old_samples = _previous_samples(lay) if resume else {}
+    ledger, rows = _start_ledger(samples, cfg, lay, on_error=on_error, command=command, images=images,
+                                 unreadable=unreadable)
+    stamps = {r["sample_id"]: _stamp_for(r, cfg) for r in rows}
+    todo = _step_a_todo(rows, cfg, lay, stamps, ledger, old_samples, resume=resume)
+    client_ctx = _nullcontext() if in_process else dask_client(
+        address=scheduler or cfg.run.scheduler, n_workers=workers or cfg.run.workers,
+        threads_per_worker=cfg.run.threads_per_worker, memory_limit=memory_limit or cfg.run.memory_limit,
+        console=console)
+    with progress_bars(console, enabled=progress) as bar, client_ctx as client:
+        _run_step_a(client, bar, todo, cfg, lay, stamps, ledger, images)
+        ok_a = [r for r in rows if ledger.status(r["sample_id"]) == "step_a_done"]
+        ok_a, cohort = _run_cohort_step(client, ok_a, samples, cfg, lay, ledger)
+        _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
+    return _finish(rows, samples, lay, ledger)
+
+
+def _previous_samples(lay: RunLayout) -> dict[str, Any]:
+    """The per-sample records of the ``run.json`` an earlier run left (``{}`` when none or unreadable)."""
+    if not lay.run_json.is_file():
+        return {}
+    try:
+        return json.loads(lay.run_json.read_text()).get("samples", {})
+    except json.JSONDecodeError:
+        return {}
+
+
+def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, images, unreadable
+                  ) -> tuple[_Ledger, list[dict[str, Any]]]:
+    """Write the first ``run.json`` (config, versions, inputs; every sample pending, or failed in validation).
+
+    Returns the ledger and the rows of the samples to run (the readable ones).
+    """
     from .segment import segmentation_provenance
 
-    prov_path = lay.run_json
     prov = new_provenance(cfg, command=command)
     prov["segmentation"] = segmentation_provenance(cfg.segmentation)  # method, defaults, cellpose version/model
-    old_samples: dict[str, Any] = {}
-    if resume and prov_path.is_file():
-        try:
-            old_samples = json.loads(prov_path.read_text()).get("samples", {})
-        except json.JSONDecodeError:
-            old_samples = {}
     rows = samples.to_dict("records")
-    unreadable = unreadable or {}
     for r in rows:
         prov["inputs"][r["sample_id"]] = {**file_fingerprint(r["image"]), "image_info": images.get(r["sample_id"])}
         prov["samples"][r["sample_id"]] = {"status": "pending"}
@@ -522,199 +491,109 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
         prov["samples"][sid] = {"status": "failed", "stage": "validate", "error": msg}
         log.error("sample '%s' failed in validate: %s", sid, msg)
     rows = [r for r in rows if r["sample_id"] not in unreadable]
-    atomic_write_json(prov_path, prov)
+    ledger = _Ledger(prov, lay, on_error)
+    ledger.save()
     log.info("run started: %d samples, out=%s", len(rows), lay.root)
-    result = RunResult(out=lay.root)
-    result.errors.update({sid: f"sample '{sid}' failed in validate: {m}" for sid, m in unreadable.items()})
+    ledger.result.errors.update({sid: f"sample '{sid}' failed in validate: {m}" for sid, m in unreadable.items()})
+    return ledger, rows
 
-    def record(sid: str, **kw: Any) -> None:
-        prov["samples"][sid].update(kw)
-        atomic_write_json(prov_path, prov)
 
-    def fail(exc: StageError) -> None:
-        log.error("%s\n%s", exc, exc.tb)
-        record(exc.sample_id, status="failed", stage=exc.stage, error=exc.message)
-        result.errors[exc.sample_id] = str(exc)
-        if on_error == "raise":
-            prov["status"] = "failed"
-            atomic_write_json(prov_path, prov)
-            raise RunError(f"{exc} (details in {lay.run_log}; use --on-error skip to finish the other samples)")
-
-    # -------- step A
-    stamps = {r["sample_id"]: _stamp_for(r, cfg) for r in rows}
+def _step_a_todo(rows, cfg: Config, lay: RunLayout, stamps, ledger: _Ledger, old_samples, *, resume: bool
+                 ) -> list[dict[str, Any]]:
+    """The rows whose step A must run; with ``resume``, a sample whose stamp is current is recorded as done."""
     todo = []
     for r in rows:
         sid = r["sample_id"]
         if resume and _step_a_is_current(r, cfg, lay, stamps[sid]):
             prev = old_samples.get(sid, {})
-            record(sid, status="step_a_done", resumed=True, step_a=prev.get("step_a"))
+            ledger.record(sid, status="step_a_done", resumed=True, step_a=prev.get("step_a"))
             log.info("%s: step A unchanged, skipped (--resume)", sid)
         else:
-            (lay.sample_dir(sid) / STAMP).unlink(missing_ok=True)
+            lay.step_a_stamp(sid).unlink(missing_ok=True)
             todo.append(r)
-
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    client_ctx = _nullcontext() if in_process else _dask_client(
-        cfg, workers=workers, scheduler=scheduler, memory_limit=memory_limit, console=console)
-    with Progress(*cols, console=console, disable=not progress, transient=False) as bar, client_ctx as client:
-        task_a = bar.add_task("segment + quantify", total=len(todo))
-        big = [r for r in todo if client is not None and _is_large(images.get(r["sample_id"]), cfg)]
-        for r in big:  # the tiles of a large image become tasks on the cluster, with their own progress bar
-            from .progress import report_progress
-
-            tile_bar = bar.add_task(f"  {r['sample_id']}: tiles", total=None)
-
-            def on_tiles(stage, done, total, tile_bar=tile_bar, sid=r["sample_id"]):
-                bar.update(tile_bar, description=f"  {sid}: {stage}", completed=done, total=total)
-
-            with report_progress(on_tiles):
-                _collect(r, lambda r=r: process_sample_a(r, cfg, lay.root, local=False),
-                         lambda r, info: _finish_a(r, info, stamps, lay, record), fail)
-            bar.advance(task_a)
-        small = [r for r in todo if r not in big]
-        for r, outcome in _map(client, process_sample_a, small, (cfg, str(lay.root)), "step A"):
-            if isinstance(outcome, StageError):
-                fail(outcome)
-            else:
-                _finish_a(r, outcome, stamps, lay, record)
-            bar.advance(task_a)
-
-        ok_a = [r for r in rows if prov["samples"][r["sample_id"]]["status"] == "step_a_done"]
-        # -------- zone signal summaries (per sample), then the cohort step
-        t0 = time.perf_counter()
-        summaries, failed_z = [], set()
-        for r, outcome in _map(client, zone_summaries, ok_a, (cfg, str(lay.root)), "zone signals"):
-            if isinstance(outcome, StageError):
-                failed_z.add(r["sample_id"])
-                fail(outcome)
-            else:
-                summaries.append(outcome)
-        ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
-        measurements = {r["sample_id"]: pd.read_parquet(lay.sample_dir(r["sample_id"]) / MEASUREMENTS) for r in ok_a}
-        ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
-        summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
-        cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
-        log.info("cohort step (zone signals, gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
-        prov["cohort_step_s"] = round(time.perf_counter() - t0, 3)
-
-        # -------- step B
-        task_b = bar.add_task("phenotype + zones + spatial", total=len(ok_a))
-        args_b = (cfg, str(lay.root), cohort["gates"], cohort["zone_thresholds"])
-        for r, outcome in _map(client, process_sample_b, ok_a, args_b, "step B"):
-            if isinstance(outcome, StageError):
-                fail(outcome)
-            else:
-                record(r["sample_id"], status="done", step_b=outcome)
-                log.info("%s: done (%d cells) %s", r["sample_id"], outcome["n_cells"], outcome["timings_s"])
-            bar.advance(task_b)
-
-    done = [r["sample_id"] for r in rows if prov["samples"][r["sample_id"]]["status"] == "done"]
-    merge_cohort(lay.root, samples, done)
-    result.statuses = {sid: s["status"] for sid, s in prov["samples"].items()}
-    failed = [sid for sid, st in result.statuses.items() if st != "done"]
-    prov["status"] = "done" if not failed else "partial"
-    prov["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    prov["failed"] = failed
-    atomic_write_json(prov_path, prov)
-    log.info("run finished: %d done, %d failed", len(done), len(failed))
-    result.exit_code = 3 if failed else 0
-    return result
+    return todo
 
 
-def _collect(r, fn, ok, fail) -> None:
-    try:
-        info = fn()
-    except StageError as exc:
-        fail(exc)
-    else:
-        ok(r, info)
-
-
-def _call_safely(fn, *args):
-    """Run on a worker: a sample's failure comes back as a value (no worker error log, no traceback)."""
-    try:
-        return fn(*args)
-    except StageError as exc:
-        return exc
-
-
-def _map(client, fn, rows, args, label):
-    """Run ``fn(row, *args)`` for every row, in process or as Dask tasks; yield (row, info or StageError)
-    in completion order."""
-    if client is None:
-        for r in rows:
-            try:
-                yield r, fn(r, *args)
-            except StageError as exc:
-                yield r, exc
-        return
-    from distributed import as_completed
-
-    # hash=False: unique keys, so data scattered for an earlier stage being released cannot race this one
-    scattered = [client.scatter(a, broadcast=True, hash=False) if not isinstance(a, (str, int, float)) else a
-                 for a in args]
-    futures = {client.submit(_call_safely, fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
-               for r in rows}
-    for fut in as_completed(futures):
-        r = futures[fut]
-        try:
-            yield r, fut.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by its memory limit
-            yield r, StageError(r["sample_id"], f"{label} (worker)", " ".join(f"{type(exc).__name__}: {exc}".split()),
-                                traceback.format_exc())
+def _run_step_a(client, bar, todo, cfg: Config, lay: RunLayout, stamps, ledger: _Ledger, images) -> None:
+    """Step A of each sample in ``todo``: one task per sample, except large images on a cluster, whose
+    tiles become tasks of their own (the image is driven from here, with a progress bar of its tiles)."""
+    task_a = bar.add_task("segment + quantify", total=len(todo))
+    big = [r for r in todo if client is not None and _is_large(images.get(r["sample_id"]), cfg)]
+    for r in big:
+        with tile_progress(bar, r["sample_id"]):
+            outcome = call_safely(lambda r=r: process_sample_a(r, cfg, lay.root, local=False))
+            _finish_a(r, outcome, stamps, lay, ledger)
+        bar.advance(task_a)
+    small = [r for r in todo if r not in big]
+    for r, outcome in map_samples(client, process_sample_a, small, (cfg, str(lay.root)), "step A"):
+        _finish_a(r, outcome, stamps, lay, ledger)
+        bar.advance(task_a)
 
 
 def _is_large(info: dict | None, cfg: Config) -> bool:
     return bool(info) and max(info["shape"][1:]) > cfg.segmentation.tile_size_px
 
 
-def _finish_a(r, info, stamps, lay: RunLayout, record) -> None:
+def _finish_a(r, outcome, stamps, lay: RunLayout, ledger: _Ledger) -> None:
+    """Record a sample's step A; on success, write its stamp (last, so a killed run leaves no false stamp)."""
+    if isinstance(outcome, StageError):
+        ledger.fail(outcome)
+        return
     sid = r["sample_id"]
-    atomic_write_json(lay.sample_dir(sid) / STAMP, stamps[sid])
-    record(sid, status="step_a_done", step_a=info)
-    log.info("%s: step A done (%d cells) %s", sid, info["n_cells"], info["timings_s"])
+    atomic_write_json(lay.step_a_stamp(sid), stamps[sid])
+    ledger.record(sid, status="step_a_done", step_a=outcome)
+    log.info("%s: step A done (%d cells) %s", sid, outcome["n_cells"], outcome["timings_s"])
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-def cli_run(args: argparse.Namespace) -> int:
-    """``chemozone run INPUT --config CFG --out OUT ...``"""
-    res = run_batch(args.input, args.config, args.out, workers=args.workers, scheduler=args.scheduler,
-                    memory_limit=args.memory_limit, resume=args.resume, on_error=args.on_error,
-                    progress=not args.quiet, command=sys.argv)
-    _print_summary(res)
-    if not args.no_report and any(s == "done" for s in res.statuses.values()):
-        from .report import write_report
+def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger: _Ledger):
+    """Zone-signal summaries per sample, then the cohort step (gates, zone thresholds).
 
-        print(f"report: {write_report(res.out)}")
-    return res.exit_code
+    Returns the rows of the samples that passed both, and :func:`cohort_step`'s tables.
+    """
+    import pandas as pd
 
-
-def _print_summary(res: RunResult) -> None:
-    n_ok = sum(1 for s in res.statuses.values() if s == "done")
-    print(f"{n_ok}/{len(res.statuses)} samples done; results in {res.out}")
-    for sid, err in res.errors.items():
-        print(f"failed: {err}", file=sys.stderr)
-
-
-def cli_demo(args: argparse.Namespace) -> int:
-    """``chemozone demo [--out DIR]``: synthesize the demo cohort, run it, write the report."""
-    from .synth import generate_cohort
-
-    out = Path(args.out)
-    cohort = out / "cohort"
     t0 = time.perf_counter()
-    if not (cohort / "samples.csv").is_file():
-        print(f"generating the synthetic '{args.preset}' cohort in {cohort} ...")
-        generate_cohort(cohort, preset=args.preset)
-    run_dir = out / "run"
-    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=args.workers or min(2, os.cpu_count() or 1),
-                    scheduler=args.scheduler, memory_limit=args.memory_limit, resume=args.resume,
-                    on_error=args.on_error, progress=not args.quiet, command=sys.argv)
-    from .report import write_report
+    summaries, failed_z = [], set()
+    for r, outcome in map_samples(client, zone_summaries, ok_a, (cfg, str(lay.root)), "zone signals"):
+        if isinstance(outcome, StageError):
+            failed_z.add(r["sample_id"])
+            ledger.fail(outcome)
+        else:
+            summaries.append(outcome)
+    ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
+    measurements = {r["sample_id"]: pd.read_parquet(lay.measurements(r["sample_id"])) for r in ok_a}
+    ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
+    summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
+    cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
+    log.info("cohort step (zone signals, gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
+    ledger.prov["cohort_step_s"] = round(time.perf_counter() - t0, 3)
+    return ok_a, cohort
 
-    report = write_report(run_dir)
-    _print_summary(res)
-    print(f"report: {report}")
-    print(f"cohort tables: {run_dir / 'cells.parquet'}, {run_dir / 'infiltration.parquet'}")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
-    return res.exit_code
+
+def _run_step_b(client, bar, ok_a, cfg: Config, lay: RunLayout, cohort, ledger: _Ledger) -> None:
+    """Step B of every sample that passed the cohort step, with the cohort's gates and zone thresholds."""
+    task_b = bar.add_task("phenotype + zones + spatial", total=len(ok_a))
+    args_b = (cfg, str(lay.root), cohort["gates"], cohort["zone_thresholds"])
+    for r, outcome in map_samples(client, process_sample_b, ok_a, args_b, "step B"):
+        if isinstance(outcome, StageError):
+            ledger.fail(outcome)
+        else:
+            ledger.record(r["sample_id"], status="done", step_b=outcome)
+            log.info("%s: done (%d cells) %s", r["sample_id"], outcome["n_cells"], outcome["timings_s"])
+        bar.advance(task_b)
+
+
+def _finish(rows, samples, lay: RunLayout, ledger: _Ledger) -> RunResult:
+    """Merge the finished samples into the cohort tables and close ``run.json`` (done or partial)."""
+    prov, result = ledger.prov, ledger.result
+    done = [r["sample_id"] for r in rows if ledger.status(r["sample_id"]) == "done"]
+    merge_cohort(lay.root, samples, done)
+    result.statuses = {sid: s["status"] for sid, s in prov["samples"].items()}
+    failed = [sid for sid, st in result.statuses.items() if st != "done"]
+    prov["status"] = "done" if not failed else "partial"
+    prov["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    prov["failed"] = failed
+    ledger.save()
+    log.info("run finished: %d done, %d failed", len(done), len(failed))
+    result.exit_code = 3 if failed else 0
+    return result

@@ -1,6 +1,7 @@
-"""Check a config and its inputs before any work: every problem is collected, none is fatal here.
+"""Check a config and its inputs before any work.
 
-Used by ``chemozone validate`` and by ``chemozone run`` (which refuses to start on problems).
+:func:`validate_inputs` collects every problem, none is fatal there (``chemozone validate`` prints them all);
+:func:`runnable_inputs` is ``chemozone run``'s gate: it refuses to start on any problem.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .errors import ChemozoneError
+from .errors import ChemozoneError, RunError
 
-__all__ = ["ValidationReport", "validate_inputs", "configured_channels"]
+__all__ = ["ValidationReport", "validate_inputs", "runnable_inputs", "configured_channels"]
 
 
 @dataclass
@@ -87,3 +88,39 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             f"radiation={row.radiation}, dose_gy={row.dose_gy}"
         )
     return rep
+
+
+def runnable_inputs(input_path: str | Path, cfg: Config, *, skip_unreadable: bool = False
+                    ) -> tuple[ValidationReport, dict[str, str]]:
+    """Validate the inputs of a run and refuse it on any problem (``chemozone run`` before any work).
+
+    Parameters
+    ----------
+    input_path : path
+        Folder of images (+ optional samples.csv), a sample sheet, or one image.
+    cfg : Config
+    skip_unreadable : bool
+        True under ``--on-error skip``: a sample whose image cannot be read does not refuse the run.
+
+    Returns
+    -------
+    (ValidationReport, dict)
+        The report, and ``{sample_id: problem}`` of the unreadable samples to record as failed (empty
+        unless ``skip_unreadable``).
+
+    Raises
+    ------
+    RunError
+        Any other problem (config, sample sheet, channels), or no sample can be read at all.
+    """
+    report = validate_inputs(input_path, cfg)
+    # with --on-error skip, a sample whose image cannot be read is recorded as failed and the others run;
+    # any other problem (config, sample sheet, channels) refuses the run
+    skippable = report.sample_problems if skip_unreadable else {}
+    blocking = [p for p in report.problems if not any(p == f"sample '{sid}': {m}" for sid, m in skippable.items())]
+    if blocking:
+        more = f" (and {len(blocking) - 1} more; run 'chemozone validate')" if len(blocking) > 1 else ""
+        raise RunError(f"refusing to start: {blocking[0]}{more}")
+    if report.samples is None or len(report.samples) == len(skippable):
+        raise RunError(f"refusing to start: no sample can be read ({next(iter(skippable.values()), '')})")
+    return report, skippable

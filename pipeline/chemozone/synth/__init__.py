@@ -71,10 +71,8 @@ Package layout
 ``_sample``      :func:`generate_sample` (in memory) and the per-cell truth table
 ``_write``       one sample's image and truth files
 ``_cohort``      :func:`generate_cohort`, :func:`cohort_config`
-``_cli``         :func:`cli_synth`
 """
 
-from ._cli import cli_synth
 from ._cohort import cohort_config, generate_cohort
 from ._params import (CELL_TYPES, DEFAULT_CHANNELS, MODULES, PIXEL_SIZE_UM, PRESETS, patient_effects,
                       producer_probability, truth_parameters)
@@ -95,5 +93,4 @@ __all__ = [
     "generate_sample",
     "generate_cohort",
     "cohort_config",
-    "cli_synth",
 ]

@@ -1,0 +1,157 @@
+"""Where a batch run's per-sample tasks execute: a Dask cluster, or this process.
+
+The runner (:mod:`chemozone.run`) decides *what* runs for each sample; this module decides *where*:
+
+* :func:`dask_client`: a client of an existing scheduler (by address) or of a local cluster of processes;
+* :func:`map_samples`: ``fn(row, *args)`` for every sample row, as Dask tasks or in process, yielding each
+  outcome in completion order;
+* :class:`StageError`: a sample's failure. It travels back from the worker as a *value* (see
+  :func:`call_safely`), so one failed sample neither logs a worker traceback nor stops the others;
+* :func:`progress_bars`, :func:`tile_progress` and :func:`run_log`: what the user sees while it runs
+  (rich progress bars on stderr, ``OUT/run.log``).
+
+Nothing here imports Dask, distributed or rich at module level (``chemozone --help`` stays fast).
+
+Examples
+--------
+>>> def square(row, k):
+...     return row["x"] ** k
+>>> [(r["sample_id"], v) for r, v in map_samples(None, square, [{"sample_id": "a", "x": 3}], (2,), "demo")]
+[('a', 9)]
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+__all__ = ["StageError", "call_safely", "map_samples", "dask_client", "progress_bars", "tile_progress", "run_log"]
+
+log = logging.getLogger("chemozone")
+
+
+class StageError(Exception):
+    """A sample failed in a stage (carries the stage name and a one-line message)."""
+
+    def __init__(self, sample_id: str, stage: str, message: str, tb: str = "") -> None:
+        super().__init__(f"sample '{sample_id}' failed in {stage}: {message}")
+        self.sample_id, self.stage, self.message, self.tb = sample_id, stage, message, tb
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (StageError, (self.sample_id, self.stage, self.message, self.tb))
+
+
+def call_safely(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; a sample's failure comes back as a value (on a worker: no worker error log, no traceback)."""
+    try:
+        return fn(*args)
+    except StageError as exc:
+        return exc
+
+
+def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], args: tuple, label: str
+                ) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Run ``fn(row, *args)`` for every row, in process (``client=None``) or as Dask tasks.
+
+    Yields ``(row, info or StageError)`` in completion order. Arguments other than plain strings and
+    numbers (the config, the cohort's gate tables) are scattered to every worker once.
+    """
+    if client is None:
+        for r in rows:
+            try:
+                yield r, fn(r, *args)
+            except StageError as exc:
+                yield r, exc
+        return
+    from distributed import as_completed
+
+    # hash=False: unique keys, so data scattered for an earlier stage being released cannot race this one
+    scattered = [client.scatter(a, broadcast=True, hash=False) if not isinstance(a, (str, int, float)) else a
+                 for a in args]
+    futures = {client.submit(call_safely, fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
+               for r in rows}
+    for fut in as_completed(futures):
+        r = futures[fut]
+        try:
+            yield r, fut.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by its memory limit
+            yield r, StageError(r["sample_id"], f"{label} (worker)", " ".join(f"{type(exc).__name__}: {exc}".split()),
+                                traceback.format_exc())
+
+
+@contextmanager
+def dask_client(*, address: str | None, n_workers: int, threads_per_worker: int, memory_limit: str | None,
+                console) -> Iterator[Any]:
+    """A Dask client: an existing scheduler at ``address``, or a local cluster of ``n_workers`` processes.
+
+    Raises
+    ------
+    RunError
+        The scheduler at ``address`` cannot be reached.
+    """
+    from distributed import Client, LocalCluster
+
+    if address:
+        from .errors import RunError
+
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as exc:
+            raise RunError(f"cannot reach the Dask scheduler at {address} ({exc}); start it or drop --scheduler") from None
+        console.print(f"connected to Dask scheduler {address} (dashboard: {client.dashboard_link})")
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
+                           processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+    client = Client(cluster)
+    console.print(f"local Dask cluster: {n_workers} worker(s); dashboard: {client.dashboard_link}")
+    log.info("local Dask cluster with %d workers, dashboard %s", n_workers, client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def progress_bars(console, *, enabled: bool):
+    """The run's rich progress display (one bar per stage, added by the runner); a no-op when not ``enabled``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    return Progress(*cols, console=console, disable=not enabled, transient=False)
+
+
+@contextmanager
+def tile_progress(bar, sample_id: str) -> Iterator[None]:
+    """Within the block, the tile tasks of one large image advance their own bar (``progress.report_progress``)."""
+    from .progress import report_progress
+
+    tile_bar = bar.add_task(f"  {sample_id}: tiles", total=None)
+
+    def on_tiles(stage, done, total):
+        bar.update(tile_bar, description=f"  {sample_id}: {stage}", completed=done, total=total)
+
+    with report_progress(on_tiles):
+        yield
+
+
+@contextmanager
+def run_log(path: str | Path) -> Iterator[logging.Handler]:
+    """Within the block, the ``chemozone`` logger (INFO and up) also writes to ``path`` (``OUT/run.log``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        handler.close()
