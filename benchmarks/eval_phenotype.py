@@ -87,6 +87,13 @@ def evaluate(matched: pd.DataFrame, receptors: list[str]) -> dict[str, Any]:
             "n_immune": int(imm.sum())}
 
 
+def rule_options(cfg) -> dict[str, Any]:
+    """The ``phenotypes`` section as the keywords of ``phenotype_cells`` / ``validate_phenotypes``."""
+    p = cfg.phenotypes
+    return {"markers": p.markers, "rules": p.rules, "receptors": p.receptors,
+            "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
+
+
 def run(design: list[tuple[str, float]], *, patients: int, size_px: int, seed: int = 0,
         verbose: bool = True) -> dict[str, Any]:
     """Generate, segment, quantify and phenotype a cohort in memory; return :func:`evaluate`'s dict."""
@@ -105,7 +112,7 @@ def run(design: list[tuple[str, float]], *, patients: int, size_px: int, seed: i
                                 seed=seed * 1000 + pi * 100 + len(sheet), sample_id=sid)
             if cfg is None:
                 cfg = config_from_dict(cohort_config(s["channels"]), source="cohort_config")
-                validate_phenotypes(cfg.phenotypes, s["channels"])
+                validate_phenotypes(s["channels"], **rule_options(cfg))
             q = segment_and_quantify(s, cfg)
             q.insert(0, "sample_id", sid)
             tables.append(q)
@@ -115,8 +122,9 @@ def run(design: list[tuple[str, float]], *, patients: int, size_px: int, seed: i
                 print(f"{sid}: {len(q)} cells segmented, {len(s['truth'])} true, {time.perf_counter() - t0:.1f} s",
                       flush=True)
     cells = pd.concat(tables, ignore_index=True)
-    gates = compute_gates(cells, pd.DataFrame(sheet), config=cfg.phenotypes)
-    pheno = phenotype_cells(cells, gates, config=cfg.phenotypes)
+    gates = compute_gates(cells, pd.DataFrame(sheet), markers=cfg.phenotypes.markers,
+                          gates_file=cfg.phenotypes.gates_file)
+    pheno = phenotype_cells(cells, gates, **rule_options(cfg))
     matched = pd.concat(
         [match_to_truth(pheno[pheno.sample_id == sid].reset_index(drop=True), tr) for sid, tr in
          zip([r["sample_id"] for r in sheet], truths)],

@@ -368,8 +368,8 @@ def test_gate_widget_recolours_and_saved_gates_replay(viewer_with_run, run_folde
     pcfg = cfg.phenotypes.model_copy(update={"gates_file": gates_path})
     cells = pd.read_parquet(run_folder / "samples" / "s1" / "cells.parquet")
     samples = pd.read_parquet(run_folder / "samples.parquet")
-    gates = compute_gates(cells, samples, config=pcfg)
-    replayed = apply_gates(cells, gates, config=pcfg)
+    gates = compute_gates(cells, samples, markers=pcfg.markers, gates_file=pcfg.gates_file)
+    replayed = apply_gates(cells, gates, markers=pcfg.markers)
     assert np.array_equal(replayed["CD3_pos"].to_numpy(), reviewed)
     assert np.array_equal(pts.features["CD3_pos"].to_numpy(), reviewed)
 

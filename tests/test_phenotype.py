@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chemozone.config import MarkerConfig, PhenotypesConfig, config_from_dict, load_gates_file
+from chemozone.config import PhenotypesConfig, config_from_dict, load_gates_file
 from chemozone.errors import ConfigError, MissingStepError
 from chemozone.phenotype import (
     GATE_COLUMNS,
@@ -18,6 +18,7 @@ from chemozone.phenotype import (
     gates_to_file,
     phenotype_cells,
     plot_gates,
+    resolve_gate,
     threshold_gmm,
     transform_values,
     validate_phenotypes,
@@ -39,6 +40,12 @@ def lineage_config(**extra) -> PhenotypesConfig:
     data = {"markers": markers, "rules": rules, "receptors": ["CXCR2", "CXCR3"]}
     data.update(extra)
     return config_from_dict({"phenotypes": data}).phenotypes
+
+
+def rule_options(cfg: PhenotypesConfig) -> dict:
+    """The keywords of assign_cell_types (phenotype_cells and validate_phenotypes also take ``markers``)."""
+    return {"rules": cfg.rules, "receptors": cfg.receptors, "receptor_cell_types": cfg.receptor_cell_types,
+            "default_cell_type": cfg.default_cell_type}
 
 
 def pos_table(rows: list[dict[str, bool]]) -> pd.DataFrame:
@@ -65,7 +72,7 @@ def test_rules_first_match_wins_and_phenotype_names():
             {"CXCR2": True},  # Other never gets flags
         ]
     )
-    out = assign_cell_types(df, config=cfg)
+    out = assign_cell_types(df, **rule_options(cfg))
     assert out["cell_type"].tolist() == [
         "Tumor", "CD8 T", "CD8 T", "CD4 T", "Other", "NK", "Other", "Macrophage", "Other immune",
         "Tumor", "Other", "Other",
@@ -84,34 +91,34 @@ def test_any_rule_and_receptor_cell_types():
         default_cell_type="Unassigned",
     )
     df = pos_table([{"CD56": True, "CXCR2": True}, {"CD45": True}, {"CD56": True, "CD3": True}, {}])
-    out = assign_cell_types(df, config=cfg)
+    out = assign_cell_types(df, **rule_options(cfg))
     assert out["cell_type"].tolist() == ["NK", "NK", "Unassigned", "Unassigned"]
     assert out["phenotype"].tolist() == ["NK CXCR2+", "NK", "Unassigned", "Unassigned"]
 
 
 def test_assign_needs_pos_columns():
     with pytest.raises(MissingStepError, match=r"CD8_pos.*apply_gates"):
-        assign_cell_types(pos_table([{}]).drop(columns="CD8_pos"), config=lineage_config())
+        assign_cell_types(pos_table([{}]).drop(columns="CD8_pos"), **rule_options(lineage_config()))
 
 
 # ---------------------------------------------------------------------------------------- validation
 def test_validate_ok_with_aliases_and_spelling():
     cfg = lineage_config()
     channels = ["DAPI", "PanCK (Opal 690)", "cd45", "CD3", "CD8a", "CD4", "CD56", "CD68", "CXCR2", "CXCR3"]
-    validate_phenotypes(cfg, channels, aliases={"CD8": ["CD8a"]})
+    validate_phenotypes(channels, markers=cfg.markers, **rule_options(cfg), aliases={"CD8": ["CD8a"]})
 
 
 def test_validate_unknown_rule_marker():
     cfg = lineage_config(rules=[{"cell_type": "B", "pos": ["CD20"]}])
     with pytest.raises(ConfigError, match=r"rules\[0\] 'B': pos marker 'CD20' is not under phenotypes.markers"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_validate_marker_missing_from_panel_names_rule():
     cfg = lineage_config()
     panel = [c for c in PANEL if c != "CD56"]
     with pytest.raises(ConfigError, match=r"phenotypes.markers.CD56 \(used by phenotypes.rules\[3\] 'NK'\).*panel"):
-        validate_phenotypes(cfg, panel)
+        validate_phenotypes(panel, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_validate_contradictory_rule():
@@ -121,12 +128,12 @@ def test_validate_contradictory_rule():
     # a rule whose 'any' markers are all negative can never match
     cfg = lineage_config(rules=[{"cell_type": "Y", "any": ["CD3", "CD8"], "neg": ["CD3", "CD8"]}])
     with pytest.raises(ConfigError, match=r"rules\[0\] 'Y' is contradictory"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
     # a constructed (unvalidated) rule with pos & neg is caught by validate_phenotypes too
     cfg = lineage_config()
     cfg.rules[1].__dict__["neg"] = ["CD3"]
     with pytest.raises(ConfigError, match=r"rules\[1\] 'CD8 T' is contradictory"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_validate_shadowed_rule():
@@ -134,19 +141,19 @@ def test_validate_shadowed_rule():
         rules=[{"cell_type": "T", "pos": ["CD3"]}, {"cell_type": "CD8 T", "pos": ["CD3", "CD8"]}]
     )
     with pytest.raises(ConfigError, match=r"rules\[1\] 'CD8 T' never matches.*rules\[0\] 'T'"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_validate_receptor_not_gated():
     cfg = lineage_config(receptors=["CCR5"])
     with pytest.raises(ConfigError, match=r"phenotypes.receptors: 'CCR5' is not a gated marker"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_validate_receptor_cell_types_typo():
     cfg = lineage_config(receptor_cell_types=["NK cells"])
     with pytest.raises(ConfigError, match=r"receptor_cell_types: 'NK cells' is not a cell type"):
-        validate_phenotypes(cfg, PANEL)
+        validate_phenotypes(PANEL, markers=cfg.markers, **rule_options(cfg))
 
 
 def test_manual_without_value_is_config_error():
@@ -157,12 +164,12 @@ def test_manual_without_value_is_config_error():
 # ---------------------------------------------------------------------------------------- transforms
 def test_transform_hand_values():
     v = np.array([0.0, 5.0, -5.0, np.nan])
-    a = transform_values(v, marker_config=MarkerConfig(transform="arcsinh"), cofactor=5.0)
+    a = transform_values(v, transform="arcsinh", cofactor=5.0)
     np.testing.assert_allclose(a[:3], [0.0, np.log(1 + np.sqrt(2)), -np.log(1 + np.sqrt(2))])
     assert np.isnan(a[3])
-    lg = transform_values(v, marker_config=MarkerConfig(transform="log1p"), cofactor=5.0)
+    lg = transform_values(v, transform="log1p", cofactor=5.0)
     np.testing.assert_allclose(lg[:3], [0.0, np.log(2), 0.0])
-    np.testing.assert_array_equal(transform_values(v[:3], marker_config=MarkerConfig(transform="none")), v[:3])
+    np.testing.assert_array_equal(transform_values(v[:3], transform="none"), v[:3])
     assert default_cofactor([0, 0, 10, 20, 30]) == pytest.approx(11.0)  # 5th pct of [10, 20, 30]
     assert default_cofactor([0, -1]) == 1.0
 
@@ -176,12 +183,12 @@ def test_automatic_gates_scale_free(scale, seed):
     v = np.where(rng.random(n) < 0.2, rng.lognormal(4, 0.3, n), rng.lognormal(2, 0.3, n))
     cells = pd.DataFrame({"sample_id": "s", "CD3_cell": v})
     cfg = PhenotypesConfig(markers={"CD3": {"gate": {"method": "gmm"}}})
-    g1 = compute_gates(cells, config=cfg)
-    g2 = compute_gates(cells.assign(CD3_cell=v * scale), config=cfg)
+    g1 = compute_gates(cells, markers=cfg.markers)
+    g2 = compute_gates(cells.assign(CD3_cell=v * scale), markers=cfg.markers)
     assert g2["threshold"].iloc[0] == pytest.approx(g1["threshold"].iloc[0], rel=1e-6, abs=1e-9)
     assert g2["threshold_raw"].iloc[0] == pytest.approx(g1["threshold_raw"].iloc[0] * scale, rel=1e-6)
-    p1 = apply_gates(cells, g1, config=cfg)["CD3_pos"]
-    p2 = apply_gates(cells.assign(CD3_cell=v * scale), g2, config=cfg)["CD3_pos"]
+    p1 = apply_gates(cells, g1, markers=cfg.markers)["CD3_pos"]
+    p2 = apply_gates(cells.assign(CD3_cell=v * scale), g2, markers=cfg.markers)["CD3_pos"]
     assert (p1 != p2).sum() <= 1  # at most a value sitting exactly on the threshold
 
 
@@ -196,14 +203,14 @@ def two_population_cells(n=4000, frac=0.25, seed=0, sample="s1"):
 def test_gmm_recovers_bimodal_population_deterministically():
     cells = two_population_cells()
     cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "gmm"}}})
-    g = compute_gates(cells, config=cfg, seed=3)
+    g = compute_gates(cells, markers=cfg.markers, seed=3)
     assert list(g.columns) == GATE_COLUMNS
     assert g["warning"].iloc[0] == "" and g["method"].iloc[0] == "gmm"
     # the true populations' medians are 100 and 2000: the gate lies between them, near the valley
     assert 200 < g["threshold_raw"].iloc[0] < 1000
-    out = apply_gates(cells, g, config=cfg)
+    out = apply_gates(cells, g, markers=cfg.markers)
     assert (out["CD8_pos"] == out["truth"]).mean() > 0.995
-    pd.testing.assert_frame_equal(g, compute_gates(cells, config=cfg, seed=3))
+    pd.testing.assert_frame_equal(g, compute_gates(cells, markers=cfg.markers, seed=3))
 
 
 def test_gmm_threshold_where_posteriors_cross():
@@ -225,9 +232,9 @@ def test_gmm_threshold_where_posteriors_cross():
 def test_degenerate_markers_do_not_crash(values, expect):
     cells = pd.DataFrame({"sample_id": "s", "CD56_cell": values})
     cfg = PhenotypesConfig(markers={"CD56": {"gate": {"method": "gmm"}}})
-    g = compute_gates(cells, config=cfg)
+    g = compute_gates(cells, markers=cfg.markers)
     assert expect in g["warning"].iloc[0]
-    out = apply_gates(cells, g, config=cfg)
+    out = apply_gates(cells, g, markers=cfg.markers)
     if expect != "fewer than 3 distinct values":
         assert not out["CD56_pos"].any()
 
@@ -237,24 +244,24 @@ def test_no_positive_cells_gmm_falls_back_with_warning():
     cells = pd.DataFrame({"sample_id": "s", "CD56_cell": rng.lognormal(np.log(100), 0.3, 5000)})
     for fallback in ("valley", "otsu"):
         cfg = PhenotypesConfig(markers={"CD56": {"gate": {"method": "gmm", "fallback": fallback}}})
-        g = compute_gates(cells, config=cfg)
+        g = compute_gates(cells, markers=cfg.markers)
         assert "not bimodal" in g["warning"].iloc[0] and fallback in g["warning"].iloc[0]
     cfg = PhenotypesConfig(markers={"CD56": {"gate": {"method": "gmm"}}})
-    frac = apply_gates(cells, compute_gates(cells, config=cfg), config=cfg)["CD56_pos"].mean()
+    frac = apply_gates(cells, compute_gates(cells, markers=cfg.markers), markers=cfg.markers)["CD56_pos"].mean()
     assert frac < 0.02  # valley fallback on unimodal data: mode + 3 SD, almost nothing positive
 
 
 def test_manual_gate_raw_units_and_otsu_valley():
     cells = two_population_cells()
     cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "manual", "value": 500.0}}})
-    g = compute_gates(cells, config=cfg)
+    g = compute_gates(cells, markers=cfg.markers)
     assert g["threshold_raw"].iloc[0] == 500.0 and g["method"].iloc[0] == "manual"
     assert g["threshold"].iloc[0] == pytest.approx(np.arcsinh(500.0 / g["cofactor"].iloc[0]))
-    out = apply_gates(cells, g, config=cfg)
+    out = apply_gates(cells, g, markers=cfg.markers)
     np.testing.assert_array_equal(out["CD8_pos"], cells["CD8_cell"] > 500.0)
     for method in ("otsu", "valley"):
         cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": method}}})
-        out = apply_gates(cells, compute_gates(cells, config=cfg), config=cfg)
+        out = apply_gates(cells, compute_gates(cells, markers=cfg.markers), markers=cfg.markers)
         assert (out["CD8_pos"] == out["truth"]).mean() > 0.99
 
 
@@ -271,7 +278,7 @@ def test_reference_gate_per_group_and_fallback_warning():
             sheet.append({"sample_id": sid, "patient": patient, "dose_gy": float(dose)})
     cells, sheet = pd.concat(rows, ignore_index=True), pd.DataFrame(sheet)
     cfg = PhenotypesConfig(markers={"CXCL8": {"gate": {"method": "reference", "quantile": 0.9}}})
-    g = compute_gates(cells, sheet, config=cfg).set_index("sample_id")
+    g = compute_gates(cells, sheet, markers=cfg.markers).set_index("sample_id")
     q = {p: np.quantile(cells.loc[cells.sample_id == f"{p}_0", "CXCL8_cell"], 0.9) for p in ("P1", "P2")}
     assert g.loc["P1_8", "threshold_raw"] == pytest.approx(q["P1"], rel=1e-9)
     assert g.loc["P2_8", "threshold_raw"] == pytest.approx(q["P2"], rel=1e-9)
@@ -286,23 +293,23 @@ def test_reference_errors():
     sheet = pd.DataFrame({"sample_id": ["s1"], "patient": ["P1"], "dose_gy": [2.0]})
     cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "reference"}}})
     with pytest.raises(ConfigError, match=r"markers.CD8.gate.reference: no sample matches \{'dose_gy': 0\}"):
-        compute_gates(cells, sheet, config=cfg)
+        compute_gates(cells, sheet, markers=cfg.markers)
     with pytest.raises(MissingStepError, match=r"'reference' needs the sample sheet"):
-        compute_gates(cells, None, config=cfg)
+        compute_gates(cells, None, markers=cfg.markers)
     cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "reference", "reference": {"arm": "sham"}}}})
     with pytest.raises(ConfigError, match=r"column 'arm' is not in the sample sheet"):
-        compute_gates(cells, sheet, config=cfg)
+        compute_gates(cells, sheet, markers=cfg.markers)
 
 
 def test_missing_columns_name_the_step():
     cfg = PhenotypesConfig(markers={"CD3": {}})
     with pytest.raises(MissingStepError, match=r"no column 'CD3_cell'.*quantify_cells"):
-        compute_gates(pd.DataFrame({"sample_id": ["a"], "CD8_cell": [1.0]}), config=cfg)
+        compute_gates(pd.DataFrame({"sample_id": ["a"], "CD8_cell": [1.0]}), markers=cfg.markers)
     with pytest.raises(MissingStepError, match=r"no 'sample_id' column"):
-        compute_gates(pd.DataFrame({"CD3_cell": [1.0]}), config=cfg)
+        compute_gates(pd.DataFrame({"CD3_cell": [1.0]}), markers=cfg.markers)
     gates = pd.DataFrame({"sample_id": ["a"], "marker": ["CD3"], "threshold_raw": [1.0]})
     with pytest.raises(MissingStepError, match=r"no gate for marker 'CD3' in samples \['b'\]"):
-        apply_gates(pd.DataFrame({"sample_id": ["b"], "CD3_cell": [2.0]}), gates, config=cfg)
+        apply_gates(pd.DataFrame({"sample_id": ["b"], "CD3_cell": [2.0]}), gates, markers=cfg.markers)
 
 
 def test_gates_file_roundtrip_replays_exactly(tmp_path):
@@ -310,25 +317,65 @@ def test_gates_file_roundtrip_replays_exactly(tmp_path):
     b = two_population_cells(sample="b", seed=2, frac=0.1)
     cells = pd.concat([a, b], ignore_index=True)
     cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "gmm"}}})
-    gates = compute_gates(cells, config=cfg)
+    gates = compute_gates(cells, markers=cfg.markers)
     path = gates_to_file(gates, tmp_path / "gates.yaml")
     assert set(load_gates_file(path)["CD8"]) == {"a", "b"}
-    replay_cfg = cfg.model_copy(update={"gates_file": path})
     # replay on a different table (only sample b: a different data-derived cofactor) gives the same calls
-    replayed = compute_gates(b, config=replay_cfg)
+    replayed = compute_gates(b, markers=cfg.markers, gates_file=path)
     assert replayed["method"].tolist() == ["file"]
     assert replayed["threshold_raw"].iloc[0] == gates.set_index("sample_id").loc["b", "threshold_raw"]
     np.testing.assert_array_equal(
-        apply_gates(b, replayed, config=cfg)["CD8_pos"],
-        apply_gates(cells, gates, config=cfg)["CD8_pos"].to_numpy()[len(a):],
+        apply_gates(b, replayed, markers=cfg.markers)["CD8_pos"],
+        apply_gates(cells, gates, markers=cfg.markers)["CD8_pos"].to_numpy()[len(a):],
     )
     # '*' applies to every sample; a marker that is not configured is an error naming it
     (tmp_path / "star.yaml").write_text("gates:\n  CD8: 300\n")
-    g = compute_gates(cells, config=cfg.model_copy(update={"gates_file": tmp_path / "star.yaml"}))
+    g = compute_gates(cells, markers=cfg.markers, gates_file=tmp_path / "star.yaml")
     assert g["threshold_raw"].tolist() == [300.0, 300.0]
     (tmp_path / "bad.yaml").write_text("gates:\n  CD99: 300\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: gates for 'CD99'"):
-        compute_gates(cells, config=cfg.model_copy(update={"gates_file": tmp_path / "bad.yaml"}))
+        compute_gates(cells, markers=cfg.markers, gates_file=tmp_path / "bad.yaml")
+
+
+def test_resolve_gate_precedence():
+    reviewed = {"s1": 10.0, "*": 20.0}
+    computed = {"s1": 30.0, "s2": 40.0, "*": 50.0}
+    # 1. the reviewed gate of the sample wins over the reviewed '*' and every computed gate
+    assert resolve_gate("s1", reviewed=reviewed, computed=computed) == (10.0, "file")
+    # 2. the reviewed '*' gate applies to a sample without its own reviewed gate, over its computed gate
+    assert resolve_gate("s2", reviewed=reviewed, computed=computed) == (20.0, "file")
+    # 3. the computed gate of the sample when no reviewed gate applies (no file, an empty one, other samples only)
+    for rev in (None, {}, {"s9": 1.0}):
+        assert resolve_gate("s2", reviewed=rev, computed=computed) == (40.0, "computed")
+    # 4. the computed '*' gate for a sample without its own computed row
+    assert resolve_gate("s3", reviewed={"s1": 10.0}, computed=computed) == (50.0, "computed")
+    # 5. nothing applies
+    t, source = resolve_gate("s3", reviewed={"s1": 10.0}, computed={"s1": 30.0})
+    assert np.isnan(t) and source == "none"
+    t, source = resolve_gate("s3")
+    assert np.isnan(t) and source == "none"
+    # an entry that is present wins even when NaN (no cell positive); an unknown sample gets only '*' entries
+    t, source = resolve_gate("s1", computed={"s1": float("nan"), "*": 50.0})
+    assert np.isnan(t) and source == "computed"
+    assert resolve_gate(None, reviewed={"s1": 10.0}, computed=computed) == (50.0, "computed")
+    assert resolve_gate(None, reviewed=reviewed, computed=computed) == (20.0, "file")
+    assert isinstance(resolve_gate("s1", computed={"s1": np.float32(1.5)})[0], float)
+
+
+def test_compute_and_apply_gates_follow_resolve_gate(tmp_path):
+    cells = pd.concat([two_population_cells(n=500, sample=s, seed=i) for i, s in enumerate(("a", "b", "c"))],
+                      ignore_index=True)
+    cfg = PhenotypesConfig(markers={"CD8": {"gate": {"method": "manual", "value": 500.0}}})
+    (tmp_path / "g.yaml").write_text("gates:\n  CD8:\n    a: 300\n    '*': 700\n")
+    g = compute_gates(cells, markers=cfg.markers, gates_file=tmp_path / "g.yaml").set_index("sample_id")
+    assert g["threshold_raw"].to_dict() == {"a": 300.0, "b": 700.0, "c": 700.0}
+    assert g["method"].tolist() == ["file"] * 3
+    assert g.loc["b", "threshold"] == pytest.approx(np.arcsinh(700.0 / g.loc["b", "cofactor"]))
+    # a gates table with a cohort-wide row: samples without their own row take it
+    gates = pd.DataFrame({"sample_id": ["a", "*"], "marker": "CD8", "threshold_raw": [300.0, 700.0]})
+    out = apply_gates(cells, gates, markers=cfg.markers)
+    thr = cells["sample_id"].map({"a": 300.0, "b": 700.0, "c": 700.0}).to_numpy()
+    np.testing.assert_array_equal(out["CD8_pos"].to_numpy(), cells["CD8_cell"].to_numpy() > thr)
 
 
 def test_phenotype_cells_end_to_end_on_table():
@@ -353,7 +400,7 @@ def test_phenotype_cells_end_to_end_on_table():
             }
         }
     ).phenotypes
-    out = phenotype_cells(cells, compute_gates(cells, config=cfg), config=cfg)
+    out = phenotype_cells(cells, compute_gates(cells, markers=cfg.markers), markers=cfg.markers, **rule_options(cfg))
     assert (out["cell_type"].to_numpy() == truth).mean() > 0.99
     expect = np.where(cxcr2, "NK CXCR2+", truth)
     assert (out["phenotype"].to_numpy() == expect).mean() > 0.99
@@ -385,7 +432,7 @@ def dose_cohort(seed=1):
 
 def fraction_by_dose(cells, sheet, gate) -> pd.DataFrame:
     cfg = PhenotypesConfig(markers={"CXCL10": {"gate": gate}})
-    out = apply_gates(cells, compute_gates(cells, sheet, config=cfg), config=cfg)
+    out = apply_gates(cells, compute_gates(cells, sheet, markers=cfg.markers), markers=cfg.markers)
     per = out.groupby("sample_id")[["CXCL10_pos", "truth"]].mean().join(sheet.set_index("sample_id"))
     return per.groupby("dose_gy")[["CXCL10_pos", "truth"]].mean()
 
@@ -414,7 +461,7 @@ def test_plot_gates_draws_every_sample_without_pyplot():
 
     cells, sheet = dose_cohort()
     cfg = PhenotypesConfig(markers={"CXCL10": {"gate": {"method": "pooled"}}})
-    gates = compute_gates(cells, sheet, config=cfg)
+    gates = compute_gates(cells, sheet, markers=cfg.markers)
     fig = plot_gates(cells, gates, marker="CXCL10")
     assert isinstance(fig, Figure)
     ax = fig.axes[0]

@@ -309,7 +309,9 @@ def test_cohort_config_for_a_channel_subset_passes_phenotype_validation():
 
     channels = ["DAPI", "panCK", "CD45", "CD3", "CD8", "CD56", "CXCR2", "CXCL8"]
     cfg = config_from_dict(cohort_config(channels))
-    validate_phenotypes(cfg.phenotypes, channels)
+    ph = cfg.phenotypes
+    validate_phenotypes(channels, markers=ph.markers, rules=ph.rules, receptors=ph.receptors,
+                        receptor_cell_types=ph.receptor_cell_types, default_cell_type=ph.default_cell_type)
     types = {r.cell_type for r in cfg.phenotypes.rules}
     assert "CD4 T" not in types and set(cfg.phenotypes.receptor_cell_types) <= types
     assert all(set(p.cell_types) <= types for p in cfg.spatial.cognate_pairs)

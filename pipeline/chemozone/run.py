@@ -242,6 +242,14 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _phenotype_options(cfg: Config) -> dict[str, Any]:
+    """The ``phenotypes`` section as the keywords of :func:`chemozone.phenotype.phenotype_cells` and
+    :func:`chemozone.phenotype.validate_phenotypes` (``compute_gates`` takes ``markers`` and ``gates_file``)."""
+    p = cfg.phenotypes
+    return {"markers": p.markers, "rules": p.rules, "receptors": p.receptors,
+            "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
+
+
 def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path) -> dict[str, Any]:
     """Cohort-wide decisions between the per-sample steps: gates and zone thresholds.
 
@@ -253,7 +261,8 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
 
     lay = RunLayout(out)
     cells = pd.concat(list(measurements.values()), ignore_index=True) if measurements else pd.DataFrame()
-    gates = phenotype.compute_gates(cells, samples, config=cfg.phenotypes, seed=cfg.run.seed)
+    gates = phenotype.compute_gates(cells, samples, markers=cfg.phenotypes.markers,
+                                    gates_file=cfg.phenotypes.gates_file, seed=cfg.run.seed)
     write_parquet(gates, lay.gates)
     pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
     frames = [f for f in summaries if len(f)]
@@ -294,7 +303,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
         cells = pd.read_parquet(sdir / MEASUREMENTS)
         with _timed(timings, "phenotype"):
             sg = gates[gates["sample_id"] == sid] if len(gates) else gates
-            cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, config=cfg.phenotypes))
+            cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, **_phenotype_options(cfg)))
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
         grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         with _timed(timings, "zones"):
@@ -408,7 +417,7 @@ def _validate_stage_config(cfg: Config, report) -> None:
     from . import phenotype
 
     for sid, info in report.images.items():
-        phenotype.validate_phenotypes(cfg.phenotypes, info["channels"], aliases=cfg.panel.aliases)
+        phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **_phenotype_options(cfg))
 
 
 class _Ledger:

@@ -76,7 +76,10 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
         try:
             from .phenotype import validate_phenotypes
 
-            validate_phenotypes(cfg.phenotypes, info["channels"], aliases=cfg.panel.aliases)
+            ph = cfg.phenotypes
+            validate_phenotypes(info["channels"], markers=ph.markers, rules=ph.rules, receptors=ph.receptors,
+                                receptor_cell_types=ph.receptor_cell_types, default_cell_type=ph.default_cell_type,
+                                aliases=cfg.panel.aliases)
         except ChemozoneError as exc:
             if not any(str(exc) in p for p in rep.problems):  # a config problem: report it once
                 rep.problems.append(f"sample '{row.sample_id}': {exc}")

@@ -102,7 +102,10 @@ def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | N
 
     Gates are shown on the transformed scale (like :func:`chemozone.phenotype.plot_gates`) but kept and saved
     in measured intensity units (``threshold_raw``), as :func:`chemozone.phenotype.apply_gates` applies them,
-    so a saved gate replays exactly whatever cofactor a later run derives.
+    so a saved gate replays exactly whatever cofactor a later run derives. The gate in use is the one
+    :func:`chemozone.phenotype.resolve_gate` picks (reviewed gate of the sample, reviewed ``'*'``, the run's
+    gate of the sample, its ``'*'``); without any, the midway between the current ``{marker}_pos`` classes,
+    else the median.
 
     Parameters
     ----------
@@ -112,6 +115,8 @@ def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | N
         The run's config (marker compartment, transform, cofactor).
     gates : DataFrame, optional
         ``OUT/gates.parquet`` (``sample_id, marker, threshold_raw, transform, cofactor``).
+    sample_id : str, optional
+        The sample of ``cells``; None = only the ``'*'`` gates apply.
     gates_file : path, optional
         A reviewed-gates YAML whose entry for this marker (sample or ``'*'``) wins over ``gates``.
 
@@ -122,32 +127,23 @@ def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | N
         (transformed scale), ``transform``, ``cofactor``.
     """
     from chemozone.config import MarkerConfig, load_gates_file
-    from chemozone.phenotype import default_cofactor, marker_column, transform_values
+    from chemozone.phenotype import default_cofactor, marker_column, resolve_gate, transform_values
 
     mcfg = (cfg.phenotypes.markers.get(marker) if cfg is not None else None) or MarkerConfig()
     column = marker_column(cells, marker, mcfg.compartment)
-    row = None
-    if gates is not None and len(gates):
-        sel = gates[gates["marker"] == marker]
-        if sample_id is not None and "sample_id" in sel.columns:
-            mine = sel[sel["sample_id"].astype(str) == str(sample_id)]
-            sel = mine if len(mine) else sel[sel["sample_id"].astype(str) == "*"]
-        row = sel.iloc[0] if len(sel) else None
+    rows = gates[gates["marker"] == marker] if gates is not None and len(gates) else None
     raw = cells[column].to_numpy(dtype=float)
-    cofactor = mcfg.cofactor
-    if row is not None and "cofactor" in row.index and row["cofactor"] is not None and np.isfinite(row["cofactor"]):
-        cofactor = float(row["cofactor"])  # the run's cohort-wide cofactor
-    if cofactor is None:
-        cofactor = default_cofactor(raw)
-    values = np.asarray(transform_values(raw, marker_config=mcfg, cofactor=cofactor), dtype=float)
-    thr_raw = None
+    # the run's cohort-wide cofactor, from the gates row that applies to this sample
+    cofactor, _ = resolve_gate(sample_id, computed=_per_sample(rows, "cofactor"))
+    if not np.isfinite(cofactor):
+        cofactor = mcfg.cofactor if mcfg.cofactor is not None else default_cofactor(raw)
+    values = np.asarray(transform_values(raw, transform=mcfg.transform, cofactor=cofactor), dtype=float)
+    reviewed = None
     if gates_file is not None and Path(gates_file).is_file():
-        per = load_gates_file(gates_file).get(marker, {})
-        thr_raw = per.get(str(sample_id), per.get("*")) if per else None
-    if thr_raw is None and row is not None and np.isfinite(row.get("threshold_raw", np.nan)):
-        thr_raw = float(row["threshold_raw"])
-    if thr_raw is not None:
-        thr = float(transform_values([thr_raw], marker_config=mcfg, cofactor=cofactor)[0])
+        reviewed = load_gates_file(gates_file).get(marker)
+    thr_raw, _ = resolve_gate(sample_id, reviewed=reviewed, computed=_per_sample(rows, "threshold_raw"))
+    if np.isfinite(thr_raw):
+        thr = float(transform_values([thr_raw], transform=mcfg.transform, cofactor=cofactor)[0])
     elif f"{marker}_pos" in cells.columns and 0 < int(cells[f"{marker}_pos"].sum()) < len(cells):
         pos_mask = cells[f"{marker}_pos"].to_numpy(dtype=bool)  # midway between the existing classes
         thr = float((np.nanmax(values[~pos_mask]) + np.nanmin(values[pos_mask])) / 2)
@@ -155,6 +151,13 @@ def marker_setup(cells, marker: str, *, cfg=None, gates=None, sample_id: str | N
         thr = float(np.nanmedian(values)) if values.size else 0.0
     return {"column": column, "raw": raw, "values": values, "threshold": thr, "transform": mcfg.transform,
             "cofactor": float(cofactor)}
+
+
+def _per_sample(rows, column: str) -> dict[str, float] | None:
+    """``{sample_id or '*': value}`` of one column of a marker's gates rows (None when absent)."""
+    if rows is None or "sample_id" not in rows.columns or column not in rows.columns:
+        return None
+    return dict(zip(rows["sample_id"].astype(str), rows[column].astype(float)))
 
 
 def to_raw(threshold: float, setup: dict[str, Any]) -> float:
