@@ -82,7 +82,3 @@ __all__ = [
     "marker_column",
     "GATE_COLUMNS",
 ]
-
-# doctest.testmod(chemozone.phenotype) only collects docstrings defined in this file; list the re-exported
-# functions so their examples run with the package (tests/test_doctests.py).
-__test__ = {name: globals()[name] for name in __all__ if callable(globals()[name])}
