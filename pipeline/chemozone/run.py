@@ -119,6 +119,32 @@ def _open_image(row: dict[str, Any], cfg: Config):
 
 
 # --------------------------------------------------------------------------------------- step A
+def _segmentation_options(seg) -> dict[str, Any]:
+    """The config's ``segmentation`` section as the keywords of :func:`chemozone.segment.segment_image`
+    and :func:`chemozone.segment.segmentation_provenance` (cellpose's fields with a ``cellpose_`` prefix)."""
+    cp = seg.cellpose
+    return {
+        "method": seg.method,
+        "nucleus_diameter_um": seg.nucleus_diameter_um,
+        "small_nucleus_diameter_um": seg.small_nucleus_diameter_um,
+        "min_nucleus_area_um2": seg.min_nucleus_area_um2,
+        "max_nucleus_area_um2": seg.max_nucleus_area_um2,
+        "threshold": seg.threshold,
+        "cell_method": seg.cell_method,
+        "expand_um": seg.expand_um,
+        "membrane_channels": list(seg.membrane_channels),
+        "tile_size_px": seg.tile_size_px,
+        "tile_overlap_um": seg.tile_overlap_um,
+        "cellpose_model": cp.model,
+        "cellpose_gpu": cp.gpu,
+        "cellpose_diameter_um": cp.diameter_um,
+        "cellpose_flow_threshold": cp.flow_threshold,
+        "cellpose_cellprob_threshold": cp.cellprob_threshold,
+        "cellpose_batch_size": cp.batch_size,
+        "cellpose_channels": list(cp.channels) if cp.channels else None,
+    }
+
+
 def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local: bool = True) -> dict[str, Any]:
     """Step A of one sample: read → tissue → segment → quantify; writes masks and measurements.
 
@@ -167,7 +193,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
         with _timed(timings, "segment"):
             nuclei, cells = _stage(sid, "segment", lambda: segment.segment_image(
-                img.data, channels=img.channels, pixel_size_um=px, config=cfg.segmentation,
+                img.data, channels=img.channels, pixel_size_um=px, **_segmentation_options(cfg.segmentation),
                 nuclear_channel=cfg.panel.nuclear_channel, aliases=cfg.panel.aliases,
                 tissue=tmask, tissue_grid_um=grid_um, store=tmp_store if large else None))
         with _timed(timings, "quantify"):
@@ -501,7 +527,8 @@ def _run(samples, cfg: Config, lay: RunLayout, console, *, workers, scheduler, m
 
     prov_path = lay.run_json
     prov = new_provenance(cfg, command=command)
-    prov["segmentation"] = segmentation_provenance(cfg.segmentation)  # method, defaults, cellpose version/model
+    # method, defaults, cellpose version/model
+    prov["segmentation"] = segmentation_provenance(**_segmentation_options(cfg.segmentation))
     old_samples: dict[str, Any] = {}
     if resume and prov_path.is_file():
         try:
