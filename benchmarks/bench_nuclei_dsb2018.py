@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pipeline"))
 
 from chemozone.metrics import DEFAULT_THRESHOLDS, match_scores  # noqa: E402
-from chemozone.segment import _size_filter, segment_nuclei  # noqa: E402
+from chemozone.segment import segment_nuclei  # noqa: E402
+from chemozone.segment._labels import _size_filter  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "nuclei_dsb2018"
 

@@ -99,18 +99,21 @@ def crop_compare(args) -> None:
 
     cohort, run = args.dir / "cohort_large", args.dir / "run_large"
     img = read_image(next((cohort / "images").glob("*.ome.tif")))
-    sdir = next((run / "samples").iterdir())
+    from chemozone.layout import RunLayout
+
+    lay = RunLayout(run)
+    sid = lay.sample_ids()[0]
     y0 = x0 = args.crop_origin
     side = 2048
     win = (slice(y0, y0 + side), slice(x0, x0 + side))
     crop = img.data[(slice(None),) + win].compute()
-    nuclei = read_labels_zarr(sdir / "masks.ome.zarr", "nuclei", lazy=True)[win].compute()
-    cells = read_labels_zarr(sdir / "masks.ome.zarr", "cells", lazy=True)[win].compute()
+    nuclei = read_labels_zarr(lay.masks(sid), "nuclei", lazy=True)[win].compute()
+    cells = read_labels_zarr(lay.masks(sid), "cells", lazy=True)[win].compute()
     border = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
     tab = quantify_cells(crop, cells, nuclei=nuclei, channels=img.channels, pixel_size_um=img.pixel_size_um,
                          tile_size_px=side)
     tab = tab[~tab["cell_id"].isin(border)].set_index("cell_id")
-    big = pd.read_parquet(sdir / "measurements.parquet").set_index("cell_id").loc[tab.index]
+    big = pd.read_parquet(lay.measurements(sid)).set_index("cell_id").loc[tab.index]
     px = img.pixel_size_um
     tab["x_um"] += x0 * px
     tab["y_um"] += y0 * px

@@ -51,7 +51,6 @@ def _child(side: int, tile: int, store: str) -> None:
     import dask
     import dask.array as da
 
-    from chemozone.config import SegmentationConfig
     from chemozone.segment import segment_image
 
     dapi = _dapi(side)
@@ -64,10 +63,9 @@ def _child(side: int, tile: int, store: str) -> None:
     del dapi
     img = da.from_zarr(str(zpath))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cfg = SegmentationConfig(tile_size_px=tile)
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):
-        nuc, _ = segment_image(img, channels=["DAPI"], pixel_size_um=0.5, config=cfg, store=Path(store) / "seg")
+        nuc, _ = segment_image(img, channels=["DAPI"], pixel_size_um=0.5, tile_size_px=tile, store=Path(store) / "seg")
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"side": side, "seconds": dt, "peak_mb": peak / 1024, "base_mb": base / 1024,
@@ -104,7 +102,6 @@ def main(argv=None) -> int:
     # 2. tiled vs whole image: same objects? (image-level statistics shared by all tiles) and cost
     import dask
 
-    from chemozone.config import SegmentationConfig
     from chemozone.metrics import match_scores
     from chemozone.segment import segment_image
 
@@ -114,13 +111,12 @@ def main(argv=None) -> int:
     print(f"{'tiles':>8} {'seconds':>8} {'nuclei':>7} {'unmatched@0.5':>14} {'identical objects':>18}")
     with dask.config.set(scheduler="synchronous"):
         t0 = time.perf_counter()
-        whole, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=SegmentationConfig())
+        whole, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5)
         t_whole = time.perf_counter() - t0
         print(f"{'1':>8} {t_whole:8.2f} {int(whole.max()):7d} {'-':>14} {'-':>18}")
         for tile in (side // 2, side // 4):
             t0 = time.perf_counter()
-            tiled, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5,
-                                     config=SegmentationConfig(tile_size_px=tile))
+            tiled, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, tile_size_px=tile)
             dt = time.perf_counter() - t0
             sc = match_scores(whole, tiled, thresholds=(0.5,))
             m = (whole > 0) | (tiled > 0)

@@ -20,7 +20,6 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from chemozone.config import SegmentationConfig
 from chemozone.segment import segment_image
 from chemozone.synth import generate_sample
 
@@ -52,9 +51,9 @@ def main(argv=None) -> int:
                 zone |= t[c].to_numpy(bool)
         lz = t["cell_type"].isin(["CD8 T", "NK"]).to_numpy() & t["exogenous"].to_numpy(bool) & zone
         for key, small in settings.items():
-            cfg = SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=small)
             t0 = time.perf_counter()
-            nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], config=cfg)
+            nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"],
+                                   nucleus_diameter_um=9.0, small_nucleus_diameter_um=small)
             tot[key]["s"] += time.perf_counter() - t0
             hit, n_pred = _hits(t, nuc, s["pixel_size_um"])
             r = tot[key]

@@ -40,7 +40,9 @@ def segment_and_quantify(sample: dict[str, Any], cfg) -> pd.DataFrame:
     except ImportError:
         segment_image = None
     if segment_image is not None:
-        nuclei, cells = segment_image(image, channels=channels, pixel_size_um=px, config=seg,
+        from chemozone.options import segmentation_options
+
+        nuclei, cells = segment_image(image, channels=channels, pixel_size_um=px, **segmentation_options(cfg),
                                       nuclear_channel=cfg.panel.nuclear_channel)
     else:  # the stage-level API before segment_image exists
         from chemozone.segment import segment_cells, segment_nuclei

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from chemozone import _cellpose
-from chemozone.config import CellposeConfig, SegmentationConfig
+from chemozone.segment import _cellpose
 from chemozone.errors import ChannelError, ConfigError, MissingDependencyError
 from chemozone.metrics import match_scores, segmentation_report
 from chemozone.segment import segment_image, segment_nuclei, segmentation_provenance
@@ -51,15 +50,14 @@ def _spots(shape=(300, 300), seed=0):
 def test_fake_model_contract_and_diameter_in_pixels():
     img, truth = _spots((96, 96))
     model = FakeModel()
-    cfg = CellposeConfig(flow_threshold=0.7)
     lab = segment_nuclei(img, pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model,
-                         config=cfg, min_area_um2=1.0)
+                         cellpose_flow_threshold=0.7, min_area_um2=1.0)
     assert lab.dtype == np.uint32 and lab.shape == img.shape
     assert segmentation_report(truth, lab)["f1_50"] == 1.0
     assert model.calls[0]["diameter"] == pytest.approx(12.0)
     assert model.calls[0]["flow_threshold"] == 0.7
-    cfg = CellposeConfig(diameter_um=10.0)
-    segment_nuclei(img, pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model, config=cfg)
+    segment_nuclei(img, pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model,
+                   cellpose_diameter_um=10.0)
     assert model.calls[-1]["diameter"] == pytest.approx(20.0)
 
 
@@ -75,11 +73,11 @@ def test_fake_model_bad_output_is_an_error():
 def test_tiling_and_stitching_with_fake_model():
     img, truth = _spots((300, 300))
     cyx = img[None]
-    base = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0, min_nucleus_area_um2=5.0)
-    whole, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=base, model=FakeModel())
-    tiled_cfg = base.model_copy(update={"tile_size_px": 64, "tile_overlap_um": 10.0})
+    base = {"method": "cellpose", "nucleus_diameter_um": 6.0, "min_nucleus_area_um2": 5.0}
+    whole, _ = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, **base, model=FakeModel())
     model = FakeModel()
-    tiled, cells = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, config=tiled_cfg, model=model)
+    tiled, cells = segment_image(cyx, channels=["DAPI"], pixel_size_um=0.5, **base, tile_size_px=64,
+                                 tile_overlap_um=10.0, model=model)
     assert len(model.calls) == 25  # 5 x 5 tiles
     # every tile is normalised with the same image-level percentiles
     lhs = {tuple(np.asarray(c["normalize"]["lowhigh"]).ravel()) for c in model.calls}
@@ -94,10 +92,10 @@ def test_configured_channels_reach_the_model_channels_last():
     img, truth = _spots((96, 96))
     mem = np.random.default_rng(2).uniform(0, 50, img.shape)
     cyx = np.stack([img, mem, np.full(img.shape, 7.0)])  # DAPI, CD45, other
-    cfg = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0, min_nucleus_area_um2=1.0,
-                             cellpose=CellposeConfig(channels=["CD45", "DAPI"]))
+    opts = {"method": "cellpose", "nucleus_diameter_um": 6.0, "min_nucleus_area_um2": 1.0,
+            "cellpose_channels": ["CD45", "DAPI"]}
     model = FakeModel()
-    nuc, _ = segment_image(cyx, channels=["DAPI", "CD45", "CD3"], pixel_size_um=0.5, config=cfg, model=model)
+    nuc, _ = segment_image(cyx, channels=["DAPI", "CD45", "CD3"], pixel_size_um=0.5, **opts, model=model)
     call = model.calls[0]
     # cellpose 4 layout: (Y, X, C) with channel_axis=2, channels in the configured order
     assert call["shape"] == (96, 96, 2) and call["channel_axis"] == 2
@@ -111,24 +109,24 @@ def test_configured_channels_reach_the_model_channels_last():
     # a single nuclear channel stays a 2-D image (no channel_axis)
     model = FakeModel()
     segment_image(cyx, channels=["DAPI", "CD45", "CD3"], pixel_size_um=0.5, model=model,
-                  config=cfg.model_copy(update={"cellpose": CellposeConfig()}))
+                  **{**opts, "cellpose_channels": None})
     assert model.calls[0]["shape"] == (96, 96) and model.calls[0]["channel_axis"] is None
     assert np.asarray(model.calls[0]["normalize"]["lowhigh"]).shape == (1, 2)
     # standalone: cellpose normalises by itself
     segment_nuclei(np.stack([mem, img]), pixel_size_um=0.5, nucleus_diameter_um=6.0, method="cellpose", model=model)
     assert model.calls[-1]["shape"] == (96, 96, 2) and model.calls[-1]["normalize"] is True
-    assert segmentation_provenance(cfg)["cellpose_channels"] == ["CD45", "DAPI"]
+    assert segmentation_provenance(**opts)["cellpose_channels"] == ["CD45", "DAPI"]
 
 
 def test_configured_channels_errors():
     cyx = np.zeros((4, 16, 16))
     names = ["DAPI", "CD45", "CD3", "CD8"]
-    too_many = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(channels=names))
     with pytest.raises(ConfigError, match=r"segmentation.cellpose.channels: cellpose 4 reads at most 3"):
-        segment_image(cyx, channels=names, pixel_size_um=0.5, config=too_many, model=FakeModel())
-    unknown = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(channels=["panCK", "DAPI"]))
+        segment_image(cyx, channels=names, pixel_size_um=0.5, method="cellpose", cellpose_channels=names,
+                      model=FakeModel())
     with pytest.raises(ChannelError, match="panCK"):
-        segment_image(cyx, channels=names, pixel_size_um=0.5, config=unknown, model=FakeModel())
+        segment_image(cyx, channels=names, pixel_size_um=0.5, method="cellpose", cellpose_channels=["panCK", "DAPI"],
+                      model=FakeModel())
     with pytest.raises(ValueError, match="at most 3 channels"):
         segment_nuclei(cyx, pixel_size_um=1, nucleus_diameter_um=4, method="cellpose", model=FakeModel())
     with pytest.raises(ValueError, match="lowhigh has 1 rows for 2 channels"):
@@ -157,7 +155,7 @@ def test_missing_weights_refuse_to_download(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"segmentation.cellpose.model: 'nope' is neither"):
         _cellpose.resolve_model_path("nope")
     with pytest.raises(ConfigError, match="is neither an existing file"):
-        _cellpose.load_cellpose_model(CellposeConfig(model=str(tmp_path / "missing.pth")))
+        _cellpose.load_cellpose_model(str(tmp_path / "missing.pth"))
     (tmp_path / "cpsam").write_bytes(b"x")
     assert _cellpose.resolve_model_path("cpsam") == tmp_path / "cpsam"
 
@@ -165,8 +163,7 @@ def test_missing_weights_refuse_to_download(monkeypatch, tmp_path):
 def test_provenance_records_version_and_model(tmp_path):
     ckpt = tmp_path / "my_model.pth"
     ckpt.write_bytes(b"weights")
-    cfg = SegmentationConfig(method="cellpose", cellpose=CellposeConfig(model=str(ckpt)))
-    p = segmentation_provenance(cfg)
+    p = segmentation_provenance(method="cellpose", cellpose_model=str(ckpt))
     assert p["method"] == "cellpose" and p["cellpose_model"] == str(ckpt)
     assert p["cellpose_model_path"] == str(ckpt.resolve()) and p["cellpose_model_size_bytes"] == 7
     from importlib import metadata
@@ -190,12 +187,11 @@ def test_real_cellpose_on_random_weights(tmp_path):
     ckpt = tmp_path / "random_cpsam.pth"
     vit.CPSAM().save_model(str(ckpt))
     img, _ = _spots((128, 128))
-    cfg = SegmentationConfig(method="cellpose", nucleus_diameter_um=6.0,
-                             cellpose=CellposeConfig(model=str(ckpt), batch_size=1))
-    nuc, cells = segment_image(img[None], channels=["DAPI"], pixel_size_um=0.5, config=cfg)
+    opts = {"method": "cellpose", "nucleus_diameter_um": 6.0, "cellpose_model": str(ckpt), "cellpose_batch_size": 1}
+    nuc, cells = segment_image(img[None], channels=["DAPI"], pixel_size_um=0.5, **opts)
     assert nuc.dtype == np.uint32 and nuc.shape == (128, 128)
     assert cells.dtype == np.uint32 and cells.shape == (128, 128)
-    assert segmentation_provenance(cfg)["cellpose_version"]
+    assert segmentation_provenance(**opts)["cellpose_version"]
 
 
 @pytest.mark.cellpose
@@ -204,7 +200,7 @@ def test_real_cellpose_accuracy_with_local_model():
     pytest.importorskip("cellpose")
     synth = pytest.importorskip("chemozone.synth")
     s = synth.generate_sample(size_px=256, dose_gy=0, seed=4)
-    cfg = CellposeConfig(model=os.environ["CHEMOZONE_CELLPOSE_MODEL"])
     dapi = s["image"][s["channels"].index("DAPI")]
-    lab = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=8.0, method="cellpose", config=cfg)
+    lab = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=8.0, method="cellpose",
+                         cellpose_model=os.environ["CHEMOZONE_CELLPOSE_MODEL"])
     assert segmentation_report(s["nuclei"], lab)["f1_50"] >= 0.9

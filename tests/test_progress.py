@@ -23,7 +23,6 @@ def test_progress_on_a_distributed_client_and_locally():
 
 
 def test_segment_image_reports_its_tiles():
-    from chemozone.config import SegmentationConfig
     from chemozone.segment import segment_image
     from chemozone.synth import generate_sample
 
@@ -31,7 +30,7 @@ def test_segment_image_reports_its_tiles():
     seen = []
     with dask.config.set(scheduler="synchronous"), report_progress(lambda *a: seen.append(a)):
         segment_image(s["image"], channels=s["channels"], pixel_size_um=0.5,
-                      config=SegmentationConfig(tile_size_px=160), nuclear_channel="DAPI")
+                      tile_size_px=160, nuclear_channel="DAPI")
     stages = {st for st, _, _ in seen}
     assert {"tiles: statistics", "tiles: segment"} <= stages
     final = [(d, t) for st, d, t in seen if st == "tiles: segment"][-1]

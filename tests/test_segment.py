@@ -207,21 +207,24 @@ def test_small_nucleus_diameter_splits_lymphocytes_from_tumor_nuclei():
     lymph = truth["cell_type"].isin(["CD8 T", "NK"]).to_numpy() & truth["exogenous"].to_numpy()
     out = {}
     for small in (None, 6.5):
-        cfg = SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=small)
-        nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], config=cfg)
+        nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=9.0,
+                               small_nucleus_diameter_um=small)
         hit, precision = _recall_precision(truth, nuc, s["pixel_size_um"])
         out[small] = (hit[lymph].mean(), precision)
     assert out[6.5][0] >= out[None][0] + 0.03, out  # measured 0.892 -> 0.932 (74 lymphocytes)
     assert out[6.5][1] >= 0.94, out
     # the key is the distance cap of the seed map, passed through segment_image
-    cfg = SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=6.5)
-    nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], config=cfg)
+    opts = {"nucleus_diameter_um": 9.0, "small_nucleus_diameter_um": 6.5}
+    nuc, _ = segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], **opts)
     ref = segment_nuclei(dapi, pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=9.0, min_area_um2=8.0,
                          max_area_um2=400.0, distance_cap_factor=0.5 * 6.5 / 9.0)
     np.testing.assert_array_equal(nuc, ref)
-    assert segmentation_provenance(cfg)["small_nucleus_diameter_um"] == 6.5
+    assert segmentation_provenance(**opts)["small_nucleus_diameter_um"] == 6.5
     with pytest.raises(ValueError, match="small_nucleus_diameter_um .* must not exceed"):
         SegmentationConfig(nucleus_diameter_um=9.0, small_nucleus_diameter_um=12.0)
+    with pytest.raises(ValueError, match="small_nucleus_diameter_um .* must not exceed"):
+        segment_image(dapi[None], channels=["DAPI"], pixel_size_um=s["pixel_size_um"], nucleus_diameter_um=9.0,
+                      small_nucleus_diameter_um=12.0)
 
 
 # -------------------------------------------------------------------------------------------- cells
@@ -306,8 +309,7 @@ def big():
 
 def test_segment_image_untiled_matches_segment_nuclei(big):
     img, truth = big
-    cfg = SegmentationConfig(nucleus_diameter_um=D_UM)
-    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, nucleus_diameter_um=D_UM)
     ref = segment_nuclei(img[1], pixel_size_um=PX, nucleus_diameter_um=D_UM, min_area_um2=8.0, max_area_um2=400.0)
     np.testing.assert_array_equal(nuc, ref)
     assert isinstance(nuc, np.ndarray) and nuc.dtype == np.uint32 and cells.dtype == np.uint32
@@ -356,10 +358,10 @@ def test_tiled_equals_untiled_exactly_at_seams_and_corners(tmp_path):
     img, centres = _seam_image()
     names = ["CD45", "panCK", "DAPI"]
     base = {"nucleus_diameter_um": D_UM, "cell_method": "membrane_watershed", "membrane_channels": ["CD45", "panCK"]}
-    whole, whole_c = segment_image(img, channels=names, pixel_size_um=PX, config=SegmentationConfig(**base))
-    cfg = SegmentationConfig(**base, tile_size_px=96, tile_overlap_um=5.0)
+    whole, whole_c = segment_image(img, channels=names, pixel_size_um=PX, **base)
+    opts = {**base, "tile_size_px": 96, "tile_overlap_um": 5.0}
     lazy = da.from_array(img, chunks=(1, 100, 100))
-    tiled, tiled_c = segment_image(lazy, channels=names, pixel_size_um=PX, config=cfg)
+    tiled, tiled_c = segment_image(lazy, channels=names, pixel_size_um=PX, **opts)
     n = int(whole.max())
     assert n >= 0.95 * len(centres)  # the seam nuclei are found (pairs split) ...
     for cy, cx in centres:  # ... each one object, not two halves
@@ -376,7 +378,7 @@ def test_tiled_equals_untiled_exactly_at_seams_and_corners(tmp_path):
     assert max(ndi.label(tiled == i)[1] for i in ids) == 1
     np.testing.assert_array_equal(tiled_c[tiled > 0], tiled[tiled > 0])
     # zarr store: the same labels, returned lazily
-    zn, zc = segment_image(lazy, channels=names, pixel_size_um=PX, config=cfg, store=tmp_path / "seg")
+    zn, zc = segment_image(lazy, channels=names, pixel_size_um=PX, **opts, store=tmp_path / "seg")
     assert hasattr(zn, "dask") and zn.dtype == np.uint32
     np.testing.assert_array_equal(zn.compute(), tiled)
     np.testing.assert_array_equal(zc.compute(), tiled_c)
@@ -385,17 +387,17 @@ def test_tiled_equals_untiled_exactly_at_seams_and_corners(tmp_path):
 def test_tiled_equals_untiled_on_dense_blobs(big):
     img, truth = big
     whole, whole_c = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
-                                   config=SegmentationConfig(nucleus_diameter_um=D_UM))
+                                   nucleus_diameter_um=D_UM)
     for tile in (200, 128):
-        cfg = SegmentationConfig(nucleus_diameter_um=D_UM, tile_size_px=tile, tile_overlap_um=20.0)
+        opts = {"nucleus_diameter_um": D_UM, "tile_size_px": tile, "tile_overlap_um": 20.0}
         tiled, tiled_c = segment_image(da.from_array(img, chunks=(1, 100, 100)), channels=["CD45", "DAPI"],
-                                       pixel_size_um=PX, config=cfg)
+                                       pixel_size_um=PX, **opts)
         # the issue's budget is 0.5 % of cells split or duplicated at seams; we get none
         s = match_scores(whole, tiled, thresholds=(0.5,))
         assert s["fp"][0] + s["fn"][0] <= 0.005 * whole.max(), s
         assert _same_objects(whole, tiled) and _same_objects(whole_c, tiled_c)
     again, _ = segment_image(da.from_array(img, chunks=(1, 100, 100)), channels=["CD45", "DAPI"],
-                             pixel_size_um=PX, config=cfg)
+                             pixel_size_um=PX, **opts)
     np.testing.assert_array_equal(again, tiled)  # deterministic
 
 
@@ -430,43 +432,67 @@ def test_precomputed_statistics_make_a_window_reproduce_the_whole_image(big):
 
 def test_segment_image_tissue_drops_nuclei_outside(big):
     img, truth = big
-    cfg = SegmentationConfig(nucleus_diameter_um=D_UM)
     tissue = np.zeros((128, 128), bool)  # grid 2 µm = 4 px
     tissue[:, :64] = True  # left half of the image
-    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, tissue=tissue,
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, nucleus_diameter_um=D_UM,
+                               tissue=tissue,
                                tissue_grid_um=2.0)
     from scipy import ndimage as ndi
 
     cx = np.array([c[1] for c in ndi.center_of_mass(nuc > 0, nuc, np.arange(1, nuc.max() + 1))])
     assert nuc.max() > 50 and (cx < 257).all()
     with pytest.raises(ValueError, match="tissue_grid_um is required"):
-        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg, tissue=tissue)
+        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, nucleus_diameter_um=D_UM, tissue=tissue)
 
 
 def test_segment_image_membrane_and_errors(big):
     img, _ = big
-    cfg = SegmentationConfig(nucleus_diameter_um=D_UM, cell_method="membrane_watershed", membrane_channels=["CD45"])
-    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, config=cfg)
+    nuc, cells = segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, nucleus_diameter_um=D_UM,
+                               cell_method="membrane_watershed", membrane_channels=["CD45"])
     np.testing.assert_array_equal(cells[nuc > 0], nuc[nuc > 0])
     with pytest.raises(ChannelError, match="DAPI"):
-        segment_image(img, channels=["CD45", "Hoechst"], pixel_size_um=PX, config=SegmentationConfig())
+        segment_image(img, channels=["CD45", "Hoechst"], pixel_size_um=PX)
     with pytest.raises(ConfigError, match="membrane_channels"):
-        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX,
-                      config=SegmentationConfig(cell_method="membrane_watershed"))
+        segment_image(img, channels=["CD45", "DAPI"], pixel_size_um=PX, cell_method="membrane_watershed")
     with pytest.raises(ValueError, match="3-D"):
-        segment_image(img[0], channels=["CD45"], pixel_size_um=PX, config=SegmentationConfig())
+        segment_image(img[0], channels=["CD45"], pixel_size_um=PX)
     with pytest.raises(ValueError, match="channels has 1 names"):
-        segment_image(img, channels=["DAPI"], pixel_size_um=PX, config=SegmentationConfig())
+        segment_image(img, channels=["DAPI"], pixel_size_um=PX)
     # aliases resolve the nuclear channel
     nuc2, _ = segment_image(img, channels=["CD45", "Hoechst"], pixel_size_um=PX,
-                            config=SegmentationConfig(nucleus_diameter_um=D_UM), aliases={"DAPI": ["Hoechst"]})
+                            nucleus_diameter_um=D_UM, aliases={"DAPI": ["Hoechst"]})
     assert nuc2.max() > 50
 
 
 def test_segmentation_provenance():
-    p = segmentation_provenance(SegmentationConfig())
+    p = segmentation_provenance()
     assert p["method"] == "watershed" and p["nucleus_diameter_um"] == 8.0 and "cellpose_version" not in p
     assert "object_fraction" in p["nuclei_defaults"]
+
+
+def test_keyword_defaults_are_the_config_defaults():
+    """segment_image and segmentation_provenance take the ``segmentation`` section's fields as keywords
+    (cellpose's with a ``cellpose_`` prefix), with the config's defaults, and chemozone.options passes them all."""
+    import inspect
+
+    from chemozone.config import CellposeConfig
+    from chemozone.config import Config
+    from chemozone.options import segmentation_options
+
+    seg, cp = SegmentationConfig(), CellposeConfig()
+    expected = {k: getattr(seg, k) for k in SegmentationConfig.model_fields if k != "cellpose"}
+    expected.update({f"cellpose_{k}": getattr(cp, k) for k in CellposeConfig.model_fields})
+    expected["membrane_channels"] = ()
+    for fn in (segment_image, segmentation_provenance):
+        params = inspect.signature(fn).parameters
+        assert {k: params[k].default for k in expected} == expected, fn.__name__
+    opts = segmentation_options(Config())
+    assert set(opts) == set(expected)
+    assert segmentation_provenance(**opts) == segmentation_provenance()
+    for bad, match in (({"method": "stardist"}, "method must be"), ({"cell_method": "voronoi"}, "cell_method must be"),
+                       ({"min_nucleus_area_um2": 500.0}, "must be smaller than"), ({"expand_um": -1}, "expand_um")):
+        with pytest.raises(ValueError, match=match):
+            segment_image(np.zeros((1, 8, 8)), channels=["DAPI"], pixel_size_um=PX, **bad)
 
 
 # ------------------------------------------------------------------------------- real dense tissue

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterator
 from .config import Config, load_config
 from .errors import ChemozoneError, RunError
 from .layout import RunLayout, atomic_write_json, file_fingerprint, new_provenance, write_parquet
+from .options import (cognate_options, gate_options, infiltration_options, overlap_options, phenotype_options,
+                      segmentation_options, tissue_options, zone_signal_options)
 from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
 
 __all__ = [
@@ -54,11 +56,6 @@ __all__ = [
 log = logging.getLogger("chemozone")
 
 STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
-# TODO(lead): replace with RunLayout once the step functions are merged
-# (file names belong to RunLayout: measurements(sid), step_a_stamp(sid), reviewed(sid))
-STAMP = "step_a.json"
-MEASUREMENTS = "measurements.parquet"
-REVIEWED = "reviewed.parquet"  # cell_id, phenotype_reviewed: written by the napari cell inspector, never by a run
 
 
 @dataclass
@@ -150,16 +147,13 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 resolve_channels(img.channels, cfg.tissue.channels, aliases=cfg.panel.aliases, source=img.path)
                 if cfg.tissue.channels else None
             )
-            tc = cfg.tissue
             tmask, grid_um = _stage(sid, "tissue", lambda: tissue.tissue_mask(
-                img.data, pixel_size_um=px, grid_um=cfg.analysis_grid.pixel_size_um, smooth_um=tc.smooth_um,
-                threshold=tc.threshold, glass_contrast=tc.glass_contrast, min_area_um2=tc.min_area_um2,
-                fill_holes_um2=tc.fill_holes_um2, channel_indices=tissue_idx))
+                img.data, pixel_size_um=px, channel_indices=tissue_idx, **tissue_options(cfg)))
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
         with _timed(timings, "segment"):
             nuclei, cells = _stage(sid, "segment", lambda: segment.segment_image(
-                img.data, channels=img.channels, pixel_size_um=px, config=cfg.segmentation,
+                img.data, channels=img.channels, pixel_size_um=px, **segmentation_options(cfg),
                 nuclear_channel=cfg.panel.nuclear_channel, aliases=cfg.panel.aliases,
                 tissue=tmask, tissue_grid_um=grid_um, store=tmp_store if large else None))
         with _timed(timings, "quantify"):
@@ -181,7 +175,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                     write_labels_zarr(tmp, "cells", cells, pixel_size_um=px)
                     write_labels_zarr(tmp, "tissue", tmask, pixel_size_um=grid_um)
             _stage(sid, "write masks", _write)
-            write_parquet(table, sdir / MEASUREMENTS)
+            write_parquet(table, lay.measurements(sid))
         if tmp_store.exists():
             import shutil
 
@@ -237,17 +231,9 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
             idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
             sig = _stage(sid, "zones", lambda: zones.zone_signal(
                 img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
-                smooth_um=z.smooth_um, background_quantile=z.background_quantile, tissue=tissue_grid))
+                tissue=tissue_grid, **zone_signal_options(z)))
             frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _phenotype_options(cfg: Config) -> dict[str, Any]:
-    """The ``phenotypes`` section as the keywords of :func:`chemozone.phenotype.phenotype_cells` and
-    :func:`chemozone.phenotype.validate_phenotypes` (``compute_gates`` takes ``markers`` and ``gates_file``)."""
-    p = cfg.phenotypes
-    return {"markers": p.markers, "rules": p.rules, "receptors": p.receptors,
-            "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
 
 
 def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path) -> dict[str, Any]:
@@ -261,8 +247,7 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
 
     lay = RunLayout(out)
     cells = pd.concat(list(measurements.values()), ignore_index=True) if measurements else pd.DataFrame()
-    gates = phenotype.compute_gates(cells, samples, markers=cfg.phenotypes.markers,
-                                    gates_file=cfg.phenotypes.gates_file, seed=cfg.run.seed)
+    gates = phenotype.compute_gates(cells, samples, **gate_options(cfg))
     write_parquet(gates, lay.gates)
     pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
     frames = [f for f in summaries if len(f)]
@@ -300,10 +285,10 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
     timings: dict[str, float] = {}
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
-        cells = pd.read_parquet(sdir / MEASUREMENTS)
+        cells = pd.read_parquet(lay.measurements(sid))
         with _timed(timings, "phenotype"):
             sg = gates[gates["sample_id"] == sid] if len(gates) else gates
-            cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, **_phenotype_options(cfg)))
+            cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, **phenotype_options(cfg)))
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
         grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         with _timed(timings, "zones"):
@@ -316,18 +301,13 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 aliases=cfg.panel.aliases))
         with _timed(timings, "spatial"):
             cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
-            sp = cfg.spatial
             infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
-                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, distance_bands_um=sp.distance_bands_um,
-                edge_exclusion_um=sp.edge_exclusion_um, populations=sp.populations))
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg)))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
-                infil, cognate_pairs=sp.cognate_pairs, edge_exclusion_um=sp.edge_exclusion_um,
-                cells=cells.assign(sample_id=sid)))
+                infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg)))
             overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
-                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid,
-                zones=spatial.overlap_zone_names(overlap_zones=sp.overlap_zones, cognate_pairs=sp.cognate_pairs),
-                edge_exclusion_um=sp.edge_exclusion_um, populations=sp.populations))
-        reviewed = sdir / REVIEWED
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **overlap_options(cfg)))
+        reviewed = lay.reviewed(sid)
         if reviewed.is_file():  # hand corrections from napari's cell inspector survive re-runs
             rev = pd.read_parquet(reviewed)[["cell_id", "phenotype_reviewed"]]
             cells = cells.merge(rev.astype({"cell_id": cells["cell_id"].dtype}), on="cell_id", how="left")
@@ -417,7 +397,7 @@ def _validate_stage_config(cfg: Config, report) -> None:
     from . import phenotype
 
     for sid, info in report.images.items():
-        phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **_phenotype_options(cfg))
+        phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
 
 
 class _Ledger:
@@ -491,7 +471,8 @@ def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, im
     from .segment import segmentation_provenance
 
     prov = new_provenance(cfg, command=command)
-    prov["segmentation"] = segmentation_provenance(cfg.segmentation)  # method, defaults, cellpose version/model
+    # method, defaults, cellpose version/model
+    prov["segmentation"] = segmentation_provenance(**segmentation_options(cfg))
     rows = samples.to_dict("records")
     for r in rows:
         prov["inputs"][r["sample_id"]] = {**file_fingerprint(r["image"]), "image_info": images.get(r["sample_id"])}

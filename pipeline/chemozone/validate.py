@@ -74,12 +74,10 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
             continue
         try:
+            from .options import phenotype_options
             from .phenotype import validate_phenotypes
 
-            ph = cfg.phenotypes
-            validate_phenotypes(info["channels"], markers=ph.markers, rules=ph.rules, receptors=ph.receptors,
-                                receptor_cell_types=ph.receptor_cell_types, default_cell_type=ph.default_cell_type,
-                                aliases=cfg.panel.aliases)
+            validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
         except ChemozoneError as exc:
             if not any(str(exc) in p for p in rep.problems):  # a config problem: report it once
                 rep.problems.append(f"sample '{row.sample_id}': {exc}")

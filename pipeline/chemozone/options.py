@@ -1,0 +1,107 @@
+"""Config sections → the stages' keyword options: the one place where this translation happens.
+
+Stage functions take arrays and tables plus plain keyword options (``tissue_mask(image, pixel_size_um=...,
+smooth_um=...)``); they never see a pydantic section. The batch runner (:mod:`chemozone.run`), the input
+check (:mod:`chemozone.validate`), the napari plugin and the benchmarks build those keywords here, so a
+config key reaches its stage by exactly one path.
+
+Examples
+--------
+>>> from chemozone.config import config_from_dict
+>>> cfg = config_from_dict({"analysis_grid": {"pixel_size_um": 4}, "tissue": {"smooth_um": 8}})
+>>> opts = tissue_options(cfg)
+>>> opts["grid_um"], opts["smooth_um"]
+(4.0, 8.0)
+>>> segmentation_options(cfg)["nucleus_diameter_um"]
+8.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Config, ZoneConfig
+
+__all__ = [
+    "tissue_options",
+    "segmentation_options",
+    "gate_options",
+    "phenotype_options",
+    "zone_signal_options",
+    "infiltration_options",
+    "cognate_options",
+    "overlap_options",
+]
+
+
+def tissue_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.tissue.tissue_mask` (the analysis grid and the ``tissue`` section)."""
+    t = cfg.tissue
+    return {"grid_um": cfg.analysis_grid.pixel_size_um, "smooth_um": t.smooth_um, "threshold": t.threshold,
+            "glass_contrast": t.glass_contrast, "min_area_um2": t.min_area_um2, "fill_holes_um2": t.fill_holes_um2}
+
+
+def segmentation_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.segment.segment_image` and :func:`chemozone.segment.segmentation_provenance`
+    (the ``segmentation`` section; cellpose's fields with a ``cellpose_`` prefix)."""
+    seg = cfg.segmentation
+    cp = seg.cellpose
+    return {
+        "method": seg.method,
+        "nucleus_diameter_um": seg.nucleus_diameter_um,
+        "small_nucleus_diameter_um": seg.small_nucleus_diameter_um,
+        "min_nucleus_area_um2": seg.min_nucleus_area_um2,
+        "max_nucleus_area_um2": seg.max_nucleus_area_um2,
+        "threshold": seg.threshold,
+        "cell_method": seg.cell_method,
+        "expand_um": seg.expand_um,
+        "membrane_channels": list(seg.membrane_channels),
+        "tile_size_px": seg.tile_size_px,
+        "tile_overlap_um": seg.tile_overlap_um,
+        "cellpose_model": cp.model,
+        "cellpose_gpu": cp.gpu,
+        "cellpose_diameter_um": cp.diameter_um,
+        "cellpose_flow_threshold": cp.flow_threshold,
+        "cellpose_cellprob_threshold": cp.cellprob_threshold,
+        "cellpose_batch_size": cp.batch_size,
+        "cellpose_channels": list(cp.channels) if cp.channels else None,
+    }
+
+
+def gate_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.phenotype.compute_gates` (markers, reviewed gates file, seed)."""
+    return {"markers": cfg.phenotypes.markers, "gates_file": cfg.phenotypes.gates_file, "seed": cfg.run.seed}
+
+
+def phenotype_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.phenotype.phenotype_cells` and :func:`chemozone.phenotype.validate_phenotypes`."""
+    p = cfg.phenotypes
+    return {"markers": p.markers, "rules": p.rules, "receptors": p.receptors,
+            "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
+
+
+def zone_signal_options(zone: ZoneConfig) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.zones.zone_signal` for one configured zone."""
+    return {"smooth_um": zone.smooth_um, "background_quantile": zone.background_quantile}
+
+
+def infiltration_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.spatial.infiltration_metrics` (the ``spatial`` section)."""
+    sp = cfg.spatial
+    return {"distance_bands_um": sp.distance_bands_um, "edge_exclusion_um": sp.edge_exclusion_um,
+            "populations": sp.populations}
+
+
+def cognate_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.spatial.cognate_specificity`."""
+    return {"cognate_pairs": cfg.spatial.cognate_pairs, "edge_exclusion_um": cfg.spatial.edge_exclusion_um}
+
+
+def overlap_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.spatial.zone_overlap_metrics`: the overlap zones (``spatial.overlap_zones``,
+    default the cognate pairs' zones), rim exclusion and populations."""
+    from .spatial import overlap_zone_names
+
+    sp = cfg.spatial
+    return {"zones": overlap_zone_names(overlap_zones=sp.overlap_zones, cognate_pairs=sp.cognate_pairs),
+            "edge_exclusion_um": sp.edge_exclusion_um, "populations": sp.populations}

@@ -1,0 +1,325 @@
+"""Tiles and seams: the tile layout, the statistics pass, per-tile dask tasks, stitching, zarr store.
+
+An image is cut into cores of ``tile_size_px``; each core is segmented inside a window that extends
+it by the overlap. A tile keeps the objects whose centroid pixel lies in its core, so each object is
+kept by exactly one tile even when it straddles a seam. The kept objects of a core and its 8
+neighbours are then pasted into the core (own tile first, then neighbours in tile order) so that
+objects reaching across a seam stay whole. A cheap first pass gathers image-level statistics from a
+lattice of every tile's core, so that all tiles use the same parameters as a whole-image run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..progress import compute_with_progress
+from ._cells import segment_cells
+from ._labels import _relabel
+from ._lattice import _lattice, _merge_samples, _robust_ranges
+from ._nuclei import segment_nuclei
+from ._preprocess import _context_px
+from ._watershed import _nuclear_samples, _statistics_from_samples, _watershed_options
+
+
+def _overlap_px(seg: dict[str, Any], *, pixel_size_um: float, tile_overlap_um: float) -> int:
+    """Margin of a tile's window around its core, px: ``tile_overlap_um``, at least one nucleus
+    diameter plus the cell expansion (and, for the watershed, the preprocessing context plus two
+    diameters and the expansion)."""
+    d_px = seg["nucleus_diameter_um"] / pixel_size_um
+    expand_px = seg["expand_um"] / pixel_size_um
+    overlap = int(math.ceil(tile_overlap_um / pixel_size_um))
+    overlap = max(overlap, int(math.ceil(d_px + expand_px)) + 2)
+    if seg["method"] == "watershed":
+        # enough context that every object kept by a tile (and its neighbours) is computed from the
+        # same preprocessed values as in a whole-image run
+        overlap = max(overlap, _context_px(d_px, _watershed_options(seg["nuclei_options"]))
+                      + int(math.ceil(2 * d_px + expand_px)) + 2)
+    return overlap
+
+
+def _tile_layout(shape: tuple[int, int], *, tile_size_px: int, overlap_px: int) -> list[dict[str, Any]]:
+    """The tiles of an image: one tile covering it unless a side exceeds ``tile_size_px``."""
+    h, w = shape
+    tile = int(tile_size_px)
+    if h > tile or w > tile:
+        return _tile_grid((h, w), tile, overlap_px)
+    return [{"index": 0, "ty": 0, "tx": 0, "core": (0, h, 0, w), "window": (0, h, 0, w)}]
+
+
+def _tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[dict[str, Any]]:
+    """Cores (a partition of the image into ``tile``-sized blocks) and windows (cores + overlap)."""
+    h, w = shape
+    tiles = []
+    for ty, y0 in enumerate(range(0, h, tile)):
+        for tx, x0 in enumerate(range(0, w, tile)):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            win = (max(0, y0 - overlap), min(h, y1 + overlap), max(0, x0 - overlap), min(w, x1 + overlap))
+            tiles.append({"index": len(tiles), "ty": ty, "tx": tx, "core": (y0, y1, x0, x1), "window": win})
+    return tiles
+
+
+def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, tissue_factor):
+    """Keep the objects whose centroid lies in the core (and in the tissue); renumber them 1..n.
+
+    Returns window-sized ``(nuclei, cells, n)`` holding only the kept objects.
+    """
+    n_obj = int(nuc.max()) if nuc.size else 0
+    if n_obj == 0:
+        return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
+    # centroid pixel from exact integer sums (global coordinates), so that two tiles always agree on
+    # which core holds an object: floor(sum / n + 1/2) >= y0  <=>  2 sum + n >= 2 y0 n
+    idx = np.arange(1, n_obj + 1)
+    n = np.bincount(nuc.ravel(), minlength=n_obj + 1)[1:].astype(np.int64)
+    cy, cx = (np.nan_to_num(np.asarray(v, dtype=np.float64))
+              for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
+    # local coordinate sums are integers well below 2**53: rounding n * centroid recovers them exactly
+    sy = np.rint(cy * n).astype(np.int64) + int(win[0]) * n
+    sx = np.rint(cx * n).astype(np.int64) + int(win[2]) * n
+    nz = np.maximum(n, 1)
+    y0, y1, x0, x1 = core
+    keep = ((n > 0) & (2 * sy + n >= 2 * y0 * n) & (2 * sy + n < 2 * y1 * n)
+            & (2 * sx + n >= 2 * x0 * n) & (2 * sx + n < 2 * x1 * n))
+    py = (2 * sy + n) // (2 * nz)
+    px = (2 * sx + n) // (2 * nz)
+    if tissue is not None:
+        ty = np.clip((py // tissue_factor).astype(np.int64), 0, tissue.shape[0] - 1)
+        tx = np.clip((px // tissue_factor).astype(np.int64), 0, tissue.shape[1] - 1)
+        keep &= tissue[ty, tx].astype(bool)
+    keep_lut = np.concatenate([[False], keep])
+    nuc_k = _relabel(nuc, keep_lut)
+    # the same renumbering for cells (cell id == nucleus id before renumbering)
+    # map old id -> new id through the pixels (a kept id sits at the same pixels in nuc and nuc_k)
+    lut = np.zeros(n_obj + 1, np.uint32)
+    m = nuc_k > 0
+    lut[nuc[m]] = nuc_k[m]
+    cells_k = lut[cells]
+    return nuc_k, cells_k, int(nuc_k.max()) if nuc_k.size else 0
+
+
+def _segment_window(nuclear, membrane, *, win, core, pixel_size_um, seg: dict[str, Any], tissue, tissue_factor,
+                    model, statistics=None):
+    """Segment one window (numpy) and keep its core's objects.
+
+    ``statistics``: image-level ``{"nuclei": ..., "membrane_scales": ...}`` shared by all tiles.
+    """
+    nuclear = np.asarray(nuclear)
+    statistics = statistics or {}
+    opts = dict(seg["nuclei_options"])
+    if seg["method"] == "cellpose":
+        opts.update(model=model, **seg["cellpose"])
+    else:
+        opts["origin_px"] = (int(win[0]), int(win[2]))
+    nuc = segment_nuclei(nuclear, pixel_size_um=pixel_size_um, nucleus_diameter_um=seg["nucleus_diameter_um"],
+                         method=seg["method"], statistics=statistics.get("nuclei"), **opts)
+    mem = None if membrane is None else np.asarray(membrane, dtype=np.float32)
+    cells = segment_cells(nuc, pixel_size_um=pixel_size_um, expand_um=seg["expand_um"], method=seg["cell_method"],
+                          membrane=mem, membrane_scales=statistics.get("membrane_scales"))
+    return _keep_core_objects(nuc, cells, win, core, tissue, tissue_factor)
+
+
+def _window_samples(nuclear, membrane, *, win, core, step, seg: dict[str, Any], d_px: float, nuclei: bool = True):
+    """First pass of a tile: lattice samples of its core for the image-level statistics."""
+    origin = (int(win[0]), int(win[2]))
+    out: dict[str, Any] = {}
+    if not nuclei:
+        pass
+    elif seg["method"] == "watershed":
+        out["nuclei"] = _nuclear_samples(np.asarray(nuclear), d_px, _watershed_options(seg["nuclei_options"]),
+                                         origin=origin, region=core, step=step)
+    else:  # cellpose: raw values of the channels it reads (for its normalisation)
+        arr = np.asarray(nuclear, dtype=np.float32)
+        arr = arr if arr.ndim == 3 else arr[None]
+        out["raw"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
+    if membrane is not None:
+        arr = np.asarray(membrane, dtype=np.float32)
+        out["membrane"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
+    return out
+
+
+def _image_statistics(parts: list[dict], seg: dict[str, Any], nuclei: bool = True) -> dict[str, Any]:
+    """Combine the tiles' lattice samples into the statistics every tile uses."""
+    stats: dict[str, Any] = {}
+    if not nuclei:
+        pass
+    elif seg["method"] == "watershed":
+        stats["nuclei"] = _statistics_from_samples(_merge_samples([p["nuclei"] for p in parts]),
+                                                   _watershed_options(seg["nuclei_options"]))
+    else:
+        raw = np.concatenate([p["raw"] for p in parts], axis=1)
+        stats["nuclei"] = {"lowhigh": _robust_ranges(raw)}
+    if parts and "membrane" in parts[0]:
+        stats["membrane_scales"] = _robust_ranges(np.concatenate([p["membrane"] for p in parts], axis=1))
+    return stats
+
+
+def _paste(dst_nuc, dst_cell, tile_res, offset, tile, core_i):
+    """Write ``tile``'s kept objects into the core ``core_i`` where nothing is written yet."""
+    nuc, cell = tile_res
+    wy0, wy1, wx0, wx1 = tile["window"]
+    y0, y1, x0, x1 = core_i
+    iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+    if iy0 >= iy1 or ix0 >= ix1:
+        return
+    src = (slice(iy0 - wy0, iy1 - wy0), slice(ix0 - wx0, ix1 - wx0))
+    dst = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+    for out, lab in ((dst_nuc, nuc), (dst_cell, cell)):
+        s = lab[src]
+        o = out[dst]
+        put = (o == 0) & (s > 0)
+        o[put] = s[put] + np.uint32(offset)
+
+
+def _stitch_core(i: int, tiles, offsets, get_result) -> tuple[np.ndarray, np.ndarray]:
+    """Assemble the labels of core ``i``: its own tile first, then its neighbours in tile order."""
+    t = tiles[i]
+    y0, y1, x0, x1 = t["core"]
+    nuc = np.zeros((y1 - y0, x1 - x0), np.uint32)
+    cell = np.zeros_like(nuc)
+    neigh = [j for j, u in enumerate(tiles) if abs(u["ty"] - t["ty"]) <= 1 and abs(u["tx"] - t["tx"]) <= 1]
+    for j in [i] + [j for j in neigh if j != i]:
+        _paste(nuc, cell, get_result(j), offsets[j], tiles[j], t["core"])
+    m = nuc > 0
+    cell[m] = nuc[m]  # every nucleus pixel belongs to its own cell, whatever the seam rule chose
+    return nuc, cell
+
+
+def _read_window(image_cyx, tile: dict[str, Any], *, nuclear_index, membrane_indices: list[int]):
+    """The nuclear (or cellpose) channel(s) and the membrane channels of a tile's window; numpy
+    (membranes float32) for a numpy image, lazy dask slices for a dask image."""
+    wy0, wy1, wx0, wx1 = tile["window"]
+    nucw = image_cyx[nuclear_index, wy0:wy1, wx0:wx1]
+    memw = image_cyx[membrane_indices, wy0:wy1, wx0:wx1] if membrane_indices else None
+    if not hasattr(image_cyx, "dask"):
+        nucw = np.asarray(nucw)
+        memw = None if memw is None else np.asarray(memw, dtype=np.float32)
+    return nucw, memw
+
+
+def _segment_single_tile(window_of: Callable, tile: dict[str, Any], *, tissue, common: dict[str, Any],
+                         sample_kw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """An image of one tile, without a store: segmented in this process, numpy labels."""
+    nucw, memw = window_of(tile)
+    if hasattr(nucw, "dask"):
+        nucw = nucw.compute()
+        memw = None if memw is None else np.asarray(memw, dtype=np.float32)
+    seg = common["seg"]
+    stats = {}
+    need_nuc = seg["method"] == "cellpose"  # the classical segmenter computes its own, identically
+    if need_nuc or memw is not None:
+        part = _window_samples(nucw, memw, win=tile["window"], core=tile["core"], nuclei=need_nuc, **sample_kw)
+        stats = _image_statistics([part], seg, nuclei=need_nuc)
+    nuc, cell, _ = _segment_window(nucw, memw, win=tile["window"], core=tile["core"], tissue=tissue,
+                                   statistics=stats, **common)
+    return nuc, cell
+
+
+def _statistics_pass(tiles: list[dict], window_of: Callable, sample_kw: dict[str, Any]) -> dict[str, Any]:
+    """First pass: image-level statistics from a lattice of every tile's core (small results)."""
+    import dask
+
+    parts = compute_with_progress([dask.delayed(_window_samples, pure=True)(*window_of(t), win=t["window"],
+                                                                           core=t["core"], **sample_kw)
+                                   for t in tiles], "tiles: statistics")
+    return _image_statistics(list(parts), sample_kw["seg"])
+
+
+def _segment_tiles(tiles: list[dict], window_of: Callable, common: dict[str, Any], tissue_d,
+                   shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Second pass in memory: one dask task per tile, then each core stitched from its neighbours."""
+    import dask
+
+    tasks = []
+    for t in tiles:
+        nucw, memw = window_of(t)
+        tasks.append(dask.delayed(_segment_window, pure=True)(
+            nucw, memw, win=t["window"], core=t["core"], tissue=tissue_d, **common))
+    results = compute_with_progress(tasks, "tiles: segment")
+    counts = [r[2] for r in results]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    _check_id_range(int(np.sum(counts)))
+    nuclei = np.zeros(shape, np.uint32)
+    cells = np.zeros(shape, np.uint32)
+    for i, t in enumerate(tiles):
+        y0, y1, x0, x1 = t["core"]
+        n_c, c_c = _stitch_core(i, tiles, offsets, lambda j: results[j][:2])
+        nuclei[y0:y1, x0:x1] = n_c
+        cells[y0:y1, x0:x1] = c_c
+    return nuclei, cells
+
+
+def _check_id_range(n: int) -> None:
+    if n >= 2**32 - 1:
+        raise ValueError(f"{n} objects do not fit in uint32 labels")
+
+
+def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
+    """Two passes over the tiles, both as dask tasks: segment windows into a scratch zarr array, then
+    stitch each core from its neighbours' windows into ``store/nuclei`` and ``store/cells``."""
+    import shutil
+    from pathlib import Path
+
+    import dask
+    import dask.array as da
+    import zarr
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    root = zarr.open_group(str(store), mode="a")
+    win_h = max(t["window"][1] - t["window"][0] for t in tiles)
+    win_w = max(t["window"][3] - t["window"][2] for t in tiles)
+    scratch_name = ".tiles"
+    if scratch_name in root:
+        del root[scratch_name]
+    root.create_array(scratch_name, shape=(len(tiles), 2, win_h, win_w), chunks=(1, 2, win_h, win_w),
+                                dtype=np.uint32, fill_value=0, overwrite=True)
+    chunk = (min(tile, shape[0]), min(tile, shape[1]))
+    outs = {}
+    for name in ("nuclei", "cells"):
+        if name in root:
+            del root[name]
+        outs[name] = root.create_array(name, shape=shape, chunks=chunk, dtype=np.uint32, fill_value=0,
+                                       overwrite=True)
+    scratch_path = str(store / scratch_name)
+
+    def segment_and_park(nucw, memw, *, index, win, core, tissue, **kw):
+        nuc, cell, n = _segment_window(nucw, memw, win=win, core=core, tissue=tissue, **kw)
+        arr = zarr.open_array(scratch_path, mode="r+")
+        buf = np.zeros((1, 2, win_h, win_w), np.uint32)
+        buf[0, 0, : nuc.shape[0], : nuc.shape[1]] = nuc
+        buf[0, 1, : nuc.shape[0], : nuc.shape[1]] = cell
+        arr[index : index + 1] = buf
+        return n
+
+    tasks = []
+    for t in tiles:
+        nucw, memw = window_of(t)
+        tasks.append(dask.delayed(segment_and_park, pure=False)(
+            nucw, memw, index=t["index"], win=t["window"], core=t["core"], tissue=tissue_d, **common))
+    counts = compute_with_progress(tasks, "tiles: segment")
+    _check_id_range(int(np.sum(counts)))
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    nuc_path, cell_path = str(store / "nuclei"), str(store / "cells")
+
+    def stitch_and_write(i):
+        arr = zarr.open_array(scratch_path, mode="r")
+
+        def get(j):
+            wy0, wy1, wx0, wx1 = tiles[j]["window"]
+            block = arr[j]
+            return block[0, : wy1 - wy0, : wx1 - wx0], block[1, : wy1 - wy0, : wx1 - wx0]
+
+        n_c, c_c = _stitch_core(i, tiles, offsets, get)
+        y0, y1, x0, x1 = tiles[i]["core"]
+        zarr.open_array(nuc_path, mode="r+")[y0:y1, x0:x1] = n_c
+        zarr.open_array(cell_path, mode="r+")[y0:y1, x0:x1] = c_c
+        return True
+
+    compute_with_progress([dask.delayed(stitch_and_write, pure=False)(i) for i in range(len(tiles))], "tiles: stitch")
+    del root[scratch_name]
+    shutil.rmtree(store / scratch_name, ignore_errors=True)
+    return da.from_zarr(nuc_path), da.from_zarr(cell_path)
+
