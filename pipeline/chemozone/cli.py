@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
 from .errors import ChemozoneError
 
 __all__ = ["main", "build_parser", "cli_validate", "cli_synth", "cli_run", "cli_demo", "cli_report", "cli_view",
@@ -25,12 +24,26 @@ __all__ = ["main", "build_parser", "cli_validate", "cli_synth", "cli_run", "cli_
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (keeps ``--help`` fast)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import chemozone
+
+        print(f"chemozone {chemozone.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chemozone",
         description="Immune infiltration of chemokine-expression zones in multiplex images of irradiated explants.",
     )
-    p.add_argument("--version", action="version", version=f"chemozone {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     v = sub.add_parser("validate", help="check a config (and optionally an input folder) without running")
