@@ -43,6 +43,7 @@ demo: $(VENV)/.core-installed
 	$(BIN)/chemozone demo --out $(DEMO_OUT)
 
 test: sysdeps $(VENV)/.all-installed
+	$(BIN)/ruff check .
 	xvfb-run -a -s "-screen 0 1600x1200x24" $(BIN)/python -m pytest -q --timeout=1800
 
 test-fast: $(VENV)/.all-installed

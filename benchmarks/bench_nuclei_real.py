@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "pipeline"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_nuclei_dsb2018 import textbook  # noqa: E402
+
 from chemozone.metrics import match_scores  # noqa: E402
 from chemozone.segment import segment_nuclei  # noqa: E402
 

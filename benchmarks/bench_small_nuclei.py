@@ -57,10 +57,14 @@ def main(argv=None) -> int:
             tot[key]["s"] += time.perf_counter() - t0
             hit, n_pred = _hits(t, nuc, s["pixel_size_um"])
             r = tot[key]
-            r["lz"] += int(lz.sum()); r["lz_hit"] += int(hit[lz].sum())
-            r["all"] += len(t); r["hit"] += int(hit.sum()); r["pred"] += n_pred
+            r["lz"] += int(lz.sum())
+            r["lz_hit"] += int(hit[lz].sum())
+            r["all"] += len(t)
+            r["hit"] += int(hit.sum())
+            r["pred"] += n_pred
     print(f"{a.n} synthetic explants of {a.size}² px at 10/20 Gy; nucleus_diameter_um 9")
-    print(f"{'small_nucleus_diameter_um':<26}{'lymphocytes in zones':>22}{'recall all':>12}{'precision':>11}{'F1':>7}{'time s':>8}")
+    print(f"{'small_nucleus_diameter_um':<26}{'lymphocytes in zones':>22}{'recall all':>12}{'precision':>11}"
+          f"{'F1':>7}{'time s':>8}")
     for key, r in tot.items():
         rec, prec = r["hit"] / r["all"], r["hit"] / max(r["pred"], 1)
         print(f"{key:<26}{r['lz_hit'] / max(r['lz'], 1):>14.3f} (n={r['lz']:>4}){rec:>12.3f}{prec:>11.3f}"

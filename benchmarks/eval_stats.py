@@ -140,7 +140,7 @@ def evaluate(run: dict, modules: dict, *, pairs, n_bootstrap: int, fabricated: b
     zone_of = {z: f"area_fraction_{z}" for z in modules if f"area_fraction_{z}" in areas}
     # 1. plateau of zone area
     fits = stats.fit_dose_response(areas, metric=list(zone_of.values()), models=("linear", "emax"), n_bootstrap=0)
-    for z, col in zone_of.items():
+    for _z, col in zone_of.items():
         r = fits[(fits["metric"] == col) & (fits["group"] == "photon") & (fits["model"] == "emax")].iloc[0]
         add("1 plateau: zone area fraction", col, f"ΔAIC {r['plateau_delta_aic']:.1f}", "", r["plateau_delta_aic"] > 2,
             "ΔAIC(lin−emax) > 2")

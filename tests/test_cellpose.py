@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from chemozone.segment import _cellpose
 from chemozone.errors import ChannelError, ConfigError, MissingDependencyError
 from chemozone.metrics import match_scores, segmentation_report
-from chemozone.segment import segment_image, segment_nuclei, segmentation_provenance
+from chemozone.segment import _cellpose, segment_image, segment_nuclei, segmentation_provenance
 
 
 class FakeModel:

@@ -7,8 +7,8 @@ import tifffile
 
 from chemozone.errors import ChannelError, ImageError
 from chemozone.io import (
-    list_labels_zarr,
     labels_pixel_size_um,
+    list_labels_zarr,
     normalize_channel_name,
     read_image,
     read_labels_zarr,

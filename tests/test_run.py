@@ -72,7 +72,8 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
                 "CD3_cell", "p21_nucleus", "CD3_pos", "cell_type", "phenotype", "dist_tissue_edge_um",
                 "patient", "radiation", "dose_gy"]:
         assert col in cells.columns, col
-    assert any(c.startswith("in_") for c in cells.columns) and any(c.startswith("dist_") and c.endswith("_um") for c in cells.columns)
+    assert any(c.startswith("in_") for c in cells.columns)
+    assert any(c.startswith("dist_") and c.endswith("_um") for c in cells.columns)
     infil = pd.read_parquet(lay.cohort_infiltration)
     for col in ["sample_id", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2", "dose_gy"]:
         assert col in infil.columns, col
@@ -184,9 +185,9 @@ def test_reviewed_gates_zones_and_phenotypes_replay_in_a_run(tiny_cohort, tmp_pa
     import shutil
 
     import yaml
-    from chemozone_napari._review import save_reviewed, update_gates_file, update_zone_config
 
     from chemozone.run import run_batch
+    from chemozone_napari._review import save_reviewed, update_gates_file, update_zone_config
 
     cfg_path = tmp_path / "config.yaml"
     shutil.copy(tiny_cohort / "config.yaml", cfg_path)

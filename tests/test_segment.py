@@ -475,8 +475,7 @@ def test_keyword_defaults_are_the_config_defaults():
     (cellpose's with a ``cellpose_`` prefix), with the config's defaults, and chemozone.options passes them all."""
     import inspect
 
-    from chemozone.config import CellposeConfig
-    from chemozone.config import Config
+    from chemozone.config import CellposeConfig, Config
     from chemozone.options import segmentation_options
 
     seg, cp = SegmentationConfig(), CellposeConfig()

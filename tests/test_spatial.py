@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from chemozone.config import CognatePair, SpatialConfig
-from chemozone.errors import MissingStepError
+from chemozone.errors import ConfigError, MissingStepError
 from chemozone.spatial import (
     PSEUDOCOUNT,
     annotate_cells,
@@ -24,14 +24,13 @@ from chemozone.spatial import (
     infiltration_metrics,
     nearest_distances,
     neighbourhood_enrichment,
+    overlap_zone_names,
     signed_distance,
     tissue_depth,
-    overlap_zone_names,
     zone_overlap_metrics,
 )
 
 DEFAULT_BANDS_UM = SpatialConfig().distance_bands_um  # the config's default distance bands
-from chemozone.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------- helpers

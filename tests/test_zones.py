@@ -110,7 +110,8 @@ def test_signal_summary_shape():
 def test_reference_threshold_uses_same_patient_sham():
     z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="reference", quantile=0.9))
     rng = np.random.default_rng(0)
-    vals = {"p1_0": rng.uniform(0, 10, 5000), "p1_8": rng.uniform(0, 50, 5000), "p2_0": rng.uniform(0, 20, 5000), "p2_8": rng.uniform(0, 50, 5000)}
+    vals = {"p1_0": rng.uniform(0, 10, 5000), "p1_8": rng.uniform(0, 50, 5000), "p2_0": rng.uniform(0, 20, 5000),
+            "p2_8": rng.uniform(0, 50, 5000)}
     samples = pd.DataFrame({"sample_id": list(vals), "patient": ["p1", "p1", "p2", "p2"], "dose_gy": [0, 8, 0, 8]})
     t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
     assert t.loc["p1_8", "threshold"] == pytest.approx(9.0, abs=0.15)  # 90th pct of p1's sham
@@ -153,7 +154,8 @@ def test_per_sample_manufactures_zones_reference_does_not():
     """The reason per_sample is not the default: a sham that expresses nothing still gets a 'zone'."""
     rng = np.random.default_rng(2)
     sham = rng.normal(10, 1, (1, 60, 60)).astype(np.float32)
-    zr = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="reference", group_by=None, quantile=0.999))
+    zr = ZoneConfig(name="C", channels=["C"], min_area_um2=0,
+                    threshold=ThresholdConfig(mode="reference", group_by=None, quantile=0.999))
     zp = ZoneConfig(name="C", channels=["C"], min_area_um2=0, threshold=ThresholdConfig(mode="per_sample"))
     samples = pd.DataFrame({"sample_id": ["s"], "dose_gy": [0]})
     summ = signal_summary(sham, None, sample_id="s", zone=zr.name, channels=zr.channels)
@@ -237,9 +239,11 @@ def test_build_zones_end_to_end_small():
     assert row.threshold_used == 40.0 and row.channels == "CXCL10" and row.area_fraction == pytest.approx(masks["CXCL10"].mean())
     assert list(df.columns)[:5] == ["sample_id", "zone", "source", "channels", "threshold_used"]
     with pytest.raises(ChannelError):
-        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=thr, sample_id="s", channels=["A", "B"])
+        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=thr, sample_id="s",
+                    channels=["A", "B"])
     with pytest.raises(MissingStepError, match="run compute_zone_thresholds"):
-        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=None, sample_id="s", channels=["CXCL10", "panCK"])
+        build_zones(img, cells, tissue, pixel_size_um=1.0, grid_um=2.0, zones=[zc], thresholds=None, sample_id="s",
+                    channels=["CXCL10", "panCK"])
 
 
 def test_zone_channel_thresholds_reads_build_zones_table():

@@ -188,7 +188,7 @@ def _print_summary(res) -> None:
     """One line for the run (``RunResult``), then one line per failed sample on stderr."""
     n_ok = sum(1 for s in res.statuses.values() if s == "done")
     print(f"{n_ok}/{len(res.statuses)} samples done; results in {res.out}")
-    for sid, err in res.errors.items():
+    for err in res.errors.values():
         print(f"failed: {err}", file=sys.stderr)
 
 

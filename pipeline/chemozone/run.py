@@ -39,8 +39,16 @@ from typing import Any, Callable, Iterator
 from .config import Config, load_config
 from .errors import ChemozoneError, RunError
 from .layout import RunLayout, atomic_write_json, file_fingerprint, new_provenance, write_parquet
-from .options import (cognate_options, gate_options, infiltration_options, overlap_options, phenotype_options,
-                      segmentation_options, tissue_options, zone_signal_options)
+from .options import (
+    cognate_options,
+    gate_options,
+    infiltration_options,
+    overlap_options,
+    phenotype_options,
+    segmentation_options,
+    tissue_options,
+    zone_signal_options,
+)
 from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
 
 __all__ = [
@@ -281,7 +289,6 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
 
     sid = row["sample_id"]
     lay = RunLayout(out)
-    sdir = lay.sample_dir(sid)
     timings: dict[str, float] = {}
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
@@ -396,7 +403,7 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
 def _validate_stage_config(cfg: Config, report) -> None:
     from . import phenotype
 
-    for sid, info in report.images.items():
+    for info in report.images.values():
         phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 from .config import Config
 from .errors import SampleSheetError
 
-__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "select_samples", "select_reference", "REQUIRED_COLUMNS", "SAFE_ID"]
+__all__ = ["load_samples", "parse_filename", "pattern_to_regex", "select_samples", "select_reference", "REQUIRED_COLUMNS",
+           "SAFE_ID"]
 
 REQUIRED_COLUMNS = ["sample_id", "image", "patient", "radiation", "dose_gy"]
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

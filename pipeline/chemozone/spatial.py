@@ -214,7 +214,8 @@ def infiltration_metrics(
                          density_per_mm2=counts[k] / areas[k] if areas[k] > 0 else float("nan"),
                          log2_enrichment=enr)
                 )
-    cols = ["sample_id", "population_type", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2", "log2_enrichment"]
+    cols = ["sample_id", "population_type", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2",
+            "log2_enrichment"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -407,7 +408,8 @@ def cognate_specificity(
         zi = inf[(inf["zone"] == pair.zone) & (inf["population_type"] == "all")]
         if zi.empty:
             raise MissingStepError(
-                f"spatial.cognate_pairs: zone '{pair.zone}' is not in the infiltration table; run infiltration_metrics with its mask"
+                f"spatial.cognate_pairs: zone '{pair.zone}' is not in the infiltration table; "
+                "run infiltration_metrics with its mask"
             )
         for sid, zs in zi.groupby("sample_id", sort=True):
             a_in = float(zs.loc[zs["region"] == "inside", "area_mm2"].iloc[0])

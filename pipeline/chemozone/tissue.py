@@ -7,7 +7,8 @@ The mask is computed from block means of the image (a lazy dask array is reduced
 full-resolution image is never held in memory): each channel is scaled by its own robust range
 (1st-99th percentile of the block means), the channels are averaged, smoothed (``smooth_um``),
 thresholded (Otsu / triangle / Li or an absolute value on that scaled signal), pieces smaller than
-``min_area_um2`` (or than a fifth of the field of view, for small crops) are dropped and holes smaller than ``fill_holes_um2`` filled (larger holes, i.e. tears
+``min_area_um2`` (or than a fifth of the field of view, for small crops) are dropped and holes smaller than
+``fill_holes_um2`` filled (larger holes, i.e. tears
 and lumina, stay excluded).
 """
 

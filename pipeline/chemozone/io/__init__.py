@@ -25,9 +25,10 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 from ._channels import normalize_channel_name, resolve_channels
 from ._image import ImageData
 from ._read import read_image, read_image_info
-from ._tiff import TiffRegion
+from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
 from ._write import write_ome_tiff
-from ._zarr import labels_pixel_size_um, list_labels_zarr, read_labels_zarr, write_labels_zarr
+from ._zarr import labels_pixel_size_um as labels_pixel_size_um
+from ._zarr import list_labels_zarr, read_labels_zarr, write_labels_zarr
 
 __all__ = [
     "ImageData",

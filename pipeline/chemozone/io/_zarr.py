@@ -45,7 +45,8 @@ def _read_ome_zarr(path: Path) -> ImageData:
                 if tr.get("type") == "scale":
                     scale = tr["scale"]
                     px = float(scale[axes.index("x")])
-                    unit = next((a.get("unit") for a in ms0.get("axes", []) if isinstance(a, dict) and a.get("name") == "x"), "micrometer")
+                    x_axes = (a for a in ms0.get("axes", []) if isinstance(a, dict) and a.get("name") == "x")
+                    unit = next((a.get("unit") for a in x_axes), "micrometer")
                     px *= {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit or "micrometer", 1.0)
     channels = [c.get("label", f"channel_{i}") for i, c in enumerate(ome.get("omero", {}).get("channels", []))]
     if len(channels) != levels[0].shape[0]:

@@ -282,6 +282,6 @@ def _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, want_moments, img,
             block = futures[0].result()
             for f in futures[1:]:
                 block += f.result()  # integer-valued float64: exact
-    del ids
+    ids = None  # free the lookup before returning (band() above has finished with it)
     return labels_here.astype(np.int64, copy=False), (idx if write_idx else None), block
 

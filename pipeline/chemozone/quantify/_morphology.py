@@ -26,8 +26,7 @@ def _hull_lattice_count(xs: np.ndarray, ys: np.ndarray) -> float:
     """Number of integer points (pixel centres) inside or on the convex hull of integer points."""
     from math import gcd
 
-    from scipy.spatial import ConvexHull
-    from scipy.spatial import QhullError
+    from scipy.spatial import ConvexHull, QhullError
 
     pts = np.stack([xs, ys], 1).astype(np.float64)
     try:

@@ -19,7 +19,6 @@ import pandas as pd
 
 from ..errors import require_columns
 
-
 _PARAMS = {"linear": ["E0", "slope"], "emax": ["E0", "Emax", "ED50"], "hill": ["E0", "Emax", "ED50", "hill"]}
 
 
@@ -511,7 +510,7 @@ def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photo
     pats = np.array(sorted(data[patient].unique()))
     by = {p: data[data[patient] == p] for p in pats}
     draws = []
-    for b in range(n_bootstrap):
+    for _ in range(n_bootstrap):
         pick = rng.choice(pats, size=len(pats), replace=True)
         bd = pd.concat([by[p].assign(**{patient: f"b{i}"}) for i, p in enumerate(pick)], ignore_index=True)
         a = _amps(bd, starts=[theta])

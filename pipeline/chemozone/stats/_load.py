@@ -12,7 +12,6 @@ import pandas as pd
 
 from ..errors import ConfigError, MissingStepError, RunError
 
-
 TABLES = ("cells", "infiltration", "zones", "samples", "gates", "zone_overlap")
 _OPTIONAL = {"zone_overlap"}  # absent in run folders written before it existed: empty, not an error
 _STEP = {

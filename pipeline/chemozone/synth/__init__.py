@@ -74,8 +74,16 @@ Package layout
 """
 
 from ._cohort import cohort_config, generate_cohort
-from ._params import (CELL_TYPES, DEFAULT_CHANNELS, MODULES, PIXEL_SIZE_UM, PRESETS, patient_effects,
-                      producer_probability, truth_parameters)
+from ._params import (
+                      CELL_TYPES,
+                      DEFAULT_CHANNELS,
+                      MODULES,
+                      PIXEL_SIZE_UM,
+                      PRESETS,
+                      patient_effects,
+                      producer_probability,
+                      truth_parameters,
+)
 from ._params import IMMUNE_TYPES as IMMUNE_TYPES  # public constants outside the star list, as before
 from ._params import LARGE_CHANNELS as LARGE_CHANNELS
 from ._params import RECEPTORS as RECEPTORS

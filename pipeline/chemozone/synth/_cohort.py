@@ -11,8 +11,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ._params import (DEFAULT_CHANNELS, MODULES, PIXEL_SIZE_UM, PRESETS, RECEPTORS, check_channels,
-                      patient_effects, truth_parameters)
+from ._params import (
+    DEFAULT_CHANNELS,
+    MODULES,
+    PIXEL_SIZE_UM,
+    PRESETS,
+    RECEPTORS,
+    check_channels,
+    patient_effects,
+    truth_parameters,
+)
 from ._scene import build_scene
 from ._write import write_sample
 

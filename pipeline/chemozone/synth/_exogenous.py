@@ -105,7 +105,8 @@ def _inverse_free_fraction(rng: np.random.Generator, placer: GapPlacer, tissue: 
 
 def _candidates(rng: np.random.Generator, groups: list[int], code: np.ndarray, tis_f: np.ndarray,
                 inv_free: np.ndarray, fields: dict[str, np.ndarray], tissue: Tissue, *, shape: tuple[int, int],
-                field_shape: tuple[int, int], field_px: int, attraction: float) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
+                field_shape: tuple[int, int], field_px: int, attraction: float
+                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
     """Candidate positions per receptor group (30 per cell needed), drawn from the group's intensity."""
     H, W = shape
     fpx = field_px
@@ -164,7 +165,9 @@ def place_exogenous_cells(rng: np.random.Generator, y: np.ndarray, x: np.ndarray
     new_y, new_x, new_t, new_rec = [], [], [], []
     for cval, got in zip(groups, placed):
         sel = np.nonzero(code == cval)[0][: len(got)]
-        new_y.append(got[:, 0]); new_x.append(got[:, 1]); new_t.append(ctype[sel])
+        new_y.append(got[:, 0])
+        new_x.append(got[:, 1])
+        new_t.append(ctype[sel])
         new_rec.append({r: receptors[r][sel] for r in RECEPTORS})
     return new_y, new_x, new_t, new_rec
 

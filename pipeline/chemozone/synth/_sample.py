@@ -76,7 +76,10 @@ def truth_table(sc: dict[str, Any], sums: dict[str, np.ndarray], sample_id: str)
         "damaged": c["damaged"],
         "in_tumor": c["in_nest"],
     })
-    for name in sorted(c["pos"], key=lambda s: (s not in DEFAULT_CHANNELS, DEFAULT_CHANNELS.index(s) if s in DEFAULT_CHANNELS else 0, s)):
+    def panel_order(s):
+        return (s not in DEFAULT_CHANNELS, DEFAULT_CHANNELS.index(s) if s in DEFAULT_CHANNELS else 0, s)
+
+    for name in sorted(c["pos"], key=panel_order):
         df[f"{name}_pos"] = c["pos"][name]
     for m in MODULES:
         df[f"{m}_amount"] = c["amount"][m]
