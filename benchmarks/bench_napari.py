@@ -149,7 +149,7 @@ def bench_recolour(n: int, repeats: int = 5) -> dict:
     t_plugin = timed(plugin_way)
     t_napari = timed(napari_way)
     # the gate widget's full update (spin box, slider, histogram line, features, colours, label)
-    from chemozone_napari._widgets import GateReviewWidget
+    from chemozone_napari._gate_widget import GateReviewWidget
 
     viewer.layers.selection.active = layer
     w = GateReviewWidget(viewer)

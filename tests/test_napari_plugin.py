@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from chemozone.layout import RunLayout, SampleLayout
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "chemozone_napari"
 PX = 0.5
@@ -25,10 +26,9 @@ CD3_POS_IDS = {3, 7, 11, 20, 29, 41}  # cell ids (1-based) that are CD3 bright
 
 
 def gui(func):
-    """Mark a napari/Qt test; ignore only the third-party warnings napari/vispy emit under xvfb with PyQt5."""
+    """Mark a napari/Qt test (PyQt6 through qtpy); ignore only the third-party deprecations napari/vispy emit."""
     for mark in (
         pytest.mark.gui,
-        pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6 backend:UserWarning"),
         pytest.mark.filterwarnings("ignore::DeprecationWarning:vispy.*"),
         pytest.mark.filterwarnings("ignore::DeprecationWarning:napari.*"),
     ):
@@ -72,7 +72,7 @@ def run_folder(tmp_path) -> Path:
     """A tiny run folder with one sample ``s1`` (as ``chemozone run`` writes it)."""
     from chemozone.config import config_from_dict
     from chemozone.io import write_labels_zarr, write_ome_tiff
-    from chemozone.layout import RunLayout, atomic_write_json, new_provenance, write_parquet
+    from chemozone.layout import atomic_write_json, new_provenance, write_parquet
 
     rng = np.random.default_rng(0)
     nuclei, cells = _labels()
@@ -222,7 +222,7 @@ def test_contrast_limits_sample_chunks_of_a_large_level(monkeypatch):
 def test_reader_run_folder_layers_and_scales(run_folder):
     from chemozone_napari._reader import napari_get_reader
 
-    for path in (run_folder, run_folder / "samples" / "s1"):
+    for path in (run_folder, RunLayout(run_folder).sample_dir("s1")):
         reader = napari_get_reader(str(path))
         assert reader is not None
         layers = reader(str(path))
@@ -247,12 +247,29 @@ def test_reader_run_folder_layers_and_scales(run_folder):
         assert tuple(colors[t_rows.to_numpy()][0]) != tuple(colors[(~t_rows).to_numpy()][0])
 
 
+def test_reader_lone_sample_folder(run_folder, tmp_path):
+    """A sample folder copied out of its run folder opens without a run: masks and cells, no image."""
+    import shutil
+
+    from chemozone_napari._reader import napari_get_reader, path_kind
+
+    lone = tmp_path / "copy" / "s1"
+    shutil.copytree(RunLayout(run_folder).sample_dir("s1"), lone)
+    assert path_kind(lone) == "sample" and path_kind(run_folder) == "run"
+    layers = napari_get_reader(str(lone))(str(lone))
+    by_name = {kw["name"]: (data, kw, kind) for data, kw, kind in layers}
+    assert set(by_name) == {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points"}
+    meta = by_name["cell points"][1]["metadata"]["chemozone"]
+    assert meta["run_dir"] is None and meta["sample_id"] == "s1" and meta["sample_dir"] == str(lone)
+    assert len(by_name["cell points"][0]) == len(CENTRES)
+
+
 # ------------------------------------------------------------------------------------ review files
 def test_reviewed_phenotypes_merge_and_clear(run_folder):
     from chemozone_napari._reader import load_cells
     from chemozone_napari._review import load_reviewed, save_reviewed
 
-    sd = run_folder / "samples" / "s1"
+    sd = RunLayout(run_folder).sample_dir("s1")
     save_reviewed(sd, [2, 5], ["NK", "T cell"])
     save_reviewed(sd, [5, 9], [None, "Tumor"])  # clears 5, adds 9
     rev = load_reviewed(sd)
@@ -265,7 +282,7 @@ def test_reviewed_phenotypes_merge_and_clear(run_folder):
     # a re-run rewrites cells.parquet but not the sidecar: the correction survives
     from chemozone.layout import write_parquet
 
-    write_parquet(pd.read_parquet(sd / "cells.parquet"), sd / "cells.parquet")
+    write_parquet(pd.read_parquet(SampleLayout(sd).cells), SampleLayout(sd).cells)
     assert load_cells(sd).set_index("cell_id").loc[2, "phenotype_display"] == "NK"
 
 
@@ -307,8 +324,8 @@ def test_marker_setup_uses_run_cofactor_and_gate(run_folder):
     from chemozone_napari._reader import load_cells, run_config
     from chemozone_napari._review import marker_setup, to_raw
 
-    cells = load_cells(run_folder / "samples" / "s1")
-    gates = pd.read_parquet(run_folder / "gates.parquet")
+    cells = load_cells(RunLayout(run_folder).sample_dir("s1"))
+    gates = pd.read_parquet(RunLayout(run_folder).gates)
     st = marker_setup(cells, "CD3", cfg=run_config(run_folder), gates=gates, sample_id="s1")
     assert st["column"] == "CD3_cell" and st["cofactor"] == 50.0 and st["transform"] == "arcsinh"
     assert st["values"] == pytest.approx(np.arcsinh(cells["CD3_cell"].to_numpy() / 50.0))
@@ -338,8 +355,8 @@ def test_viewer_opens_run_folder(viewer_with_run):
 def test_gate_widget_recolours_and_saved_gates_replay(viewer_with_run, run_folder, tmp_path):
     from chemozone.config import load_gates_file
     from chemozone.phenotype import apply_gates, compute_gates
+    from chemozone_napari._gate_widget import GateReviewWidget
     from chemozone_napari._reader import run_config
-    from chemozone_napari._widgets import GateReviewWidget
 
     w = GateReviewWidget(viewer_with_run)
     assert w.marker == "CD3" and w.gate == pytest.approx(np.arcsinh(10.0))
@@ -366,8 +383,8 @@ def test_gate_widget_recolours_and_saved_gates_replay(viewer_with_run, run_folde
     # replay: compute_gates with the gates file, then apply_gates, reproduces the reviewed _pos flags
     cfg = run_config(run_folder)
     pcfg = cfg.phenotypes.model_copy(update={"gates_file": gates_path})
-    cells = pd.read_parquet(run_folder / "samples" / "s1" / "cells.parquet")
-    samples = pd.read_parquet(run_folder / "samples.parquet")
+    cells = pd.read_parquet(RunLayout(run_folder).cells("s1"))
+    samples = pd.read_parquet(RunLayout(run_folder).cohort_samples)
     gates = compute_gates(cells, samples, markers=pcfg.markers, gates_file=pcfg.gates_file)
     replayed = apply_gates(cells, gates, markers=pcfg.markers)
     assert np.array_equal(replayed["CD3_pos"].to_numpy(), reviewed)
@@ -376,8 +393,8 @@ def test_gate_widget_recolours_and_saved_gates_replay(viewer_with_run, run_folde
 
 @gui
 def test_cell_inspector_click_and_correct(viewer_with_run, run_folder):
+    from chemozone_napari._inspector_widget import CellInspectorWidget
     from chemozone_napari._reader import load_cells
-    from chemozone_napari._widgets import CellInspectorWidget
 
     w = CellInspectorWidget(viewer_with_run)
     r, c = CENTRES[10]
@@ -387,14 +404,14 @@ def test_cell_inspector_click_and_correct(viewer_with_run, run_folder):
     assert fields["cell_id"] == "11" and fields["CD3_pos"] == "True" and "dist_CXCL10_um" in fields
     assert w.select_at((500.0, 500.0)) is None  # far from every cell
     w.correct("NK")
-    assert load_cells(run_folder / "samples" / "s1").set_index("cell_id").loc[11, "phenotype_display"] == "NK"
+    assert load_cells(RunLayout(run_folder).sample_dir("s1")).set_index("cell_id").loc[11, "phenotype_display"] == "NK"
     pts = w.layer
     assert pts.features.loc[10, "phenotype_display"] == "NK"
 
 
 @gui
 def test_infiltration_panel_shows_the_sample_table(viewer_with_run):
-    from chemozone_napari._widgets import InfiltrationWidget
+    from chemozone_napari._infiltration_widget import InfiltrationWidget
 
     w = InfiltrationWidget(viewer_with_run)
     assert w.table.rowCount() == 4
@@ -406,7 +423,7 @@ def test_infiltration_panel_shows_the_sample_table(viewer_with_run):
 @gui
 def test_zone_widget_preview_and_save(viewer_with_run, tmp_path):
     from chemozone.config import load_config
-    from chemozone_napari._widgets import ZoneReviewWidget
+    from chemozone_napari._zone_widget import ZoneReviewWidget
 
     w = ZoneReviewWidget(viewer_with_run)
     assert w.zone_box.currentText() == "CXCL10" and w.smooth.value() == 4.0 and w.thr.value() == 0.5
@@ -464,7 +481,7 @@ def test_sample_data_is_a_synthetic_explant():
 def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tmp_path):
     from chemozone.io import write_ome_tiff
     from chemozone.synth import generate_sample
-    from chemozone_napari._widgets import AnalyseWidget
+    from chemozone_napari._analyse_widget import AnalyseWidget
 
     s = generate_sample(size_px=192, dose_gy=10, seed=1)
     img_path = write_ome_tiff(tmp_path / "img.ome.tif", s["image"], channels=s["channels"], pixel_size_um=0.5)
@@ -486,5 +503,5 @@ def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tm
     assert {"nuclei", "cells", "tissue", "zone_CXCL10", "cell points [img]"} <= set(names)
     assert names.count("DAPI") == 1  # the image is not added twice
     pts = viewer.layers["cell points [img]"]
-    written = pd.read_parquet(Path(result["sample_dir"]) / "cells.parquet")
+    written = pd.read_parquet(SampleLayout(result["sample_dir"]).cells)
     assert empty.name == "cell points" and len(pts.data) == len(written) > 5 and "CD3_pos" in pts.features.columns

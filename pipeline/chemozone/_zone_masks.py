@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from .errors import MissingStepError
 from .grid import cell_grid_index
 
-__all__ = ["threshold_zone_signal", "producer_zone", "tumor_compartments"]
+__all__ = ["module_score", "threshold_zone_signal", "producer_zone", "tumor_compartments"]
 
 
 def _check_tissue(tissue: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
@@ -40,6 +40,35 @@ def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     return keep[lab]
 
 
+def module_score(signal: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Module score of a zone: ``mean_k(signal_k / threshold_k)``; the zone is ``score >= 1``.
+
+    Each channel is divided by its own (cohort-level) threshold so the channels of a module are combinable.
+
+    Parameters
+    ----------
+    signal : ndarray (n_channels, Ygrid, Xgrid) or (Ygrid, Xgrid)
+        From :func:`chemozone.zones.zone_signal`.
+    thresholds : sequence of float, one per channel
+        With all thresholds 1 the score is the plain mean of the channels (one threshold ``t`` for every
+        channel then gives the zone ``score >= t``).
+
+    Returns
+    -------
+    float64 ndarray (Ygrid, Xgrid)
+
+    Examples
+    --------
+    >>> module_score(np.array([[[2.0, 8.0]], [[3.0, 3.0]]]), [4.0, 3.0]).tolist()
+    [[0.75, 1.5]]
+    """
+    sig = np.asarray(signal, dtype=np.float64)
+    if sig.ndim == 2:
+        sig = sig[None]
+    thr = np.asarray(thresholds, dtype=np.float64)
+    return (sig / thr[:, None, None]).mean(axis=0)
+
+
 def threshold_zone_signal(
     signal: np.ndarray,
     thresholds: Sequence[float],
@@ -51,7 +80,7 @@ def threshold_zone_signal(
 ) -> np.ndarray:
     """Zone mask from per-channel signals and thresholds.
 
-    The module score is ``mean_k(signal_k / threshold_k)`` and the zone is ``score >= 1`` inside tissue
+    The module score is ``mean_k(signal_k / threshold_k)`` (:func:`module_score`) and the zone is ``score >= 1`` inside tissue
     (for one channel: ``signal >= threshold``); then holes are filled (within tissue) and components
     smaller than ``min_area_um2`` removed.
 
@@ -80,7 +109,7 @@ def threshold_zone_signal(
     else:
         if (thr <= 0).any():
             raise ValueError(f"module thresholds must be > 0 to normalise the channels, got {thr.tolist()}")
-        mask = (sig / thr[:, None, None]).mean(axis=0) >= 1.0
+        mask = module_score(sig, thr) >= 1.0
     tis = _check_tissue(tissue, mask.shape)
     if tis is not None:
         mask &= tis

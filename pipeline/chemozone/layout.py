@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 __all__ = [
     "RunLayout",
+    "SampleLayout",
     "atomic_path",
     "atomic_write_text",
     "atomic_write_json",
@@ -107,42 +108,51 @@ class RunLayout:
     def samples_dir(self) -> Path:
         return self.root / "samples"
 
+    @property
+    def reviewed_gates(self) -> Path:
+        """Default destination of napari's gate review (a gates YAML; set ``phenotypes.gates_file`` to it)."""
+        return self.root / "gates_reviewed.yaml"
+
     # sample level
     def sample_dir(self, sample_id: str) -> Path:
         return self.samples_dir / sample_id
 
+    def sample(self, sample_id: str) -> SampleLayout:
+        """The paths of one sample folder (:class:`SampleLayout`)."""
+        return SampleLayout(self.sample_dir(sample_id))
+
     def masks(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "masks.ome.zarr"
+        return self.sample(sample_id).masks
 
     def cells(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "cells.parquet"
+        return self.sample(sample_id).cells
 
     def zones(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "zones.parquet"
+        return self.sample(sample_id).zones
 
     def infiltration(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "infiltration.parquet"
+        return self.sample(sample_id).infiltration
 
     def cognate(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "cognate.parquet"
+        return self.sample(sample_id).cognate
 
     def zone_overlap(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "zone_overlap.parquet"
+        return self.sample(sample_id).zone_overlap
 
     def qc(self, sample_id: str) -> Path:
-        return self.sample_dir(sample_id) / "qc.png"
+        return self.sample(sample_id).qc
 
     def measurements(self, sample_id: str) -> Path:
         """Step A's per-cell measurements."""
-        return self.sample_dir(sample_id) / "measurements.parquet"
+        return self.sample(sample_id).measurements
 
     def step_a_stamp(self, sample_id: str) -> Path:
         """Step A's resume stamp (input hash + step-A config hash), written last."""
-        return self.sample_dir(sample_id) / "step_a.json"
+        return self.sample(sample_id).step_a_stamp
 
     def reviewed(self, sample_id: str) -> Path:
         """Hand-corrected phenotypes from napari (``cell_id, phenotype_reviewed``); never written by a run."""
-        return self.sample_dir(sample_id) / "reviewed.parquet"
+        return self.sample(sample_id).reviewed
 
     @classmethod
     def of_sample(cls, sample_dir: str | os.PathLike) -> tuple[RunLayout | None, str]:
@@ -166,6 +176,134 @@ class RunLayout:
         if not self.samples_dir.is_dir():
             return []
         return sorted(p.name for p in self.samples_dir.iterdir() if p.is_dir() and _TMP_MARK not in p.name)
+
+    def sample_image(self, sample_id: str) -> Path | None:
+        """The image the run read for a sample, if it still exists.
+
+        Looked up in the ``image`` column of ``samples.parquet``, then in ``run.json`` (the sample's ``samples``
+        or ``inputs`` entry: ``image`` or ``path``, or an input keyed by its path); a relative path is taken
+        from the run folder. None when no recorded image exists on disk (e.g. the run folder was moved
+        without its inputs) or the run folder has neither file.
+        """
+        from .errors import RunError  # noqa: PLC0415
+
+        candidates: list[str] = []
+        if self.cohort_samples.is_file():
+            import pandas as pd  # noqa: PLC0415 - layout stays import-light
+
+            df = pd.read_parquet(self.cohort_samples)
+            if "sample_id" in df.columns and "image" in df.columns:
+                hit = df.loc[df["sample_id"].astype(str) == sample_id, "image"]
+                candidates += [str(v) for v in hit if isinstance(v, str)]
+        try:
+            run = read_run_json(self.root)
+        except (RunError, OSError):
+            run = {}
+        for section in ("samples", "inputs"):
+            candidates += _run_json_images(run.get(section), sample_id)
+        for c in candidates:
+            p = Path(c)
+            if not p.is_absolute():
+                p = self.root / p
+            if p.exists():
+                return p
+        return None
+
+
+def _run_json_images(block: Any, sample_id: str) -> list[str]:
+    """Image paths recorded for ``sample_id`` in a ``samples`` or ``inputs`` block of ``run.json``."""
+    out: list[str] = []
+
+    def paths(entry: dict) -> list[str]:
+        return [str(entry[k]) for k in ("image", "path") if isinstance(entry.get(k), str)]
+
+    if isinstance(block, dict):
+        entry = block.get(sample_id)
+        if isinstance(entry, dict):
+            out += paths(entry)
+        elif isinstance(entry, str):
+            out.append(entry)
+        for key, val in block.items():  # inputs keyed by path, values naming the sample
+            if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
+                out += paths(val)
+                if Path(str(key)).suffix or str(key).endswith(".zarr"):
+                    out.append(str(key))
+    elif isinstance(block, list):
+        for val in block:
+            if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
+                out += paths(val)
+    return out
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """Paths of one sample folder: ``RUN/samples/<id>`` of a run folder, or a lone copy of one.
+
+    Examples
+    --------
+    >>> s = SampleLayout("/tmp/out/samples/s1")
+    >>> s.sample_id, s.cells.as_posix(), str(s.run.root)
+    ('s1', '/tmp/out/samples/s1/cells.parquet', '/tmp/out')
+    >>> SampleLayout("/tmp/copy/s1").run is None
+    True
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def sample_id(self) -> str:
+        return self.root.name
+
+    @property
+    def run(self) -> RunLayout | None:
+        """The run folder holding this sample (None for a lone sample folder)."""
+        return RunLayout.of_sample(self.root)[0]
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks.ome.zarr"
+
+    @property
+    def cells(self) -> Path:
+        return self.root / "cells.parquet"
+
+    @property
+    def zones(self) -> Path:
+        return self.root / "zones.parquet"
+
+    @property
+    def infiltration(self) -> Path:
+        return self.root / "infiltration.parquet"
+
+    @property
+    def cognate(self) -> Path:
+        return self.root / "cognate.parquet"
+
+    @property
+    def zone_overlap(self) -> Path:
+        return self.root / "zone_overlap.parquet"
+
+    @property
+    def qc(self) -> Path:
+        return self.root / "qc.png"
+
+    @property
+    def measurements(self) -> Path:
+        """Step A's per-cell measurements."""
+        return self.root / "measurements.parquet"
+
+    @property
+    def step_a_stamp(self) -> Path:
+        """Step A's resume stamp (input hash + step-A config hash), written last."""
+        return self.root / "step_a.json"
+
+    @property
+    def reviewed(self) -> Path:
+        """Hand-corrected phenotypes from napari (``cell_id, phenotype_reviewed``); never written by a run."""
+        return self.root / "reviewed.parquet"
 
 
 # ------------------------------------------------------------------------------------ atomic writes

@@ -11,8 +11,8 @@ Three zone sources (``ZoneConfig.source``):
     not bleed in) → subtraction of a low tissue percentile (``background_quantile``, autofluorescence /
     unspecific background; 0 = off). The channels of a module are made combinable by dividing each by its
     **own cohort-level threshold** (computed once for the cohort by :func:`compute_zone_thresholds`, never
-    rescaled per sample), and the module score is the mean of the normalised channels; the zone is
-    ``score >= 1``. For a single channel this is exactly ``signal >= threshold``.
+    rescaled per sample), and the module score (:func:`module_score`) is the mean of the normalised
+    channels; the zone is ``score >= 1``. For a single channel this is exactly ``signal >= threshold``.
 ``producers``
     Tissue within ``radius_um`` of cells positive for ``producer_marker`` (optionally of
     ``producer_cell_types``), from the phenotyping step.
@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ._zone_masks import _check_tissue, producer_zone, threshold_zone_signal, tumor_compartments
+from ._zone_masks import _check_tissue, module_score, producer_zone, threshold_zone_signal, tumor_compartments
 from ._zone_thresholds import compute_zone_thresholds
 from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
@@ -80,6 +80,7 @@ __all__ = [
     "zone_signal",
     "signal_summary",
     "compute_zone_thresholds",
+    "module_score",
     "threshold_zone_signal",
     "producer_zone",
     "tumor_compartments",

@@ -1,7 +1,16 @@
-"""napari plugin for chemozone (npe2). Holds no science: widgets call chemozone functions.
+"""napari plugin for chemozone (npe2). Holds no science and no file names: widgets call chemozone functions
+and find the files of a run through :class:`chemozone.layout.RunLayout` / :class:`chemozone.layout.SampleLayout`.
 
-Contributions (see ``napari.yaml``): a reader for images, sample folders and run folders; five dock
-widgets (analyse, gate review, zone review, cell inspector, infiltration); a synthetic sample.
+Contributions (declared in ``napari.yaml``):
+
+- reader (``_reader``): images, sample folders and run folders;
+- sample data (``_sample_data``): a synthetic irradiated explant (:func:`chemozone.synth.generate_sample`);
+- five dock widgets, one module each: ``_analyse_widget`` (analyse an image), ``_gate_widget`` (gate review),
+  ``_zone_widget`` (zone review), ``_inspector_widget`` (cell inspector), ``_infiltration_widget``
+  (infiltration panel).
+
+Shared helpers: ``_layers`` (layer metadata, recolouring; no Qt), ``_qt`` (small Qt helpers), ``_colors``
+(display colours), ``_review`` (the files a review writes; no Qt), ``_analyse`` (the analysis generator; no Qt).
 """
 
 __all__ = ["napari_get_reader"]

@@ -4,10 +4,12 @@ Images (OME-TIFF, TIFF, ``.qptiff``, inForm component TIFF, OME-Zarr) are read t
 :func:`chemozone.io.read_image` and stay lazy (dask); a pyramid becomes a multiscale layer. Contrast limits
 come from a low-resolution level or a few sampled chunks, never from the whole image.
 
-A *sample folder* (``OUT/samples/<id>``) or a *run folder* (``OUT``, its first sample) opens the image of
-the sample, the label images and masks of ``masks.ome.zarr`` (each at its own stored scale) and the cells
-as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
-:mod:`chemozone_napari._review`).
+A *sample folder* (``OUT/samples/<id>``, or a lone copy of one) or a *run folder* (``OUT``, its first
+sample) opens the image of the sample, the label images and masks of its masks store (each at its own stored
+scale) and the cells as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
+:mod:`chemozone_napari._review`). Every path comes from :class:`chemozone.layout.RunLayout` /
+:class:`chemozone.layout.SampleLayout`; a lone sample folder has no run, so it opens with the default
+config and without its image.
 
 World coordinates are micrometres: pixel ``i`` of a raster with pixel size ``s`` covers
 ``[i*s, (i+1)*s)``, so rasters get ``translate = s/2`` and points sit at ``(y_um, x_um)``. This matches the
@@ -55,9 +57,12 @@ def path_kind(path: str | Path) -> str | None:
         return None
     name = p.name.lower()
     if p.is_dir():
-        if (p / "run.json").is_file() or (p / "samples").is_dir():
+        from chemozone.layout import RunLayout, SampleLayout
+
+        run, sample = RunLayout(p), SampleLayout(p)
+        if run.run_json.is_file() or run.samples_dir.is_dir():
             return "run"
-        if (p / "cells.parquet").is_file() or (p / "masks.ome.zarr").is_dir():
+        if sample.cells.is_file() or sample.masks.is_dir():
             return "sample"
         if name.endswith(".zarr") or (p / ".zattrs").is_file() or (p / "zarr.json").is_file():
             return "image" if _is_ome_zarr_image(p) else None
@@ -190,18 +195,22 @@ def first_sample_dir(run_dir: str | Path) -> Path:
 
 def run_dir_of(sample_dir: Path) -> Path | None:
     """The run folder that holds ``sample_dir`` (``OUT`` of ``OUT/samples/<id>``), if it looks like one."""
-    sample_dir = Path(sample_dir)
-    if sample_dir.parent.name == "samples":
-        return sample_dir.parent.parent
-    return None
+    from chemozone.layout import RunLayout
+
+    run, _ = RunLayout.of_sample(sample_dir)
+    return run.root if run is not None else None
 
 
 def _run_json(run_dir: Path | None) -> dict[str, Any]:
-    if run_dir is None or not (run_dir / "run.json").is_file():
+    """``run.json`` of a run folder; empty when there is none or it cannot be read (display still works)."""
+    from chemozone.errors import RunError
+    from chemozone.layout import read_run_json
+
+    if run_dir is None:
         return {}
     try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_run_json(run_dir)
+    except (RunError, OSError):
         return {}
 
 
@@ -219,50 +228,21 @@ def run_config(run_dir: Path | None):
 
 
 def sample_image_path(sample_dir: Path, sample_id: str | None = None) -> Path | None:
-    """Image of a sample: ``image`` column of ``OUT/samples.parquet``, else ``run.json`` inputs/samples."""
-    sample_dir = Path(sample_dir)
-    sample_id = sample_id or sample_dir.name
-    run_dir = run_dir_of(sample_dir)
-    candidates: list[str] = []
-    if run_dir is not None and (run_dir / "samples.parquet").is_file():
-        import pandas as pd
+    """Image of a sample as its run recorded it (:meth:`chemozone.layout.RunLayout.sample_image`); None for
+    a lone sample folder."""
+    from chemozone.layout import RunLayout
 
-        df = pd.read_parquet(run_dir / "samples.parquet")
-        if "sample_id" in df.columns and "image" in df.columns:
-            hit = df.loc[df["sample_id"].astype(str) == sample_id, "image"]
-            candidates += [str(v) for v in hit if isinstance(v, str)]
-    rj = _run_json(run_dir)
-    for section in ("samples", "inputs"):
-        block = rj.get(section)
-        if isinstance(block, dict):
-            entry = block.get(sample_id)
-            if isinstance(entry, dict):
-                candidates += [str(entry[k]) for k in ("image", "path") if isinstance(entry.get(k), str)]
-            elif isinstance(entry, str):
-                candidates.append(entry)
-            for key, val in block.items():  # inputs keyed by path, values naming the sample
-                if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
-                    candidates += [str(val[k]) for k in ("image", "path") if isinstance(val.get(k), str)]
-                    if Path(str(key)).suffix or str(key).endswith(".zarr"):
-                        candidates.append(str(key))
-        elif isinstance(block, list):
-            for val in block:
-                if isinstance(val, dict) and str(val.get("sample_id")) == sample_id:
-                    candidates += [str(val[k]) for k in ("image", "path") if isinstance(val.get(k), str)]
-    for c in candidates:
-        p = Path(c)
-        if not p.is_absolute() and run_dir is not None:
-            p = run_dir / p
-        if p.exists():
-            return p
-    return None
+    run, name = RunLayout.of_sample(sample_dir)
+    return run.sample_image(sample_id or name) if run is not None else None
 
 
 def load_cells(sample_dir: Path):
     """``cells.parquet`` of a sample with the reviewed phenotypes merged in (or None when absent)."""
+    from chemozone.layout import SampleLayout
+
     from ._review import merge_reviewed
 
-    path = Path(sample_dir) / "cells.parquet"
+    path = SampleLayout(sample_dir).cells
     if not path.is_file():
         return None
     import pandas as pd
@@ -304,6 +284,7 @@ def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None 
 def sample_layers(sample_dir: str | Path) -> list[LayerData]:
     """Layers of one sample folder: image channels, labels, masks and cells."""
     from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_zarr
+    from chemozone.layout import SampleLayout
 
     sample_dir = Path(sample_dir)
     sample_id = sample_dir.name
@@ -320,7 +301,7 @@ def sample_layers(sample_dir: str | Path) -> list[LayerData]:
             kw["metadata"]["chemozone"].update(common)
             px = kw["metadata"]["chemozone"]["pixel_size_um"]
         out += layers
-    store = sample_dir / "masks.ome.zarr"
+    store = SampleLayout(sample_dir).masks
     names = list_labels_zarr(store) if store.is_dir() else []
     zone_i = 0
     for name in sorted(names, key=lambda n: (n not in LABEL_NAMES, n != "tissue", n)):

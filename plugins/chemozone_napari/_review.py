@@ -1,8 +1,9 @@
 """File plumbing of the review widgets (no Qt here, so it is testable without a display).
 
-- Reviewed phenotypes: ``samples/<id>/reviewed.parquet`` (``cell_id, phenotype_reviewed``), a sidecar that
-  ``chemozone run`` does not write, so hand corrections survive re-runs; merged into the cells table as
-  ``phenotype_reviewed`` and ``phenotype_display`` (reviewed when set, else ``phenotype``).
+- Reviewed phenotypes: ``samples/<id>/reviewed.parquet`` (:attr:`chemozone.layout.SampleLayout.reviewed`;
+  ``cell_id, phenotype_reviewed``), a sidecar that ``chemozone run`` does not write, so hand corrections
+  survive re-runs; merged into the cells table as ``phenotype_reviewed`` and ``phenotype_display``
+  (reviewed when set, else ``phenotype``).
 - Reviewed gates: the YAML of :func:`chemozone.config.save_gates_file` that ``phenotypes.gates_file`` replays.
 - Reviewed zones: threshold (absolute) and smoothing of one zone written into the experiment config YAML.
 """
@@ -14,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
-REVIEWED_FILE = "reviewed.parquet"
-
 
 # ---------------------------------------------------------------------------------- reviewed phenotypes
 def load_reviewed(sample_dir: str | Path):
     """The hand corrections of a sample: DataFrame ``cell_id, phenotype_reviewed`` (empty when none)."""
     import pandas as pd
 
-    path = Path(sample_dir) / REVIEWED_FILE
+    from chemozone.layout import SampleLayout
+
+    path = SampleLayout(sample_dir).reviewed
     if not path.is_file():
         return pd.DataFrame({"cell_id": pd.Series(dtype="uint32"), "phenotype_reviewed": pd.Series(dtype="object")})
     return pd.read_parquet(path)
@@ -41,7 +42,7 @@ def save_reviewed(sample_dir: str | Path, cell_ids, phenotypes) -> Path:
     """
     import pandas as pd
 
-    from chemozone.layout import write_parquet
+    from chemozone.layout import SampleLayout, write_parquet
 
     new = pd.DataFrame({"cell_id": np.asarray(cell_ids, dtype=np.uint32),
                         "phenotype_reviewed": pd.Series(list(phenotypes), dtype="object")})
@@ -51,7 +52,7 @@ def save_reviewed(sample_dir: str | Path, cell_ids, phenotypes) -> Path:
     both = both[keep].sort_values("cell_id").reset_index(drop=True)
     both["cell_id"] = both["cell_id"].astype(np.uint32)
     both["phenotype_reviewed"] = both["phenotype_reviewed"].astype(str)
-    return write_parquet(both, Path(sample_dir) / REVIEWED_FILE)
+    return write_parquet(both, SampleLayout(sample_dir).reviewed)
 
 
 def merge_reviewed(cells, sample_dir: str | Path | None):
