@@ -23,7 +23,7 @@ def test_library_import_pulls_no_gui_or_torch():
     import sys
 
     code = ("import sys, chemozone, chemozone.run, chemozone.segment, chemozone.report, chemozone.stats;"
-            "bad=[m for m in ('napari','qtpy','PyQt5','magicgui','torch','cellpose') if m in sys.modules];"
+            "bad=[m for m in ('napari','qtpy','PyQt5','PyQt6','PySide6','magicgui','torch','cellpose') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from chemozone.layout import RunLayout, SampleLayout
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "chemozone_napari"

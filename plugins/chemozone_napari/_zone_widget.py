@@ -129,6 +129,7 @@ class ZoneReviewWidget(QWidget):
         if sample is None or not sample.zones.is_file():
             return None
         import pandas as pd
+
         from chemozone.zones import zone_channel_thresholds
 
         df = pd.read_parquet(sample.zones)
