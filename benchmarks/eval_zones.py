@@ -18,15 +18,9 @@ import pandas as pd
 import tifffile
 
 from chemozone.config import load_config
+from chemozone.grid import block_mean, grid_factor
 from chemozone.io import labels_pixel_size_um, read_labels_zarr
 from chemozone.layout import RunLayout
-
-
-def _to_grid(mask: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
-    h, w = shape
-    pad = np.zeros((h * factor, w * factor), bool)
-    pad[: mask.shape[0], : mask.shape[1]] = mask
-    return pad.reshape(h, factor, w, factor).mean(axis=(1, 3)) >= 0.5
 
 
 def _log2_enrichment(df: pd.DataFrame, col: str, a_in: float, a_out: float) -> float:
@@ -46,19 +40,19 @@ def main(cohort: Path, run: Path) -> pd.DataFrame:
             continue
         tdir = cohort / "truth" / s.sample_id
         grid_um = labels_pixel_size_um(lay.masks(s.sample_id), "tissue")
-        factor = int(round(grid_um / px))
+        factor = grid_factor(px, grid_um)
         tissue = read_labels_zarr(lay.masks(s.sample_id), "tissue").astype(bool)
         truth_cells = pd.read_parquet(tdir / "cells.parquet")
         cells = pd.read_parquet(lay.cells(s.sample_id))
         for pair in cfg.spatial.cognate_pairs:
             z = pair.zone
             pred = read_labels_zarr(lay.masks(s.sample_id), f"zone_{z}").astype(bool)
-            truth = _to_grid(tifffile.imread(tdir / f"zone_{z}.tif") > 0, pred.shape, factor)
+            truth = block_mean(tifffile.imread(tdir / f"zone_{z}.tif") > 0, factor) >= 0.5  # majority of the block
             inter, union = (pred & truth).sum(), (pred | truth).sum()
             iou = inter / union if union else 1.0
             a_in_p = (pred & tissue).sum() * grid_um**2
             a_out_p = (~pred & tissue).sum() * grid_um**2
-            t_tissue = _to_grid(tifffile.imread(tdir / "tissue.tif") > 0, pred.shape, factor)
+            t_tissue = block_mean(tifffile.imread(tdir / "tissue.tif") > 0, factor) >= 0.5
             a_in_t = (truth & t_tissue).sum() * grid_um**2
             a_out_t = (~truth & t_tissue).sum() * grid_um**2
             row = {"sample_id": s.sample_id, "radiation": s.radiation, "dose_gy": s.dose_gy, "zone": z, "iou": iou,
