@@ -99,6 +99,16 @@ def test_ome_zarr_image_round_trip(tmp_path):
     assert img.format == "ome-zarr" and img.channels == ["DAPI", "CD3", "CXCL8"]
     assert img.pixel_size_um == pytest.approx(0.4)
     np.testing.assert_array_equal(img.data.compute(), arr)
+    # what read_image can open (the napari reader asks this)
+    from chemozone.io import is_image_path, write_labels_zarr
+
+    write_labels_zarr(tmp_path / "masks.ome.zarr", "nuclei", np.zeros((4, 4), np.uint32), pixel_size_um=0.5)
+    (tmp_path / "notes.txt").write_text("x")
+    tifffile.imwrite(tmp_path / "plain.TIF", arr[0])
+    assert is_image_path(tmp_path / "img.ome.zarr") and is_image_path(tmp_path / "plain.TIF")
+    assert not is_image_path(tmp_path / "masks.ome.zarr")  # labels only, no multiscales image
+    assert not is_image_path(tmp_path / "notes.txt") and not is_image_path(tmp_path / "missing.tif")
+    assert not is_image_path(tmp_path)
 
 
 def test_labels_zarr_round_trip_chunked(tmp_path):

@@ -221,10 +221,11 @@ class GateReviewWidget(QWidget):
         return to_raw(self.gate, self._setup)
 
     def positive(self) -> np.ndarray:
-        """``{marker}_pos`` of every cell under the current gate: measured value > ``gate_raw`` (as
-        :func:`chemozone.phenotype.apply_gates`; NaN is negative)."""
-        with np.errstate(invalid="ignore"):
-            return np.asarray(self._setup["raw"] > self.gate_raw, dtype=bool)
+        """``{marker}_pos`` of every cell under the current gate (:func:`chemozone.phenotype.is_positive`, the rule
+        :func:`chemozone.phenotype.apply_gates` applies)."""
+        from chemozone.phenotype import is_positive
+
+        return is_positive(self._setup["raw"], self.gate_raw)
 
     def _on_slider(self, step: int):
         if self._updating or self._setup is None:

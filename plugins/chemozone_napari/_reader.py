@@ -18,7 +18,6 @@ analysis-grid convention of the API (a cell falls in grid pixel ``y_um // grid_u
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,6 @@ import numpy as np
 
 from ._colors import ZONE_COLORS, category_colors, channel_colormap
 
-IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff", ".btf", ".ome.zarr", ".zarr")
 LABEL_NAMES = ("nuclei", "cells")
 CONTRAST_MAX_PX = 2**22  # pixels of a level small enough to take percentiles on directly
 CONTRAST_SAMPLE_CHUNKS = 9
@@ -55,7 +53,6 @@ def path_kind(path: str | Path) -> str | None:
     p = Path(path)
     if not p.exists():
         return None
-    name = p.name.lower()
     if p.is_dir():
         from chemozone.layout import RunLayout, SampleLayout
 
@@ -64,25 +61,9 @@ def path_kind(path: str | Path) -> str | None:
             return "run"
         if sample.cells.is_file() or sample.masks.is_dir():
             return "sample"
-        if name.endswith(".zarr") or (p / ".zattrs").is_file() or (p / "zarr.json").is_file():
-            return "image" if _is_ome_zarr_image(p) else None
-        return None
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    return None
+    from chemozone.io import is_image_path
 
-
-def _is_ome_zarr_image(p: Path) -> bool:
-    for meta in (p / ".zattrs", p / "zarr.json"):
-        if meta.is_file():
-            try:
-                attrs = json.loads(meta.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                return False
-            attrs = attrs.get("attributes", attrs)
-            attrs = attrs.get("ome", attrs)
-            return bool(attrs.get("multiscales"))
-    return False
+    return "image" if is_image_path(p) else None
 
 
 def read_paths(path: str | list[str]) -> list[LayerData] | None:

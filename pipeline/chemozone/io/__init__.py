@@ -24,7 +24,7 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 
 from ._channels import normalize_channel_name, resolve_channels
 from ._image import ImageData
-from ._read import read_image, read_image_info
+from ._read import IMAGE_SUFFIXES, is_image_path, read_image, read_image_info
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
 from ._write import write_ome_tiff
 from ._zarr import labels_pixel_size_um as labels_pixel_size_um
@@ -34,6 +34,8 @@ __all__ = [
     "ImageData",
     "read_image",
     "read_image_info",
+    "is_image_path",
+    "IMAGE_SUFFIXES",
     "resolve_channels",
     "normalize_channel_name",
     "write_ome_tiff",

@@ -83,3 +83,36 @@ def read_image_info(path: str | Path, **kwargs) -> dict[str, Any]:
         "levels": len(img.levels),
     }
 
+
+IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff", ".btf", ".ome.zarr", ".zarr")
+"""File name endings :func:`read_image` reads (a ``.zarr`` folder must also hold OME-NGFF ``multiscales``)."""
+
+
+def is_image_path(path: str | Path) -> bool:
+    """Whether :func:`read_image` can open ``path``: an existing TIFF-family file, or an OME-Zarr image folder.
+
+    A folder counts only when its metadata (``.zattrs`` or ``zarr.json``) declares ``multiscales``; a run
+    folder's ``masks.ome.zarr`` (labels only) does not.
+
+    Examples
+    --------
+    >>> is_image_path("no/such/file.ome.tif")
+    False
+    """
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        return False
+    if p.is_file():
+        return p.name.lower().endswith(IMAGE_SUFFIXES)
+    for meta in (p / ".zattrs", p / "zarr.json"):
+        if meta.is_file():
+            try:
+                attrs = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                return False
+            attrs = attrs.get("attributes", attrs)
+            attrs = attrs.get("ome", attrs)
+            return bool(attrs.get("multiscales"))
+    return False

@@ -55,6 +55,7 @@ from ._gates import (
     compute_gates,
     gates_from_file,
     gates_to_file,
+    is_positive,
     marker_column,
     resolve_gate,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "compute_gates",
     "resolve_gate",
     "apply_gates",
+    "is_positive",
     "assign_cell_types",
     "phenotype_cells",
     "gates_to_file",

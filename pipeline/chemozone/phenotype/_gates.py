@@ -425,7 +425,26 @@ def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[st
                 "that includes them"
             )
         thr = sid.map({s: t for s, (t, _) in resolved.items()}).to_numpy(dtype=float)
-        vals = cells[col].to_numpy(dtype=float)
-        with np.errstate(invalid="ignore"):
-            out[f"{marker}_pos"] = vals > thr
+        out[f"{marker}_pos"] = is_positive(cells[col].to_numpy(dtype=float), thr)
     return out
+
+
+def is_positive(values, threshold_raw) -> np.ndarray:
+    """The positivity rule: measured value > ``threshold_raw`` (both in measured units); NaN is negative.
+
+    Parameters
+    ----------
+    values : array-like of float, shape (n_cells,)
+    threshold_raw : float or array-like of float, broadcastable to ``values``
+
+    Returns
+    -------
+    bool ndarray, shape (n_cells,)
+
+    Examples
+    --------
+    >>> is_positive([5.0, 10.0, 11.0, float("nan")], 10.0).tolist()
+    [False, False, True, False]
+    """
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.asarray(values, dtype=float) > threshold_raw, dtype=bool)
