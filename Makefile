@@ -44,7 +44,7 @@ demo: $(VENV)/.core-installed
 
 test: sysdeps $(VENV)/.all-installed
 	$(BIN)/ruff check .
-	xvfb-run -a -s "-screen 0 1600x1200x24" $(BIN)/python -m pytest -q --timeout=1800
+	xvfb-run -a -s "-screen 0 1600x1200x24" $(BIN)/python -m pytest -q --timeout=1800 --durations=15
 
 test-fast: $(VENV)/.all-installed
 	$(BIN)/python -m pytest -q -m "not slow and not gui and not cellpose"
