@@ -1,0 +1,80 @@
+"""A second synthetic cohort, written independently of :mod:`chemozone.synth`, to test chemozone on images
+it did not make (``python -m chemozone.stress OUT``).
+
+It shares no code with :mod:`chemozone.synth` and writes **no config**: a user writes one from README.md
+and ``configs/example.yaml`` (``benchmarks/configs/stress_user.yaml``), as for any new panel.
+
+What makes it hard (all parameters in ``truth/cohort.json``, :func:`parameters`)
+------------------------------------------------------------------------------
+* **Another panel, vendor spellings**: ``DAPI, Pan-CK (Opal 690), CD3e (Opal 570), CD8a (Opal 480),
+  CD56 (Opal 620), CD45 (Opal 520), CXCR3 (Opal 540), CCR5 (Opal 650), CXCL10 (Opal 780), CCL5 (Opal 440)``:
+  the fluorophore suffixes and ``Pan-CK`` are matched by chemozone's name normalisation; ``CD3e`` and ``CD8a``
+  need ``panel.aliases`` (as the README says for other spellings). Pixel size 0.4977 µm in the OME-XML.
+* **Camera**: uint16 with a per-channel offset of 78-83 counts, 12-bit range (clipped at 4095), Poisson shot
+  noise and Gaussian read noise, a Gaussian PSF; per-channel gains differing by 5× (DAPI 2200 counts at
+  expression level 1, CCR5 480); per-patient and per-sample staining scales.
+* **Spillover**: 3 % of every channel's light reaches the next channel in file order (DAPI → Pan-CK →
+  CD3e → ... ): tumor cells are lifted in CD3e, immune cells in CXCR3 (from CD45).
+* **Autofluorescence**: a fibrous stromal texture in every channel (plus a weak tissue-wide level and a
+  nonspecific tissue background): stroma and tumor are two different negative populations.
+* **Tissue**: an explant on glass with an irregular outline; tumor nests (about 42 % of the tissue, dense,
+  touching nuclei) in stroma. Nuclei are ellipses of varied size and aspect by lineage (tumor 9-14 µm,
+  stromal 10-16 µm × aspect 0.25-0.45, lymphocytes 5.5-7.5 µm, myeloid 7-11 µm).
+* **Lineages** (truth ``cell_type``): ``Tumor`` (Pan-CK+), ``Stroma`` (no marker), ``CD8 T`` (CD45+ CD3+
+  CD8+), ``CD4 T`` (CD45+ CD3+ CD8−; the panel has no CD4), ``NK`` (CD45+ CD56+ CD3−; 30 % CD8-dim),
+  ``Other immune`` (CD45+ only).
+* **Receptors** CXCR3 and CCR5 are dim (a positive cell's mean is about 2-4× a negative immune cell's, offset
+  included) on subsets of the immune lineages (:data:`RECEPTOR_PROBABILITY`).
+* **Chemokines** CXCL10 and CCL5: tumor cells become producers with probability
+  ``baseline + Emax * D^2 / (ED50^2 + D^2)`` (baseline ~1 %: sham zones of 0-5 %), drawn with weights
+  ``exp(k * H_m(x))`` where the territories ``H_m`` share a damage field (positively correlated modules).
+  Producers carry cytoplasmic dots; the secreted chemokine adds a halo ``∝ F_m``, ``F_m(x) = sum_i w_i
+  exp(-d_i² / (2 σ²))``, σ = 15 µm; the truth zone is ``tissue & F_m >= 0.5``.
+* **Infiltration**: besides resident immune cells (uniform in stroma, few in nests), receptor+ cells
+  (CXCR3+ for CXCL10, CCR5+ for CCL5) are recruited into each zone, ``Poisson(900/mm² × zone area)``: the
+  receptor+ infiltration grows with dose.
+
+Outputs of :func:`generate_cohort` (``OUT``)::
+
+    images/{sample_id}.ome.tif      uint16 OME-TIFF written by tifffile (channel names, pixel size)
+    samples.csv                     sample_id, image, patient, radiation, dose_gy
+    truth/{sample_id}/nuclei.tif, cells.tif (uint32), tissue.tif, tumor.tif, zone_CXCL10.tif, zone_CCL5.tif
+                      (uint8), cells.parquet (sample_id, cell_id, x_um, y_um, cell_type, areas, in_tumor,
+                      recruited, {marker}_pos, {chemokine}_amount, in_{chemokine})
+    truth/cohort.json               parameters, patients' random effects, per-sample realisations
+
+Same seed, same pixels. Modules: ``_panel`` (panel and biology as data), ``_scene`` (tissue, cells,
+producers, truth fields, recruitment), ``_render`` (labels, compartments, camera), ``_cohort``
+(:func:`generate_sample`, :func:`generate_cohort`, :func:`main`).
+"""
+
+from ._cohort import generate_cohort, generate_sample, main, patient_draws
+from ._panel import (
+    CELL_TYPES,
+    CHANNELS,
+    DESIGN,
+    MARKERS,
+    MODULES,
+    PANEL,
+    PIXEL_SIZE_UM,
+    RECEPTOR_PROBABILITY,
+    SPILLOVER,
+    parameters,
+)
+
+__all__ = [
+    "generate_cohort",
+    "generate_sample",
+    "main",
+    "patient_draws",
+    "parameters",
+    "CELL_TYPES",
+    "CHANNELS",
+    "DESIGN",
+    "MARKERS",
+    "MODULES",
+    "PANEL",
+    "PIXEL_SIZE_UM",
+    "RECEPTOR_PROBABILITY",
+    "SPILLOVER",
+]
