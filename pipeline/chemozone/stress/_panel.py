@@ -22,19 +22,19 @@ READ_NOISE = 2.5
 """Gaussian read noise, counts (SD)."""
 
 # file name, canonical marker (truth column stem), compartment, gain (counts at expression level 1),
-# autofluorescence amplitude (counts at unit stroma fibre density), nonspecific tissue background (counts),
-# camera offset (counts)
+# autofluorescence amplitude (counts at unit stroma fibre density; strongest at short wavelengths),
+# nonspecific tissue background (counts), camera offset (counts)
 PANEL: list[tuple[str, str, str, float, float, float, float]] = [
-    ("DAPI", "DAPI", "nucleus", 2200.0, 40.0, 15.0, 80.0),
-    ("Pan-CK (Opal 690)", "panCK", "cytoplasm", 1500.0, 30.0, 20.0, 82.0),
-    ("CD3e (Opal 570)", "CD3", "membrane", 900.0, 35.0, 12.0, 79.0),
-    ("CD8a (Opal 480)", "CD8", "membrane", 1100.0, 45.0, 12.0, 81.0),
-    ("CD56 (Opal 620)", "CD56", "membrane", 500.0, 25.0, 10.0, 80.0),
-    ("CD45 (Opal 520)", "CD45", "membrane", 1300.0, 40.0, 15.0, 83.0),
-    ("CXCR3 (Opal 540)", "CXCR3", "membrane", 650.0, 30.0, 10.0, 80.0),
-    ("CCR5 (Opal 650)", "CCR5", "membrane", 480.0, 20.0, 10.0, 78.0),
-    ("CXCL10 (Opal 780)", "CXCL10", "chemokine", 900.0, 15.0, 8.0, 80.0),
-    ("CCL5 (Opal 440)", "CCL5", "chemokine", 800.0, 50.0, 8.0, 81.0),
+    ("DAPI", "DAPI", "nucleus", 2200.0, 60.0, 15.0, 80.0),
+    ("Pan-CK (Opal 690)", "panCK", "cytoplasm", 1500.0, 10.0, 20.0, 82.0),
+    ("CD3e (Opal 570)", "CD3", "membrane", 900.0, 12.0, 12.0, 79.0),
+    ("CD8a (Opal 480)", "CD8", "membrane", 1100.0, 70.0, 12.0, 81.0),
+    ("CD56 (Opal 620)", "CD56", "membrane", 500.0, 10.0, 10.0, 80.0),
+    ("CD45 (Opal 520)", "CD45", "membrane", 1300.0, 55.0, 15.0, 83.0),
+    ("CXCR3 (Opal 540)", "CXCR3", "membrane", 650.0, 45.0, 10.0, 80.0),
+    ("CCR5 (Opal 650)", "CCR5", "membrane", 480.0, 8.0, 10.0, 78.0),
+    ("CXCL10 (Opal 780)", "CXCL10", "chemokine", 900.0, 5.0, 8.0, 80.0),
+    ("CCL5 (Opal 440)", "CCL5", "chemokine", 800.0, 80.0, 8.0, 81.0),
 ]
 CHANNELS = [p[0] for p in PANEL]
 """Channel names as the image file stores them."""
