@@ -274,6 +274,10 @@ def test_chemokine_modules_recovered(run):
     assert nb["modules"]["CXCL10"] == nb["modules"]["CXCL9"]
     with pytest.raises(MissingStepError, match="at least two gated chemokine markers"):
         stats.chemokine_modules(run["cells"], markers=["CXCL8"])
+    # a panel with exactly two chemokines (spearmanr then returns one coefficient, not a matrix)
+    pair = stats.chemokine_modules(run["cells"], markers=["CXCL8", "CXCL1"])
+    assert pair["modules"]["CXCL8"] == pair["modules"]["CXCL1"]
+    assert pair["corr"].loc["CXCL8", "CXCL1"] == pytest.approx(res["corr"].loc["CXCL8", "CXCL1"])
 
 
 def test_bh_fdr_matches_statsmodels():

@@ -72,7 +72,9 @@ def chemokine_modules(cells: pd.DataFrame, *, markers: Sequence[str] | None = No
         rho = spearmanr(X.to_numpy(), axis=0).statistic
     rho = np.atleast_2d(np.asarray(rho, float))
     if rho.shape != (len(markers), len(markers)):
-        rho = np.array([[1.0, float(rho)], [float(rho), 1.0]]) if rho.size == 1 else rho
+        if rho.size == 1:  # two markers: spearmanr returns their one coefficient (as a 1x1 array here)
+            r = float(rho.ravel()[0])
+            rho = np.array([[1.0, r], [r, 1.0]])
     rho = np.nan_to_num(rho, nan=0.0)
     np.fill_diagonal(rho, 1.0)
     dist = np.clip(1 - rho, 0, 2)
