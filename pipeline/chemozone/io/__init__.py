@@ -13,7 +13,7 @@ and Parquet tables (see :func:`chemozone.layout.write_parquet`).
 
 Layout (one concept per module; import the public names from ``chemozone.io``):
 
-- ``_channels``: channel-name matching (:func:`normalize_channel_name`, :func:`resolve_channels`).
+- ``_channels``: channel-name matching (:func:`normalize_channel_name`, :func:`resolve_channels`, :func:`canonical_channel_names`).
 - ``_image``: the :class:`ImageData` every reader returns.
 - ``_read``: :func:`read_image` (dispatch on the file type, panel fallbacks) and :func:`read_image_info`.
 - ``_tiff``: TIFF / OME-TIFF / qptiff / inForm reading, :class:`TiffRegion`, the bounded cache of open files.
@@ -22,7 +22,7 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 - ``_write``: :func:`write_ome_tiff`.
 """
 
-from ._channels import normalize_channel_name, resolve_channels
+from ._channels import canonical_channel_names, normalize_channel_name, resolve_channels
 from ._image import ImageData
 from ._read import IMAGE_SUFFIXES, is_image_path, read_image, read_image_info
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
@@ -37,6 +37,7 @@ __all__ = [
     "is_image_path",
     "IMAGE_SUFFIXES",
     "resolve_channels",
+    "canonical_channel_names",
     "normalize_channel_name",
     "write_ome_tiff",
     "write_labels_zarr",

@@ -63,3 +63,19 @@ def resolve_channels(
         out.append(hit)
     return out
 
+
+
+def canonical_channel_names(image_channels: Sequence[str], aliases: dict[str, list[str]] | None = None) -> list[str]:
+    """The name the config uses for each image channel: an image channel spelled as one of ``aliases``
+    (``{canonical: [other spellings]}``, ``panel.aliases``) gets the canonical name; others keep theirs.
+
+    Per-cell tables name their columns this way (``CD3_cell`` for an image channel ``CD3e (Opal 570)``
+    with ``aliases: {CD3: [CD3e]}``), so gates, rules and zones written with the config's names find them.
+
+    Examples
+    --------
+    >>> canonical_channel_names(["DAPI", "CD3e (Opal 570)", "CD8 (Opal 520)"], {"CD3": ["CD3e"]})
+    ['DAPI', 'CD3', 'CD8 (Opal 520)']
+    """
+    keys = {normalize_channel_name(s): canon for canon, alts in (aliases or {}).items() for s in alts}
+    return [keys.get(normalize_channel_name(c), c) for c in image_channels]
