@@ -13,7 +13,8 @@ and Parquet tables (see :func:`chemozone.layout.write_parquet`).
 
 Layout (one concept per module; import the public names from ``chemozone.io``):
 
-- ``_channels``: channel-name matching (:func:`normalize_channel_name`, :func:`resolve_channels`, :func:`canonical_channel_names`).
+- ``_channels``: channel-name matching (:func:`normalize_channel_name`, :func:`resolve_channels`,
+  :func:`canonical_channel_names`).
 - ``_image``: the :class:`ImageData` every reader returns.
 - ``_read``: :func:`read_image` (dispatch on the file type, panel fallbacks) and :func:`read_image_info`.
 - ``_tiff``: TIFF / OME-TIFF / qptiff / inForm reading, :class:`TiffRegion`, the bounded cache of open files.
