@@ -24,8 +24,9 @@ full-resolution image is never held in memory):
    excluded).
 
 :func:`tissue_mask` returns a :class:`TissueResult`: the mask, the grid pixel size, the **outcome**
-(``"tissue_on_glass"``, ``"whole_field"`` or ``"no_tissue"``) and the tissue fraction of the field,
-which the batch runner records per sample in ``run.json``.
+(``"tissue_on_glass"``; ``"whole_field"`` when no glass was found or at least :data:`WHOLE_FIELD_FRACTION`
+of the field is tissue; ``"no_tissue"`` for an empty mask) and the tissue fraction of the field, which the
+batch runner records per sample in ``run.json``.
 """
 
 from __future__ import annotations
