@@ -181,3 +181,90 @@ def test_real_lymphoid_names_from_config(shared_data):
     assert img.channels == ["DAPI", "CD4", "CD8", "FOXP3", "BCL6"]
     assert img.data.shape == (5, 500, 500) and img.data.dtype == np.uint16
     assert img.channel("FOXP3").shape == (500, 500)
+
+
+# ------------------------------------------------------------------ a folder of single-channel TIFFs (MIBI / IMC)
+def _channel_folder(root, names=("HH3", "CD45", "PanKeratin"), shape=(40, 30), dtype=np.uint8):
+    folder = root / "fov1"
+    folder.mkdir()
+    planes = {}
+    for i, n in enumerate(names):
+        planes[n] = np.random.default_rng(i).poisson(0.5 + i, shape).astype(dtype)
+        tifffile.imwrite(folder / f"{n}.tiff", planes[n], resolution=(72, 72))  # 72 dpi: not a pixel size
+    return folder, planes
+
+
+def test_channel_folder_reads_as_one_lazy_image(tmp_path):
+    from chemozone.io import is_channel_folder, is_image_path
+
+    folder, planes = _channel_folder(tmp_path)
+    (folder / "notes.txt").write_text("ignored")
+    assert is_channel_folder(folder) and is_image_path(folder)
+    img = read_image(folder, pixel_size_um=0.39)
+    assert img.format == "channel-folder" and isinstance(img.data, da.Array)
+    assert img.channels == ["CD45", "HH3", "PanKeratin"]  # sorted file stems
+    assert img.data.shape == (3, 40, 30) and img.data.dtype == np.uint8
+    assert img.pixel_size_um == 0.39  # from the config; the files' 72 dpi is ignored
+    for i, n in enumerate(img.channels):
+        np.testing.assert_array_equal(img.data[i].compute(), planes[n])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(img.data)).compute(), img.data.compute())
+    # panel.channels picks and orders the files (spellings matched like every channel name)
+    img = read_image(folder, channels=["hh3", "Pan-Keratin"], pixel_size_um=0.39)
+    assert img.channels == ["HH3", "PanKeratin"]
+    np.testing.assert_array_equal(img.data[1].compute(), planes["PanKeratin"])
+
+
+def test_channel_folder_errors(tmp_path):
+    from chemozone.io import is_channel_folder, is_image_path
+
+    folder, _ = _channel_folder(tmp_path)
+    with pytest.raises(ImageError, match="stores no pixel size; set panel.pixel_size_um"):
+        read_image(folder)
+    with pytest.raises(ImageError, match=r"panel.channels names 'CD8' but the folder has no such file"):
+        read_image(folder, channels=["HH3", "CD8"], pixel_size_um=0.39)
+    tifffile.imwrite(folder / "Vimentin.tiff", np.zeros((40, 31), np.uint8))
+    with pytest.raises(ImageError, match=r"differ in shape: CD45.tiff \(40, 30\) but Vimentin.tiff \(40, 31\)"):
+        read_image(folder, pixel_size_um=0.39)
+    tifffile.imwrite(folder / "Vimentin.tiff", np.zeros((40, 30), np.uint16))
+    with pytest.raises(ImageError, match=r"differ in dtype: CD45.tiff uint8 but Vimentin.tiff uint16"):
+        read_image(folder, pixel_size_um=0.39)
+    # a multichannel TIFF in the folder: a folder of sample images, not of channels
+    tifffile.imwrite(folder / "Vimentin.tiff", np.zeros((2, 40, 30), np.uint8))
+    assert not is_channel_folder(folder) and not is_image_path(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert not is_channel_folder(empty) and not is_image_path(empty)
+    from chemozone.io._folder import _read_channel_folder
+
+    with pytest.raises(ImageError, match="holds no .tif/.tiff files"):
+        _read_channel_folder(empty)
+    with pytest.raises(ImageError, match=r"Vimentin.tiff: holds an image of shape \(2, 40, 30\), not one channel"):
+        _read_channel_folder(folder)
+
+
+def test_channel_folders_are_samples(tmp_path):
+    from chemozone.samples import load_samples
+
+    folder, _ = _channel_folder(tmp_path)
+    write_ome_tiff(tmp_path / "slide2.ome.tif", _img(3, 40, 30), channels=["HH3", "CD45", "PanKeratin"],
+                   pixel_size_um=0.39)
+    (tmp_path / "truth").mkdir()  # a folder without TIFFs is not a sample
+    df = load_samples(tmp_path)
+    assert df["sample_id"].tolist() == ["fov1", "slide2"]
+    assert df["image"].tolist() == [str(folder.resolve()), str((tmp_path / "slide2.ome.tif").resolve())]
+    # the sheet may name the folder as a sample's image
+    (tmp_path / "sheet.csv").write_text("sample_id,image,patient,radiation,dose_gy\nP1_fov1,fov1,P1,sham,0\n")
+    df = load_samples(tmp_path / "sheet.csv")
+    assert df["image"].tolist() == [str(folder.resolve())]
+    assert read_image(df["image"][0], pixel_size_um=0.39).channels == ["CD45", "HH3", "PanKeratin"]
+
+
+def test_real_mibi_channel_folder(shared_data):
+    import tifffile as tf
+
+    folder = shared_data / "mibi_fov8" / "channels"
+    img = read_image(folder, pixel_size_um=0.39)
+    assert len(img.channels) == 22 and img.channels[0] == "Background" and "NaK ATPase" in img.channels
+    assert img.data.shape == (22, 1024, 1024) and img.data.dtype == np.uint8
+    hh3 = img.channels.index("HH3")
+    np.testing.assert_array_equal(img.data[hh3].compute(), tf.imread(folder / "HH3.tiff"))

@@ -120,6 +120,12 @@ class TissueConfig(_Section):
     """The darker class of an automatic threshold is background (glass) only if the brighter class's median
     is at least this many times its median; otherwise the field is all tissue (dim and bright tissue) and
     only holes much darker than the dim tissue are excluded."""
+    glass_fraction: float = Field(0.5, gt=0, le=1)
+    """With glass, the cut lies this fraction of the way from the glass level to the automatic threshold
+    (dim tissue such as stroma next to bright tumor stays tissue; 1 = the automatic threshold itself)."""
+    counts: bool | None = None
+    """Treat the tissue channels as ion counts (MIBI / IMC; Anscombe transform before combining): None =
+    judged per channel from the pixels (integer values, at least a quarter of them zero)."""
     min_area_um2: PositiveFloat = 20000.0
     """Tissue pieces smaller than this are dropped, µm²."""
     fill_holes_um2: PositiveFloat = 2000.0

@@ -38,7 +38,8 @@ def tissue_options(cfg: Config) -> dict[str, Any]:
     """Keywords of :func:`chemozone.tissue.tissue_mask` (the analysis grid and the ``tissue`` section)."""
     t = cfg.tissue
     return {"grid_um": cfg.analysis_grid.pixel_size_um, "smooth_um": t.smooth_um, "threshold": t.threshold,
-            "glass_contrast": t.glass_contrast, "min_area_um2": t.min_area_um2, "fill_holes_um2": t.fill_holes_um2}
+            "glass_contrast": t.glass_contrast, "glass_fraction": t.glass_fraction, "min_area_um2": t.min_area_um2,
+            "fill_holes_um2": t.fill_holes_um2, "counts": t.counts}
 
 
 def segmentation_options(cfg: Config) -> dict[str, Any]:

@@ -133,7 +133,9 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     Returns
     -------
     dict
-        ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "shape", "pixel_size_um"}``.
+        ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "shape", "pixel_size_um", "grid_um",
+        "tissue_outcome", "tissue_fraction"}`` (the outcome of :func:`chemozone.tissue.tissue_mask`: tissue
+        on glass, the whole field, or no tissue; recorded per sample in ``run.json``).
     """
     import dask
 
@@ -155,8 +157,9 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 resolve_channels(img.channels, cfg.tissue.channels, aliases=cfg.panel.aliases, source=img.path)
                 if cfg.tissue.channels else None
             )
-            tmask, grid_um = _stage(sid, "tissue", lambda: tissue.tissue_mask(
+            tres = _stage(sid, "tissue", lambda: tissue.tissue_mask(
                 img.data, pixel_size_um=px, channel_indices=tissue_idx, **tissue_options(cfg)))
+            tmask, grid_um = tres.mask, tres.grid_um
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
         with _timed(timings, "segment"):
@@ -196,6 +199,8 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         "shape": list(img.data.shape),
         "pixel_size_um": px,
         "grid_um": grid_um,
+        "tissue_outcome": tres.outcome,
+        "tissue_fraction": round(tres.fraction, 4),
     }
     return info
 

@@ -52,6 +52,8 @@ def pattern_to_regex(pattern: str) -> re.Pattern[str]:
 
 def _stem(path: Path) -> str:
     name = path.name
+    if path.is_dir() and not name.lower().endswith(".zarr"):
+        return name  # a folder of single-channel TIFFs: the folder's name
     for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".qptiff", ".tiff", ".tif", ".zarr", ".btf"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
@@ -77,8 +79,13 @@ def parse_filename(path: str | Path, pattern: str) -> dict[str, str]:
 
 
 def _is_image(p: Path, extensions: list[str]) -> bool:
+    """An image file (or OME-Zarr folder) by its name ending, or a folder of single-channel TIFFs."""
+    from .io import is_channel_folder
+
     n = p.name.lower()
-    return not n.startswith(".") and any(n.endswith(e.lower()) for e in extensions)
+    if n.startswith("."):
+        return False
+    return any(n.endswith(e.lower()) for e in extensions) or (p.is_dir() and is_channel_folder(p))
 
 
 def load_samples(input_path: str | Path, config: Config | None = None) -> pd.DataFrame:
@@ -88,6 +95,8 @@ def load_samples(input_path: str | Path, config: Config | None = None) -> pd.Dat
     ----------
     input_path : path
         A folder of images (with an optional ``samples.csv``), a ``.csv`` sample sheet, or one image.
+        When a folder is scanned, each image file and each subfolder of single-channel TIFFs (a MIBI / IMC
+        export, :func:`chemozone.io.is_channel_folder`; sample_id = the subfolder's name) is one sample.
     config : Config, optional
         ``samples.sheet`` and ``samples.filename_pattern`` are used from it.
 

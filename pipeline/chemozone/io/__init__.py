@@ -3,7 +3,8 @@
 Readers return a lazy ``(C, Y, X)`` dask array over the file's full-resolution level (no full read),
 the channel names and the pixel size in µm. Supported: OME-TIFF (pyramidal, tiled, BigTIFF), plain
 multi-page TIFF, Akoya/PerkinElmer ``.qptiff`` and inForm component TIFFs (channel names from each page's
-QPI XML; thumbnail, overview and label pages skipped), and OME-Zarr.
+QPI XML; thumbnail, overview and label pages skipped), OME-Zarr, and a folder of single-channel TIFFs
+(MIBI / IMC exports; channel names from the file stems).
 
 The dask arrays read through :class:`TiffRegion` / zarr by file path, so their graphs pickle to
 Dask workers in other processes and reopen the file there.
@@ -17,6 +18,7 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
   :func:`canonical_channel_names`).
 - ``_image``: the :class:`ImageData` every reader returns.
 - ``_read``: :func:`read_image` (dispatch on the file type, panel fallbacks) and :func:`read_image_info`.
+- ``_folder``: a folder of single-channel TIFFs as one image (:func:`is_channel_folder`).
 - ``_tiff``: TIFF / OME-TIFF / qptiff / inForm reading, :class:`TiffRegion`, the bounded cache of open files.
 - ``_zarr``: OME-Zarr image reading; label images (:func:`write_labels_zarr`, :func:`read_labels_zarr`,
   :func:`list_labels_zarr`, :func:`labels_pixel_size_um`).
@@ -24,6 +26,7 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 """
 
 from ._channels import canonical_channel_names, normalize_channel_name, resolve_channels
+from ._folder import is_channel_folder
 from ._image import ImageData
 from ._read import IMAGE_SUFFIXES, is_image_path, read_image, read_image_info
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
@@ -36,6 +39,7 @@ __all__ = [
     "read_image",
     "read_image_info",
     "is_image_path",
+    "is_channel_folder",
     "IMAGE_SUFFIXES",
     "resolve_channels",
     "canonical_channel_names",

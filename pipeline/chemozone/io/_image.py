@@ -25,7 +25,7 @@ class ImageData:
     levels : list of dask.array.Array
         Pyramid levels (``levels[0] is data``); one element when the file has no pyramid.
     format : str
-        ``ome-tiff``, ``qptiff``, ``inform-tiff``, ``tiff`` or ``ome-zarr``.
+        ``ome-tiff``, ``qptiff``, ``inform-tiff``, ``tiff``, ``ome-zarr`` or ``channel-folder``.
     """
 
     data: Any

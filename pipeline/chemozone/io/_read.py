@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ImageError
+from ._folder import _read_channel_folder, is_channel_folder
 from ._image import ImageData
 from ._tiff import _read_tiff
 from ._zarr import _read_ome_zarr
@@ -24,9 +25,11 @@ def read_image(
     Parameters
     ----------
     path : str or Path
-        OME-TIFF / TIFF / ``.qptiff`` / inForm component TIFF, or an OME-Zarr folder.
+        OME-TIFF / TIFF / ``.qptiff`` / inForm component TIFF, an OME-Zarr folder, or a folder of
+        single-channel TIFFs (MIBI / IMC exports; channel names from the file stems, sorted).
     channels : sequence of str, optional
-        Channel names in file order (``panel.channels``), used only when the file names none.
+        Channel names in file order (``panel.channels``), used only when the file names none. For a
+        folder of single-channel TIFFs they pick the files and set their order.
     pixel_size_um : float, optional
         Pixel size (``panel.pixel_size_um``), used only when the file stores none.
 
@@ -44,7 +47,9 @@ def read_image(
     if not path.exists():
         raise ImageError(f"{path}: image file not found; check the path or the sample sheet's 'image' column")
     name = path.name.lower()
-    if path.is_dir() or name.endswith(".zarr"):
+    if path.is_dir() and not name.endswith(".zarr") and is_channel_folder(path):
+        img = _read_channel_folder(path, channels)
+    elif path.is_dir() or name.endswith(".zarr"):
         img = _read_ome_zarr(path)
     elif name.endswith((".tif", ".tiff", ".qptiff", ".btf", ".tf8", ".svs")):
         img = _read_tiff(path)
@@ -89,10 +94,11 @@ IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff", ".btf", "
 
 
 def is_image_path(path: str | Path) -> bool:
-    """Whether :func:`read_image` can open ``path``: an existing TIFF-family file, or an OME-Zarr image folder.
+    """Whether :func:`read_image` can open ``path``: an existing TIFF-family file, an OME-Zarr image folder,
+    or a folder of single-channel TIFFs (one file per channel).
 
-    A folder counts only when its metadata (``.zattrs`` or ``zarr.json``) declares ``multiscales``; a run
-    folder's ``masks.ome.zarr`` (labels only) does not.
+    A zarr folder counts only when its metadata (``.zattrs`` or ``zarr.json``) declares ``multiscales``; a
+    run folder's ``masks.ome.zarr`` (labels only) does not.
 
     Examples
     --------
@@ -115,4 +121,4 @@ def is_image_path(path: str | Path) -> bool:
             attrs = attrs.get("attributes", attrs)
             attrs = attrs.get("ome", attrs)
             return bool(attrs.get("multiscales"))
-    return False
+    return is_channel_folder(p)
