@@ -43,7 +43,7 @@ Warning codes: ``pixel_size_from_config``, ``pixel_size_conflict``, ``no_cells``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -66,7 +66,6 @@ __all__ = [
     "format_warning",
     "pixel_size_checks",
     "positive_counts",
-    "by_sample",
 ]
 
 PIXEL_SIZE_RANGE_UM = (0.05, 5.0)
@@ -336,17 +335,6 @@ def positive_counts(cells: pd.DataFrame, sample: str) -> list[dict[str, Any]]:
     [{'sample_id': 's', 'marker': 'CD3', 'n_cells': 3, 'n_positive': 2}]
     """
     return [{"sample_id": str(sample), "marker": c[: -len("_pos")], "n_cells": int(len(cells)),
-             "n_positive": int(cells[c].fillna(False).astype(bool).sum())}
+             "n_positive": int(pd.to_numeric(cells[c], errors="coerce").fillna(0).astype(bool).sum())}
             for c in cells.columns if str(c).endswith("_pos")]
 
-
-def by_sample(records: Iterable[Mapping[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
-    """Warning records grouped by ``sample`` (None = cohort).
-
-    >>> sorted(by_sample([warning_record("a", "s1", "m"), warning_record("b", None, "m")]), key=str)
-    ['None', 's1']
-    """
-    out: dict[str | None, list[dict[str, Any]]] = {}
-    for r in records:
-        out.setdefault(r.get("sample"), []).append(dict(r))
-    return out
