@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import dask.array as da
 import numpy as np
@@ -268,3 +269,143 @@ def test_real_mibi_channel_folder(shared_data):
     assert img.data.shape == (22, 1024, 1024) and img.data.dtype == np.uint8
     hh3 = img.channels.index("HH3")
     np.testing.assert_array_equal(img.data[hh3].compute(), tf.imread(folder / "HH3.tiff"))
+
+
+# ================================================================================================================
+# Pixel size: a resolution tag outside 0.05–5 µm/px is not a pixel size (issue 14). The file's plausible value
+# wins over panel.pixel_size_um (which then only warns); the config's value is used, and recorded, when the file
+# has none or an implausible one; otherwise a one-line error names the file and the key.
+# ================================================================================================================
+def _dpi72(path, arr=None):
+    arr = _img(2, 32, 32) if arr is None else arr
+    tifffile.imwrite(path, arr, resolution=(72, 72), resolutionunit="INCH", photometric="minisblack")
+    return path
+
+
+DPI72_ERROR = (r"dpi72\.tif: the file's TIFF resolution tag \(72 pixels per inch\) gives 352\.8 µm/px, not a pixel "
+               r"size \(outside 0\.05–5 µm/px\); set panel\.pixel_size_um in the config \(µm per pixel\)$")
+
+
+def test_72_dpi_tiff_is_not_a_pixel_size(tmp_path):
+    p = _dpi72(tmp_path / "dpi72.tif")
+    with pytest.raises(ImageError, match=DPI72_ERROR):
+        read_image(p)
+    img = read_image(p, pixel_size_um=0.5)
+    assert img.pixel_size_um == 0.5 and img.pixel_size_source == "config"
+    assert img.pixel_size_note == ("the file's TIFF resolution tag (72 pixels per inch) gives 352.8 µm/px, not a pixel "
+                                   "size (outside 0.05–5 µm/px)")
+    with pytest.raises(ImageError, match=r"and panel\.pixel_size_um = 72 is outside 0\.05–5 µm/px too; set "
+                                         r"panel\.pixel_size_um to the image's µm per pixel$"):
+        read_image(p, pixel_size_um=72)
+
+
+def test_plausible_resolution_tag_wins_over_a_different_config_value(tmp_path):
+    p = tmp_path / "cm.tif"
+    tifffile.imwrite(p, _img(2, 32, 32), resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER",
+                     photometric="minisblack")
+    img = read_image(p, pixel_size_um=0.5)
+    assert img.pixel_size_um == pytest.approx(0.65) and img.pixel_size_source == "file"
+    assert "panel.pixel_size_um = 0.5 is ignored" in img.pixel_size_note
+    # within 1 %: agreement, no note
+    assert read_image(p, pixel_size_um=0.652).pixel_size_note == ""
+    ome = write_ome_tiff(tmp_path / "a.ome.tif", _img(2, 32, 32), channels=["A", "B"], pixel_size_um=0.325)
+    img = read_image(ome, pixel_size_um=0.5)
+    assert img.pixel_size_um == pytest.approx(0.325) and img.pixel_size_source == "file"
+    assert img.pixel_size_note.startswith("the file's OME-XML PhysicalSizeX gives 0.325 µm/px; panel.pixel_size_um")
+
+
+def test_cli_validate_72_dpi_with_and_without_the_config_key(tmp_path, capsys):
+    from chemozone.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _dpi72(folder / "dpi72.tif")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("panel: {channels: [DAPI, CD3], nuclear_channel: DAPI}\n")
+    assert main(["validate", str(cfg), str(folder)]) == 1
+    out = capsys.readouterr().out
+    (problem,) = [ln for ln in out.splitlines() if ln.startswith("problem:")]
+    assert re.search(r"^problem: sample 'dpi72': .*" + DPI72_ERROR, problem)
+    cfg.write_text("panel: {channels: [DAPI, CD3], nuclear_channel: DAPI, pixel_size_um: 0.5}\n")
+    assert main(["validate", str(cfg), str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "dpi72: dpi72.tif [tiff] 2x32x32 uint16, 0.5 µm/px (panel.pixel_size_um)" in out
+    assert ("note: [pixel_size_from_config] sample 'dpi72': 0.5 µm/px from panel.pixel_size_um: the file's TIFF "
+            "resolution tag (72 pixels per inch) gives 352.8 µm/px") in out
+    assert out.rstrip().endswith("inputs OK")
+
+
+@pytest.fixture(scope="module")
+def dpi72_field(tmp_path_factory):
+    """A synthetic field saved as a plain multi-page TIFF with a 72 dpi tag, and a config written from the README
+    (panel.channels, no pixel size yet; no zones)."""
+    import yaml
+
+    from chemozone.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("dpi72")
+    cohort = generate_cohort(root / "cohort", preset="tiny", seed=3)
+    img = read_image(cohort / "images" / "P01_photon_10Gy_r1.ome.tif")
+    _dpi72(root / "dpi72.tif", np.asarray(img.data))
+    cfg = yaml.safe_load((cohort / "config.yaml").read_text())
+    cfg["panel"] = {"channels": list(img.channels), "nuclear_channel": "DAPI"}
+    cfg["zones"], cfg["spatial"] = [], {"cognate_pairs": []}
+    (root / "nopx.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["panel"]["pixel_size_um"] = 0.5
+    (root / "px.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_cli_run_72_dpi_stops_without_the_key(dpi72_field, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "chemozone")
+    res = subprocess.run([exe, "run", str(dpi72_field / "dpi72.tif"), "--config", str(dpi72_field / "nopx.yaml"),
+                          "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert re.search(r"^chemozone: error: refusing to start: sample 'dpi72': .*" + DPI72_ERROR, res.stderr.strip())
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_cli_run_72_dpi_uses_and_records_the_config_value(dpi72_field, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from chemozone.cli import main
+    from chemozone.layout import RunLayout
+
+    out = tmp_path / "run"
+    code = main(["run", str(dpi72_field / "dpi72.tif"), "--config", str(dpi72_field / "px.yaml"), "--out", str(out),
+                 "--workers", "1", "--quiet"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert stdout.splitlines()[0].startswith("1/1 samples done (1 warning")
+    assert ("warning: [pixel_size_from_config] sample 'dpi72': 0.5 µm/px from panel.pixel_size_um: the file's TIFF "
+            "resolution tag (72 pixels per inch) gives 352.8 µm/px") in stdout
+    lay = RunLayout(out)
+    prov = json.loads(lay.run_json.read_text())
+    info = prov["inputs"]["dpi72"]["image_info"]
+    assert info["pixel_size_um"] == 0.5 and info["pixel_size_source"] == "config"
+    assert [w["code"] for w in prov["samples"]["dpi72"]["warnings"]] == ["pixel_size_from_config"]
+    assert prov["samples"]["dpi72"]["step_a"]["pixel_size_um"] == 0.5
+    # every µm length follows 0.5 µm/px: the 256-px field spans 128 µm, nuclei have the synthetic size
+    cells = pd.read_parquet(lay.cohort_cells)
+    assert len(cells) > 10 and cells["x_um"].max() <= 128 and cells["y_um"].max() <= 128
+    assert 20 < cells["nucleus_area_um2"].median() < 120  # 6.5–9 µm nuclei: 33–64 µm²
+    # the report of this cohort (one sample, no radiation, no dose, no zones) renders with the warning on top
+    text = lay.report.read_text(encoding="utf-8")
+    assert "pixel_size_from_config" in text[:text.index("<section id='summary'>")]
+    assert "could not be drawn" not in text
+
+
+def test_real_mibi_channel_tiff_carries_a_72_dpi_tag(shared_data):
+    p = shared_data / "mibi_fov8" / "channels" / "HH3.tiff"
+    with pytest.raises(ImageError, match=r"HH3\.tiff: the file's TIFF resolution tag \(72 pixels per inch\) gives "
+                                         r"352\.8 µm/px, not a pixel size"):
+        read_image(p)
+    img = read_image(p, pixel_size_um=0.39)
+    assert img.pixel_size_um == 0.39 and img.pixel_size_source == "config"

@@ -107,3 +107,134 @@ def test_report_on_real_tiny_run(tmp_path):
     run = stats.load_run(tmp_path / "run")
     assert len(run["zone_overlap"]) and len(stats.receptor_overlap_counts(run))
     assert len(stats.metric_table(run, "zone_area")) == len(run["samples"])
+
+
+# ---------------------------------------------------------------------------------- any cohort renders (issue 14)
+def _reshape_run(out, *, samples_fn, keep=None):
+    """Rewrite a fabricated run's sample sheet (and drop the metadata the cohort tables carry, as a real run's
+    merge would have joined it from that sheet)."""
+    import pandas as pd
+
+    from chemozone.layout import RunLayout
+
+    lay = RunLayout(out)
+    s = pd.read_parquet(lay.cohort_samples)
+    for p in (lay.cohort_cells, lay.cohort_infiltration, lay.cohort_zones):
+        t = pd.read_parquet(p)
+        t = t.drop(columns=[c for c in ("radiation", "dose_gy", "patient", "replicate") if c in t.columns])
+        if keep is not None:
+            t = t[t["sample_id"].isin(keep)]
+        t.to_parquet(p)
+    if keep is not None:
+        s = s[s["sample_id"].isin(keep)]
+    samples_fn(s).to_parquet(lay.cohort_samples)
+
+
+def _one_condition(s):
+    return s.assign(radiation="photon", dose_gy=10.0)
+
+
+def _no_radiation_column(s):
+    return s.drop(columns=["radiation"])
+
+
+def _radiation_na(s):
+    import pandas as pd
+
+    return s.assign(radiation=pd.array([pd.NA] * len(s), dtype="string"))
+
+
+def _no_dose(s):
+    return s.assign(dose_gy=float("nan"))
+
+
+@pytest.mark.parametrize("shape, notes", [
+    ("one_condition", [r"No zone area fraction vs dose figure: every sample has the same dose \(10 Gy\)\. The "
+                       r"per-sample values:", r"No dose trend tests: every sample has the same dose \(10 Gy\)\."]),
+    ("one_sample", [r"No zone area fraction vs dose figure: every sample has the same dose \(0 Gy\)",
+                    r"Fewer than two chemokine markers vary among the \d+ tumor cells \(positive in some cells, "
+                    r"negative in others; varying: none\): no co-expression to correlate\."]),
+    ("radiation_na", []),
+    ("no_radiation_column", []),
+    ("no_dose", [r"No zone area fraction vs dose figure: no sample has a dose_gy\.",
+                 r"No dose trend tests: no sample has a dose_gy\."]),
+])
+def test_report_renders_for_any_cohort_through_the_cli(tmp_path, capsys, shape, notes):
+    from chemozone.cli import main
+
+    out = tmp_path / "run"
+    info = fabricate_run(out, n_patients=2, seed=4, n_failed=0, cells_per_sample=120)
+    first = info["samples"]["sample_id"].iloc[0]
+    fn = {"one_condition": _one_condition, "one_sample": lambda s: s, "radiation_na": _radiation_na,
+          "no_radiation_column": _no_radiation_column, "no_dose": _no_dose}[shape]
+    _reshape_run(out, samples_fn=fn, keep=[first] if shape == "one_sample" else None)
+    if shape == "one_sample":  # a sham sample whose tumor cells express no chemokine (the modules' corner case)
+        import pandas as pd
+
+        from chemozone.layout import RunLayout
+
+        cells = pd.read_parquet(RunLayout(out).cohort_cells)
+        cells[[c for c in cells.columns if c.startswith(("CXCL", "CCL")) and c.endswith("_pos")]] = False
+        cells.to_parquet(RunLayout(out).cohort_cells)
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out / 'report.html'}"
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"<section id='([a-z]+)'>", text) == ["warnings"] + SECTIONS
+    assert "could not be drawn" not in text and "Traceback" not in text
+    for pattern in notes:
+        assert re.search(pattern, text), pattern
+    if shape in ("radiation_na", "no_radiation_column"):  # doses vary: fitted as one arm named 'unspecified'
+        assert len(re.findall(r"<img class=\"fig\"", text)) >= 4 and "unspecified" in text
+
+
+def test_a_failing_section_becomes_a_sentence(report, monkeypatch, tmp_path):
+    import chemozone.report as rep
+
+    def boom(run):
+        raise RuntimeError("cannot\ndraw")
+
+    info, _ = report
+    monkeypatch.setattr(rep, "_modules", boom)
+    text = rep.render_report(info["out"])
+    assert ("This section could not be drawn for this cohort (RuntimeError: cannot draw); the tables in the run "
+            "folder are complete.") in text
+    assert "id='gates'" in text and "id='modules'" in text
+
+
+def test_old_run_json_without_warnings_says_so(report):
+    info, path = report
+    text = path.read_text(encoding="utf-8")
+    assert "run.json has no plausibility record (a run made by an older chemozone)" in text
+
+
+@pytest.mark.slow
+def test_report_on_one_condition_without_radiation_column_real_run(tmp_path, capsys):
+    """Integration through the CLI: the tiny cohort with every sample at one dose of one radiation type (the
+    cohort on which the report crashed with KeyError 'group'), the radiation column removed, and a second run
+    of the same cohort without zones."""
+    import yaml
+
+    from chemozone.cli import main
+    from chemozone.synth import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", preset="tiny", seed=3)
+    sheet = (cohort / "samples.csv").read_text().splitlines()
+    rows = [r.split(",") for r in sheet]
+    i_rad, i_dose = rows[0].index("radiation"), rows[0].index("dose_gy")
+    rows = [[v for j, v in enumerate(r) if j != i_rad] if k == 0 else
+            [("10" if j == i_dose else v) for j, v in enumerate(r) if j != i_rad] for k, r in enumerate(rows)]
+    (cohort / "samples.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cfg = yaml.safe_load((cohort / "config.yaml").read_text())
+    cfg["zones"], cfg["spatial"] = [], {"cognate_pairs": []}
+    (cohort / "nozones.yaml").write_text(yaml.safe_dump(cfg))
+    for name, config in (("zones", "config.yaml"), ("nozones", "nozones.yaml")):
+        out = tmp_path / name
+        assert main(["run", str(cohort), "--config", str(cohort / config), "--out", str(out), "--workers", "1",
+                     "--quiet"]) == 0
+        assert capsys.readouterr().out.splitlines()[0].startswith("4/4 samples done")
+        text = (out / "report.html").read_text(encoding="utf-8")
+        assert "could not be drawn" not in text and re.findall(r"<section id='([a-z]+)'>", text)[0] == "warnings"
+        if name == "zones":
+            assert re.search(r"No zone area fraction vs dose figure: every sample has the same dose \(10 Gy\)", text)
+        else:
+            assert text.count("No zones configured (the config&#x27;s zones list is empty)") == 3

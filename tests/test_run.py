@@ -67,6 +67,17 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
         assert any(n.startswith("zone_") for n in labels)
         assert read_labels_zarr(lay.masks(sid), "cells").dtype == np.uint32
     assert prov["inputs"] and all(len(v["sha256"]) == 64 for v in prov["inputs"].values())
+    # plausibility: recorded (run and per sample), machine-readable; the synthetic cohort is plausible (no empty
+    # sample, tissue, density or marker warning; a gate fallback may be reported), and step B counts positives
+    assert isinstance(prov["warnings"], list)
+    for w in prov["warnings"]:
+        assert set(w) == {"code", "sample", "message", "value"} and w["code"] == "gate_warning", w
+    for sid, info in prov["samples"].items():
+        assert info["warnings"] == [w for w in prov["warnings"] if w["sample"] == sid]
+        counts = {c["marker"]: c for c in info["step_b"]["positive_counts"]}
+        assert set(counts) == set(prov["config"]["phenotypes"]["markers"])
+        assert all(c["n_cells"] == info["step_b"]["n_cells"] for c in counts.values())
+        assert info["step_a"]["pixel_size_um"] == 0.5 and prov["inputs"][sid]["image_info"]["pixel_size_source"] == "file"
     cells = pd.read_parquet(lay.cohort_cells)
     for col in ["sample_id", "cell_id", "x_um", "y_um", "area_um2", "nucleus_area_um2", "DAPI_nucleus",
                 "CD3_cell", "p21_nucleus", "CD3_pos", "cell_type", "phenotype", "dist_tissue_edge_um",

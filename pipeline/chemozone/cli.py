@@ -102,20 +102,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def cli_validate(args: argparse.Namespace) -> int:
     """``chemozone validate CONFIG [INPUT]``: print samples, channels and every problem found."""
     from rich.console import Console
+    from rich.markup import escape
 
     from .config import load_config
     from .validate import validate_inputs
 
     console = Console(highlight=False, soft_wrap=True)
     cfg = load_config(args.config)
-    console.print(f"config OK: {args.config}")
+    console.print(f"config OK: {escape(str(args.config))}")
     if args.input is None:
         return EXIT_OK
     report = validate_inputs(args.input, cfg)
     for row in report.rows:
-        console.print(row)
+        console.print(row, markup=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
     for prob in report.problems:
-        console.print(f"[red]problem:[/red] {prob}")
+        console.print(f"[red]problem:[/red] {escape(prob)}")
     if report.problems:
         console.print(f"{len(report.problems)} problem(s) found")
         return EXIT_USER_ERROR
@@ -184,10 +187,33 @@ def cli_demo(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+_MAX_PRINTED_WARNINGS = 30
+
+
 def _print_summary(res) -> None:
-    """One line for the run (``RunResult``), then one line per failed sample on stderr."""
+    """One line for the run (``RunResult``), then its plausibility warnings (cohort first, then per sample, at
+    most :data:`_MAX_PRINTED_WARNINGS`), then one line per failed sample on stderr.
+
+    A done sample with 0 cells is counted in the first line, so an empty result never reads as a normal one.
+    """
+    from .layout import RunLayout
+    from .plausibility import format_warning
+
     n_ok = sum(1 for s in res.statuses.values() if s == "done")
-    print(f"{n_ok}/{len(res.statuses)} samples done; results in {res.out}")
+    warnings = list(getattr(res, "warnings", []) or [])
+    empty = sorted({w["sample"] for w in warnings if w["code"] == "no_cells" and res.statuses.get(w["sample"]) == "done"})
+    extra = []
+    if empty:
+        extra.append(f"{len(empty)} with 0 cells: {', '.join(empty)}")
+    if warnings:
+        extra.append(f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}, see below and run.json")
+    more = f" ({'; '.join(extra)})" if extra else ""
+    print(f"{n_ok}/{len(res.statuses)} samples done{more}; results in {res.out}")
+    ordered = [w for w in warnings if w["sample"] is None] + [w for w in warnings if w["sample"] is not None]
+    for w in ordered[:_MAX_PRINTED_WARNINGS]:
+        print(f"warning: {format_warning(w)}")
+    if len(ordered) > _MAX_PRINTED_WARNINGS:
+        print(f"... and {len(ordered) - _MAX_PRINTED_WARNINGS} more warnings in {RunLayout(res.out).run_json}")
     for err in res.errors.values():
         print(f"failed: {err}", file=sys.stderr)
 

@@ -1,8 +1,13 @@
 """``chemozone report OUT``: one self-contained HTML page (figures embedded as PNG) for a run folder.
 
-Sections: cohort summary, failures, per-sample QC thumbnails, gate histograms, zone area vs dose, infiltration
+Sections: plausibility warnings (first), cohort summary, failures, per-sample QC thumbnails, gate histograms,
+zone area vs dose, infiltration
 vs dose (fitted curves with patient-bootstrap CIs per radiation type), cognate specificity, chemokine modules.
 Figures are drawn with :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot state).
+
+Any cohort renders: one sample, one condition, no dose variation, no radiation column, no zones, no gates.
+A figure that the cohort cannot support is replaced by a sentence saying why (and, for dose figures, the
+per-sample values as a table); a section that fails anyway becomes such a sentence, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,66 +24,65 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from ._report_html import (
+    _color,
+    _fig,
+    _figure,
+    _guarded,
+    _img,
+    _no_dose_response,
+    _note,
+    _png_b64,
+    _table,
+    _with_arms,
+)
 from .errors import ChemozoneError
 
 __all__ = ["write_report", "render_report"]
 
-_COLORS = {"photon": "#1f77b4", "proton": "#2ca02c", "carbon": "#d62728", "helium": "#9467bd"}
 _MAX_THUMBS = 48
 _GATE_SAMPLES = 16
 _MAX_GATES = 24
 _MAX_BOOTSTRAP = 30  # draws per curve band in the report (the notebooks/stats use the config's n_bootstrap)
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def _fig(w: float = 6.0, h: float = 4.0):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=90, layout="constrained")
-
-
-def _png_b64(fig) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _img(b64: str, alt: str, cls: str = "fig", mime: str = "image/png") -> str:
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:{mime};base64,{b64}">'
-
-
-def _figure(fig, alt: str, caption: str = "") -> str:
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f"<figure>{_img(_png_b64(fig), alt)}{cap}</figure>"
-
-
-def _table(df: pd.DataFrame, *, floatfmt: str = "{:.3g}", max_rows: int = 200) -> str:
-    if df is None or not len(df):
-        return "<p class='muted'>(empty)</p>"
-    d = df.head(max_rows).copy()
-    for c in d.columns:
-        if pd.api.types.is_float_dtype(d[c]):
-            d[c] = d[c].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
-    more = f"<p class='muted'>{len(df) - max_rows} more rows not shown</p>" if len(df) > max_rows else ""
-    return d.to_html(index=False, escape=True, border=0, classes="tbl") + more
-
-
-def _note(msg: str) -> str:
-    return f"<p class='note'>{html.escape(msg)}</p>"
-
-
-def _color(rad: str) -> str:
-    return _COLORS.get(rad, "#7f7f7f")
-
 
 # ------------------------------------------------------------------------------------------ sections
+_WARNING_ORDER = ["no_cells", "low_tissue", "low_cell_density", "high_cell_density", "pixel_size_from_config",
+                  "pixel_size_conflict", "marker_mostly_positive", "marker_rarely_positive", "missing_reference",
+                  "gate_warning", "zone_threshold_warning"]
+
+
+def _warnings(run: dict[str, Any]) -> str:
+    """The run's plausibility warnings (``run.json["warnings"]``, :mod:`chemozone.plausibility`), worst first."""
+    recs = run["run"].get("warnings")
+    if recs is None:
+        return _note("run.json has no plausibility record (a run made by an older chemozone); re-run to check "
+                     "cell counts, tissue, densities, markers and gates.")
+    if not recs:
+        return ("<p>No plausibility warnings: every sample has cells, tissue and a plausible cell density; no "
+                "marker is almost never or almost always positive; no gate or zone threshold fell back.</p>")
+    df = pd.DataFrame(recs, columns=["code", "sample", "message", "value"])
+    df["sample"] = df["sample"].fillna("(cohort)")
+    rank = {c: i for i, c in enumerate(_WARNING_ORDER)}
+    df = df.assign(_r=df["code"].map(rank).fillna(len(rank))).sort_values(["_r", "sample"], kind="stable")
+    n_empty = int((df["code"] == "no_cells").sum())
+    head = (f"<p class='warn'><b>{len(df)} warning{'s' if len(df) != 1 else ''}</b>"
+            + (f", <b>{n_empty} sample{'s' if n_empty != 1 else ''} with 0 cells</b>" if n_empty else "")
+            + ": results to look at before trusting the figures below (thresholds: chemozone.plausibility).</p>")
+    return head + _table(df.drop(columns="_r"), max_rows=500)
+
+
+def _empty_samples(run: dict[str, Any]) -> set[str]:
+    return {w.get("sample") for w in (run["run"].get("warnings") or []) if w.get("code") == "no_cells"}
+
+
 def _summary(run: dict[str, Any]) -> str:
     s = run["samples"]
     status = (run["run"].get("samples") or {})
-    s = s.assign(status=[(status.get(i) or {}).get("status", "unknown") for i in s["sample_id"]])
+    empty = _empty_samples(run)
+    s = s.assign(status=[(status.get(i) or {}).get("status", "unknown") + (", 0 cells" if i in empty else "")
+                         for i in s["sample_id"]])
     cols = [c for c in ("radiation", "dose_gy") if c in s.columns]
     parts = [f"<p><b>{len(s)}</b> samples, <b>{s['patient'].nunique() if 'patient' in s else '?'}</b> patients; "
              f"status: {', '.join(f'{k}: {v}' for k, v in s['status'].value_counts().items())}; "
@@ -140,7 +144,6 @@ def _thumb_from_masks(out: Path, sid: str) -> str | None:
 
 def _thumbnail_b64(path: Path, max_side: int = 480) -> str:
     """A qc.png shrunk for embedding (the full-size file stays in the sample folder and is linked)."""
-    import io
 
     from PIL import Image
 
@@ -211,7 +214,16 @@ def _gates(run: dict[str, Any]) -> str:
 
 def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
                  fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "emax", "hill")) -> str:
-    """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm."""
+    """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm.
+
+    Without dose variation (one dose, or no ``dose_gy``) there is no dose response: a sentence says so and
+    the per-sample values are shown as a table instead.
+    """
+    why = _no_dose_response(df)
+    if why:
+        cols = ["sample_id"] + [c for c in ("patient", "radiation", "dose_gy") if c in df.columns]
+        return (_note(f"No {ylabel} vs dose figure: {why}. The per-sample values:")
+                + _table(df[cols + [c for c, _ in metrics]]))
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
     fig = _fig(4.2 * ncol, 3.2 * nrow)
@@ -228,6 +240,9 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
                                                                 models=models)
         except (ChemozoneError, ValueError) as e:
             ax.set_title(f"{title}\n(no fit: {e})", fontsize=7)
+            continue
+        if not len(fits) or "group" not in fits.columns:
+            ax.set_title(f"{title}\n(no fit: too few samples or doses)", fontsize=7)
             continue
         fits_out.append(fits)
         for grp in fits["group"].unique():
@@ -246,7 +261,8 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
         ax.set_xlabel("physical dose (Gy)", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, frameon=False)
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
     return _figure(fig, f"{ylabel} vs dose", f"{ylabel} vs dose, fitted curve (chosen by AIC) and 95% "
@@ -263,7 +279,17 @@ def _fit_summary(fits: list[pd.DataFrame]) -> str:
     return "<details><summary>Fitted parameters (chosen model per arm)</summary>" + _table(f[cols]) + "</details>"
 
 
+def _no_zones(run: dict[str, Any]) -> bool:
+    cfg = run["run"].get("config")
+    return isinstance(cfg, dict) and "zones" in cfg and not cfg["zones"]
+
+
+_NO_ZONES = "No zones configured (the config's zones list is empty): no zone areas or infiltration to show."
+
+
 def _zone_area(run: dict[str, Any], nb: int, seed: int) -> str:
+    if _no_zones(run):
+        return _note(_NO_ZONES)
     if not len(run["zones"]):
         return _note("No zones table (run the zones step).")
     za = stats.zone_area_table(run)
@@ -313,7 +339,8 @@ def _zone_density_figure(counts: pd.DataFrame) -> str:
         ax.set_xlabel("physical dose (Gy)", fontsize=8)
         ax.set_ylabel("cells per mm² of zone (inside)", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, frameon=False)
     for ax in axes[len(keys):]:
         ax.set_axis_off()
     return _figure(fig, "density inside zone vs dose",
@@ -321,21 +348,23 @@ def _zone_density_figure(counts: pd.DataFrame) -> str:
                    "(Σ cells / Σ zone area), exact Poisson 95% CI; receptor+ solid, receptor− dashed")
 
 
-def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
-    inf = run["infiltration"]
-    if not len(inf):
-        return _note("No infiltration table (run the spatial step).")
-    pairs = _pairs(run)
-    if not pairs:
-        return _note("No cognate pairs configured (spatial.cognate_pairs); nothing to plot by receptor.")
-    counts = stats.receptor_count_table(run, pairs=pairs)
-    if not len(counts) or not counts["n_cells"].sum():
-        return _note("No receptor-flagged phenotypes found in the infiltration table.")
-    df = stats.receptor_density_table(run, pairs=pairs, per="tissue")
-    panels = [(c, c) for c in df.columns if " in " in c and c.split(" in ")[0].endswith("+")]
-    fits: list[pd.DataFrame] = []
-    amount = _dose_figure(df, panels[:12], ylabel="receptor+ cells inside zone per mm² tissue", n_bootstrap=nb,
-                          seed=seed, fits_out=fits, models=("linear", "emax"))
+_INFILTRATION_TEXT = (
+    "<p><b>Which metric answers which question.</b> The chemokine zones grow with dose, so the denominator "
+    "matters. <i>Infiltration amount</i> = cognate receptor+ cells inside the zone per mm² of <b>tissue</b>: "
+    "how many attracted cells the zone gathered (first figure, fitted linear vs Emax). This number grows "
+    "with the zone for <i>any</i> population, attracted or not, so it is never used for specificity. "
+    "<i>Specificity</i> is judged on metrics that are not confounded by zone size: the density inside the "
+    "zone (cells per mm² of <b>zone</b>, second figure) and the log2 enrichment inside vs outside the zone. "
+    "Both are estimated from the counts with the areas as offsets (quasi-Poisson GLM, patient effects; "
+    "the enrichment also cancels each sample's overall abundance), so tiny 0 Gy zones do not dominate. "
+    "Receptor− cells that are not attracted should show a slope whose 95% CI includes 0.</p>")
+
+
+def _dose_trends(run: dict[str, Any], counts: pd.DataFrame, pairs) -> str:
+    """Dose-trend tables of the receptor counts (and adjusted for the other zones, when the run has overlaps)."""
+    no_dose = _no_dose_response(counts)
+    if no_dose:
+        return _note(f"No dose trend tests: {no_dose}.")
     tests = pd.concat([stats.dose_rate_test(counts, contrast=c) for c in ("enrichment", "density")],
                       ignore_index=True)
     tests = tests.drop(columns=["warning", "adjusted_for"]).rename(columns={"estimate": "log2 per Gy"})
@@ -352,28 +381,38 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
                     "trend). Chemokine zones co-localise, and more so as they grow with dose: a receptor− cell "
                     "that carries another zone's receptor is drawn into that zone and so into the overlapping "
                     "part of this one. Use these rows for the receptor− specificity control:</p>" + _table(at))
-    text = (
-        "<p><b>Which metric answers which question.</b> The chemokine zones grow with dose, so the denominator "
-        "matters. <i>Infiltration amount</i> = cognate receptor+ cells inside the zone per mm² of <b>tissue</b>: "
-        "how many attracted cells the zone gathered (first figure, fitted linear vs Emax). This number grows "
-        "with the zone for <i>any</i> population, attracted or not, so it is never used for specificity. "
-        "<i>Specificity</i> is judged on metrics that are not confounded by zone size: the density inside the "
-        "zone (cells per mm² of <b>zone</b>, second figure) and the log2 enrichment inside vs outside the zone. "
-        "Both are estimated from the counts with the areas as offsets (quasi-Poisson GLM, patient effects; "
-        "the enrichment also cancels each sample's overall abundance), so tiny 0 Gy zones do not dominate. "
-        "Receptor− cells that are not attracted should show a slope whose 95% CI includes 0.</p>")
-    return (text + "<h3>Infiltration amount (receptor+ cells in zone per mm² tissue)</h3>" + amount
+    return ("<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI; <i>p (BH-FDR)</i> "
+            "is adjusted over the rows of the table (with many populations, one in twenty crosses p &lt; 0.05 "
+            "by chance):</p>" + _table(tests) + adjusted)
+
+
+def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
+    inf = run["infiltration"]
+    if _no_zones(run):
+        return _note(_NO_ZONES)
+    if not len(inf):
+        return _note("No infiltration table (run the spatial step).")
+    pairs = _pairs(run)
+    if not pairs:
+        return _note("No cognate pairs configured (spatial.cognate_pairs); nothing to plot by receptor.")
+    counts = stats.receptor_count_table(run, pairs=pairs)
+    if not len(counts) or not counts["n_cells"].sum():
+        return _note("No receptor-flagged phenotypes found in the infiltration table.")
+    df = stats.receptor_density_table(run, pairs=pairs, per="tissue")
+    panels = [(c, c) for c in df.columns if " in " in c and c.split(" in ")[0].endswith("+")]
+    fits: list[pd.DataFrame] = []
+    amount = _dose_figure(df, panels[:12], ylabel="receptor+ cells inside zone per mm² tissue", n_bootstrap=nb,
+                          seed=seed, fits_out=fits, models=("linear", "emax"))
+    return (_INFILTRATION_TEXT + "<h3>Infiltration amount (receptor+ cells in zone per mm² tissue)</h3>" + amount
             + _fit_summary(fits)
             + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"
-            + _zone_density_figure(counts)
-            + "<p>Dose trend per arm (0 Gy controls shared), log2 units per Gy with 95% CI; <i>p (BH-FDR)</i> "
-              "is adjusted over the rows of the table (with many populations, one in twenty crosses p &lt; 0.05 "
-              "by chance):</p>"
-            + _table(tests) + adjusted)
+            + _zone_density_figure(counts) + _dose_trends(run, counts, pairs))
 
 
 def _cognate(run: dict[str, Any]) -> str:
     pairs = _pairs(run)
+    if _no_zones(run):
+        return _note(_NO_ZONES)
     if not pairs or not len(run["infiltration"]):
         return _note("No cognate pairs configured (spatial.cognate_pairs) or no infiltration table.")
     res = stats.cognate_test(run["infiltration"], pairs=pairs, min_dose_gy=None)
@@ -403,6 +442,11 @@ def _modules(run: dict[str, Any]) -> str:
                and c.upper().startswith(("CXCL", "CCL", "CX3CL", "XCL"))]
     if len(markers) < 2:
         return _note("Fewer than two gated chemokine markers: no module analysis.")
+    tumor = cells[cells["cell_type"].astype(str).str.startswith("Tumor")] if "cell_type" in cells else cells
+    varying = [m for m in markers if tumor[f"{m}_pos"].nunique() > 1]
+    if len(varying) < 2:
+        return _note(f"Fewer than two chemokine markers vary among the {len(tumor)} tumor cells (positive in some "
+                     f"cells, negative in others; varying: {varying or 'none'}): no co-expression to correlate.")
     try:
         res = stats.chemokine_modules(cells, markers=markers)
     except ChemozoneError as e:
@@ -424,6 +468,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 color:#222;line-height:1.4;padding:0 16px}
 h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .muted{color:#888}.note{color:#555;font-style:italic}
+.warn{background:#fff4e0;border-left:4px solid #e08a00;padding:6px 10px}
 table.tbl{border-collapse:collapse;font-size:12px;margin:8px 0}
 table.tbl th,table.tbl td{border:1px solid #ddd;padding:2px 6px;text-align:right}
 table.tbl th{background:#f3f3f3}
@@ -438,19 +483,20 @@ nav a{margin-right:12px}
 def render_report(out: str | os.PathLike) -> str:
     """The report's HTML text for a run folder (see :func:`write_report`)."""
     out = Path(out)
-    run = stats.load_run(out, missing="empty")
+    run = _with_arms(stats.load_run(out, missing="empty"))
     st = ((run["run"].get("config") or {}).get("stats") or {})
     nb = int(min(st.get("n_bootstrap", 200), _MAX_BOOTSTRAP))
     seed = int(st.get("seed", 0))
     sections = [
-        ("summary", "Cohort summary", _summary(run)),
-        ("failures", "Failures", _failures(run)),
-        ("qc", "Per-sample QC", _qc(out, run)),
-        ("gates", "Gates", _gates(run)),
-        ("zones", "Zone area vs dose", _zone_area(run, nb, seed)),
-        ("infiltration", "Infiltration vs dose", _infiltration(run, nb, seed)),
-        ("cognate", "Cognate specificity", _cognate(run)),
-        ("modules", "Chemokine modules", _modules(run)),
+        ("warnings", "Warnings", _guarded(_warnings, run)),
+        ("summary", "Cohort summary", _guarded(_summary, run)),
+        ("failures", "Failures", _guarded(_failures, run)),
+        ("qc", "Per-sample QC", _guarded(_qc, out, run)),
+        ("gates", "Gates", _guarded(_gates, run)),
+        ("zones", "Zone area vs dose", _guarded(_zone_area, run, nb, seed)),
+        ("infiltration", "Infiltration vs dose", _guarded(_infiltration, run, nb, seed)),
+        ("cognate", "Cognate specificity", _guarded(_cognate, run)),
+        ("modules", "Chemokine modules", _guarded(_modules, run)),
     ]
     ver = (run["run"].get("versions") or {}).get("chemozone", "?")
     nav = "".join(f"<a href='#{k}'>{html.escape(t)}</a>" for k, t, _ in sections)

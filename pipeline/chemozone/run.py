@@ -32,10 +32,12 @@ import time
 import traceback
 from contextlib import contextmanager
 from contextlib import nullcontext as _nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import _run_record as record
+from ._run_record import Ledger as _Ledger
+from ._run_record import RunResult
 from .config import Config, load_config
 from .errors import ChemozoneError, RunError
 from .layout import RunLayout, atomic_write_json, file_fingerprint, new_provenance, write_parquet
@@ -64,16 +66,6 @@ __all__ = [
 log = logging.getLogger("chemozone")
 
 STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
-
-
-@dataclass
-class RunResult:
-    """What a batch run did."""
-
-    out: Path
-    statuses: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    exit_code: int = 0
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -285,12 +277,17 @@ def _grid_um(img, cfg: Config, tissue_grid, lay: RunLayout, sid: str) -> float:
 
 # --------------------------------------------------------------------------------------- step B
 def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, zone_thresholds) -> dict[str, Any]:
-    """Step B of one sample: phenotype → zones → spatial; writes the sample's tables, zone masks and qc.png."""
+    """Step B of one sample: phenotype → zones → spatial; writes the sample's tables, zone masks and qc.png.
+
+    Returns ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "positive_counts"}`` (``positive_counts``:
+    per gated marker ``{sample_id, marker, n_cells, n_positive}``, for the plausibility checks).
+    """
     import dask
     import pandas as pd
 
     from . import phenotype, spatial, zones
     from .io import read_labels_zarr, write_labels_zarr
+    from .plausibility import positive_counts
 
     sid = row["sample_id"]
     lay = RunLayout(out)
@@ -301,6 +298,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
         with _timed(timings, "phenotype"):
             sg = gates[gates["sample_id"] == sid] if len(gates) else gates
             cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, **phenotype_options(cfg)))
+            counts = positive_counts(cells, sid)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
         grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         with _timed(timings, "zones"):
@@ -336,7 +334,8 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 from .qc import write_qc
 
                 _stage(sid, "qc", lambda: write_qc(lay.qc(sid), img, lay.masks(sid), masks, cfg=cfg))
-    return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells))}
+    return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
+            "positive_counts": counts}
 
 
 # ------------------------------------------------------------------------------------------ merge
@@ -412,35 +411,6 @@ def _validate_stage_config(cfg: Config, report) -> None:
         phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
 
 
-class _Ledger:
-    """``run.json`` as the run goes: every change of a sample's status is written at once (atomically), so a
-    killed run leaves a true record. A failed sample is logged with its traceback and, under
-    ``on_error="raise"``, stops the run."""
-
-    def __init__(self, prov: dict[str, Any], lay: RunLayout, on_error: str) -> None:
-        self.prov, self.lay, self.on_error = prov, lay, on_error
-        self.result = RunResult(out=lay.root)
-
-    def save(self) -> None:
-        atomic_write_json(self.lay.run_json, self.prov)
-
-    def status(self, sid: str) -> str:
-        return self.prov["samples"][sid]["status"]
-
-    def record(self, sid: str, **kw: Any) -> None:
-        self.prov["samples"][sid].update(kw)
-        self.save()
-
-    def fail(self, exc: StageError) -> None:
-        log.error("%s\n%s", exc, exc.tb)
-        self.record(exc.sample_id, status="failed", stage=exc.stage, error=exc.message)
-        self.result.errors[exc.sample_id] = str(exc)
-        if self.on_error == "raise":
-            self.prov["status"] = "failed"
-            self.save()
-            raise RunError(f"{exc} (details in {self.lay.run_log}; use --on-error skip to finish the other samples)")
-
-
 def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_limit, resume, on_error,
          progress, in_process, command, images, unreadable) -> RunResult:
     """The run once its inputs are valid: step A, the cohort step, step B, then the cohort tables."""
@@ -459,8 +429,15 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
     with progress_bars(console, enabled=progress) as bar, client_ctx as client:
         _run_step_a(client, bar, todo, cfg, lay, stamps, ledger, images)
         ok_a = [r for r in rows if ledger.status(r["sample_id"]) == "step_a_done"]
+        for r in ok_a:  # plausibility of step A (resumed samples too): cells, tissue, density
+            sid = r["sample_id"]
+            ledger.warn(record.step_a_warnings(sid, ledger.prov["samples"][sid].get("step_a"), images[sid],
+                                               cfg.segmentation, lay))
         ok_a, cohort = _run_cohort_step(client, ok_a, samples, cfg, lay, ledger)
+        ledger.warn(record.cohort_warnings(cohort))
         _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
+        ledger.warn(record.marker_warnings({sid: s.get("step_b") for sid, s in ledger.prov["samples"].items()
+                                            if s["status"] == "done"}))
     return _finish(rows, samples, lay, ledger)
 
 
@@ -488,13 +465,14 @@ def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, im
     rows = samples.to_dict("records")
     for r in rows:
         prov["inputs"][r["sample_id"]] = {**file_fingerprint(r["image"]), "image_info": images.get(r["sample_id"])}
-        prov["samples"][r["sample_id"]] = {"status": "pending"}
+        prov["samples"][r["sample_id"]] = {"status": "pending", "warnings": []}
     for sid, msg in unreadable.items():
-        prov["samples"][sid] = {"status": "failed", "stage": "validate", "error": msg}
+        prov["samples"][sid] = {"status": "failed", "stage": "validate", "error": msg, "warnings": []}
         log.error("sample '%s' failed in validate: %s", sid, msg)
     rows = [r for r in rows if r["sample_id"] not in unreadable]
     ledger = _Ledger(prov, lay, on_error)
     ledger.save()
+    ledger.warn(record.image_warnings(images))
     log.info("run started: %d samples, out=%s", len(rows), lay.root)
     ledger.result.errors.update({sid: f"sample '{sid}' failed in validate: {m}" for sid, m in unreadable.items()})
     return ledger, rows

@@ -25,6 +25,8 @@ class ValidationReport:
     images: dict[str, dict] = field(default_factory=dict)
     sample_problems: dict[str, str] = field(default_factory=dict)
     """Problems that concern one sample's image only (a run with ``--on-error skip`` skips that sample)."""
+    notes: list[str] = field(default_factory=list)
+    """Things to know that do not stop a run (e.g. a pixel size taken from ``panel.pixel_size_um``)."""
 
     @property
     def ok(self) -> bool:
@@ -51,9 +53,12 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
     """Validate the sample sheet and every image's channels and pixel size against ``cfg``.
 
     Never raises for a problem with one image: it is added to ``problems`` (naming the file) and the
-    other images are still checked. A broken sample sheet is a single problem.
+    other images are still checked. A broken sample sheet is a single problem. An image without a plausible
+    pixel size (none stored, or outside 0.05–5 µm/px such as a 72 dpi tag) is a problem unless
+    ``panel.pixel_size_um`` is set; when it is used, or when it disagrees with the file, ``notes`` says so.
     """
     from .io import read_image_info, resolve_channels
+    from .plausibility import format_warning, pixel_size_checks
     from .samples import load_samples
 
     rep = ValidationReport()
@@ -83,11 +88,15 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
                 rep.problems.append(f"sample '{row.sample_id}': {exc}")
         rep.images[row.sample_id] = info
         c, y, x = info["shape"]
+        px_from = " (panel.pixel_size_um)" if info["pixel_size_source"] == "config" else ""
         rep.rows.append(
             f"{row.sample_id}: {Path(row.image).name} [{info['format']}] {c}x{y}x{x} {info['dtype']}, "
-            f"{info['pixel_size_um']:.4g} µm/px, channels {info['channels']}, patient={row.patient}, "
+            f"{info['pixel_size_um']:.4g} µm/px{px_from}, channels {info['channels']}, patient={row.patient}, "
             f"radiation={row.radiation}, dose_gy={row.dose_gy}"
         )
+        rep.notes += [format_warning(w) for w in pixel_size_checks(
+            row.sample_id, pixel_size_um=info["pixel_size_um"], source=info["pixel_size_source"],
+            note=info["pixel_size_note"])]
     return rep
 
 

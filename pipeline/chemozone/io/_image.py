@@ -26,6 +26,13 @@ class ImageData:
         Pyramid levels (``levels[0] is data``); one element when the file has no pyramid.
     format : str
         ``ome-tiff``, ``qptiff``, ``inform-tiff``, ``tiff``, ``ome-zarr`` or ``channel-folder``.
+    pixel_size_origin : str
+        Where in the file a reader found the pixel size (e.g. ``TIFF resolution tag (72 pixels per inch)``);
+        empty when it found none.
+    pixel_size_source : str
+        ``file`` or ``config`` (``panel.pixel_size_um``), set by :func:`~chemozone.io.read_image`.
+    pixel_size_note : str
+        Why the config's value was used, or that the config disagrees with the file's value; empty otherwise.
     """
 
     data: Any
@@ -34,6 +41,9 @@ class ImageData:
     path: Path
     levels: list[Any] = field(default_factory=list)
     format: str = "tiff"
+    pixel_size_origin: str = ""
+    pixel_size_source: str = "file"
+    pixel_size_note: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:

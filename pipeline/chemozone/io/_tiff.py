@@ -131,9 +131,10 @@ def _xml_text(desc: str, tag: str) -> str | None:
     return el.text.strip() if el is not None and el.text else None
 
 
-def _qpi_pages(tif) -> tuple[list[int], list[str], float | None] | None:
+def _qpi_pages(tif) -> tuple[list[int], list[str], float | None, str] | None:
     """Full-resolution pages of a PerkinElmer/Akoya QPI TIFF (qptiff or inForm component data)."""
     pages, names, px = [], [], None
+    origin = ""
     shape0 = None
     for i, page in enumerate(tif.pages):
         desc = page.description or ""
@@ -150,15 +151,17 @@ def _qpi_pages(tif) -> tuple[list[int], list[str], float | None] | None:
         name = _xml_text(desc, "Name") or _xml_text(desc, "Biomarker") or f"channel_{len(names)}"
         pages.append(i)
         names.append(name)
-        if px is None:
-            px = _tiff_resolution_um(page)
+        if px is None and (res := _tiff_resolution(page)) is not None:
+            px, origin = res
     if not pages:
         return None
-    return pages, names, px
+    return pages, names, px, origin
 
 
-def _tiff_resolution_um(page) -> float | None:
-    """Pixel size from the TIFF resolution tags (µm), if they give one in cm or inch."""
+def _tiff_resolution(page) -> tuple[float, str] | None:
+    """Pixel size (µm) from the TIFF resolution tags and a description of the tags (``TIFF resolution tag
+    (72 pixels per inch)``), if they give one in cm or inch. The value is not judged here: a 72 dpi tag gives
+    352.8 µm, which :func:`~chemozone.io.read_image` rejects as a pixel size."""
     try:
         tags = page.tags
         xres = tags.get("XResolution")
@@ -166,14 +169,14 @@ def _tiff_resolution_um(page) -> float | None:
         if xres is None or unit is None:
             return None
         num, den = xres.value
-        if num == 0:
+        if num == 0 or den == 0:
             return None
         per_unit = num / den  # pixels per unit
         unit_val = int(unit.value)
         if unit_val == 3:  # centimetre
-            return 1e4 / per_unit
+            return 1e4 / per_unit, f"TIFF resolution tag ({per_unit:.6g} pixels per cm)"
         if unit_val == 2:  # inch
-            return 25400.0 / per_unit
+            return 25400.0 / per_unit, f"TIFF resolution tag ({per_unit:.6g} pixels per inch)"
     except Exception:  # noqa: BLE001 - malformed tags mean "unknown", never an error
         return None
     return None
@@ -239,10 +242,11 @@ def _read_tiff(path: Path) -> ImageData:
     fmt = "tiff"
     channels: list[str] | None = None
     px: float | None = None
+    origin = ""
 
     qpi = None if tif.is_ome else _qpi_pages(tif)
     if qpi is not None:
-        pages, channels, px = qpi
+        pages, channels, px, origin = qpi
         fmt = "qptiff" if str(path).lower().endswith(".qptiff") else "inform-tiff"
         p0 = tif.pages[pages[0]]
         shape = (len(pages),) + tuple(p0.shape[:2])
@@ -263,7 +267,7 @@ def _read_tiff(path: Path) -> ImageData:
         chunks = (1,) + _plane_chunks(shape[1:], p0)
         data = da.from_array(region, chunks=chunks, asarray=True, lock=False, fancy=False,
                              meta=np.empty((0, 0, 0), p0.dtype), name=f"tiff-{_token(path)}-qpi")
-        return ImageData(data, channels, px, path, [data], fmt)
+        return ImageData(data, channels, px, path, [data], fmt, pixel_size_origin=origin)
 
     # OME-TIFF or plain TIFF: the first series that is not a thumbnail/label is the image.
     if not tif.series:
@@ -273,8 +277,9 @@ def _read_tiff(path: Path) -> ImageData:
     if tif.is_ome:
         fmt = "ome-tiff"
         channels, px = _ome_channels_and_px(tif, si)
-    if px is None:
-        px = _tiff_resolution_um(series.pages[0])
+        origin = "OME-XML PhysicalSizeX" if px is not None else ""
+    if px is None and (res := _tiff_resolution(series.pages[0])) is not None:
+        px, origin = res
     shape, axes = _series_to_cyx(series)
     levels = []
     for lvl, s in enumerate(series.levels):
@@ -287,7 +292,8 @@ def _read_tiff(path: Path) -> ImageData:
         levels.append(arr)
     if channels is not None and len(channels) != shape[0]:
         channels = None  # metadata disagree with the pixels: fall back to the panel
-    return ImageData(levels[0], channels or [], px, path, levels, fmt)  # type: ignore[arg-type]
+    return ImageData(levels[0], channels or [], px, path, levels, fmt,  # type: ignore[arg-type]
+                     pixel_size_origin=origin)
 
 
 def _plane_chunks(yx: tuple[int, int], page) -> tuple[int, int]:

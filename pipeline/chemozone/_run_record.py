@@ -1,0 +1,146 @@
+"""``run.json`` as a run goes: the ledger of sample statuses and plausibility warnings (used by :mod:`chemozone.run`).
+
+The warnings come from the pure checks of :mod:`chemozone.plausibility`; this module feeds them what a run
+knows at each point (the validated image info, step A's record and tissue mask, the cohort step's gates and
+zone thresholds, step B's positive counts) and records them: ``run.json["warnings"]`` holds every record,
+``run.json["samples"][id]["warnings"]`` the sample's own (both lists, empty when nothing is implausible).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+from .layout import RunLayout, atomic_write_json
+from .plausibility import (
+    format_warning,
+    gate_checks,
+    marker_checks,
+    pixel_size_checks,
+    sample_checks,
+    zone_threshold_checks,
+)
+from .scheduler import StageError
+
+log = logging.getLogger("chemozone")
+
+
+@dataclass
+class RunResult:
+    """What a batch run did.
+
+    ``warnings`` holds the plausibility warning records of the run (:mod:`chemozone.plausibility`), also
+    in ``run.json``.
+    """
+
+    out: Path
+    statuses: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    exit_code: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Ledger:
+    """``run.json`` as the run goes: every change of a sample's status is written at once (atomically), so a
+    killed run leaves a true record. A failed sample is logged with its traceback and, under
+    ``on_error="raise"``, stops the run. Warnings are recorded for the cohort and per sample."""
+
+    def __init__(self, prov: dict[str, Any], lay: RunLayout, on_error: str) -> None:
+        self.prov, self.lay, self.on_error = prov, lay, on_error
+        self.prov.setdefault("warnings", [])
+        self.result = RunResult(out=lay.root)
+
+    def save(self) -> None:
+        atomic_write_json(self.lay.run_json, self.prov)
+
+    def status(self, sid: str) -> str:
+        return self.prov["samples"][sid]["status"]
+
+    def record(self, sid: str, **kw: Any) -> None:
+        self.prov["samples"][sid].update(kw)
+        self.save()
+
+    def warn(self, records: list[dict[str, Any]]) -> None:
+        """Record warnings (run.json, the run's result, run.log); a sample's also under its own entry."""
+        if not records:
+            return
+        for r in records:
+            self.prov["warnings"].append(r)
+            sample = self.prov["samples"].get(r["sample"]) if r["sample"] is not None else None
+            if sample is not None:
+                sample.setdefault("warnings", []).append(r)
+            log.warning("%s", format_warning(r))
+        self.result.warnings += records
+        self.save()
+
+    def fail(self, exc: StageError) -> None:
+        log.error("%s\n%s", exc, exc.tb)
+        self.record(exc.sample_id, status="failed", stage=exc.stage, error=exc.message)
+        self.result.errors[exc.sample_id] = str(exc)
+        if self.on_error == "raise":
+            self.prov["status"] = "failed"
+            self.save()
+            raise RunError(f"{exc} (details in {self.lay.run_log}; use --on-error skip to finish the other samples)")
+
+
+# ------------------------------------------------------------------------------------- what to check when
+def image_warnings(images: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Before any work: pixel sizes taken from ``panel.pixel_size_um`` or disagreeing with it."""
+    out = []
+    for sid, info in images.items():
+        if info:
+            out += pixel_size_checks(sid, pixel_size_um=info["pixel_size_um"],
+                                     source=info.get("pixel_size_source", "file"), note=info.get("pixel_size_note", ""))
+    return out
+
+
+def _diameters(step_a: dict[str, Any] | None, seg_cfg: Any) -> tuple[float | None, float | None]:
+    """The nucleus diameter the sample was segmented with (step A's record first, e.g. an ``auto`` estimate,
+    else the config's number) and the smallest configured one."""
+    for d in ((step_a or {}).get("nucleus_diameter_um"), getattr(seg_cfg, "nucleus_diameter_um", None)):
+        if isinstance(d, (int, float)) and d > 0:
+            small = getattr(seg_cfg, "small_nucleus_diameter_um", None)
+            return float(d), float(small) if isinstance(small, (int, float)) and small > 0 else None
+    return None, None
+
+
+def step_a_warnings(sid: str, step_a: dict[str, Any] | None, image: dict[str, Any], seg_cfg: Any,
+                    lay: RunLayout) -> list[dict[str, Any]]:
+    """After step A: no cells, little tissue, implausible density (:func:`~chemozone.plausibility.sample_checks`).
+
+    ``step_a`` is step A's record (``n_cells``, and ``tissue_fraction`` when step A reports it, else the
+    tissue mask is read); ``image`` the validated image info (shape, pixel size).
+    """
+    import pandas as pd
+
+    from .io import read_labels_zarr
+
+    step_a = step_a or {}
+    n_cells = step_a.get("n_cells")
+    if n_cells is None:
+        n_cells = len(pd.read_parquet(lay.measurements(sid), columns=["cell_id"]))
+    frac = step_a.get("tissue_fraction")
+    if frac is None:
+        frac = float(read_labels_zarr(lay.masks(sid), "tissue").astype(bool).mean())
+    _, y, x = image["shape"]
+    px = float(step_a.get("pixel_size_um") or image["pixel_size_um"])
+    d, small = _diameters(step_a, seg_cfg)
+    return sample_checks(sid, n_cells=int(n_cells), tissue_fraction=float(frac), field_area_mm2=y * x * px * px / 1e6,
+                         nucleus_diameter_um=d, smallest_diameter_um=small)
+
+
+def cohort_warnings(cohort: dict[str, Any]) -> list[dict[str, Any]]:
+    """After the cohort step: the ``warning`` columns of the gates and zone thresholds (fallbacks, missing
+    reference samples)."""
+    return gate_checks(cohort.get("gates")) + zone_threshold_checks(cohort.get("zone_thresholds"))
+
+
+def marker_warnings(step_b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """After step B: markers almost never / almost always positive (from each sample's ``positive_counts``)."""
+    import pandas as pd
+
+    rows = [r for rec in step_b.values() for r in (rec or {}).get("positive_counts", [])]
+    return marker_checks(pd.DataFrame(rows)) if rows else []
