@@ -243,3 +243,25 @@ def test_documented_example_config_runs_on_the_tiny_cohort(tiny_cohort, tmp_path
     # reference (sham) thresholds: sham samples have (almost) no chemokine zone, irradiated ones do
     cx = zones[zones["zone"] == "CXCL8"].set_index("dose_gy")["area_fraction"]
     assert cx.loc[0.0].max() < 0.05 < cx.loc[10.0].min()
+
+
+def test_config_names_reach_the_tables_through_panel_aliases(tiny_cohort, tmp_path):
+    """A config that names a marker by its own spelling and maps the file's spelling with panel.aliases (as the
+    README says) gets per-cell columns under the config's name, so gates and rules find them."""
+    import yaml
+
+    from chemozone.run import run_batch
+
+    data = yaml.safe_load((tiny_cohort / "config.yaml").read_text())
+    data["panel"]["aliases"] = {"CD8a": ["CD8"]}  # the images spell it CD8; this lab writes CD8a
+    ph = data["phenotypes"]
+    ph["markers"]["CD8a"] = ph["markers"].pop("CD8")
+    for rule in ph["rules"]:
+        for key in ("pos", "neg", "any"):
+            rule[key] = ["CD8a" if m == "CD8" else m for m in rule.get(key, [])]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    res = run_batch(tiny_cohort, tmp_path / "c.yaml", tmp_path / "run", in_process=True, progress=False)
+    assert res.exit_code == 0
+    cells = pd.read_parquet(tmp_path / "run" / "cells.parquet")
+    assert {"CD8a_cell", "CD8a_pos"} <= set(cells.columns) and not any(c.startswith("CD8_") for c in cells.columns)
+    assert (cells["cell_type"] == "CD8 T").sum() > 0

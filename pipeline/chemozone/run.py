@@ -132,7 +132,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     import dask
 
     from . import quantify, segment, tissue
-    from .io import resolve_channels, write_labels_zarr
+    from .io import canonical_channel_names, resolve_channels, write_labels_zarr
 
     sid = row["sample_id"]
     lay = RunLayout(out)
@@ -160,7 +160,8 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 nuclear_channel=cfg.panel.nuclear_channel, aliases=cfg.panel.aliases,
                 tissue=tmask, tissue_grid_um=grid_um, store=tmp_store if large else None))
         with _timed(timings, "quantify"):
-            q_channels = cfg.quantification.channels or list(img.channels)
+            # columns carry the config's names (an image channel spelled as a panel.aliases entry gets its key)
+            q_channels = cfg.quantification.channels or canonical_channel_names(img.channels, cfg.panel.aliases)
             q_idx = resolve_channels(img.channels, q_channels, aliases=cfg.panel.aliases, source=img.path)
             image_q = img.data[q_idx] if q_idx != list(range(img.data.shape[0])) else img.data
             table = _stage(sid, "quantify", lambda: quantify.quantify_cells(
