@@ -42,7 +42,7 @@ _MAX_BLOBS = 400
 
 
 def estimate_nucleus_diameter_um(image_yx: Any, *, pixel_size_um: float,
-                                 diameter_range_um: Sequence[float] = (3.0, 60.0),
+                                 diameter_range_um: Sequence[float] = (3.0, 100.0),
                                  crop_px: int = 512, n_crops: int = 4) -> float:
     """The typical nucleus diameter in µm, estimated from the nuclear channel.
 
@@ -84,7 +84,7 @@ def estimate_nucleus_diameter_um(image_yx: Any, *, pixel_size_um: float,
                          crop_px=crop_px, n_crops=n_crops)["diameter_um"]
 
 
-def nucleus_scale(image_yx: Any, *, pixel_size_um: float, diameter_range_um: Sequence[float] = (3.0, 60.0),
+def nucleus_scale(image_yx: Any, *, pixel_size_um: float, diameter_range_um: Sequence[float] = (3.0, 100.0),
                   crop_px: int = 512, n_crops: int = 4) -> dict[str, Any]:
     """:func:`estimate_nucleus_diameter_um` with its details, for ``run.json``.
 
@@ -97,7 +97,8 @@ def nucleus_scale(image_yx: Any, *, pixel_size_um: float, diameter_range_um: Seq
 
     Examples
     --------
-    >>> img = np.zeros((120, 120)); img[40:52, 40:52] = 1.0; img[80:92, 20:32] = 1.0
+    >>> yy, xx = np.mgrid[:120, :120]
+    >>> img = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 36) + ((yy - 85) ** 2 + (xx - 70) ** 2 <= 36) * 1.0
     >>> s = nucleus_scale(img, pixel_size_um=1.0)
     >>> s["n_blobs"], round(s["diameter_um"])
     (2, 13)
@@ -266,7 +267,8 @@ def resolve_auto_diameter(nuclear_yx: Any, options: dict[str, Any], *, pixel_siz
 
     Examples
     --------
-    >>> img = np.zeros((120, 120)); img[40:52, 40:52] = 1.0; img[80:92, 20:32] = 1.0
+    >>> yy, xx = np.mgrid[:120, :120]
+    >>> img = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 36) + ((yy - 85) ** 2 + (xx - 70) ** 2 <= 36) * 1.0
     >>> opts, rec = resolve_auto_diameter(img, {"nucleus_diameter_um": "auto"}, pixel_size_um=1.0)
     >>> round(opts["nucleus_diameter_um"]), rec["n_blobs"]
     (13, 2)
