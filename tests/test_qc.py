@@ -41,7 +41,7 @@ def test_mibi_panel_with_a_config_a_user_would_write():
                                  {"cell_type": "Tumor", "pos": ["PanKeratin"]},
                                  {"cell_type": "Stroma", "pos": ["SMA"]}]}})
     opts = qc_options(cfg)
-    assert opts["tumour_markers"] == ["PanKeratin"] and opts["leukocyte_markers"] == ["CD45"]
+    assert opts["tumour_markers"] == ["PanKeratin"] and opts["leukocyte_markers"] == ["CD45", "CD3", "CD8", "CD20"]
     assert _names(choose_qc_channels(MIBI, **opts)) == [
         ("HH3", "nuclear", "blue"), ("PanKeratin", "tumour", "green"), ("CD45", "leukocyte", "red")]
     # no rules at all: the epithelial and leukocyte defaults still find them
@@ -140,3 +140,15 @@ def test_qc_figure_legend_names_channels_and_png_is_written(tmp_path):
         assert im.format == "PNG" and im.size[0] > 500
         px = np.asarray(im.convert("RGB"))
     assert (px[..., 0] > 150).any() and (px[..., 2] > 150).any()  # red and blue both drawn
+
+
+def test_lymphoid_panel_without_cd45_takes_the_t_cell_rule_marker():
+    cfg = config_from_dict({"phenotypes": {"markers": {m: {} for m in ["CD4", "CD8", "FOXP3", "BCL6"]},
+                                           "rules": [{"cell_type": "Treg", "pos": ["CD4", "FOXP3"]},
+                                                     {"cell_type": "CD4 T", "pos": ["CD4"]},
+                                                     {"cell_type": "CD8 T", "pos": ["CD8"]},
+                                                     {"cell_type": "Tfh", "pos": ["CD4", "BCL6"]}]}})
+    opts = qc_options(cfg)
+    assert opts["leukocyte_markers"][:2] == ["CD4", "FOXP3"]
+    chosen = choose_qc_channels(["DAPI", "CD4", "CD8", "FOXP3", "BCL6"], **opts)
+    assert _names(chosen) == [("DAPI", "nuclear", "blue"), ("CD4", "leukocyte", "red")]

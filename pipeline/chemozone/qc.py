@@ -25,8 +25,10 @@ QC_COLOURS: dict[str, tuple[float, float, float]] = {
 _ROLE_COLOUR = {"nuclear": "blue", "tumour": "green", "leukocyte": "red", "chemokine": "magenta"}
 TUMOUR_DEFAULTS = ("panCK", "PanKeratin", "Pan-Cytokeratin", "Keratin", "CK", "ECadherin", "EpCAM")
 """Epithelial channels tried (in order) after the config's tumour markers."""
-LEUKOCYTE_DEFAULTS = ("CD45", "PTPRC", "CD3", "CD3e")
-"""Leukocyte channels tried (in order) after the config's immune markers: CD45, else CD3."""
+PAN_LEUKOCYTE = ("CD45", "PTPRC")
+"""Leukocyte channels tried before the config's immune markers."""
+LEUKOCYTE_DEFAULTS = ("CD3", "CD3e")
+"""Leukocyte channels tried after the config's immune markers: CD45, else the config's, else CD3."""
 
 
 class QcChannel(NamedTuple):
@@ -43,9 +45,9 @@ def choose_qc_channels(channels: Sequence[str], *, nuclear_channel: str = "DAPI"
                        aliases: dict[str, list[str]] | None = None) -> list[QcChannel]:
     """The channels of the QC composite: nuclear (blue), tumour (green), leukocyte (red), chemokine (magenta).
 
-    Each role takes the first of its candidates the image has (the config's markers first, then
-    :data:`TUMOUR_DEFAULTS` / :data:`LEUKOCYTE_DEFAULTS`); a role with no channel in the image is left
-    out, and a channel is used once. ``override`` (``run.qc_channels``) replaces the choice: those
+    Each role takes the first of its candidates the image has: tumour, the config's markers then
+    :data:`TUMOUR_DEFAULTS`; leukocyte, CD45/PTPRC, then the config's immune markers, then CD3; chemokine,
+    the config's pixel zones. A role with no channel in the image is left out; a channel is used once. ``override`` (``run.qc_channels``) replaces the choice: those
     channels, in that order, coloured blue, green, red, magenta.
 
     Parameters
@@ -97,7 +99,7 @@ def choose_qc_channels(channels: Sequence[str], *, nuclear_channel: str = "DAPI"
             out.append(QcChannel(hit, "chosen", colour))
         return out
     roles = {"nuclear": [nuclear_channel], "tumour": [*tumour_markers, *TUMOUR_DEFAULTS],
-             "leukocyte": [*leukocyte_markers, *LEUKOCYTE_DEFAULTS], "chemokine": list(chemokine_markers)}
+             "leukocyte": [*PAN_LEUKOCYTE, *leukocyte_markers, *LEUKOCYTE_DEFAULTS], "chemokine": list(chemokine_markers)}
     out: list[QcChannel] = []
     for role, candidates in roles.items():
         for name in candidates:
