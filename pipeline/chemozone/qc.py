@@ -47,8 +47,9 @@ def choose_qc_channels(channels: Sequence[str], *, nuclear_channel: str = "DAPI"
 
     Each role takes the first of its candidates the image has: tumour, the config's markers then
     :data:`TUMOUR_DEFAULTS`; leukocyte, CD45/PTPRC, then the config's immune markers, then CD3; chemokine,
-    the config's pixel zones. A role with no channel in the image is left out; a channel is used once. ``override`` (``run.qc_channels``) replaces the choice: those
-    channels, in that order, coloured blue, green, red, magenta.
+    the config's pixel zones. A role with no channel in the image is left out; a channel is used once.
+    ``override`` (``run.qc_channels``) replaces the choice: those channels, in that order, coloured blue,
+    green, red, magenta.
 
     Parameters
     ----------
