@@ -533,3 +533,139 @@ def test_dense_lymphoid_field_covers_dim_nuclei(shared_data):
     f1 = match_scores(cells, segment_nuclei(small, pixel_size_um=0.5, nucleus_diameter_um=5.0),
                       thresholds=[0.5])["f1"][0]
     assert f1 >= 0.42  # measured 0.475 (reference = cell labels of another tool; was 0.10)
+
+
+# ------------------------------------------------------------------- nucleus_diameter_um: auto (scale)
+def _disc_field(d_px: float, *, shape=(320, 320), seed=0):
+    """Domed discs of diameter ~``d_px`` (±10 %), not touching, blurred by 1 px; values 0-1.4.
+    Returns (image, median true diameter in px)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img, discs = np.zeros(shape), []
+    n = int(0.24 * shape[0] * shape[1] / (np.pi * (d_px / 2) ** 2))
+    for _ in range(20000):
+        if len(discs) >= n:
+            break
+        r = d_px / 2 * rng.uniform(0.9, 1.1)
+        cy, cx = rng.uniform(r, shape[0] - r), rng.uniform(r, shape[1] - r)
+        if any(np.hypot(cy - a, cx - b) < r + c + 2 for a, b, c in discs):
+            continue
+        discs.append((cy, cx, r))
+        dd = np.hypot(yy - cy, xx - cx) / r
+        img = np.maximum(img, rng.uniform(0.6, 1.4) * np.clip(1.2 - 0.4 * dd**2, 0, None) * (dd < 1))
+    return ndi.gaussian_filter(img, 1.0), float(np.median([2 * c for _, _, c in discs]))
+
+
+@pytest.mark.parametrize("d_px", [12, 20, 32])
+@pytest.mark.parametrize("kind", ["clean", "gaussian noise", "poisson", "sparse counts"])
+def test_estimate_nucleus_diameter_on_discs_of_known_size(d_px, kind):
+    from chemozone.segment import estimate_nucleus_diameter_um
+
+    img, true_px = _disc_field(d_px, shape=(max(320, 8 * d_px),) * 2)
+    rng = np.random.default_rng(1)
+    if kind == "gaussian noise":
+        img = img + rng.normal(0, 0.15, img.shape)
+    elif kind == "poisson":  # ~1 count per pixel inside a nucleus
+        img = rng.poisson(0.05 + img).astype(np.float64)
+    elif kind == "sparse counts":  # MIBI-like: ~90 % of pixels are 0
+        img = rng.poisson(0.02 + 0.4 * img).astype(np.uint8)
+        assert np.mean(img == 0) > 0.85
+    est = estimate_nucleus_diameter_um(img, pixel_size_um=PX)
+    assert abs(est / (true_px * PX) - 1) <= 0.15, (est, true_px * PX)
+
+
+def test_estimate_nucleus_diameter_on_the_synthetic_explant_and_lazily_on_crops():
+    from chemozone.segment import nucleus_scale
+
+    synth = pytest.importorskip("chemozone.synth")
+    s = synth.generate_sample(size_px=384, dose_gy=10, seed=3)
+    dapi = s["image"][s["channels"].index("DAPI")]
+    areas = np.bincount(s["nuclei"].ravel())[1:]
+    true_um = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi))) * s["pixel_size_um"]
+    rec = nucleus_scale(da.from_array(dapi, chunks=128), pixel_size_um=s["pixel_size_um"], crop_px=160, n_crops=2)
+    assert abs(rec["diameter_um"] / true_um - 1) <= 0.15, (rec, true_um)
+    assert len(rec["crops"]) == 2 and rec["n_blobs"] >= 10
+    assert all(y1 - y0 <= 160 * rec["working_factor"] for y0, _, y1, _ in rec["crops"])
+
+
+def test_estimate_nucleus_diameter_errors():
+    from chemozone.segment import estimate_nucleus_diameter_um
+
+    with pytest.raises(ValueError, match="no nucleus-like blobs"):
+        estimate_nucleus_diameter_um(np.zeros((200, 200)), pixel_size_um=0.5)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        estimate_nucleus_diameter_um(np.zeros((2, 50, 50)), pixel_size_um=0.5)
+    with pytest.raises(ValueError, match="diameter_range_um must be two increasing"):
+        estimate_nucleus_diameter_um(np.zeros((50, 50)), pixel_size_um=0.5, diameter_range_um=(10, 5))
+    with pytest.raises(ValueError, match="pixel_size_um must be a positive"):
+        estimate_nucleus_diameter_um(np.zeros((50, 50)), pixel_size_um=0)
+    with pytest.raises(ValueError, match="too small to estimate nucleus_diameter_um"):
+        estimate_nucleus_diameter_um(np.zeros((8, 8)), pixel_size_um=1.0)
+
+
+def test_nucleus_diameter_auto_in_config_options_and_segment_image():
+    from chemozone.config import config_from_dict
+    from chemozone.errors import ImageError
+    from chemozone.options import segmentation_options
+    from chemozone.segment import resolve_auto_diameter
+
+    cfg = config_from_dict({"segmentation": {"nucleus_diameter_um": "auto", "small_nucleus_diameter_um": 6.5}})
+    opts = segmentation_options(cfg)
+    assert opts["nucleus_diameter_um"] == "auto"
+    assert config_from_dict({}).segmentation.nucleus_diameter_um == 8.0  # the default stays a number
+    assert segmentation_provenance(**opts)["nucleus_diameter_um"] == "auto"
+    with pytest.raises(ConfigError, match="segmentation.nucleus_diameter_um"):
+        config_from_dict({"segmentation": {"nucleus_diameter_um": "big"}})
+    img, true_px = _disc_field(10)
+    with pytest.raises(ValueError, match="estimate it first with chemozone.segment.estimate_nucleus_diameter_um"):
+        segment_image(img[None], channels=["DAPI"], pixel_size_um=1.0, nucleus_diameter_um="auto")
+    resolved, rec = resolve_auto_diameter(img, opts, pixel_size_um=1.0)
+    assert abs(resolved["nucleus_diameter_um"] / true_px - 1) <= 0.15 and rec["n_blobs"] > 10
+    assert resolved["small_nucleus_diameter_um"] == 6.5  # below the estimate: kept
+    small, _ = resolve_auto_diameter(img, {**opts, "small_nucleus_diameter_um": 50.0}, pixel_size_um=1.0)
+    assert small["small_nucleus_diameter_um"] == small["nucleus_diameter_um"]  # capped at the estimate
+    assert resolve_auto_diameter(img, {"nucleus_diameter_um": 9.0}, pixel_size_um=1.0) == ({"nucleus_diameter_um": 9.0}, None)
+    nuc, _ = segment_image(img[None], channels=["DAPI"], pixel_size_um=1.0, **resolved)
+    assert nuc.max() > 10
+    with pytest.raises(ImageError, match="blank.tif: segmentation.nucleus_diameter_um: auto failed"):
+        resolve_auto_diameter(np.zeros((200, 200)), opts, pixel_size_um=1.0, source="blank.tif")
+
+
+def test_run_step_a_records_the_auto_diameter(tmp_path):
+    from chemozone.config import config_from_dict
+    from chemozone.io import write_ome_tiff
+    from chemozone.run import process_sample_a
+
+    synth = pytest.importorskip("chemozone.synth")
+    s = synth.generate_sample(size_px=256, dose_gy=10, seed=5)
+    path = write_ome_tiff(tmp_path / "s1.ome.tif", s["image"], channels=s["channels"], pixel_size_um=s["pixel_size_um"])
+    raw = synth.cohort_config(s["channels"])
+    raw["segmentation"]["nucleus_diameter_um"] = "auto"
+    info = process_sample_a({"sample_id": "s1", "image": path}, config_from_dict(raw), tmp_path / "run")
+    areas = np.bincount(s["nuclei"].ravel())[1:]
+    true_um = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi))) * s["pixel_size_um"]
+    assert info["nucleus_diameter_um"] == round(info["nucleus_scale"]["diameter_um"], 2)
+    assert abs(info["nucleus_diameter_um"] / true_um - 1) <= 0.15
+    assert info["timings_s"]["nucleus_scale"] >= 0 and info["n_cells"] >= 0.8 * (areas > 0).sum()
+
+
+@pytest.mark.shared
+def test_auto_diameter_within_20_percent_on_dsb2018(shared_data):
+    """``nucleus_diameter_um: auto`` against the annotated median diameter of the 52 dsb2018 images (pixel
+    size unknown: pixel_size_um = 1). benchmarks/bench_nuclei_dsb2018.py prints the full distribution."""
+    import tifffile
+
+    from chemozone.segment import estimate_nucleus_diameter_um
+
+    folder = shared_data / "nuclei_dsb2018"
+    errors = []
+    for f in sorted((folder / "images").glob("*.tif")):
+        areas = np.bincount(tifffile.imread(folder / "masks" / f.name).ravel())[1:]
+        true_px = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
+        errors.append(estimate_nucleus_diameter_um(tifffile.imread(f), pixel_size_um=1.0) / true_px - 1)
+    err = np.abs(errors)
+    assert len(err) == 52
+    assert np.median(err) <= 0.10, np.median(err)
+    assert np.mean(err <= 0.2) >= 0.80, sorted(np.round(err, 2))

@@ -152,8 +152,10 @@ class SegmentationConfig(_Section):
     """Nuclei and cells."""
 
     method: Literal["watershed", "cellpose"] = "watershed"
-    nucleus_diameter_um: PositiveFloat = 8.0
-    """Typical nucleus diameter, µm: scales smoothing, seed spacing and the overlap of tiles."""
+    nucleus_diameter_um: PositiveFloat | Literal["auto"] = 8.0
+    """Typical nucleus diameter, µm: scales smoothing, seed spacing and the overlap of tiles. ``auto``:
+    estimated per sample from the nuclear channel (scale-space blobs on a few crops;
+    :func:`chemozone.segment.estimate_nucleus_diameter_um`) and recorded in ``run.json``."""
     small_nucleus_diameter_um: PositiveFloat | None = None
     """Diameter of the smallest nuclei to keep apart from a touching larger one, µm (watershed), e.g.
     lymphocytes (6-7 µm) crowding among tumor nuclei: the seed map's distance term then saturates at
@@ -180,7 +182,8 @@ class SegmentationConfig(_Section):
                 f"min_nucleus_area_um2 ({self.min_nucleus_area_um2}) must be smaller than "
                 f"max_nucleus_area_um2 ({self.max_nucleus_area_um2})"
             )
-        if self.small_nucleus_diameter_um is not None and self.small_nucleus_diameter_um > self.nucleus_diameter_um:
+        if (self.small_nucleus_diameter_um is not None and self.nucleus_diameter_um != "auto"
+                and self.small_nucleus_diameter_um > self.nucleus_diameter_um):
             raise ValueError(
                 f"small_nucleus_diameter_um ({self.small_nucleus_diameter_um}) must not exceed "
                 f"nucleus_diameter_um ({self.nucleus_diameter_um})"
@@ -426,6 +429,16 @@ class RunConfig(_Section):
     on_error: Literal["raise", "skip"] = "raise"
     seed: int = 0
     write_qc: bool = True
+    qc_channels: list[str] | None = Field(None, min_length=1, max_length=4)
+    """Channels of the QC composite, in colour order blue, green, red, magenta (at most 4). None = the
+    nuclear channel plus a tumour, a leukocyte and a chemokine channel chosen from the config."""
+
+    @field_validator("qc_channels")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(set(v)) != len(v) or any(not c.strip() for c in v)):
+            raise ValueError(f"must be distinct, non-empty channel names, got {v}")
+        return v
 
 
 # ------------------------------------------------------------------------------------------ top level

@@ -14,6 +14,8 @@ Examples
 (4.0, 8.0)
 >>> segmentation_options(cfg)["nucleus_diameter_um"]
 8.0
+>>> qc_options(cfg)["leukocyte_markers"]
+[]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "infiltration_options",
     "cognate_options",
     "overlap_options",
+    "qc_options",
 ]
 
 
@@ -47,6 +50,8 @@ def segmentation_options(cfg: Config) -> dict[str, Any]:
     (the ``segmentation`` section; cellpose's fields with a ``cellpose_`` prefix)."""
     seg = cfg.segmentation
     cp = seg.cellpose
+    # nucleus_diameter_um may be "auto": the runner estimates it per sample
+    # (chemozone.segment.estimate_nucleus_diameter_um) and passes the number to segment_image
     return {
         "method": seg.method,
         "nucleus_diameter_um": seg.nucleus_diameter_um,
@@ -106,3 +111,41 @@ def overlap_options(cfg: Config) -> dict[str, Any]:
     sp = cfg.spatial
     return {"zones": overlap_zone_names(overlap_zones=sp.overlap_zones, cognate_pairs=sp.cognate_pairs),
             "edge_exclusion_um": sp.edge_exclusion_um, "populations": sp.populations}
+
+
+_TUMOUR_TYPES = ("tumor", "tumour", "epithel", "carcinoma", "cancer")
+_IMMUNE_TYPES = ("immune", "leukocyte")
+_LYMPHO_MYELOID = ("lymph", "macroph", "monocyt", "myeloid", "dendrit", "neutroph", "plasma", "treg")
+_IMMUNE_TOKENS = {"t", "b", "nk", "tc", "th"}
+
+
+def _is_immune_type(cell_type: str) -> bool:
+    """T/B/NK cells, lymphocytes, myeloid cells (by name: ``CD8 T``, ``B cell``, ``Macrophage``, ...)."""
+    low = cell_type.lower()
+    return any(k in low for k in _LYMPHO_MYELOID) or bool(_IMMUNE_TOKENS & set(low.replace("_", " ").split()))
+
+
+def qc_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.qc.choose_qc_channels` and :func:`chemozone.qc.write_qc`: the nuclear
+    channel, candidate lineage channels from the config, and ``run.qc_channels``.
+
+    Tumour candidates: the channels of ``source: tumor`` zones, then the ``pos`` markers of rules whose
+    cell type starts with Tumor/Tumour/Epithel/Carcinoma/Cancer. Leukocyte candidates (after CD45/PTPRC,
+    which :func:`chemozone.qc.choose_qc_channels` tries first): the ``pos`` markers of rules whose cell type
+    mentions immune or leukocyte, then those of T/B/NK/myeloid cell types (``CD8 T``, ``B cell``,
+    ``Macrophage``). Chemokine candidates: the channels of ``source: pixels`` zones, in config order.
+    """
+    rules = cfg.phenotypes.rules
+    tumour = [c for z in cfg.zones if z.source == "tumor" for c in z.channels]
+    tumour += [m for r in rules if r.cell_type.lower().startswith(_TUMOUR_TYPES) for m in r.pos]
+    leuko = [m for r in rules if any(k in r.cell_type.lower() for k in _IMMUNE_TYPES) for m in r.pos]
+    leuko += [m for r in rules if _is_immune_type(r.cell_type) for m in r.pos]
+    chemokine = [c for z in cfg.zones if z.source == "pixels" for c in z.channels]
+    return {"nuclear_channel": cfg.panel.nuclear_channel, "tumour_markers": _unique(tumour),
+            "leukocyte_markers": _unique(leuko), "chemokine_markers": _unique(chemokine),
+            "override": list(cfg.run.qc_channels) if cfg.run.qc_channels else None,
+            "aliases": cfg.panel.aliases or None}
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))

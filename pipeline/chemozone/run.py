@@ -47,6 +47,7 @@ from .options import (
     infiltration_options,
     overlap_options,
     phenotype_options,
+    qc_options,
     segmentation_options,
     tissue_options,
     zone_signal_options,
@@ -154,9 +155,15 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
             tmask, grid_um = tres.mask, tres.grid_um
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
+        seg_opts, scale = segmentation_options(cfg), None
+        if seg_opts["nucleus_diameter_um"] == "auto":
+            with _timed(timings, "nucleus_scale"):
+                seg_opts, scale = _stage(sid, "segment", lambda: segment.resolve_auto_diameter(
+                    img.channel(cfg.panel.nuclear_channel, aliases=cfg.panel.aliases), seg_opts,
+                    pixel_size_um=px, source=img.path))
         with _timed(timings, "segment"):
             nuclei, cells = _stage(sid, "segment", lambda: segment.segment_image(
-                img.data, channels=img.channels, pixel_size_um=px, **segmentation_options(cfg),
+                img.data, channels=img.channels, pixel_size_um=px, **seg_opts,
                 nuclear_channel=cfg.panel.nuclear_channel, aliases=cfg.panel.aliases,
                 tissue=tmask, tissue_grid_um=grid_um, store=tmp_store if large else None))
         with _timed(timings, "quantify"):
@@ -194,7 +201,10 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         "grid_um": grid_um,
         "tissue_outcome": tres.outcome,
         "tissue_fraction": round(tres.fraction, 4),
+        "nucleus_diameter_um": seg_opts["nucleus_diameter_um"],
     }
+    if scale is not None:  # segmentation.nucleus_diameter_um: auto
+        info["nucleus_scale"] = scale
     return info
 
 
@@ -334,7 +344,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             with _timed(timings, "qc"):
                 from .qc import write_qc
 
-                _stage(sid, "qc", lambda: write_qc(lay.qc(sid), img, lay.masks(sid), masks, cfg=cfg))
+                _stage(sid, "qc", lambda: write_qc(lay.qc(sid), img, lay.masks(sid), masks, **qc_options(cfg)))
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
             "positive_counts": counts}
 

@@ -18,6 +18,11 @@ segment_image(image_cyx, *, channels, pixel_size_um, ..., method=..., nucleus_di
     ``cellpose_`` prefix).
 segmentation_provenance(**options)
     Method, parameters and (for cellpose) version and model, for ``run.json``.
+estimate_nucleus_diameter_um(image_yx, *, pixel_size_um), nucleus_scale(...)
+    The typical nucleus diameter from the nuclear channel (``nucleus_diameter_um: auto``): scale-space
+    blobs on a few crops, then each blob's size at the segmenter's outline level.
+resolve_auto_diameter(nuclear_yx, options, *, pixel_size_um)
+    ``segment_image``'s keywords with ``"auto"`` replaced by that estimate (and its record).
 
 Modules
 -------
@@ -29,6 +34,7 @@ Modules
 ``_tiling``      tile layout, statistics pass, per-tile dask tasks, stitching, zarr store
 ``_image``       :func:`segment_image`: keywords, channels, tissue, then the tiles
 ``_provenance``  :func:`segmentation_provenance`
+``_scale``       :func:`estimate_nucleus_diameter_um`, :func:`nucleus_scale`
 ``_lattice``, ``_labels``, ``_validate``  sampling lattice, label clean-up, input checks
 
 A tiled run reproduces the whole-image labels exactly: every intensity statistic is image-level
@@ -44,6 +50,7 @@ from ._cells import membrane_scale, segment_cells
 from ._image import segment_image
 from ._nuclei import segment_nuclei
 from ._provenance import segmentation_provenance
+from ._scale import estimate_nucleus_diameter_um, nucleus_scale, resolve_auto_diameter
 from ._watershed import NUCLEI_DEFAULTS, nuclei_statistics
 
 __all__ = [
@@ -53,5 +60,8 @@ __all__ = [
     "segment_cells",
     "segment_image",
     "segmentation_provenance",
+    "estimate_nucleus_diameter_um",
+    "nucleus_scale",
+    "resolve_auto_diameter",
     "NUCLEI_DEFAULTS",
 ]

@@ -180,6 +180,10 @@ def segment_image(
 def _check_options(*, method, cell_method, nucleus_diameter_um, small_nucleus_diameter_um, min_nucleus_area_um2,
                    max_nucleus_area_um2, expand_um, tile_size_px, tile_overlap_um) -> None:
     """The checks the config's ``segmentation`` section makes, for callers that pass keywords directly."""
+    if isinstance(nucleus_diameter_um, str):
+        raise ValueError(f"segment_image takes nucleus_diameter_um in µm, got {nucleus_diameter_um!r}; estimate it "
+                         "first with chemozone.segment.estimate_nucleus_diameter_um (the batch runner does so for "
+                         "segmentation.nucleus_diameter_um: auto)")
     if method not in ("watershed", "cellpose"):
         raise ValueError(f"method must be 'watershed' or 'cellpose', got {method!r}")
     if cell_method not in ("expand", "membrane_watershed"):
