@@ -55,6 +55,25 @@ def test_real_field_end_to_end(shared_data, tmp_path, name):
     assert step_a["tissue_outcome"] == "whole_field" and step_a["tissue_fraction"] > 0.98
     ref = FIELDS[name][2]
     assert 0.75 * ref <= step_a["n_cells"] <= 1.25 * ref, (name, step_a["n_cells"], ref)
+    assert (tmp_path / "run" / "samples" / name / "qc.png").stat().st_size > 10_000
+
+
+def test_mibi_qc_picture_shows_nuclei_tumour_and_leukocytes(shared_data):
+    """The QC composite of the MIBI field (config written from the README: nuclear channel only) shows HH3,
+    PanKeratin and CD45 out of 22 channels, not an arbitrary first channel such as Background."""
+    from chemozone.config import config_from_dict
+    from chemozone.io import read_image
+    from chemozone.options import qc_options
+    from chemozone.qc import choose_qc_channels
+
+    image, config, _ = FIELDS["mibi_fov8"]
+    import yaml
+
+    cfg = config_from_dict(yaml.safe_load(config))
+    img = read_image(shared_data / image, pixel_size_um=cfg.panel.pixel_size_um)
+    chosen = choose_qc_channels(img.channels, **qc_options(cfg))
+    assert [c.channel for c in chosen] == ["HH3", "PanKeratin", "CD45"]
+    assert img.channels[0] == "Background"
 
 
 def test_mibi_channel_folder_found_by_scanning(shared_data, tmp_path):
