@@ -200,13 +200,16 @@ def _valley_between(z: np.ndarray, lo: float, hi: float) -> float | None:
     """Middle of the longest stretch of near-minimal smoothed density of ``z`` between ``lo`` and ``hi``.
 
     "Near-minimal": within 10 % of the way from the minimum up to the lower of the two end densities, so
-    an empty gap between a negative tail and a few rare positives is split in its middle.
+    an empty gap between a negative tail and a few rare positives is split in its middle. None when the
+    density does not dip between the two ends (minimum >= 90 % of the lower end: a slope, no valley).
     """
     centers, dens = _smoothed_density(z, 512)
     sel = (centers >= lo) & (centers <= hi)
     if sel.sum() < 3:
         return None
     c, d = centers[sel], dens[sel]
+    if d.min() >= _DIP * min(d[0], d[-1]):
+        return None
     low = np.nonzero(d <= d.min() + 0.1 * (min(d[0], d[-1]) - d.min()))[0]
     runs = np.split(low, np.nonzero(np.diff(low) > 1)[0] + 1)
     run = max(runs, key=len)
@@ -239,9 +242,11 @@ def threshold_gmm(
     - ``separation``: the adjacent pair of components with the largest Ashman's D (before issue 14; a tight
       second negative level can capture the gate).
 
-    The threshold (``place``) is the middle of the lowest stretch of the smoothed histogram between the two
-    adjacent component means (``valley``, default; it does not depend on the Gaussian shape of the tails)
-    or where the posterior of the upper group crosses 0.5 (``crossing``). When no split is separated, the
+    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``), or
+    (``valley``, default) the middle of the longest stretch of lowest smoothed-histogram density between
+    the two adjacent component means, when the histogram dips there (else the crossing): it does not trust
+    the Gaussian shape of the tails (a negative tail bled from positive neighbours, a few rare positives
+    beyond an empty gap). When no split is separated, the
     ``fallback`` (``valley`` or ``otsu``) is used and the warning says why.
 
     Parameters
@@ -293,8 +298,10 @@ def threshold_gmm(
     m, s, w = gm.means_.ravel()[order], np.sqrt(gm.covariances_.ravel()[order]), gm.weights_[order]
     j, reason = _choose_split(m, s, w, split)
     if j:
-        t = _valley_between(z, m[j - 1], m[j]) if place == "valley" else None
-        t = _posterior_crossing(m, s, w, j) if t is None else t
+        t = _posterior_crossing(m, s, w, j)
+        if place == "valley":
+            valley = _valley_between(z, m[j - 1], m[j])
+            t = t if valley is None else valley
         if t is not None:
             return float(t * sd + mu), note
         reason = "not bimodal (posteriors do not cross between the means)"
