@@ -602,3 +602,28 @@ def test_synthetic_cohort_accuracy_after_segmentation():
     assert res["n_matched"] > 0.9 * res["n_truth"]
     assert res["balanced_accuracy"] >= 0.92, res["confusion"]
     assert res["receptor_accuracy"] >= 0.90
+
+
+@pytest.mark.slow
+def test_synthetic_cohort_accuracy_demo_design_readme_default_gates():
+    """Issue 14's target on the project's generator, with a config a user writes from the README: the
+    generator's config with its gate sections removed (every marker gets the default gate), on the demo
+    preset design (``benchmarks/eval_phenotype.py --full --default-gates``): lineage balanced accuracy
+    >= 0.95, receptor-flag accuracy >= 0.90."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from chemozone.synth import PRESETS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_phenotype.py"
+    spec = importlib.util.spec_from_file_location("eval_phenotype", path)
+    ev = importlib.util.module_from_spec(spec)
+    sys.modules["eval_phenotype"] = ev
+    spec.loader.exec_module(ev)
+    demo = PRESETS["demo"]
+    res = ev.run(demo["design"], patients=demo["patients"], size_px=demo["size_px"], seed=0, verbose=False,
+                 default_gates=True)
+    assert res["n_matched"] > 0.9 * res["n_truth"]
+    assert res["balanced_accuracy"] >= 0.95, res["confusion"]
+    assert res["receptor_accuracy"] >= 0.90
