@@ -5,6 +5,8 @@ CD4 T, NK, macrophage, other) and receptor-flag accuracy (immune cells of the fl
 
     python benchmarks/eval_phenotype.py                  # small: 2 patients x (0, 10 Gy), 512 px
     python benchmarks/eval_phenotype.py --full           # the demo preset design, 1024 px
+    python benchmarks/eval_phenotype.py --default-gates  # the generator's config without its gate sections:
+                                                         # every marker gets the README default gate
 
 Targets (issue 5): lineage balanced accuracy >= 0.95, receptor-flag accuracy >= 0.90.
 """
@@ -96,9 +98,22 @@ def rule_options(cfg) -> dict[str, Any]:
             "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
 
 
+def without_gates(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """The config with every ``phenotypes.markers.<m>.gate`` section removed (the defaults apply)."""
+    import copy
+
+    out = copy.deepcopy(cfg_dict)
+    for mc in out.get("phenotypes", {}).get("markers", {}).values():
+        mc.pop("gate", None)
+    return out
+
+
 def run(design: list[tuple[str, float]], *, patients: int, size_px: int, seed: int = 0,
-        verbose: bool = True) -> dict[str, Any]:
-    """Generate, segment, quantify and phenotype a cohort in memory; return :func:`evaluate`'s dict."""
+        verbose: bool = True, default_gates: bool = False) -> dict[str, Any]:
+    """Generate, segment, quantify and phenotype a cohort in memory; return :func:`evaluate`'s dict.
+
+    ``default_gates``: gate every marker with the README default (the generator's gate sections removed).
+    """
     from chemozone.config import config_from_dict
     from chemozone.phenotype import compute_gates, phenotype_cells, validate_phenotypes
     from chemozone.synth import cohort_config, generate_sample, patient_effects
@@ -113,7 +128,8 @@ def run(design: list[tuple[str, float]], *, patients: int, size_px: int, seed: i
             s = generate_sample(size_px=size_px, dose_gy=dose, radiation=radiation, patient_effects=pe,
                                 seed=seed * 1000 + pi * 100 + len(sheet), sample_id=sid)
             if cfg is None:
-                cfg = config_from_dict(cohort_config(s["channels"]), source="cohort_config")
+                raw_cfg = cohort_config(s["channels"])
+                cfg = config_from_dict(without_gates(raw_cfg) if default_gates else raw_cfg, source="cohort_config")
                 validate_phenotypes(s["channels"], **rule_options(cfg))
             q = segment_and_quantify(s, cfg)
             q.insert(0, "sample_id", sid)
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=None)
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--default-gates", action="store_true",
+                    help="remove the generator config's gate sections: every marker gets the default gate")
     args = ap.parse_args(argv)
     from chemozone.synth import PRESETS
 
@@ -153,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     patients = args.patients or patients
     size = args.size or size
     t0 = time.perf_counter()
-    res = run(design, patients=patients, size_px=size, seed=args.seed)
+    res = run(design, patients=patients, size_px=size, seed=args.seed, default_gates=args.default_gates)
+    print("gates: " + ("README defaults (generator's gate sections removed)" if args.default_gates
+                       else "the generator's config (chemozone.synth.cohort_config)"))
     print(f"\nmatched {res['n_matched']} of {res['n_pred']} segmented / {res['n_truth']} true cells")
     print("\nlineage confusion matrix (rows truth, columns predicted):")
     print(res["confusion"].to_string())

@@ -212,15 +212,24 @@ class QuantificationConfig(_Section):
 class GateConfig(_Section):
     """How a marker's positivity threshold is chosen (a cell is positive when its value > threshold)."""
 
-    method: Literal["manual", "gmm", "otsu", "valley", "pooled", "reference"] = "pooled"
-    """manual: ``value``; gmm/otsu/valley: per sample; pooled: one gate for the cohort;
+    method: Literal["manual", "gmm", "otsu", "valley", "multiotsu", "pooled", "reference"] = "pooled"
+    """manual: ``value``; gmm/otsu/valley/multiotsu: per sample; pooled: one gate for the cohort;
     reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``."""
     value: float | None = None
     """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
-    pooled_method: Literal["gmm", "otsu", "valley"] = "gmm"
-    max_components: int = Field(3, ge=2, le=5)
+    pooled_method: Literal["gmm", "otsu", "valley", "multiotsu"] = "gmm"
+    """Method of the pooled gate. The default (gmm, 5 components, ``gmm_split: modes``, ``gmm_threshold:
+    valley``) is the best worst case of ``benchmarks/bench_gating.py`` (README, Benchmarks)."""
+    max_components: int = Field(5, ge=2, le=8)
     """gmm: mixtures of 2 to this many components are fitted and the best (BIC) kept; the extra components
-    absorb a two-level or skewed background (2 = the classic two-component mixture)."""
+    absorb a negative population of several levels (offset, autofluorescence, spillover) and skewed tails."""
+    gmm_split: Literal["modes", "separation"] = "modes"
+    """gmm: which components are positive. modes: of the separated splits whose upper group is a mode of its
+    own, the widest gap on the transformed scale (a second, tight negative level cannot capture the gate);
+    separation: the adjacent pair with the largest Ashman's D (the rule before issue 14)."""
+    gmm_threshold: Literal["valley", "crossing"] = "valley"
+    """gmm: valley = the lowest stretch of the histogram between the negative and positive components;
+    crossing = where their posteriors cross (the rule before issue 14)."""
     fallback: Literal["valley", "otsu"] = "valley"
     """gmm only: threshold used when the values are not bimodal (recorded as a warning). valley: the
     deepest density valley between the two main modes, or mode + 3 SD of the lower half when unimodal."""

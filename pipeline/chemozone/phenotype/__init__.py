@@ -28,9 +28,11 @@ Conventions
   ``> threshold_raw``; NaN values are negative. Manual values (``gate.value``) and gates files are in
   measured intensity units, so a reviewed gate replays exactly whatever the cofactor of a later run.
 - **Methods.** ``manual``; per sample ``gmm`` (Gaussian mixture of 2 to ``gate.max_components``
-  components chosen by BIC, threshold where the posteriors of the negative and positive groups cross
-  between their means, see :func:`threshold_gmm`; ``gate.fallback`` with a warning when not bimodal),
-  ``otsu``, ``valley``; ``pooled`` (``gate.pooled_method`` over all samples pooled, every sample
+  components chosen by BIC, split into negative and positive groups by ``gate.gmm_split`` and gated in the
+  histogram valley between them or where their posteriors cross, ``gate.gmm_threshold``; see
+  :func:`threshold_gmm`; ``gate.fallback`` with a warning when not bimodal), ``otsu``, ``valley``,
+  ``multiotsu`` (top class of a 3-class Otsu); ``pooled`` (``gate.pooled_method`` over all samples pooled,
+  every sample
   contributing at most ``max_cells_per_sample`` random cells, one gate for all); ``reference`` (the
   ``gate.quantile`` of the reference samples, e.g. sham / 0 Gy, of the same ``group_by`` value; all
   reference samples with a warning when a group has none). A gates file then overrides (method ``file``);
@@ -61,7 +63,7 @@ from ._gates import (
 )
 from ._plot import plot_gates
 from ._rules import assign_cell_types, phenotype_cells, validate_phenotypes
-from ._thresholds import threshold_gmm, threshold_otsu, threshold_valley
+from ._thresholds import threshold_gmm, threshold_multiotsu, threshold_otsu, threshold_valley
 from ._transform import default_cofactor, inverse_transform, transform_values
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "inverse_transform",
     "threshold_gmm",
     "threshold_otsu",
+    "threshold_multiotsu",
     "threshold_valley",
     "compute_gates",
     "resolve_gate",

@@ -279,17 +279,19 @@ def _computed_gates(
     if g.method == "manual":
         t = float(transform_values([g.value], transform=mc.transform, cofactor=cofactor)[0])
         return {s: (t, "manual", "", float(g.value)) for s in sample_list}
-    if g.method in ("gmm", "otsu", "valley"):
+    opts = {"fallback": g.fallback, "seed": seed, "max_components": g.max_components, "split": g.gmm_split,
+            "place": g.gmm_threshold}
+    if g.method in ("gmm", "otsu", "valley", "multiotsu"):
         result: dict[str, GateResult] = {}
         for s in sample_list:
             x = _cap(_finite(per_sample[s]), max_cells_per_sample, _rng(seed, marker, s))
-            t, w = _robust_threshold(x, g.method, fallback=g.fallback, seed=seed, max_components=g.max_components)
+            t, w = _robust_threshold(x, g.method, **opts)
             result[s] = (t, g.method, w, None)
         return result
     if g.method == "pooled":
         parts = [_cap(_finite(per_sample[s]), max_cells_per_sample, _rng(seed, marker, s)) for s in sample_list]
         x = np.concatenate(parts) if parts else np.empty(0)
-        t, w = _robust_threshold(x, g.pooled_method, fallback=g.fallback, seed=seed, max_components=g.max_components)
+        t, w = _robust_threshold(x, g.pooled_method, **opts)
         return {s: (t, "pooled", w, None) for s in sample_list}
     if g.method == "reference":
         return _reference_gates(raw_per_sample, samples, marker=marker, mc=mc, cofactor=cofactor)

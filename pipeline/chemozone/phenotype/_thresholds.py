@@ -1,4 +1,4 @@
-"""1-D thresholds between a negative and a positive population: Gaussian mixture, Otsu, density valley.
+"""1-D thresholds between a negative and a positive population: Gaussian mixture, Otsu, multi-Otsu, valley.
 
 Each takes the (transformed) values of one marker and returns ``(threshold, warning)``; the warning is empty
 when the method worked as intended and says what fell back otherwise.
@@ -15,6 +15,11 @@ _MIN_SEPARATION = 2.0
 """Ashman's D between the two mixture components below which values count as not bimodal."""
 _MIN_WEIGHT = 0.002
 """Smallest mixture weight of a component that counts as a population."""
+_DIP = 0.9
+"""A mixture density whose minimum between two component means is below this fraction of the lower end
+density dips there: the upper component is a mode of its own (``split='modes'``)."""
+_MAX_FIT = 100_000
+"""Mixtures are fitted to a random subsample of at most this many values."""
 
 
 def _smoothed_density(x: np.ndarray, n_bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -67,50 +72,58 @@ def threshold_otsu(x: Any) -> tuple[float, str]:
     return float(_otsu(_finite(x), nbins=256)), ""
 
 
-def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0, max_components: int = 3) -> tuple[float, str]:
-    """Gaussian-mixture threshold between the negative and the positive populations.
+def threshold_multiotsu(x: Any, *, classes: int = 3) -> tuple[float, str]:
+    """Upper threshold of a multi-level Otsu split of ``x`` into ``classes`` classes (top class = positive).
 
-    Mixtures of 2 to ``max_components`` Gaussians are fitted to the standardised values and the one with
-    the lowest BIC is kept (a third component absorbs a skewed or two-level background, e.g. tumor vs
-    stroma autofluorescence, or the spillover tail next to positive cells). Components sorted by mean are
-    split into a lower (negative) and an upper (positive) group at the adjacent pair with the largest
-    separation (Ashman's D); the threshold is where the posterior of the upper group crosses 0.5 between
-    the two groups' neighbouring means. With ``max_components=2`` this is the classic two-component rule:
-    where the two posteriors cross between the means. When the split is not bimodal (D < 2, an upper
-    weight < 0.2 %, or no crossing), the ``fallback`` (``valley`` or ``otsu``) is used and the warning says
-    why.
+    Meant for a negative population made of several levels (e.g. stroma at the camera offset, tumor lifted
+    by autofluorescence) below one positive population: with 3 classes the two negative levels take the
+    lower classes. With a single negative level it cuts into the positives (abundant markers).
 
     Parameters
     ----------
     x : array-like, shape (n,)
         Transformed values (non-finite values ignored).
-    fallback : {"valley", "otsu"}
-    seed : int
-        Seed of the mixtures' initialisation.
-    max_components : int
-        2 or more.
+    classes : int
+        2 or more (2 = Otsu).
 
     Returns
     -------
     threshold : float
     warning : str
-        Empty when the mixture gave the threshold.
+        Empty, or says that fewer distinct values than classes fell back to Otsu.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.r_[rng.normal(0, 0.1, 3000), rng.normal(1, 0.1, 3000), rng.normal(4, 0.2, 600)]
+    >>> t, w = threshold_multiotsu(x)
+    >>> 1.2 < t < 3.5, w
+    (True, '')
     """
+    from skimage.filters import threshold_multiotsu as _multi
+
+    if int(classes) < 2:
+        raise ValueError(f"threshold_multiotsu: classes must be >= 2, got {classes}")
+    v = _finite(x)
+    if np.unique(v).size <= classes:
+        return threshold_otsu(v)[0], f"only {np.unique(v).size} distinct values: otsu fallback"
+    return float(_multi(v, classes=int(classes), nbins=256)[-1]), ""
+
+
+def _fit_mixture(z: np.ndarray, max_components: int, seed: int) -> tuple[Any, bool]:
+    """Best-BIC Gaussian mixture of 2..max_components components (1-D, standardised); did any fit not converge."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    x = _finite(x)
-    fall = threshold_valley if fallback == "valley" else threshold_otsu
-    if np.unique(x).size < 3:
-        t, w = fall(x)
-        return t, _join(f"fewer than 3 distinct values: {fallback} fallback", w)
-    mu, sd = float(np.mean(x)), float(np.std(x))
-    z = ((x - mu) / sd).reshape(-1, 1)
+    if z.size > _MAX_FIT:
+        z = np.random.default_rng(seed).choice(z, _MAX_FIT, replace=False)
+    z = z.reshape(-1, 1)
     best = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         for k in range(2, max(2, int(max_components)) + 1):
-            if np.unique(x).size <= k:
+            if np.unique(z).size <= k:
                 break
             gm = GaussianMixture(
                 k, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=200, init_params="k-means++"
@@ -118,34 +131,180 @@ def threshold_gmm(x: Any, *, fallback: str = "valley", seed: int = 0, max_compon
             bic = gm.bic(z)
             if best is None or bic < best[0]:
                 best = (bic, gm)
-    note = "mixture fit did not converge" if any(issubclass(c.category, ConvergenceWarning) for c in caught) else ""
-    gm = best[1]
-    order = np.argsort(gm.means_.ravel())
-    m = gm.means_.ravel()[order]
-    s = np.sqrt(gm.covariances_.ravel()[order])
-    w = gm.weights_[order]
-    dpair = np.sqrt(2.0) * np.diff(m) / np.sqrt(s[:-1] ** 2 + s[1:] ** 2)
-    j = int(np.argmax(dpair)) + 1  # components j.. are the positive group
-    d = float(dpair[j - 1])
-    reason = ""
-    if d < _MIN_SEPARATION:
-        reason = f"not bimodal (Ashman's D = {d:.2f} < {_MIN_SEPARATION:g})"
-    elif w[j:].sum() < _MIN_WEIGHT:
-        reason = f"not bimodal (upper mixture weight {w[j:].sum():.4f})"
-    else:
-        grid = np.linspace(m[j - 1], m[j], 1025)
-        logp = np.log(w)[:, None] - np.log(s)[:, None] - 0.5 * ((grid[None, :] - m[:, None]) / s[:, None]) ** 2
-        from scipy.special import logsumexp
+    return best[1], any(issubclass(c.category, ConvergenceWarning) for c in caught)
 
-        diff = logsumexp(logp[j:], axis=0) - logsumexp(logp[:j], axis=0)  # > 0 where the upper group wins
-        cross = np.nonzero((diff[:-1] <= 0) & (diff[1:] > 0))[0]
-        if cross.size == 0:
-            reason = "not bimodal (posteriors do not cross between the means)"
-        else:
-            k = int(cross[0])
-            # linear interpolation of the crossing on the fine grid
-            t = grid[k] + (grid[k + 1] - grid[k]) * (-diff[k]) / (diff[k + 1] - diff[k])
+
+def _group_d(m: np.ndarray, s: np.ndarray, w: np.ndarray, j: int) -> float:
+    """Ashman's D between the mixtures of components ``:j`` and ``j:`` (each summarised by its mean and SD)."""
+
+    def moments(sl: slice) -> tuple[float, float]:
+        ww = w[sl] / w[sl].sum()
+        mean = float(np.sum(ww * m[sl]))
+        return mean, float(np.sum(ww * (s[sl] ** 2 + m[sl] ** 2)) - mean**2)
+
+    (m0, v0), (m1, v1) = moments(slice(None, j)), moments(slice(j, None))
+    return float(np.sqrt(2.0) * (m1 - m0) / np.sqrt(max(v0 + v1, 1e-12)))
+
+
+def _mixture_density(m: np.ndarray, s: np.ndarray, w: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    return np.sum(w[:, None] / s[:, None] * np.exp(-0.5 * ((grid[None, :] - m[:, None]) / s[:, None]) ** 2), axis=0)
+
+
+def _choose_split(m: np.ndarray, s: np.ndarray, w: np.ndarray, split: str) -> tuple[int, str]:
+    """Index j of the first positive component (components sorted by mean), or (0, why not bimodal).
+
+    ``separation``: the adjacent pair with the largest Ashman's D. ``modes``: among the splits whose groups
+    are separated (group D >= 2, upper weight >= 0.2 %), those whose mixture density dips between the two
+    adjacent means (the upper group is a mode of its own, not a shoulder of the lower one); of these the
+    one with the widest gap between the adjacent means (without a dip anywhere: the widest gap of all).
+    """
+    if split == "separation":
+        dpair = np.sqrt(2.0) * np.diff(m) / np.sqrt(s[:-1] ** 2 + s[1:] ** 2)
+        j = int(np.argmax(dpair)) + 1
+        if dpair[j - 1] < _MIN_SEPARATION:
+            return 0, f"not bimodal (Ashman's D = {dpair[j - 1]:.2f} < {_MIN_SEPARATION:g})"
+        if w[j:].sum() < _MIN_WEIGHT:
+            return 0, f"not bimodal (upper mixture weight {w[j:].sum():.4f})"
+        return j, ""
+    if split != "modes":
+        raise ValueError(f"unknown mixture split {split!r} (modes or separation)")
+    separated, dips = [], []
+    for j in range(1, m.size):
+        if _group_d(m, s, w, j) < _MIN_SEPARATION or w[j:].sum() < _MIN_WEIGHT:
+            continue
+        separated.append((m[j] - m[j - 1], j))
+        dens = _mixture_density(m, s, w, np.linspace(m[j - 1], m[j], 257))
+        if dens.min() < _DIP * min(dens[0], dens[-1]):
+            dips.append((m[j] - m[j - 1], j))
+    if not separated:
+        best = max(_group_d(m, s, w, j) for j in range(1, m.size))
+        return 0, f"not bimodal (largest Ashman's D between component groups = {best:.2f} < {_MIN_SEPARATION:g})"
+    return max(dips or separated)[1], ""
+
+
+def _posterior_crossing(m: np.ndarray, s: np.ndarray, w: np.ndarray, j: int) -> float | None:
+    """Where the posterior of components ``j:`` crosses 0.5 between ``m[j-1]`` and ``m[j]`` (None: no crossing)."""
+    from scipy.special import logsumexp
+
+    grid = np.linspace(m[j - 1], m[j], 1025)
+    logp = np.log(w)[:, None] - np.log(s)[:, None] - 0.5 * ((grid[None, :] - m[:, None]) / s[:, None]) ** 2
+    diff = logsumexp(logp[j:], axis=0) - logsumexp(logp[:j], axis=0)  # > 0 where the upper group wins
+    cross = np.nonzero((diff[:-1] <= 0) & (diff[1:] > 0))[0]
+    if cross.size == 0:
+        return None
+    k = int(cross[0])
+    return float(grid[k] + (grid[k + 1] - grid[k]) * (-diff[k]) / (diff[k + 1] - diff[k]))
+
+
+def _valley_between(z: np.ndarray, lo: float, hi: float) -> float | None:
+    """Middle of the longest stretch of near-minimal smoothed density of ``z`` between ``lo`` and ``hi``.
+
+    "Near-minimal": within 10 % of the way from the minimum up to the lower of the two end densities, so
+    an empty gap between a negative tail and a few rare positives is split in its middle. None when the
+    density does not dip between the two ends (minimum >= 90 % of the lower end: a slope, no valley).
+    """
+    centers, dens = _smoothed_density(z, 512)
+    sel = (centers >= lo) & (centers <= hi)
+    if sel.sum() < 3:
+        return None
+    c, d = centers[sel], dens[sel]
+    if d.min() >= _DIP * min(d[0], d[-1]):
+        return None
+    low = np.nonzero(d <= d.min() + 0.1 * (min(d[0], d[-1]) - d.min()))[0]
+    runs = np.split(low, np.nonzero(np.diff(low) > 1)[0] + 1)
+    run = max(runs, key=len)
+    return float(0.5 * (c[run[0]] + c[run[-1]]))
+
+
+def threshold_gmm(
+    x: Any,
+    *,
+    fallback: str = "valley",
+    seed: int = 0,
+    max_components: int = 5,
+    split: str = "modes",
+    place: str = "valley",
+) -> tuple[float, str]:
+    """Gaussian-mixture threshold between the negative and the positive populations.
+
+    Mixtures of 2 to ``max_components`` Gaussians are fitted to the standardised values and the one with
+    the lowest BIC is kept: the extra components absorb a negative population made of several levels
+    (camera offset, autofluorescence, spillover from a bright neighbour channel, tumor vs stroma) and
+    skewed tails. Components sorted by mean are split into a lower (negative) and an upper (positive)
+    group (``split``):
+
+    - ``modes`` (default): of the splits whose two groups are separated (Ashman's D between the groups
+      >= 2, upper weight >= 0.2 %) and whose mixture density dips between the two adjacent component
+      means (the positives form a mode, not a shoulder), the one with the widest gap between the adjacent
+      means on the transformed scale. Two tight negative levels (stroma at the offset, tumor lifted by
+      spillover) are well separated in units of their own spread but close on the log-like scale, so the
+      gate goes above both.
+    - ``separation``: the adjacent pair of components with the largest Ashman's D (before issue 14; a tight
+      second negative level can capture the gate).
+
+    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``), or
+    (``valley``, default) the middle of the longest stretch of lowest smoothed-histogram density between
+    the two adjacent component means, when the histogram dips there (else the crossing): it does not trust
+    the Gaussian shape of the tails (a negative tail bled from positive neighbours, a few rare positives
+    beyond an empty gap). When no split is separated, the
+    ``fallback`` (``valley`` or ``otsu``) is used and the warning says why.
+
+    Parameters
+    ----------
+    x : array-like, shape (n,)
+        Transformed values (non-finite values ignored).
+    fallback : {"valley", "otsu"}
+    seed : int
+        Seed of the mixtures' initialisation (and of the subsample of 100 000 values the mixtures are fitted
+        to when ``x`` is larger).
+    max_components : int
+        2 or more.
+    split : {"modes", "separation"}
+    place : {"valley", "crossing"}
+
+    Returns
+    -------
+    threshold : float
+    warning : str
+        Empty when the mixture gave the threshold.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``split`` or ``place``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> stroma, tumor = rng.normal(0.88, 0.01, 4000), rng.normal(1.05, 0.04, 4000)  # two negative levels
+    >>> x = np.r_[stroma, tumor, rng.normal(2.3, 0.2, 1200)]
+    >>> t, w = threshold_gmm(x)
+    >>> 1.3 < t < 2.0, w
+    (True, '')
+    """
+    if place not in ("valley", "crossing"):
+        raise ValueError(f"unknown mixture threshold placement {place!r} (valley or crossing)")
+    x = _finite(x)
+    fall = threshold_valley if fallback == "valley" else threshold_otsu
+    if np.unique(x).size < 3:
+        t, w = fall(x)
+        return t, _join(f"fewer than 3 distinct values: {fallback} fallback", w)
+    mu, sd = float(np.mean(x)), float(np.std(x))
+    z = (x - mu) / sd
+    gm, unconverged = _fit_mixture(z, max_components, seed)
+    note = "mixture fit did not converge" if unconverged else ""
+    order = np.argsort(gm.means_.ravel())
+    m, s, w = gm.means_.ravel()[order], np.sqrt(gm.covariances_.ravel()[order]), gm.weights_[order]
+    j, reason = _choose_split(m, s, w, split)
+    if j:
+        t = _posterior_crossing(m, s, w, j)
+        if place == "valley":
+            valley = _valley_between(z, m[j - 1], m[j])
+            t = t if valley is None else valley
+        if t is not None:
             return float(t * sd + mu), note
+        reason = "not bimodal (posteriors do not cross between the means)"
     t, wmsg = fall(x)
     return t, _join(note, f"{reason}: {fallback} fallback", wmsg)
 
@@ -160,7 +319,14 @@ def _join(*parts: str) -> str:
 
 
 def _robust_threshold(
-    x: np.ndarray, method: str, *, fallback: str, seed: int, max_components: int = 3
+    x: np.ndarray,
+    method: str,
+    *,
+    fallback: str,
+    seed: int,
+    max_components: int = 5,
+    split: str = "modes",
+    place: str = "valley",
 ) -> tuple[float, str]:
     """Any automatic method, guarded against empty, tiny and constant inputs."""
     x = _finite(x)
@@ -170,9 +336,11 @@ def _robust_threshold(
         why = "constant values" if float(np.ptp(x)) == 0.0 else f"only {x.size} values"
         return float(np.max(x)), f"{why}: threshold = maximum, no cell is positive"
     if method == "gmm":
-        return threshold_gmm(x, fallback=fallback, seed=seed, max_components=max_components)
+        return threshold_gmm(x, fallback=fallback, seed=seed, max_components=max_components, split=split, place=place)
     if method == "otsu":
         return threshold_otsu(x)
     if method == "valley":
         return threshold_valley(x)
+    if method == "multiotsu":
+        return threshold_multiotsu(x)
     raise ValueError(f"unknown automatic method {method!r}")

@@ -11,19 +11,26 @@ TRANSFORMS = ("none", "arcsinh", "log1p")
 
 
 def default_cofactor(values: Any) -> float:
-    """Scale-free default cofactor: the 5th percentile of the finite values > 0.
+    """Scale-free default cofactor: the 5th percentile of the finite values > 0, at least the noise around 0.
 
     Scales with the data (``default_cofactor(k * v) == k * default_cofactor(v)``), so the transformed
-    values do not depend on the bit depth or units of the image. Returns 1.0 when no value is > 0.
+    values do not depend on the bit depth or units of the image. When 1 % or more of the values are
+    negative (unmixed components, background-subtracted images), the negatives are noise around zero and
+    the cofactor is at least the 95th percentile of their magnitude: that noise then stays on the linear
+    part of arcsinh instead of being spread into two log-scale humps (one per sign). Returns 1.0 when no
+    value is > 0 and none is negative.
 
     >>> default_cofactor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     1.45
+    >>> default_cofactor([-2, -1, 0.1, 0.2, 5, 6, 7, 8, 9, 10])  # 20 % negative: the noise scale (1.95)
+    1.95
     """
     v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v) & (v > 0)]
-    if v.size == 0:
-        return 1.0
-    c = float(np.percentile(v, 5))
+    v = v[np.isfinite(v)]
+    pos, neg = v[v > 0], -v[v < 0]
+    c = float(np.percentile(pos, 5)) if pos.size else 0.0
+    if neg.size and neg.size >= 0.01 * v.size:
+        c = max(c, float(np.percentile(neg, 95)))
     return c if c > 0 else 1.0
 
 
