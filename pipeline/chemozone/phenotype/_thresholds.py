@@ -196,12 +196,12 @@ def _posterior_crossing(m: np.ndarray, s: np.ndarray, w: np.ndarray, j: int) -> 
     return float(grid[k] + (grid[k + 1] - grid[k]) * (-diff[k]) / (diff[k + 1] - diff[k]))
 
 
-def _valley_between(z: np.ndarray, lo: float, hi: float) -> float | None:
-    """Middle of the longest stretch of near-minimal smoothed density of ``z`` between ``lo`` and ``hi``.
+def _valley_between(z: np.ndarray, lo: float, hi: float) -> tuple[float, float] | None:
+    """Ends ``(a, b)`` of the longest stretch of near-minimal smoothed density of ``z`` between ``lo`` and ``hi``.
 
-    "Near-minimal": within 10 % of the way from the minimum up to the lower of the two end densities, so
-    an empty gap between a negative tail and a few rare positives is split in its middle. None when the
-    density does not dip between the two ends (minimum >= 90 % of the lower end: a slope, no valley).
+    "Near-minimal": within 10 % of the way from the minimum up to the lower of the two end densities (the
+    empty gap between a negative tail and a few rare positives). None when the density does not dip between
+    the two ends (minimum >= 90 % of the lower end: a slope, no valley).
     """
     centers, dens = _smoothed_density(z, 512)
     sel = (centers >= lo) & (centers <= hi)
@@ -213,7 +213,7 @@ def _valley_between(z: np.ndarray, lo: float, hi: float) -> float | None:
     low = np.nonzero(d <= d.min() + 0.1 * (min(d[0], d[-1]) - d.min()))[0]
     runs = np.split(low, np.nonzero(np.diff(low) > 1)[0] + 1)
     run = max(runs, key=len)
-    return float(0.5 * (c[run[0]] + c[run[-1]]))
+    return float(c[run[0]]), float(c[run[-1]])
 
 
 def threshold_gmm(
@@ -223,7 +223,7 @@ def threshold_gmm(
     seed: int = 0,
     max_components: int = 5,
     split: str = "modes",
-    place: str = "valley",
+    place: str = "crossing",
 ) -> tuple[float, str]:
     """Gaussian-mixture threshold between the negative and the positive populations.
 
@@ -242,11 +242,12 @@ def threshold_gmm(
     - ``separation``: the adjacent pair of components with the largest Ashman's D (before issue 14; a tight
       second negative level can capture the gate).
 
-    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``), or
-    (``valley``, default) the middle of the longest stretch of lowest smoothed-histogram density between
-    the two adjacent component means, when the histogram dips there (else the crossing): it does not trust
-    the Gaussian shape of the tails (a negative tail bled from positive neighbours, a few rare positives
-    beyond an empty gap). When no split is separated, the
+    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``, default),
+    or (``valley``) that crossing clipped into the longest stretch of lowest smoothed-histogram density
+    between the two adjacent component means, when the histogram dips there: inside the empty gap the
+    mixture's Bayes boundary decides, but the gate never leaves the gap, so a few rare positives beyond it
+    (whose small mixture weight pushes the crossing into their own tail) are not cut. When no split is
+    separated, the
     ``fallback`` (``valley`` or ``otsu``) is used and the warning says why.
 
     Parameters
@@ -260,7 +261,7 @@ def threshold_gmm(
     max_components : int
         2 or more.
     split : {"modes", "separation"}
-    place : {"valley", "crossing"}
+    place : {"crossing", "valley"}
 
     Returns
     -------
@@ -278,9 +279,9 @@ def threshold_gmm(
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> stroma, tumor = rng.normal(0.88, 0.01, 4000), rng.normal(1.05, 0.04, 4000)  # two negative levels
-    >>> x = np.r_[stroma, tumor, rng.normal(2.3, 0.2, 1200)]
-    >>> t, w = threshold_gmm(x)
-    >>> 1.3 < t < 2.0, w
+    >>> pos = rng.normal(2.3, 0.2, 1200)
+    >>> t, w = threshold_gmm(np.r_[stroma, tumor, pos])
+    >>> bool(tumor.max() < t < pos.min()), w  # above both negative levels, below every positive
     (True, '')
     """
     if place not in ("valley", "crossing"):
@@ -300,8 +301,9 @@ def threshold_gmm(
     if j:
         t = _posterior_crossing(m, s, w, j)
         if place == "valley":
-            valley = _valley_between(z, m[j - 1], m[j])
-            t = t if valley is None else valley
+            run = _valley_between(z, m[j - 1], m[j])
+            if run is not None:  # inside the emptiest stretch, the mixture's Bayes boundary decides where
+                t = 0.5 * (run[0] + run[1]) if t is None else float(np.clip(t, run[0], run[1]))
         if t is not None:
             return float(t * sd + mu), note
         reason = "not bimodal (posteriors do not cross between the means)"
@@ -326,7 +328,7 @@ def _robust_threshold(
     seed: int,
     max_components: int = 5,
     split: str = "modes",
-    place: str = "valley",
+    place: str = "crossing",
 ) -> tuple[float, str]:
     """Any automatic method, guarded against empty, tiny and constant inputs."""
     x = _finite(x)
