@@ -273,7 +273,7 @@ def methods() -> dict[str, dict]:
     ref = {"method": "reference", "reference": {"dose_gy": 0}, "group_by": "patient"}
     return {
         "P-gmm": {"method": "pooled", "pooled_method": "gmm"},
-        "P-gmm-v": {"method": "pooled", "pooled_method": "gmm", "gmm_threshold": "valley"},
+        "P-gmm-x": {"method": "pooled", "pooled_method": "gmm", "gmm_threshold": "crossing"},
         "P-gmm-sep": {"method": "pooled", "pooled_method": "gmm", "gmm_split": "separation"},
         "P-gmm-k2": {"method": "pooled", "pooled_method": "gmm", "max_components": 2},
         "P-gmm-ofb": {"method": "pooled", "pooled_method": "gmm", "fallback": "otsu"},

@@ -252,18 +252,16 @@ def test_gmm_default_gate_above_a_second_negative_level():
 
 
 def test_gmm_rare_positives_gate_in_the_empty_gap():
-    # 0.3 % positives far above a negative population with a bled tail: place="valley" (recommended for rare
-    # positives) keeps the gate in the empty gap
+    # 0.3 % positives far above a negative population with a bled tail: the gate falls in the empty gap
     rng = np.random.default_rng(3)
     neg = rng.normal(1.0, 0.08, 15000)
     neg[:150] += rng.uniform(0.0, 0.3, 150)  # negatives next to positives pick up some of their signal
     pos = rng.normal(2.5, 0.25, 45)
     x = np.r_[neg, pos]
-    t, w = threshold_gmm(x, place="valley")
+    t, w = threshold_gmm(x)
     assert w == "" and neg.max() < t < pos.min()
-    # the posterior crossing (the default) trusts the Gaussian shape of the negatives and cuts into their bled
-    # tail: the limitation the README states for rare markers
-    t_cross, _ = threshold_gmm(x)
+    # the posterior crossing trusts the Gaussian shape of the negatives and cuts into their bled tail
+    t_cross, _ = threshold_gmm(x, place="crossing")
     assert t_cross < neg.max()
 
 

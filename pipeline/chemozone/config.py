@@ -218,8 +218,8 @@ class GateConfig(_Section):
     value: float | None = None
     """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
     pooled_method: Literal["gmm", "otsu", "valley", "multiotsu"] = "gmm"
-    """Method of the pooled gate. The default (gmm, 5 components, ``gmm_split: modes``) keeps a second negative
-    level from capturing the gate (``benchmarks/bench_gating.py``, README: Gating defaults)."""
+    """Method of the pooled gate. The default (gmm, 5 components, ``gmm_split: modes``, ``gmm_threshold: valley``)
+    has the best worst case of ``benchmarks/bench_gating.py`` (README: Gating defaults)."""
     max_components: int = Field(5, ge=2, le=8)
     """gmm: mixtures of 2 to this many components are fitted and the best (BIC) kept; the extra components
     absorb a negative population of several levels (offset, autofluorescence, spillover) and skewed tails."""
@@ -227,10 +227,11 @@ class GateConfig(_Section):
     """gmm: which components are positive. modes: of the separated splits whose upper group is a mode of its
     own, the widest gap on the transformed scale (a second, tight negative level cannot capture the gate);
     separation: the adjacent pair with the largest Ashman's D (the rule before issue 14)."""
-    gmm_threshold: Literal["valley", "crossing"] = "crossing"
-    """gmm: crossing = where the posteriors of the negative and positive groups cross; valley = that crossing
-    clipped into the emptiest stretch of the histogram between the two groups (better for rare positives,
-    < 1-2 %: the only mode that passes every row of benchmarks/bench_gating.py; see README)."""
+    gmm_threshold: Literal["valley", "crossing"] = "valley"
+    """gmm: crossing = where the posteriors of the negative and positive groups cross (the rule before issue 14);
+    valley (default) = the same, except that when an empty stretch of the histogram (no cell) separates the two
+    groups the gate stays inside it (a few rare positives beyond an empty gap pull the crossing into the
+    negatives' tail). The only placement that passes every row of benchmarks/bench_gating.py (README)."""
     fallback: Literal["valley", "otsu"] = "valley"
     """gmm only: threshold used when the values are not bimodal (recorded as a warning). valley: the
     deepest density valley between the two main modes, or mode + 3 SD of the lower half when unimodal."""

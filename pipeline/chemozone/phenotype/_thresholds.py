@@ -223,7 +223,7 @@ def threshold_gmm(
     seed: int = 0,
     max_components: int = 5,
     split: str = "modes",
-    place: str = "crossing",
+    place: str = "valley",
 ) -> tuple[float, str]:
     """Gaussian-mixture threshold between the negative and the positive populations.
 
@@ -242,12 +242,12 @@ def threshold_gmm(
     - ``separation``: the adjacent pair of components with the largest Ashman's D (before issue 14; a tight
       second negative level can capture the gate).
 
-    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``, default),
-    or (``valley``) that crossing clipped into the longest stretch of lowest smoothed-histogram density
-    between the two adjacent component means, when the histogram dips there: inside the empty gap the
-    mixture's Bayes boundary decides, but the gate never leaves the gap, so a few rare positives beyond it
-    (whose small mixture weight pushes the crossing into their own tail) are not cut. When no split is
-    separated, the
+    The threshold (``place``) is where the posterior of the upper group crosses 0.5 (``crossing``); with
+    ``valley`` (default) the same, except when the longest stretch of lowest smoothed-histogram density
+    between the two adjacent component means holds no cell at all: the gate is then kept inside that empty
+    gap (the crossing clipped into it), so a few rare positives beyond an empty gap do not drag the gate
+    into the negatives' tail. A dip that still holds cells is no evidence against the crossing. When no
+    split is separated, the
     ``fallback`` (``valley`` or ``otsu``) is used and the warning says why.
 
     Parameters
@@ -261,7 +261,7 @@ def threshold_gmm(
     max_components : int
         2 or more.
     split : {"modes", "separation"}
-    place : {"crossing", "valley"}
+    place : {"valley", "crossing"}
 
     Returns
     -------
@@ -302,7 +302,10 @@ def threshold_gmm(
         t = _posterior_crossing(m, s, w, j)
         if place == "valley":
             run = _valley_between(z, m[j - 1], m[j])
-            if run is not None:  # inside the emptiest stretch, the mixture's Bayes boundary decides where
+            # an empty stretch (no cell) between the groups: the gate stays in it, where the mixture's Bayes
+            # boundary says (a crossing in the negatives' tail is pulled up to the gap); a dip that still holds
+            # cells is no evidence against the crossing
+            if run is not None and (t is None or not np.any((z > run[0]) & (z < run[1]))):
                 t = 0.5 * (run[0] + run[1]) if t is None else float(np.clip(t, run[0], run[1]))
         if t is not None:
             return float(t * sd + mu), note
@@ -328,7 +331,7 @@ def _robust_threshold(
     seed: int,
     max_components: int = 5,
     split: str = "modes",
-    place: str = "crossing",
+    place: str = "valley",
 ) -> tuple[float, str]:
     """Any automatic method, guarded against empty, tiny and constant inputs."""
     x = _finite(x)
