@@ -18,11 +18,11 @@ unassigned); stress: Tumor, Stroma, CD8 T, CD4 T (CD3+ CD8-), NK, Other immune, 
     python benchmarks/eval_user_config.py             # synth demo preset (1024 px) + stress 3 x 4 at 1024 px
     python benchmarks/eval_user_config.py --only stress --stress-config benchmarks/configs/stress_user_filenames.yaml
 
-Measured (2 cores, defaults of the commit this script came with: pooled GMM of up to 3 components): synth demo
-preset (14 samples, 1024 px) lineage balanced accuracy 0.949, receptor flags 0.991 (the panCK gate, 860, sits in
-the upper tail of the stroma / other-immune negatives, 205 of 1665 "Other" cells become Tumor); stress (3 x 4,
-1024 px): `stress_user.yaml` stops at gating (panel.aliases CD3e/CD8a do not reach the per-cell column names);
-`stress_user_filenames.yaml` 0.998 / 0.997.
+Measured (2 cores, final defaults of issue 14: pooled GMM, modes split, valley placement; rules of
+``configs/example.yaml`` with "Other immune: CD45+" before "Tumor: panCK+"): synth demo preset (14 samples, 1024 px)
+lineage balanced accuracy 0.954, receptor flags 0.987 (with Tumor before Other immune: 0.949, 69 of 244 CD45+
+"other immune" cells become Tumor through panCK picked up from neighbouring tumor cells); stress (3 x 4, 1024 px)
+0.998 / 0.997.
 
 ``--work DIR`` keeps the cohorts and run folders (default: a temporary folder); ``--reuse`` skips
 regenerating cohorts already in DIR. Exit status 0 when every generator passes both targets.

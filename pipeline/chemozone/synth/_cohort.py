@@ -147,14 +147,15 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
                    "gate": {"method": "pooled", "pooled_method": "gmm"}}
                for m in ch if m != "DAPI"}
     # lineage-specific immune markers first: immune cells inside tumor nests pick up panCK from the
-    # surrounding tumor cytoplasm (blur, spillover), so "panCK+" alone must not outrank CD3/CD56/CD68
+    # surrounding tumor cytoplasm (blur, spillover), so "panCK+" alone must not outrank CD3/CD56/CD68, nor
+    # CD45 (the leukocyte lineage marker)
     candidates = [
         {"cell_type": "CD8 T", "pos": ["CD3", "CD8"]},
         {"cell_type": "CD4 T", "pos": ["CD3", "CD4"]},
         {"cell_type": "NK", "pos": ["CD56"], "neg": ["CD3"]},
         {"cell_type": "Macrophage", "pos": ["CD68"], "neg": ["CD3"]},
-        {"cell_type": "Tumor", "pos": ["panCK"]},
         {"cell_type": "Other immune", "pos": ["CD45"]},
+        {"cell_type": "Tumor", "pos": ["panCK"]},
         {"cell_type": "Stroma", "neg": ["panCK", "CD45"]},
     ]
     rules = []
