@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from chemozone.config import ThresholdConfig, ZoneConfig
+from chemozone.config import ThresholdConfig, ZoneConfig, config_from_dict
 from chemozone.errors import ChannelError, ConfigError, MissingStepError
 from chemozone.zones import (
     N_QUANTILES,
@@ -117,6 +117,35 @@ def test_reference_threshold_uses_same_patient_sham():
     assert t.loc["p1_8", "threshold"] == pytest.approx(9.0, abs=0.15)  # 90th pct of p1's sham
     assert t.loc["p2_8", "threshold"] == pytest.approx(18.0, abs=0.3)
     assert t.loc["p1_0", "threshold"] == t.loc["p1_8", "threshold"] and (t["warning"] == "").all()
+
+
+def test_background_threshold_is_robust_to_the_shams_own_zones():
+    """background mode: median + z(0.999) * SD of the same patient's sham, whatever share of it is zone."""
+    from scipy.stats import norm
+
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="background", error_rate=0.001))
+    rng = np.random.default_rng(1)
+    bg1, bg2 = rng.normal(10, 2, 20000), rng.normal(30, 5, 20000)
+    vals = {"p1_0": np.r_[bg1, rng.normal(80, 10, 1000)],  # a sham with 5 % zone pixels (baseline producers)
+            "p1_8": rng.normal(10, 2, 5000), "p2_0": bg2, "p2_8": rng.normal(30, 5, 5000)}
+    samples = pd.DataFrame({"sample_id": list(vals), "patient": ["p1", "p1", "p2", "p2"], "dose_gy": [0, 8, 0, 8]})
+    t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
+    zq = norm.isf(0.001)
+    assert t.loc["p1_8", "threshold"] == pytest.approx(10 + zq * 2, abs=0.25)  # a q0.99 here would sit at ~75
+    assert t.loc["p2_8", "threshold"] == pytest.approx(30 + zq * 5, abs=0.5)
+    assert (t["mode"] == "background_a0.001").all() and (t["warning"] == "").all()
+
+
+def test_background_threshold_without_sham_falls_back_to_the_pooled_model():
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="background", reference={"dose_gy": 0}))
+    rng = np.random.default_rng(2)
+    vals = {"a": np.r_[rng.normal(10, 2, 9000), rng.normal(60, 5, 1000)], "b": rng.normal(10, 2, 10000)}
+    samples = pd.DataFrame({"sample_id": ["a", "b"], "patient": ["p1", "p1"], "dose_gy": [2, 8]})
+    t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
+    assert t.loc["a", "threshold"] == pytest.approx(10 + 3.09 * 2, abs=0.3)
+    assert t["warning"].str.contains(r"no sample matches the reference \{'dose_gy': 0\}: background model of all").all()
+    with pytest.raises(ConfigError, match="error_rate"):
+        config_from_dict({"zones": [{"name": "C", "channels": ["C"], "threshold": {"mode": "background", "error_rate": 0.7}}]})
 
 
 def test_reference_fallback_and_errors():

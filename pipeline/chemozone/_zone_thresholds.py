@@ -17,7 +17,7 @@ from .config import ThresholdConfig, ZoneConfig
 from .errors import ConfigError, MissingStepError
 from .samples import select_reference
 
-__all__ = ["compute_zone_thresholds"]
+__all__ = ["compute_zone_thresholds", "background_threshold"]
 
 THRESHOLD_COLUMNS = ["sample_id", "zone", "channel", "threshold", "mode", "warning"]
 
@@ -53,11 +53,79 @@ def _auto_threshold(values: np.ndarray, method: str) -> float:
     return float(fn(values))
 
 
+def background_threshold(values: Any, *, error_rate: float) -> float:
+    """Threshold of a robust background model: ``median + z(1 - error_rate) * sd`` of the values.
+
+    The spread is measured on the lower half only (``median - quantile(Φ(-1))``, the SD of a normal
+    distribution; MAD-based when the lower half is flat), and values above ``median + 3 SD`` are clipped
+    and the model refitted until nothing changes, so the upper tail (chemokine zones, producers) neither
+    inflates the spread nor shifts the median. Valid while zones cover less than half of the tissue.
+
+    Parameters
+    ----------
+    values : array-like, shape (n,)
+        Background-corrected smoothed tissue-pixel values (e.g. of the sham samples).
+    error_rate : float
+        Fraction of background pixels expected above the threshold under a normal background (0–0.5).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> v = np.r_[rng.normal(10, 2, 9000), rng.normal(60, 5, 1000)]  # 10 % zone pixels
+    >>> round(background_threshold(v, error_rate=0.001))  # 10 + 3.09 * 2 = 16.2: the zone pixels do not count
+    16
+    """
+    from scipy.stats import norm
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan")
+    keep = v
+    for _ in range(10):  # upper sigma clipping (as astronomers estimate a sky background under sources)
+        loc = float(np.median(keep))
+        sd = loc - float(np.quantile(keep, norm.cdf(-1.0)))
+        if sd <= 0:
+            sd = 1.4826 * float(np.median(np.abs(keep - loc)))
+        clipped = v[v <= loc + 3.0 * sd]
+        if clipped.size == keep.size or sd <= 0:
+            break
+        keep = clipped
+    return loc + float(norm.isf(error_rate)) * sd
+
+
+def _statistic(tc: ThresholdConfig):
+    if tc.mode == "background":
+        return lambda v: background_threshold(v, error_rate=tc.error_rate)
+    return lambda v: float(np.quantile(v, tc.quantile))
+
+
+def _no_reference_fallback(csum: pd.DataFrame, tc: ThresholdConfig, n: int, error: ConfigError) -> list[tuple[float, str]]:
+    """background mode without any reference sample: the same model over every sample (pooled), with a warning."""
+    if tc.mode != "background":
+        raise error
+    t = background_threshold(_pooled_values(csum), error_rate=tc.error_rate)
+    warn = (f"no sample matches the reference {dict(tc.reference)}: background model of all samples pooled "
+            "(valid while zones cover less than half of the tissue)")
+    return [(t, warn)] * n
+
+
 def _reference_thresholds(
     csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str
 ) -> list[tuple[float, str]]:
-    """``(threshold, warning)`` per sample: the quantile of its reference samples (same ``group_by`` value)."""
-    is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    """``(threshold, warning)`` per sample from its reference samples (same ``group_by`` value): their
+    ``quantile`` (reference mode) or their background model (background mode)."""
+    try:
+        is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    except ConfigError as e:
+        if "no sample matches" not in str(e):
+            raise
+        return _no_reference_fallback(csum, tc, len(sids), e)
+    stat = _statistic(tc)
     cache: dict[Any, tuple[float, str]] = {}
     out = []
     for i in range(len(sids)):
@@ -72,7 +140,7 @@ def _reference_thresholds(
                     warn = f"no reference sample with {tc.group_by}={key}; used all reference samples"
             refs = [sids[j] for j in np.flatnonzero(sel)]
             pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs)])
-            t = float(np.quantile(pooled, tc.quantile)) if pooled.size else float("nan")
+            t = stat(pooled) if pooled.size else float("nan")
             cache[key] = (t, warn)
         out.append(cache[key])
     return out
@@ -91,7 +159,8 @@ def _channel_thresholds(
         by_sample = {str(s): r for s, r in csum.groupby(csum["sample_id"].astype(str))}
         warn = "per-sample relative threshold: zone areas are not comparable between samples"
         return [(_auto_threshold(_pooled_values(by_sample[s]), tc.method), warn) for s in sids], f"per_sample_{tc.method}"
-    return _reference_thresholds(csum, samples, sids, tc, where=where), f"reference_q{tc.quantile:g}"
+    label = f"background_a{tc.error_rate:g}" if tc.mode == "background" else f"reference_q{tc.quantile:g}"
+    return _reference_thresholds(csum, samples, sids, tc, where=where), label
 
 
 def compute_zone_thresholds(

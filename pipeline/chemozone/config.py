@@ -296,15 +296,17 @@ class PhenotypesConfig(_Section):
 class ThresholdConfig(_Section):
     """How a pixel zone's threshold is chosen (on the normalised module signal)."""
 
-    mode: Literal["absolute", "reference", "pooled", "per_sample"] = "reference"
-    """absolute: ``value``; reference: ``quantile`` of reference samples' tissue pixels; pooled: ``method``
-    over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended: it manufactures
-    zones in samples that express nothing)."""
+    mode: Literal["absolute", "reference", "background", "pooled", "per_sample"] = "reference"
+    """absolute: ``value``; reference: ``quantile`` of reference samples' tissue pixels; background: robust
+    background model of the reference samples at ``error_rate`` (pooled fallback without them); pooled:
+    ``method`` over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended)."""
     value: float | None = None
     method: Literal["otsu", "triangle", "li"] = "otsu"
     reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
     group_by: str | None = "patient"
     quantile: float = Field(0.99, gt=0, lt=1)
+    error_rate: float = Field(0.001, gt=0, lt=0.5)
+    """background: expected fraction of background tissue pixels above the threshold."""
 
     @model_validator(mode="after")
     def _absolute_needs_value(self) -> ThresholdConfig:

@@ -28,6 +28,13 @@ Threshold modes (``ZoneConfig.threshold.mode``), all on the background-corrected
 ``reference`` (default)
     The ``quantile`` of the tissue pixels of the reference samples (``reference`` query of the sample
     sheet, e.g. ``{dose_gy: 0}``) of the same ``group_by`` value (e.g. the sham of the same patient).
+``background``
+    A robust background model of the reference samples' tissue pixels (same ``reference`` / ``group_by`` as
+    ``reference``): median + z·SD, the SD measured on the lower half, z set by ``error_rate`` (the expected
+    fraction of background pixels called zone; :func:`background_threshold`). Without any reference sample
+    the same model is fitted to all samples pooled, with a warning. Unlike a quantile it does not depend on
+    how much zone the sham holds, but the zone edge then depends on the stain's signal-to-noise ratio (see
+    README, "How good are the zones").
 ``pooled``
     ``method`` (Otsu, triangle, Li) over the pooled tissue-pixel distribution of all samples.
 ``per_sample``
@@ -67,7 +74,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ._zone_masks import _check_tissue, module_score, producer_zone, threshold_zone_signal, tumor_compartments
-from ._zone_thresholds import compute_zone_thresholds
+from ._zone_thresholds import background_threshold, compute_zone_thresholds
 from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
 from .grid import block_mean, cell_grid_index, grid_factor
@@ -80,6 +87,7 @@ __all__ = [
     "zone_signal",
     "signal_summary",
     "compute_zone_thresholds",
+    "background_threshold",
     "module_score",
     "threshold_zone_signal",
     "producer_zone",

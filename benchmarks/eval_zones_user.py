@@ -1,0 +1,159 @@
+"""Zone accuracy of every zone mode a user can pick, on finished runs of two generators, side by side.
+
+For each cohort (``chemozone synth`` and the independent ``python -m chemozone.stress``) and its run folder
+(``chemozone run`` with a config written from the README, e.g. by ``benchmarks/eval_user_config.py --work DIR``),
+this script rebuilds each chemokine zone with chemozone's own functions (``zone_signal``, ``signal_summary``,
+``compute_zone_thresholds``, ``threshold_zone_signal``, ``producer_zone``), using the run's tissue masks and
+phenotypes, for every mode below and several smoothing scales, and scores it against the truth zones:
+
+* ``reference q0.99``: 99th percentile of the same patient's sham tissue pixels (README's recommendation so far);
+* ``background a0.001``: robust background model of the same patient's sham (median + z * lower-half SD,
+  sigma-clipped), expected 0.1 % of background pixels above it;
+* ``pooled otsu`` / ``pooled triangle``: one threshold over the cohort's pooled tissue pixels;
+* ``producers r15`` / ``r20``: tissue within r µm of a cell the run gated positive for the chemokine.
+
+Nothing comes from a generator: thresholds are computed from the images by the library; the truth is used
+only to score. Criteria of issue 15 (irradiated samples): median IoU >= 0.8, minimum >= 0.7; sham zone fraction
+within 2 percentage points of the truth; Spearman(zone fraction, dose) >= 0.9 over sham + photon doses.
+
+    python benchmarks/eval_zones_user.py --work /tmp/evaluser          # after eval_user_config.py --work /tmp/evaluser
+    python benchmarks/eval_zones_user.py --cohort synth=COHORT,RUN --cohort stress=COHORT,RUN --smooth 4 10
+
+Measured: see README, "How good are the zones".
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
+
+from chemozone.config import ThresholdConfig, ZoneConfig  # noqa: E402
+from chemozone.grid import block_mean, grid_factor  # noqa: E402
+from chemozone.io import labels_pixel_size_um, read_image, read_labels_zarr, resolve_channels  # noqa: E402
+from chemozone.layout import RunLayout  # noqa: E402
+from chemozone.zones import (  # noqa: E402
+    compute_zone_thresholds,
+    producer_zone,
+    signal_summary,
+    threshold_zone_signal,
+    zone_signal,
+)
+
+CHEMOKINES = ["CXCL8", "CXCL10", "CCL5"]
+MODES = {
+    "reference q0.99": {"mode": "reference", "quantile": 0.99},
+    "background a0.001": {"mode": "background", "error_rate": 0.001},
+    "pooled otsu": {"mode": "pooled", "method": "otsu"},
+    "pooled triangle": {"mode": "pooled", "method": "triangle"},
+}
+PRODUCER_RADII_UM = [15.0, 20.0]
+
+
+def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataFrame, dict]:
+    """Per sample: tissue (run), truth zones on the grid, smoothed signals per chemokine and smoothing, cells."""
+    samples = pd.read_csv(cohort / "samples.csv")
+    lay = RunLayout(run)
+    data = {}
+    for s in samples.itertuples():
+        img = read_image(cohort / s.image)
+        chems = [c for c in CHEMOKINES if (cohort / "truth" / s.sample_id / f"zone_{c}.tif").is_file()]
+        g = labels_pixel_size_um(lay.masks(s.sample_id), "tissue")
+        tissue = read_labels_zarr(lay.masks(s.sample_id), "tissue").astype(bool)
+        f = grid_factor(img.pixel_size_um, g)
+        idx = resolve_channels(img.channels, chems, source=img.path)
+        d = {"tissue": tissue, "grid_um": g, "cells": pd.read_parquet(lay.cells(s.sample_id)), "chems": chems}
+        for c, ci in zip(chems, idx):
+            truth = tifffile.imread(cohort / "truth" / s.sample_id / f"zone_{c}.tif") > 0
+            d[("truth", c)] = (block_mean(truth, f) >= 0.5) & tissue
+            for sm in smooths:
+                d[("signal", c, sm)] = zone_signal(img.data, channel_indices=[ci], pixel_size_um=img.pixel_size_um,
+                                                   grid_um=g, smooth_um=sm, background_quantile=0.05, tissue=tissue)
+        data[s.sample_id] = d
+    return samples, data
+
+
+def _scores(rows: list[dict]) -> dict:
+    r = pd.DataFrame(rows)
+    irr, sham = r[r.dose_gy > 0], r[r.dose_gy == 0]
+    rho = [spearmanr(g.dose_gy, g.fraction)[0] for _, g in r[r.radiation.isin(["sham", "photon"])].groupby("zone")]
+    return {"median_iou": irr.iou.median(), "min_iou": irr.iou.min(),
+            "sham_error_pp": 100 * (sham.fraction - sham.truth_fraction).abs().max(),
+            "spearman_dose": float(np.nanmin(rho)) if rho else float("nan"),
+            "area_ratio": (irr.fraction / irr.truth_fraction.where(irr.truth_fraction > 0)).median()}
+
+
+def _row(s, c: str, mask: np.ndarray, d: dict) -> dict:
+    truth, tis = d[("truth", c)], d["tissue"]
+    union = (mask | truth).sum()
+    return {"sample_id": s.sample_id, "zone": c, "dose_gy": s.dose_gy, "radiation": s.radiation,
+            "iou": (mask & truth).sum() / union if union else 1.0,
+            "fraction": mask.sum() / tis.sum(), "truth_fraction": truth.sum() / tis.sum()}
+
+
+def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) -> list[dict]:
+    zones = [ZoneConfig(name=c, channels=[c], smooth_um=sm, threshold=ThresholdConfig(**mode))
+             for c in data[samples.sample_id[0]]["chems"]]
+    summ = pd.concat([signal_summary(data[s][("signal", z.name, sm)], data[s]["tissue"], sample_id=s, zone=z.name,
+                                     channels=[z.name]) for s in samples.sample_id for z in zones])
+    thr = compute_zone_thresholds(summ, samples, zones=zones).set_index(["sample_id", "zone"])["threshold"]
+    rows = []
+    for s in samples.itertuples():
+        d = data[s.sample_id]
+        for z in zones:
+            m = threshold_zone_signal(d[("signal", z.name, sm)], [thr[(s.sample_id, z.name)]], d["tissue"],
+                                      grid_um=d["grid_um"], min_area_um2=z.min_area_um2, fill_holes=z.fill_holes)
+            rows.append(_row(s, z.name, m, d))
+    return rows
+
+
+def producer_rows(samples: pd.DataFrame, data: dict, radius_um: float) -> list[dict]:
+    rows = []
+    for s in samples.itertuples():
+        d = data[s.sample_id]
+        for c in d["chems"]:
+            m = producer_zone(d["cells"], d["tissue"], grid_um=d["grid_um"], producer_marker=c, radius_um=radius_um)
+            rows.append(_row(s, c, m, d))
+    return rows
+
+
+def evaluate(name: str, cohort: Path, run: Path, smooths: list[float]) -> pd.DataFrame:
+    samples, data = load_cohort(cohort, run, smooths)
+    out = []
+    for label, mode in MODES.items():
+        for sm in smooths:
+            out.append({"generator": name, "mode": label, "smooth_um": sm, **_scores(pixel_mode_rows(samples, data, mode, sm))})
+    for r in PRODUCER_RADII_UM:
+        out.append({"generator": name, "mode": f"producers r{r:g}", "smooth_um": float("nan"),
+                    **_scores(producer_rows(samples, data, r))})
+    return pd.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, help="folder of eval_user_config.py --work (synth-full-s0, stress-full-s0, runs)")
+    ap.add_argument("--cohort", action="append", default=[], help="NAME=COHORT,RUN (repeatable)")
+    ap.add_argument("--smooth", type=float, nargs="+", default=[4.0, 6.0, 10.0])
+    a = ap.parse_args(argv)
+    sets = [(c.split("=")[0], *map(Path, c.split("=")[1].split(","))) for c in a.cohort]
+    if a.work:
+        for gen, cfg in (("synth", "synth_user"), ("stress", "stress_user")):
+            sets.append((gen, a.work / f"{gen}-full-s0", a.work / f"run-{gen}-full-s0-{cfg}"))
+    if not sets:
+        ap.error("give --work or --cohort")
+    table = pd.concat([evaluate(*s, a.smooth) for s in sets], ignore_index=True)
+    ok = (table.median_iou >= 0.8) & (table.min_iou >= 0.7) & (table.sham_error_pp <= 2) & (table.spearman_dose >= 0.9)
+    table["meets_issue_15"] = np.where(ok, "yes", "no")
+    with pd.option_context("display.width", 200):
+        print(table.round(3).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
