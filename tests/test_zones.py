@@ -300,9 +300,14 @@ def test_zone_channel_thresholds_reads_build_zones_table():
 # --------------------------------------------------------------------------- synthetic cohort
 @pytest.mark.slow
 def test_synthetic_zones_match_truth_and_cognate_direction():
-    """Pixel zones vs the synthetic truth zones over a photon dose series of one patient; cognate receptor+
-    cells (truth labels) are enriched in our zones, receptor- cells are not; zone area rises then plateaus.
+    """Zone *machinery* given the generator's own zone level: pixel zones vs the synthetic truth zones over a
+    photon dose series of one patient; cognate receptor+ cells (truth labels) are enriched in our zones,
+    receptor- cells are not; zone area rises then plateaus.
 
+    This is not an accuracy figure: the threshold is the generator's amplitude x zone level (10 µm smoothing on
+    the 2 µm grid), which no user knows. It checks that smoothing, thresholding, hole filling and cognate
+    counting reproduce the truth when the level is right. The accuracy of the modes a user can pick is measured by
+    ``benchmarks/eval_zones_user.py`` (README, "How good are the zones": below issue 15's targets today).
     Uses the truth tissue (block mean >= 0.5) so the test does not depend on chemozone.tissue.
     """
     from chemozone import synth
@@ -310,7 +315,9 @@ def test_synthetic_zones_match_truth_and_cognate_direction():
     from chemozone.spatial import annotate_cells, cognate_specificity, infiltration_metrics
 
     cfg = config_from_dict(synth.cohort_config())
-    zones = [z for z in cfg.zones if z.source == "pixels"]
+    level = synth.truth_parameters()["chemokine_amplitude"] * synth.truth_parameters()["zone"]["level"]  # oracle
+    zones = [z.model_copy(update={"smooth_um": 10.0, "threshold": ThresholdConfig(mode="absolute", value=level)})
+             for z in cfg.zones if z.source == "pixels"]
     pe = synth.patient_effects(0, seed=0)
     doses = [0, 2, 5, 10, 20]
     g, f = 2.0, 4

@@ -134,6 +134,9 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
     Rules name the truth's cell types (``Tumor, CD8 T, CD4 T, NK, Macrophage, Other immune, Stroma``);
     rules whose markers are missing from the panel are left out. Pixel zones for the chemokines present
     (threshold from the same patient's 0 Gy samples), a ``tumor`` zone from panCK, and the cognate pairs.
+    Written as a user would from README.md and ``configs/example.yaml``: default gates (reference gates for
+    producers), default zone mode and smoothing, default radiation effectiveness; no value that only the
+    generator knows (its amplitudes, zone level or RBE factors).
 
     >>> from chemozone.config import config_from_dict
     >>> config_from_dict(cohort_config()).zones[0].name
@@ -143,9 +146,14 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
     has = set(ch)
     comp = {"p21": "nucleus", "Ki67": "nucleus", "FOXP3": "nucleus", "panCK": "cytoplasm", "CD68": "cytoplasm",
             "aSMA": "cytoplasm", "CXCL8": "cytoplasm", "CXCL10": "cytoplasm", "CCL5": "cytoplasm"}
-    markers = {m: {"compartment": comp.get(m, "cell"), "transform": "arcsinh",
-                   "gate": {"method": "pooled", "pooled_method": "gmm"}}
-               for m in ch if m != "DAPI"}
+    # gates as configs/example.yaml recommends: the default (pooled) for lineage markers and receptors, the
+    # same patient's sham quantile for producers (chemokines) and p21
+    reference = {"method": "reference", "reference": {"dose_gy": 0}, "group_by": "patient"}
+    producer_q = {"p21": 0.95, "CXCL8": 0.99, "CXCL10": 0.99, "CCL5": 0.99}
+    markers = {m: {"compartment": comp.get(m, "cell"), "transform": "arcsinh"} for m in ch if m != "DAPI"}
+    for m, q in producer_q.items():
+        if m in markers:
+            markers[m]["gate"] = {**reference, "quantile": q}
     # lineage-specific immune markers first: immune cells inside tumor nests pick up panCK from the
     # surrounding tumor cytoplasm (blur, spillover), so "panCK+" alone must not outrank CD3/CD56/CD68, nor
     # CD45 (the leukocyte lineage marker)
@@ -164,17 +172,9 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
         if all(m in has for m in need):
             rules.append(r)
     receptors = [r for r in RECEPTORS if r in has]
-    # The truth zone is F_m >= level, i.e. background-corrected smoothed intensity >= amplitude * level. A
-    # reference quantile of the shams cannot find that level (shams hold almost no producers, so their high
-    # quantiles measure noise, and the zones come out 2-4x too large); an absolute threshold plays the role
-    # of a threshold reviewed on screen (napari), as a user would set it.
-    zparams = truth_parameters()
-    zone_thr = float(zparams["chemokine_amplitude"]) * float(zparams["zone"]["level"])
-    zones: list[dict[str, Any]] = [
-        {"name": m, "source": "pixels", "channels": [m], "smooth_um": 10.0,
-         "threshold": {"mode": "absolute", "value": zone_thr}}
-        for m in MODULES if m in has
-    ]
+    # zones in the README's default mode (reference: the same patient's sham, q 0.99) with the default
+    # smoothing: nothing here comes from the generator's parameters (README "How good are the zones")
+    zones: list[dict[str, Any]] = [{"name": m, "source": "pixels", "channels": [m]} for m in MODULES if m in has]
     if "panCK" in has:
         zones.append({"name": "tumor", "source": "tumor", "channels": ["panCK"], "smooth_um": 4.0})
     pairs = []
@@ -183,7 +183,6 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
     for m, rec in MODULES.items():
         if m in has and rec in has:
             pairs.append({"zone": m, "receptor": rec, "cell_types": [t for t in lineages[m] if t in typed]})
-    params = truth_parameters()
     return {
         "panel": {"pixel_size_um": PIXEL_SIZE_UM, "nuclear_channel": "DAPI"},
         # lymphocyte nuclei (~6.5 µm) crowd among tumor nuclei (~11 µm) in the attracting zones
@@ -195,5 +194,5 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
                        "default_cell_type": "Other"},
         "zones": zones,
         "spatial": {"cognate_pairs": pairs},
-        "stats": {"effectiveness": dict(params["effectiveness"]), "reference_radiation": "photon"},
+        "stats": {"reference_radiation": "photon"},
     }
