@@ -506,3 +506,47 @@ def test_analyse_widget_runs_the_pipeline_and_adds_layers(make_napari_viewer, tm
     pts = viewer.layers["cell points [img]"]
     written = pd.read_parquet(SampleLayout(result["sample_dir"]).cells)
     assert empty.name == "cell points" and len(pts.data) == len(written) > 5 and "CD3_pos" in pts.features.columns
+
+
+@gui
+@pytest.mark.slow
+def test_analyse_widget_shows_the_runs_plausibility_warnings(make_napari_viewer, tmp_path):
+    """The widget shows RunResult.warnings (here: panel.pixel_size_um disagrees with the file's 0.5 µm/px) as the
+    library words them, in a label and a napari notification; a clean re-run clears them."""
+    import json
+
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from chemozone.io import write_ome_tiff
+    from chemozone.synth import generate_sample
+    from chemozone_napari._analyse_widget import AnalyseWidget
+
+    s = generate_sample(size_px=160, dose_gy=10, seed=2)
+    img_path = write_ome_tiff(tmp_path / "img.ome.tif", s["image"], channels=s["channels"], pixel_size_um=0.5)
+    cfg = {"panel": {"pixel_size_um": 0.65}, "tissue": {"min_area_um2": 1000.0},
+           "phenotypes": {"markers": {"CD3": {"gate": {"method": "otsu"}}},
+                          "rules": [{"cell_type": "T", "pos": ["CD3"]}]}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    viewer = make_napari_viewer()
+    viewer.open(str(img_path), plugin="chemozone")
+    w = AnalyseWidget(viewer)
+    w.config_path.setText(str(tmp_path / "cfg.yaml"))
+    w.out_path.setText(str(tmp_path / "out"))
+    n_before = len(notification_manager.records)
+    result = w.run(block=True)
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
+    assert "pixel_size_conflict" in [r["code"] for r in recorded]
+    lines = w.warnings.text().splitlines()
+    assert len(lines) == len(recorded) == len(result["warnings"])  # every warning of the run, one line each
+    conflict = next(line for line in lines if "[pixel_size_conflict]" in line)
+    assert "sample 'img'" in conflict and "panel.pixel_size_um = 0.65 is ignored" in conflict
+    assert not w.warnings.isHidden()
+    new = [n for n in notification_manager.records[n_before:] if n.severity == NotificationSeverity.WARNING]
+    assert len(new) == 1 and new[0].message.startswith("chemozone: [") and lines[0][2:] in new[0].message
+    # the same image with the file's pixel size: no conflict warning left on the widget
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({**cfg, "panel": {}}))
+    w.out_path.setText(str(tmp_path / "out2"))
+    w.run(block=True)
+    again = json.loads((tmp_path / "out2" / "run.json").read_text())["warnings"]
+    assert "[pixel_size_conflict]" not in w.warnings.text()
+    assert len(w.warnings.text().splitlines()) == len(again) and w.warnings.isHidden() == (not again)

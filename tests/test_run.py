@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,6 +163,77 @@ def test_refuses_to_start_on_a_missing_channel(tiny_cohort, tmp_path, capsys):
     assert code == 1
     assert "refusing to start" in capsys.readouterr().err
     assert not (tmp_path / "o" / "run.json").exists()
+
+
+def _no_reference_config(tiny_cohort, tmp_path, where: str) -> Path:
+    """The tiny cohort's config with a reference gate (CD3) or zone threshold (CXCL8) whose query matches no
+    sample (this lab calls its shams 'control')."""
+    import yaml
+
+    data = yaml.safe_load((tiny_cohort / "config.yaml").read_text())
+    if where == "gate":
+        data["phenotypes"]["markers"]["CD3"]["gate"] = {"method": "reference", "reference": {"radiation": "control"}}
+    else:
+        data["zones"][0]["threshold"] = {"mode": "reference", "reference": {"radiation": "control"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp_path / "c.yaml"
+
+
+def _assert_failed_run_json_keeps_step_a(out: Path, message: str) -> None:
+    lay = RunLayout(out)
+    rec = json.loads(lay.run_json.read_text())
+    assert rec["status"] == "failed" and rec["failed_stage"] == "cohort step"
+    assert message in rec["error"] and "\n" not in rec["error"] and rec["finished"]
+    assert sorted(rec["samples"]) == sorted(lay.sample_ids()) and len(rec["samples"]) == 4
+    for sid, srec in rec["samples"].items():  # step A finished for every sample, and its outputs are intact
+        assert srec["status"] == "step_a_done" and srec["step_a"]["n_cells"] > 0
+        assert len(pd.read_parquet(lay.measurements(sid))) == srec["step_a"]["n_cells"]
+        assert lay.masks(sid).is_dir() and lay.step_a_stamp(sid).is_file()
+
+
+def test_no_reference_sample_at_all_is_recorded_in_run_json(tiny_cohort, tmp_path, capsys):
+    cfg = _no_reference_config(tiny_cohort, tmp_path, "gate")
+    out = tmp_path / "o"
+    code = main(["run", str(tiny_cohort), "--config", str(cfg), "--out", str(out), "--workers", "1", "--quiet"])
+    assert code == 1
+    msg = "phenotypes.markers.CD3.gate.reference: no sample matches {'radiation': 'control'} among 4 samples"
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+    _assert_failed_run_json_keeps_step_a(out, msg)
+
+
+def test_no_reference_sample_of_a_zone_threshold_is_recorded_in_run_json(tiny_cohort, tmp_path):
+    from chemozone.errors import ConfigError
+    from chemozone.run import run_batch
+
+    cfg = _no_reference_config(tiny_cohort, tmp_path, "zone")
+    msg = "zones[0].threshold.reference: no sample matches {'radiation': 'control'} among 4 samples"
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        run_batch(tiny_cohort, cfg, tmp_path / "o", in_process=True, progress=False)
+    _assert_failed_run_json_keeps_step_a(tmp_path / "o", msg)
+
+
+def test_run_json_records_um_values_without_float_noise(tmp_path):
+    """A 0.65 µm/px image on the default 2 µm grid: 3 image pixels per grid pixel, 3 × 0.65 = 1.9500000000000002
+    in float arithmetic. run.json records 1.95; the grid the run computes with is left as it is."""
+    from chemozone._run_record import Ledger, tidy_um
+    from chemozone.grid import grid_pixel_um
+
+    grid_um = grid_pixel_um(0.65, 2.0)
+    assert grid_um == 3 * 0.65 and repr(grid_um) == "1.9500000000000002"  # the computed grid is unchanged
+    prov = {"samples": {"s1": {"status": "pending"}}, "status": "running"}
+    ledger = Ledger(prov, RunLayout(tmp_path), "raise")
+    ledger.record("s1", status="step_a_done", step_a={"grid_um": grid_um, "pixel_size_um": 0.65, "n_cells": 7,
+                                                      "nucleus_scale": {"diameter_um": 0.1 + 0.2, "n_blobs": 3}})
+    text = (tmp_path / "run.json").read_text()
+    assert "1.9500000000000002" not in text and "0.30000000000000004" not in text
+    step_a = json.loads(text)["samples"]["s1"]["step_a"]
+    assert step_a == {"grid_um": 1.95, "pixel_size_um": 0.65, "n_cells": 7,
+                      "nucleus_scale": {"diameter_um": 0.3, "n_blobs": 3}}
+    assert prov["samples"]["s1"]["step_a"]["grid_um"] == grid_um  # only the record is rounded
+    # other floats are recorded as they are; 12 significant digits keep every real digit of a µm value
+    assert tidy_um({"fraction": 0.1 + 0.2, "x_um": 0.123456789012345}) == {"fraction": 0.1 + 0.2,
+                                                                            "x_um": 0.123456789012}
 
 
 @pytest.mark.slow

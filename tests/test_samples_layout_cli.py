@@ -147,6 +147,39 @@ def test_cli_validate_missing_channel_and_config_error(tmp_path, capsys):
     assert err.count("\n") == 1 and "zones[0].smooth_um: must be > 0, got -3" in err
 
 
+def test_cli_validate_catches_a_qc_channel_typo_before_a_run(tmp_path, capsys):
+    _tiny(tmp_path / "a.ome.tif")
+    _tiny(tmp_path / "b.ome.tif")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("run: {qc_channels: [DAPI, CD33]}\n")
+    assert main(["validate", str(cfg), str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    problems = [line for line in out.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1  # one config problem, reported once for the two images
+    assert "run.qc_channels: channel 'CD33' is not in the image (channels: ['DAPI', 'CD3'])" in problems[0]
+    # chemozone run refuses before any work, with the same one-line message
+    assert main(["run", str(tmp_path), "--config", str(cfg), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "run.qc_channels: channel 'CD33'" in err
+    assert not (tmp_path / "out" / "run.json").exists()
+    # without a QC picture the names do not matter; with the right name the inputs are fine
+    cfg.write_text("run: {qc_channels: [DAPI, CD33], write_qc: false}\n")
+    assert main(["validate", str(cfg), str(tmp_path)]) == 0
+    cfg.write_text("run: {qc_channels: [DAPI, CD3]}\n")
+    assert main(["validate", str(cfg), str(tmp_path)]) == 0
+
+
+def test_validate_inputs_names_qc_channel_typo(tmp_path):
+    from chemozone.errors import RunError
+    from chemozone.validate import runnable_inputs
+
+    _tiny(tmp_path / "a.ome.tif", channels=("HH3", "CD45"))
+    cfg = config_from_dict({"panel": {"nuclear_channel": "HH3"}, "run": {"qc_channels": ["HH3", "CD54"]}})
+    with pytest.raises(RunError, match=r"refusing to start: sample 'a': run\.qc_channels: channel 'CD54' is not in "
+                                       r"the image \(channels: \['HH3', 'CD45'\]\)"):
+        runnable_inputs(tmp_path, cfg)
+
+
 def test_console_script_one_line_error(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "chemozone")
     res = subprocess.run([exe, "validate", str(tmp_path / "none.yaml")], capture_output=True, text=True)

@@ -9,9 +9,12 @@ zone thresholds, step B's positive counts) and records them: ``run.json["warning
 from __future__ import annotations
 
 import logging
+import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import RunError
 from .layout import RunLayout, atomic_write_json
@@ -43,6 +46,43 @@ class RunResult:
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
+UM_DIGITS = 12
+"""Significant digits of the µm values ``run.json`` records (float noise such as 3 × 0.65 = 1.9500000000000002
+sits in the 16th-17th digit)."""
+
+
+def tidy_um(record: Any, *, digits: int = UM_DIGITS, _um: bool = False) -> Any:
+    """A copy of a ``run.json`` record whose µm values carry ``digits`` significant digits.
+
+    A µm value is a float under a key ending in ``_um`` (``grid_um``, ``pixel_size_um``,
+    ``nucleus_diameter_um``, ...), also inside a list there; everything else is copied unchanged. Only the
+    record is rounded: the run computes with the unrounded values.
+
+    Parameters
+    ----------
+    record : dict, list or scalar
+        The record (``run.json``'s dict), nested dicts and lists of JSON values.
+    digits : int
+        Significant digits kept.
+
+    Returns
+    -------
+    The same structure (new dicts and lists; the input is not modified).
+
+    Examples
+    --------
+    >>> tidy_um({"grid_um": 3 * 0.65, "n": 0.1 + 0.2, "step_a": {"pixel_size_um": 0.65, "sizes_um": [0.1 + 0.2]}})
+    {'grid_um': 1.95, 'n': 0.30000000000000004, 'step_a': {'pixel_size_um': 0.65, 'sizes_um': [0.3]}}
+    """
+    if isinstance(record, dict):
+        return {k: tidy_um(v, digits=digits, _um=isinstance(k, str) and k.endswith("_um")) for k, v in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [tidy_um(v, digits=digits, _um=_um) for v in record]
+    if _um and isinstance(record, float) and math.isfinite(record):
+        return float(f"{record:.{digits}g}")
+    return record
+
+
 class Ledger:
     """``run.json`` as the run goes: every change of a sample's status is written at once (atomically), so a
     killed run leaves a true record. A failed sample is logged with its traceback and, under
@@ -54,7 +94,7 @@ class Ledger:
         self.result = RunResult(out=lay.root)
 
     def save(self) -> None:
-        atomic_write_json(self.lay.run_json, self.prov)
+        atomic_write_json(self.lay.run_json, tidy_um(self.prov))
 
     def status(self, sid: str) -> str:
         return self.prov["samples"][sid]["status"]
@@ -81,9 +121,32 @@ class Ledger:
         self.record(exc.sample_id, status="failed", stage=exc.stage, error=exc.message)
         self.result.errors[exc.sample_id] = str(exc)
         if self.on_error == "raise":
-            self.prov["status"] = "failed"
-            self.save()
-            raise RunError(f"{exc} (details in {self.lay.run_log}; use --on-error skip to finish the other samples)")
+            err = RunError(f"{exc} (details in {self.lay.run_log}; use --on-error skip to finish the other samples)")
+            self.stop(err, stage=exc.stage)
+            raise err
+
+    def stop(self, exc: BaseException, *, stage: str | None = None) -> None:
+        """Close ``run.json`` as a failed run: ``status: failed``, the one-line ``error``, the ``stage`` it
+        stopped in and the time. The first stop is kept (an outer guard does not overwrite an inner one)."""
+        if self.prov.get("status") == "failed" and "error" in self.prov:
+            return
+        from .errors import ChemozoneError
+
+        msg = str(exc) if isinstance(exc, ChemozoneError) else f"{type(exc).__name__}: {exc}"
+        self.prov.update(status="failed", error=" ".join(msg.split()), failed_stage=stage,
+                         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.save()
+
+    @contextmanager
+    def stopping(self, stage: str | None = None) -> Iterator[None]:
+        """Record an error raised inside as the run's failure (:meth:`stop`), then let it propagate; the
+        per-sample outputs already written are left as they are."""
+        try:
+            yield
+        except Exception as exc:
+            log.error("run stopped%s: %s", f" in the {stage}" if stage else "", exc)
+            self.stop(exc, stage=stage)
+            raise
 
 
 # ------------------------------------------------------------------------------------- what to check when

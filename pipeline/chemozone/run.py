@@ -437,7 +437,7 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
         address=scheduler or cfg.run.scheduler, n_workers=workers or cfg.run.workers,
         threads_per_worker=cfg.run.threads_per_worker, memory_limit=memory_limit or cfg.run.memory_limit,
         console=console)
-    with progress_bars(console, enabled=progress) as bar, client_ctx as client:
+    with ledger.stopping(), progress_bars(console, enabled=progress) as bar, client_ctx as client:
         _run_step_a(client, bar, todo, cfg, lay, stamps, ledger, images)
         ok_a = [r for r in rows if ledger.status(r["sample_id"]) == "step_a_done"]
         for r in ok_a:  # plausibility of step A (resumed samples too): cells, tissue, density
@@ -449,7 +449,8 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
         _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
         ledger.warn(record.marker_warnings({sid: s.get("step_b") for sid, s in ledger.prov["samples"].items()
                                             if s["status"] == "done"}))
-    return _finish(rows, samples, lay, ledger)
+    with ledger.stopping("cohort tables"):
+        return _finish(rows, samples, lay, ledger)
 
 
 def _previous_samples(lay: RunLayout) -> dict[str, Any]:
@@ -555,7 +556,8 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
     measurements = {r["sample_id"]: pd.read_parquet(lay.measurements(r["sample_id"])) for r in ok_a}
     ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
     summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
-    cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
+    with ledger.stopping("cohort step"):  # e.g. no reference sample at all: run.json says so
+        cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
     log.info("cohort step (zone signals, gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
     ledger.prov["cohort_step_s"] = round(time.perf_counter() - t0, 3)
     return ok_a, cohort

@@ -78,14 +78,10 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             rep.sample_problems[row.sample_id] = str(exc)
             rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
             continue
-        try:
-            from .options import phenotype_options
-            from .phenotype import validate_phenotypes
-
-            validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
-        except ChemozoneError as exc:
-            if not any(str(exc) in p for p in rep.problems):  # a config problem: report it once
-                rep.problems.append(f"sample '{row.sample_id}': {exc}")
+        for check in (_phenotype_problem, _qc_channel_problem):
+            problem = check(cfg, info["channels"])
+            if problem and not any(problem in p for p in rep.problems):  # a config problem: report it once
+                rep.problems.append(f"sample '{row.sample_id}': {problem}")
         rep.images[row.sample_id] = info
         c, y, x = info["shape"]
         px_from = " (panel.pixel_size_um)" if info["pixel_size_source"] == "config" else ""
@@ -98,6 +94,35 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             row.sample_id, pixel_size_um=info["pixel_size_um"], source=info["pixel_size_source"],
             note=info["pixel_size_note"])]
     return rep
+
+
+def _phenotype_problem(cfg: Config, channels: list[str]) -> str | None:
+    """The phenotype config's problem with an image's channels (markers and rules), or None."""
+    from .options import phenotype_options
+    from .phenotype import validate_phenotypes
+
+    try:
+        validate_phenotypes(channels, aliases=cfg.panel.aliases, **phenotype_options(cfg))
+    except ChemozoneError as exc:
+        return str(exc)
+    return None
+
+
+def _qc_channel_problem(cfg: Config, channels: list[str]) -> str | None:
+    """A ``run.qc_channels`` name the image lacks (names the key, the channel and the image's channels), or None.
+
+    Checked only when the QC picture is written (``run.write_qc``), as step B would otherwise stop on it.
+    """
+    if not (cfg.run.write_qc and cfg.run.qc_channels):
+        return None
+    from .options import qc_options
+    from .qc import choose_qc_channels
+
+    try:
+        choose_qc_channels(channels, **qc_options(cfg))
+    except ChemozoneError as exc:
+        return str(exc)
+    return None
 
 
 def runnable_inputs(input_path: str | Path, cfg: Config, *, skip_unreadable: bool = False

@@ -1,7 +1,9 @@
 """Analyse image: run the pipeline on the image of the selected image layer and add the result layers.
 
 Library calls: :func:`chemozone_napari._analyse.analyse_steps` (:func:`chemozone.run.run_batch` on the one
-image) and the plugin's reader (:func:`chemozone_napari._reader.sample_layers`) for the results.
+image) and the plugin's reader (:func:`chemozone_napari._reader.sample_layers`) for the results. The run's
+plausibility warnings (``RunResult.warnings``, :mod:`chemozone.plausibility`) are shown as the library words
+them: a napari warning notification and a label under the progress bar.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class AnalyseWidget(QWidget):
         self.progress.setVisible(False)
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.warnings = QLabel("")
+        """The last analysis' plausibility warnings, one per line (hidden when there are none)."""
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #e8a33d")
+        self.warnings.setVisible(False)
         form = QFormLayout()
         form.addRow("image", self.image_box)
         lay = QVBoxLayout(self)
@@ -57,6 +64,7 @@ class AnalyseWidget(QWidget):
         lay.addWidget(self.run_btn)
         lay.addWidget(self.progress)
         lay.addWidget(self.info)
+        lay.addWidget(self.warnings)
         lay.addStretch()
         self.run_btn.clicked.connect(lambda: self.run())
         self.viewer.layers.events.inserted.connect(self._refresh)
@@ -82,6 +90,7 @@ class AnalyseWidget(QWidget):
             return None
         cfg_path = self.config_path.text() or None
         out = self.out_path.text() or None
+        self._show_warnings([])  # a new analysis: the last one's warnings no longer apply
         if block:
             result = None
             for step in analyse_steps(image, cfg_path, out):
@@ -119,3 +128,14 @@ class AnalyseWidget(QWidget):
                 kw["name"] = f"{kw['name']} [{Path(step['sample_dir']).name}]"
             getattr(self.viewer, f"add_{kind}")(data, **kw)
         self.info.setText(f"results in {step['sample_dir']}")
+        self._show_warnings(step.get("warnings") or [])
+
+    def _show_warnings(self, lines: list[str]) -> None:
+        """Show the run's plausibility warnings (as the library words them): the label, and one notification."""
+        self.warnings.setText("\n".join(f"⚠ {line}" for line in lines))
+        self.warnings.setVisible(bool(lines))
+        if lines:
+            from napari.utils.notifications import show_warning
+
+            more = f" (+{len(lines) - 1} more in the Analyse panel and run.json)" if len(lines) > 1 else ""
+            show_warning(f"chemozone: {lines[0]}{more}")
