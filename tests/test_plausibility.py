@@ -233,9 +233,12 @@ def test_empty_sample_is_done_but_warned_everywhere(cohort_with_empty_sample, tm
     for w in prov["warnings"]:
         assert set(w) == {"code", "sample", "message", "value"}
     # the synthetic samples themselves are plausible: no density, tissue or marker warning (rare markers like
-    # CD4 at ~1 % and chemokines absent from sham samples stay quiet); a gate fallback may be reported
+    # CD4 at ~1 % and chemokines absent from sham samples stay quiet); a gate fallback may be reported, and the
+    # blanked sham was P02's reference for the producer gates: P02's samples say their reference is missing
     others = {w["code"] for w in prov["warnings"] if w["sample"] != empty}
-    assert others <= {"gate_warning"}, prov["warnings"]
+    assert others <= {"gate_warning", "missing_reference"}, prov["warnings"]
+    missing = [w for w in prov["warnings"] if w["code"] == "missing_reference"]
+    assert all("patient=P02" in w["message"] and w["sample"].startswith("P02_") for w in missing), missing
     # the report: a Warnings section before everything else, and the summary marks the empty sample
     text = RunLayout(out).report.read_text(encoding="utf-8")
     sections = re.findall(r"<section id='([a-z]+)'>", text)

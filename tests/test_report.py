@@ -225,6 +225,12 @@ def test_report_on_one_condition_without_radiation_column_real_run(tmp_path, cap
             [("10" if j == i_dose else v) for j, v in enumerate(r) if j != i_rad] for k, r in enumerate(rows)]
     (cohort / "samples.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
     cfg = yaml.safe_load((cohort / "config.yaml").read_text())
+    for marker in cfg["phenotypes"]["markers"].values():  # no sham: pooled gates, zones from the pooled background
+        marker.pop("gate", None)
+    for zone in cfg["zones"]:
+        if zone.get("source", "pixels") == "pixels":
+            zone["threshold"] = {"mode": "background"}
+    (cohort / "config.yaml").write_text(yaml.safe_dump(cfg))
     cfg["zones"], cfg["spatial"] = [], {"cognate_pairs": []}
     (cohort / "nozones.yaml").write_text(yaml.safe_dump(cfg))
     for name, config in (("zones", "config.yaml"), ("nozones", "nozones.yaml")):
