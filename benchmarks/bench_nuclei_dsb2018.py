@@ -33,7 +33,7 @@ mean AP over IoU 0.5-0.9. Reported pooled over all nuclei (sum TP/FP/FN) and as 
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_nuclei_dsb2018.py            # all 52 images, all diameters (~4 min)
+    .venv/bin/python benchmarks/bench_nuclei_dsb2018.py            # all 52 images, all diameters (~7 min)
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --limit 10 --diameter auto  # quick look
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --per-image
     .venv/bin/python benchmarks/bench_nuclei_dsb2018.py --small-ratio 0.72  # small_nucleus_diameter_um = 0.72 d
@@ -250,13 +250,15 @@ def print_summary_row(dataset: str, d_set: str, ours: dict, grid: dict, textbook
     def cell(sc):
         if sc is None:
             return "stops (no estimate)"
+        if sc == "not run":
+            return sc
         s = sc.summary()
         return f"{s['f1_50']:.3f} ({s['map']:.3f})"
 
     k = best_spacing(grid)
-    print(f"\nREADME | {dataset} | {d_set} | {cell(ours.get('default'))} | {cell(ours.get('dataset'))} | "
-          f"{cell(ours.get('auto'))} | {cell(grid[0.25])} | {cell(grid[k])}, k = {k:.2f} | "
-          f"textbook diameter: {textbook_d}")
+    print(f"\nREADME | {dataset} | {d_set} | {cell(ours.get('default', 'not run'))} | "
+          f"{cell(ours.get('dataset', 'not run'))} | {cell(ours.get('auto', 'not run'))} | {cell(grid[0.25])} | "
+          f"{cell(grid[k])}, k = {k:.2f} | textbook diameter: {textbook_d}")
 
 
 def _scale_report(errors: list[tuple[str, float, float]]) -> None:
