@@ -8,8 +8,8 @@ CD8 T cells (nuclei ~6.5 µm) crowd into the chemokine zones between tumor nucle
     .venv/bin/python benchmarks/bench_small_nuclei.py            # 6 images of 1024² (~30 s)
     .venv/bin/python benchmarks/bench_small_nuclei.py --n 2 --size 512
 
-The real-image effect of the same setting: ``bench_nuclei_dsb2018.py --small-ratio 0.72`` (F1@0.5 0.860 ->
-0.854; see README: it is off by default for that reason).
+The real-image effect of the same setting: ``bench_nuclei_dsb2018.py --diameter auto --small-ratio 0.72``
+(F1@0.5 0.772 -> 0.762 with ``nucleus_diameter_um: auto``; see README: it is off by default for that reason).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ measurement of the detected nuclei:
    ``object_fraction`` (0.3, the segmenter's own outline rule) of its peak over the local background,
    within one LoG diameter of the centre; the estimate is the median over blobs.
 
-On the 52 annotated images of nuclei_dsb2018 (``benchmarks/bench_nuclei_dsb2018.py --diameter both``)
+On the 52 annotated images of nuclei_dsb2018 (``benchmarks/bench_nuclei_dsb2018.py --diameter auto``)
 the estimate is within 20 % of the annotated median diameter for most images; see the README.
 """
 

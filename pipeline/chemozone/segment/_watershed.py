@@ -29,9 +29,11 @@ Every intensity statistic (threshold, background level, noise floor, seed-map sc
 passes the statistics to every tile, and the preprocessing is per-pixel with a global block grid, so a
 tiled run reproduces the whole-image labels exactly.
 
-On the 52 real images of nuclei_dsb2018 this gives F1@0.5 = 0.860, mAP 0.560 (textbook watershed
-0.729); on a dense real Vectra field F1@0.5 = 0.51 against inForm's nuclei (0.27 before the dense-field
-changes); see ``benchmarks/bench_nuclei_dsb2018.py`` and ``benchmarks/bench_nuclei_real.py``.
+On the 52 real images of nuclei_dsb2018 with ``nucleus_diameter_um: auto`` this gives F1@0.5 = 0.772, mAP
+0.470 (textbook watershed given the same diameter 0.726, 0.767 with its seed spacing tuned on those images;
+0.860 with each image's annotated diameter, an oracle); on a dense real Vectra field with one diameter
+(7.75 µm) F1@0.5 = 0.537 against inForm's nuclei (0.27 before the dense-field changes); see
+``benchmarks/bench_nuclei_dsb2018.py`` and ``benchmarks/bench_nuclei_real.py``.
 """
 
 from __future__ import annotations
