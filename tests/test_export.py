@@ -103,11 +103,43 @@ def test_to_spatialdata(fab):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.xfail(raises=TypeError, strict=False,
-                   reason="spatialdata 0.7.0 passes dask's tuple-of-tuples chunks to ome-zarr 0.18 / zarr 3.1 "
-                          "(TypeError 'Expected an iterable of integers'); upstream incompatibility")
 def test_export_spatialdata_write(fab, tmp_path):
+    """The store written to disk reads back with spatialdata: same image, labels, table and µm frame."""
     sd = _sd()
+    from spatialdata.transformations import get_transformation
+
+    from chemozone.io import read_image, read_labels_zarr
+    from chemozone.layout import RunLayout, read_run_json
+
     dest = export.export_spatialdata(fab["out"], tmp_path / "r.zarr")
+    assert dest == tmp_path / "r.zarr"
     s = sd.read_zarr(dest)
-    assert "table" in s.tables
+    cells = pd.read_parquet(fab["out"] / "cells.parquet")
+    t = s.tables["table"]
+    assert t.n_obs == len(cells)
+    np.testing.assert_array_equal(np.sort(t.obs["cell_id"].to_numpy()), np.sort(cells["cell_id"].to_numpy()))
+    np.testing.assert_allclose(t.obsm["spatial"], cells[["x_um", "y_um"]].to_numpy())
+    assert t.uns["spatialdata_attrs"]["instance_key"] == "cell_id"
+    lay = RunLayout(fab["out"])
+    with_images = [k[: -len("_cells")] for k in s.labels if k.endswith("_cells")]
+    assert len(with_images) == 2  # fabricate_run(with_images=2)
+    for sid in with_images:
+        lab = s.labels[f"{sid}_cells"]
+        assert lab.dtype == np.uint32
+        np.testing.assert_array_equal(lab.values, read_labels_zarr(lay.masks(sid), "cells"))
+        assert get_transformation(lab).scale.tolist() == [0.5, 0.5]
+        assert get_transformation(s.labels[f"{sid}_tissue"]).scale.tolist() == [4.0, 4.0]
+        img = s.images[f"{sid}_image"]
+        assert list(img.coords["c"].values) == MARKERS
+        src = read_image(export._image_path(fab["out"], sid, read_run_json(fab["out"]), fab["samples"]))
+        np.testing.assert_array_equal(img.values, np.asarray(src.data))
+
+
+def test_spatialdata_known_broken_versions_refused(monkeypatch, tmp_path):
+    versions = {"spatialdata": "0.7.0", "dask": "2026.8.0"}
+    monkeypatch.setattr(export, "_installed_version", versions.__getitem__)
+    with pytest.raises(MissingDependencyError, match=r"spatialdata 0\.7\.0 cannot write.*dask 2026\.8\.0.*spatialdata>=0\.7\.3"):
+        export.export_spatialdata(tmp_path, tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    export._check_spatialdata_writer("0.7.3", "2026.8.0")  # the fixed release writes with any dask
+    export._check_spatialdata_writer("0.7.0", "2026.1.1")  # old release with the dask it was built for

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import RunError
-from .layout import RunLayout, atomic_write_json
+from .layout import RunLayout, atomic_write_json, file_fingerprint
 from .plausibility import (
     format_warning,
     gate_checks,
@@ -207,3 +207,62 @@ def marker_warnings(step_b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     rows = [r for rec in step_b.values() for r in (rec or {}).get("positive_counts", [])]
     return marker_checks(pd.DataFrame(rows)) if rows else []
+
+
+# ------------------------------------------------------------------------- inputs and step-A stamps
+def input_record(row: dict[str, Any], image_info: dict[str, Any] | None) -> dict[str, Any]:
+    """``run.json["inputs"][sample_id]``: the image's fingerprint and info, and each precomputed mask's
+    (``masks: {column: {spec, path, sha256, ...}}``, only for samples whose sheet row names masks)."""
+    from .io import sample_mask_specs, split_mask_spec
+
+    rec = {**file_fingerprint(row["image"]), "image_info": image_info}
+    specs = sample_mask_specs(row)
+    if specs:
+        rec["masks"] = {col: {"spec": spec, **(file_fingerprint(split_mask_spec(spec)[0]) if split_mask_spec(spec)[0]
+                                                .exists() else {"missing": True})} for col, spec in specs.items()}
+    return rec
+
+
+def _section_hash(cfg: Any, sections: tuple[str, ...]) -> str:
+    import hashlib
+    import json
+
+    payload = json.dumps({s: getattr(cfg, s).model_dump(mode="json") for s in sections}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def step_a_stamp(row: dict[str, Any], cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
+    """What step A of a sample depends on: the image, the precomputed masks (if any) and the config sections."""
+    from .io import sample_mask_specs, split_mask_spec
+
+    fp = file_fingerprint(row["image"])
+    stamp = {"input_sha256": fp["sha256"], "input_size": fp["size"], "config_sha256": _section_hash(cfg, sections)}
+    for col, spec in sample_mask_specs(row).items():  # a changed mask file redoes step A under --resume
+        stamp[f"{col}_sha256"] = f"{spec}:{file_fingerprint(split_mask_spec(spec)[0])['sha256']}"
+    return stamp
+
+
+def step_a_is_current(sid: str, lay: RunLayout, stamp: dict[str, Any]) -> bool:
+    """Whether step A's outputs of ``sid`` exist with this stamp (``--resume`` may skip it)."""
+    import json
+
+    p = lay.step_a_stamp(sid)
+    if not p.is_file() or not lay.measurements(sid).is_file() or not lay.masks(sid).is_dir():
+        return False
+    try:
+        old = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return False
+    return old == stamp  # same keys too: a mask column added or removed redoes step A
+
+
+def previous_samples(lay: RunLayout) -> dict[str, Any]:
+    """The per-sample records of the ``run.json`` an earlier run left (``{}`` when none or unreadable)."""
+    import json
+
+    if not lay.run_json.is_file():
+        return {}
+    try:
+        return json.loads(lay.run_json.read_text()).get("samples", {})
+    except json.JSONDecodeError:
+        return {}

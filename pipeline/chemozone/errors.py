@@ -9,6 +9,7 @@ __all__ = [
     "ChemozoneError",
     "ConfigError",
     "ImageError",
+    "MaskError",
     "ChannelError",
     "SampleSheetError",
     "MissingDependencyError",
@@ -31,6 +32,10 @@ class ConfigError(ChemozoneError, ValueError):
 
 class ImageError(ChemozoneError, ValueError):
     """An image file that cannot be read, or lacks metadata we need (pixel size)."""
+
+
+class MaskError(ImageError):
+    """A precomputed label mask named in the sample sheet that cannot be used (names the file and the column)."""
 
 
 class ChannelError(ChemozoneError, KeyError):

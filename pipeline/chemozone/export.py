@@ -130,6 +130,31 @@ def _image_path(out: Path, sid: str, run: dict, samples: pd.DataFrame) -> Path |
     return p if p.is_absolute() else None
 
 
+def _installed_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "0"
+
+
+def _check_spatialdata_writer(spatialdata_version: str, dask_version: str) -> None:
+    """Refuse the one known-broken combination before anything is written.
+
+    spatialdata < 0.7.3 passes dask's per-block chunks (a tuple of tuples) as ``storage_options`` to
+    ome-zarr, which under dask >= 2026.3 forwards them to ``zarr.create_array`` (TypeError). The
+    ``spatialdata`` extra pins a working set (spatialdata >= 0.7.3, which caps dask).
+    """
+    from packaging.version import Version
+
+    if Version(spatialdata_version) < Version("0.7.3") and Version(dask_version) >= Version("2026.3.0"):
+        raise MissingDependencyError(
+            f"spatialdata {spatialdata_version} cannot write a store with dask {dask_version} (upstream "
+            "incompatibility with ome-zarr/zarr 3); install the pinned versions with: "
+            "pip install 'chemozone[spatialdata]' (spatialdata>=0.7.3)")
+
+
 def export_spatialdata(out: str | os.PathLike, dest: str | os.PathLike | None = None,
                        *, images: bool = True) -> Path:
     """Write :func:`to_spatialdata` as a zarr store (default ``OUT/export/run.spatialdata.zarr``); returns the path.
@@ -141,6 +166,7 @@ def export_spatialdata(out: str | os.PathLike, dest: str | os.PathLike | None = 
     """
     from .layout import RunLayout
 
+    _check_spatialdata_writer(_installed_version("spatialdata"), _installed_version("dask"))
     sdata = to_spatialdata(out, images=images)
     dest = Path(dest) if dest else RunLayout(out).export_spatialdata
     with atomic_path_(dest) as tmp:

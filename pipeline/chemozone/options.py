@@ -27,6 +27,7 @@ from .config import Config, ZoneConfig
 __all__ = [
     "tissue_options",
     "segmentation_options",
+    "precomputed_mask_options",
     "gate_options",
     "phenotype_options",
     "zone_signal_options",
@@ -72,6 +73,14 @@ def segmentation_options(cfg: Config) -> dict[str, Any]:
         "cellpose_batch_size": cp.batch_size,
         "cellpose_channels": list(cp.channels) if cp.channels else None,
     }
+
+
+def precomputed_mask_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.segment.load_precomputed_masks` (how cells grow from a nuclei-only mask:
+    the ``segmentation`` section's cell options, and the panel's aliases for the membrane channels)."""
+    seg = cfg.segmentation
+    return {"expand_um": seg.expand_um, "cell_method": seg.cell_method,
+            "membrane_channels": list(seg.membrane_channels), "aliases": cfg.panel.aliases}
 
 
 def gate_options(cfg: Config) -> dict[str, Any]:

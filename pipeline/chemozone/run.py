@@ -25,7 +25,6 @@ place that turns config sections into the stages' keywords.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import time
@@ -40,13 +39,14 @@ from ._run_record import Ledger as _Ledger
 from ._run_record import RunResult
 from .config import Config, load_config
 from .errors import ChemozoneError, RunError
-from .layout import RunLayout, atomic_write_json, file_fingerprint, new_provenance, write_parquet
+from .layout import RunLayout, atomic_write_json, new_provenance, write_parquet
 from .options import (
     cognate_options,
     gate_options,
     infiltration_options,
     overlap_options,
     phenotype_options,
+    precomputed_mask_options,
     qc_options,
     segmentation_options,
     tissue_options,
@@ -70,13 +70,6 @@ STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantifi
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _section_hash(cfg: Config, sections: tuple[str, ...]) -> str:
-    import hashlib
-
-    payload = json.dumps({s: getattr(cfg, s).model_dump(mode="json") for s in sections}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -138,13 +131,14 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     sid = row["sample_id"]
     lay = RunLayout(out)
     sdir = lay.sample_dir(sid)
-    sdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     ctx = dask.config.set(scheduler="synchronous") if local else _nullcontext()
     with ctx:
         with _timed(timings, "read"):
             img = _stage(sid, "read", lambda: _open_image(row, cfg))
         px = img.pixel_size_um
+        pre = _precomputed_masks(row, img, cfg, timings)  # checked before anything of this sample is written
+        sdir.mkdir(parents=True, exist_ok=True)
         with _timed(timings, "tissue"):
             tissue_idx = (
                 resolve_channels(img.channels, cfg.tissue.channels, aliases=cfg.panel.aliases, source=img.path)
@@ -156,13 +150,13 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
         seg_opts, scale = segmentation_options(cfg), None
-        if seg_opts["nucleus_diameter_um"] == "auto":
+        if pre is None and seg_opts["nucleus_diameter_um"] == "auto":
             with _timed(timings, "nucleus_scale"):
                 seg_opts, scale = _stage(sid, "segment", lambda: segment.resolve_auto_diameter(
                     img.channel(cfg.panel.nuclear_channel, aliases=cfg.panel.aliases), seg_opts,
                     pixel_size_um=px, source=img.path))
         with _timed(timings, "segment"):
-            nuclei, cells = _stage(sid, "segment", lambda: segment.segment_image(
+            nuclei, cells = pre[:2] if pre is not None else _stage(sid, "segment", lambda: segment.segment_image(
                 img.data, channels=img.channels, pixel_size_um=px, **seg_opts,
                 nuclear_channel=cfg.panel.nuclear_channel, aliases=cfg.panel.aliases,
                 tissue=tmask, tissue_grid_um=grid_um, store=tmp_store if large else None))
@@ -182,7 +176,8 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 from .layout import atomic_path
 
                 with atomic_path(lay.masks(sid)) as tmp:
-                    write_labels_zarr(tmp, "nuclei", nuclei, pixel_size_um=px)
+                    if nuclei is not None:  # a cells-only mask has no nucleus compartment
+                        write_labels_zarr(tmp, "nuclei", nuclei, pixel_size_um=px)
                     write_labels_zarr(tmp, "cells", cells, pixel_size_um=px)
                     write_labels_zarr(tmp, "tissue", tmask, pixel_size_um=grid_um)
             _stage(sid, "write masks", _write)
@@ -205,24 +200,23 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     }
     if scale is not None:  # segmentation.nucleus_diameter_um: auto
         info["nucleus_scale"] = scale
+    if pre is not None:  # where the masks came from (paths, pages, object counts) instead of a segmenter
+        info.update(segmentation=pre[2], nucleus_diameter_um=None)
     return info
 
 
-def _stamp_for(row: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    fp = file_fingerprint(row["image"])
-    return {"input_sha256": fp["sha256"], "input_size": fp["size"], "config_sha256": _section_hash(cfg, STEP_A_SECTIONS)}
+def _precomputed_masks(row: dict[str, Any], img, cfg: Config, timings: dict[str, float]):
+    """``(nuclei, cells, record)`` from the sample sheet's ``nuclei_mask`` / ``cells_mask`` (bring your own
+    masks), or None when the row names none (the sample is segmented)."""
+    from .io import sample_mask_specs
+    from .segment import load_precomputed_masks
 
-
-def _step_a_is_current(row: dict[str, Any], cfg: Config, lay: RunLayout, stamp: dict[str, Any]) -> bool:
-    sid = row["sample_id"]
-    p = lay.step_a_stamp(sid)
-    if not p.is_file() or not lay.measurements(sid).is_file() or not lay.masks(sid).is_dir():
-        return False
-    try:
-        old = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return False
-    return all(old.get(k) == v for k, v in stamp.items())
+    specs = sample_mask_specs(row)
+    if not specs:
+        return None
+    with _timed(timings, "read_masks"):
+        return _stage(row["sample_id"], "masks", lambda: load_precomputed_masks(
+            specs, img.data, channels=img.channels, pixel_size_um=img.pixel_size_um, **precomputed_mask_options(cfg)))
 
 
 # ------------------------------------------------------------------------------------ cohort step
@@ -355,7 +349,9 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     import pandas as pd
 
     lay = RunLayout(out)
-    meta = samples.drop(columns=["image"]).copy()
+    from .io import MASK_COLUMNS
+
+    meta = samples.drop(columns=["image", *[c for c in MASK_COLUMNS if c in samples]]).copy()
     write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
                                (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate),
@@ -428,10 +424,10 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress, highlight=False)
-    old_samples = _previous_samples(lay) if resume else {}
+    old_samples = record.previous_samples(lay) if resume else {}
     ledger, rows = _start_ledger(samples, cfg, lay, on_error=on_error, command=command, images=images,
                                  unreadable=unreadable)
-    stamps = {r["sample_id"]: _stamp_for(r, cfg) for r in rows}
+    stamps = {r["sample_id"]: record.step_a_stamp(r, cfg, STEP_A_SECTIONS) for r in rows}
     todo = _step_a_todo(rows, cfg, lay, stamps, ledger, old_samples, resume=resume)
     client_ctx = _nullcontext() if in_process else dask_client(
         address=scheduler or cfg.run.scheduler, n_workers=workers or cfg.run.workers,
@@ -453,16 +449,6 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
         return _finish(rows, samples, lay, ledger)
 
 
-def _previous_samples(lay: RunLayout) -> dict[str, Any]:
-    """The per-sample records of the ``run.json`` an earlier run left (``{}`` when none or unreadable)."""
-    if not lay.run_json.is_file():
-        return {}
-    try:
-        return json.loads(lay.run_json.read_text()).get("samples", {})
-    except json.JSONDecodeError:
-        return {}
-
-
 def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, images, unreadable
                   ) -> tuple[_Ledger, list[dict[str, Any]]]:
     """Write the first ``run.json`` (config, versions, inputs; every sample pending, or failed in validation).
@@ -476,7 +462,7 @@ def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, im
     prov["segmentation"] = segmentation_provenance(**segmentation_options(cfg))
     rows = samples.to_dict("records")
     for r in rows:
-        prov["inputs"][r["sample_id"]] = {**file_fingerprint(r["image"]), "image_info": images.get(r["sample_id"])}
+        prov["inputs"][r["sample_id"]] = record.input_record(r, images.get(r["sample_id"]))
         prov["samples"][r["sample_id"]] = {"status": "pending", "warnings": []}
     for sid, msg in unreadable.items():
         prov["samples"][sid] = {"status": "failed", "stage": "validate", "error": msg, "warnings": []}
@@ -496,7 +482,7 @@ def _step_a_todo(rows, cfg: Config, lay: RunLayout, stamps, ledger: _Ledger, old
     todo = []
     for r in rows:
         sid = r["sample_id"]
-        if resume and _step_a_is_current(r, cfg, lay, stamps[sid]):
+        if resume and record.step_a_is_current(sid, lay, stamps[sid]):
             prev = old_samples.get(sid, {})
             ledger.record(sid, status="step_a_done", resumed=True, step_a=prev.get("step_a"))
             log.info("%s: step A unchanged, skipped (--resume)", sid)

@@ -5,7 +5,9 @@ unreadable ``dose_gy``, each a one-line :class:`~chemozone.errors.SampleSheetErr
 
 The returned table has one row per sample with columns ``sample_id, image, patient, radiation,
 dose_gy`` plus any extra columns of the sheet (carried into every output table). ``image`` is an
-absolute path.
+absolute path. The optional ``nuclei_mask`` / ``cells_mask`` columns (precomputed label masks,
+:mod:`chemozone.io._masks`) are made absolute too (empty = segment that sample) and checked per sample by
+:func:`chemozone.validate.validate_inputs`, so that ``--on-error skip`` skips only that sample.
 """
 
 from __future__ import annotations
@@ -174,6 +176,10 @@ def _read_sheet(sheet: Path) -> pd.DataFrame:
     df["image"] = [
         str((base / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute() else p for p in df["image"]
     ]
+    from .io import MASK_COLUMNS, resolve_mask_spec
+
+    for col in (c for c in MASK_COLUMNS if c in df.columns):  # precomputed masks: checked per sample later
+        df[col] = [resolve_mask_spec(v.strip(), base) if isinstance(v, str) and v.strip() else pd.NA for v in df[col]]
     return _validate(df, source=str(sheet), row_offset=2)
 
 

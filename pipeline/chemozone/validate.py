@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ChemozoneError, RunError
 
-__all__ = ["ValidationReport", "validate_inputs", "runnable_inputs", "configured_channels"]
+__all__ = ["ValidationReport", "validate_inputs", "runnable_inputs", "configured_channels", "check_sample_masks"]
 
 
 @dataclass
@@ -82,13 +82,20 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             problem = check(cfg, info["channels"])
             if problem and not any(problem in p for p in rep.problems):  # a config problem: report it once
                 rep.problems.append(f"sample '{row.sample_id}': {problem}")
+        try:
+            masks = check_sample_masks(row._asdict(), info["shape"][1:], cfg)
+        except ChemozoneError as exc:
+            rep.problems.append(f"sample '{row.sample_id}': {exc}")
+            rep.sample_problems[row.sample_id] = str(exc)
+            rep.rows.append(f"{row.sample_id}: {row.image}: FAILED")
+            continue
         rep.images[row.sample_id] = info
         c, y, x = info["shape"]
         px_from = " (panel.pixel_size_um)" if info["pixel_size_source"] == "config" else ""
         rep.rows.append(
             f"{row.sample_id}: {Path(row.image).name} [{info['format']}] {c}x{y}x{x} {info['dtype']}, "
             f"{info['pixel_size_um']:.4g} µm/px{px_from}, channels {info['channels']}, patient={row.patient}, "
-            f"radiation={row.radiation}, dose_gy={row.dose_gy}"
+            f"radiation={row.radiation}, dose_gy={row.dose_gy}{masks}"
         )
         rep.notes += [format_warning(w) for w in pixel_size_checks(
             row.sample_id, pixel_size_um=info["pixel_size_um"], source=info["pixel_size_source"],
@@ -123,6 +130,32 @@ def _qc_channel_problem(cfg: Config, channels: list[str]) -> str | None:
     except ChemozoneError as exc:
         return str(exc)
     return None
+
+
+def check_sample_masks(row: dict, shape_yx, cfg: Config) -> str:
+    """Check a sample's precomputed masks (``nuclei_mask`` / ``cells_mask``) without reading their pixels.
+
+    Returns a short description for ``chemozone validate`` (empty when the row names no mask).
+
+    Raises
+    ------
+    MaskError
+        A mask that is missing, unreadable, of a float/boolean type, or of another shape than the image; or a
+        cells-only mask while ``phenotypes.markers`` gates a nucleus or cytoplasm compartment.
+    """
+    from .errors import MaskError
+    from .io import mask_header, sample_mask_specs
+
+    specs = sample_mask_specs(row)
+    heads = {col: mask_header(spec, column=col, shape_yx=shape_yx) for col, spec in specs.items()}
+    if heads and "nuclei_mask" not in heads:
+        inner = [m for m, mc in cfg.phenotypes.markers.items() if mc.compartment in ("nucleus", "cytoplasm")]
+        if inner:
+            raise MaskError(f"{heads['cells_mask']['path']} (sample-sheet column 'cells_mask'): a cells mask without "
+                            f"a nuclei_mask has no nucleus compartment, but phenotypes.markers.{inner[0]}.compartment "
+                            f"is '{cfg.phenotypes.markers[inner[0]].compartment}'; add a nuclei_mask column or gate "
+                            "on 'cell'")
+    return "".join(f", {col}={Path(h['path']).name} ({h['source']})" for col, h in heads.items())
 
 
 def runnable_inputs(input_path: str | Path, cfg: Config, *, skip_unreadable: bool = False

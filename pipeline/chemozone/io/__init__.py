@@ -23,11 +23,14 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 - ``_zarr``: OME-Zarr image reading; label images (:func:`write_labels_zarr`, :func:`read_labels_zarr`,
   :func:`list_labels_zarr`, :func:`labels_pixel_size_um`).
 - ``_write``: :func:`write_ome_tiff`.
+- ``_masks``: precomputed label masks named in the sample sheet (``nuclei_mask``, ``cells_mask``;
+  :func:`read_label_mask`, :func:`mask_header`, :func:`sample_mask_specs`).
 """
 
 from ._channels import canonical_channel_names, normalize_channel_name, resolve_channels
 from ._folder import is_channel_folder
 from ._image import ImageData
+from ._masks import MASK_COLUMNS, mask_header, read_label_mask, resolve_mask_spec, sample_mask_specs, split_mask_spec
 from ._read import IMAGE_SUFFIXES, is_image_path, read_image, read_image_info
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
 from ._write import write_ome_tiff
@@ -48,6 +51,12 @@ __all__ = [
     "write_labels_zarr",
     "read_labels_zarr",
     "list_labels_zarr",
+    "MASK_COLUMNS",
+    "sample_mask_specs",
+    "split_mask_spec",
+    "resolve_mask_spec",
+    "mask_header",
+    "read_label_mask",
 ]
 
 # doctest only collects examples of functions defined in the module itself; the examples of the re-exported

@@ -16,6 +16,9 @@ segment_image(image_cyx, *, channels, pixel_size_um, ..., method=..., nucleus_di
     unique labels stitched across the seams; optionally written to a zarr store tile by tile. The
     options are the config's ``segmentation`` fields as plain keywords (cellpose's with a
     ``cellpose_`` prefix).
+combine_masks(nuclei=None, cells=None, *, pixel_size_um, ...), load_precomputed_masks(specs, image_cyx, ...)
+    Precomputed masks from the sample sheet (``nuclei_mask`` / ``cells_mask``) in the contract of
+    ``segment_image``: cell ids kept, nuclei carrying their cell's id, cells grown from nuclei-only masks.
 segmentation_provenance(**options)
     Method, parameters and (for cellpose) version and model, for ``run.json``.
 estimate_nucleus_diameter_um(image_yx, *, pixel_size_um), nucleus_scale(...)
@@ -34,6 +37,7 @@ Modules
 ``_tiling``      tile layout, statistics pass, per-tile dask tasks, stitching, zarr store
 ``_image``       :func:`segment_image`: keywords, channels, tissue, then the tiles
 ``_provenance``  :func:`segmentation_provenance`
+``_precomputed`` :func:`combine_masks`, :func:`load_precomputed_masks` (bring your own masks)
 ``_scale``       :func:`estimate_nucleus_diameter_um`, :func:`nucleus_scale`
 ``_lattice``, ``_labels``, ``_validate``  sampling lattice, label clean-up, input checks
 
@@ -49,6 +53,7 @@ from ..grid import grid_factor  # noqa: F401 - the one grid formula, as used her
 from ._cells import membrane_scale, segment_cells
 from ._image import segment_image
 from ._nuclei import segment_nuclei
+from ._precomputed import combine_masks, load_precomputed_masks
 from ._provenance import segmentation_provenance
 from ._scale import estimate_nucleus_diameter_um, nucleus_scale, resolve_auto_diameter
 from ._watershed import NUCLEI_DEFAULTS, nuclei_statistics
@@ -64,4 +69,6 @@ __all__ = [
     "nucleus_scale",
     "resolve_auto_diameter",
     "NUCLEI_DEFAULTS",
+    "combine_masks",
+    "load_precomputed_masks",
 ]
