@@ -272,7 +272,7 @@ def test_cells_only_mask(tiny, tmp_path, capsys):
 def test_missing_mask_file_refuses_or_skips(tiny, tmp_path, capsys):
     sheet = pd.read_csv(tiny / "samples.csv").iloc[:2]
     sheet["image"] = [str(tiny / p) for p in sheet["image"]]
-    sheet["nuclei_mask"] = ["gone/nuclei.tif", ""]
+    sheet["nuclei_mask"] = ["", "gone/nuclei.tif"]  # the irradiated sample's: the sham stays as the reference
     code, out = _run(sheet, tiny / "config.yaml", tmp_path)
     assert code == 1
     err = capsys.readouterr().err
@@ -281,7 +281,7 @@ def test_missing_mask_file_refuses_or_skips(tiny, tmp_path, capsys):
     code, out = _run(sheet, tiny / "config.yaml", tmp_path, "--on-error", "skip")
     assert code == 3
     st = json.loads((out / "run.json").read_text())["samples"]
-    assert st[sheet["sample_id"].iloc[0]]["status"] == "failed" and st[sheet["sample_id"].iloc[1]]["status"] == "done"
+    assert st[sheet["sample_id"].iloc[1]]["status"] == "failed" and st[sheet["sample_id"].iloc[0]]["status"] == "done"
 
 
 def test_inform_set4_maps_as_precomputed_masks(shared_data, tmp_path):
