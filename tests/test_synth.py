@@ -35,12 +35,12 @@ def sample20():
     return synth.generate_sample(size_px=512, dose_gy=20, radiation="photon", seed=5, sample_id="s20")
 
 
-def _scenes(doses, seeds, radiation="photon", size=768):
+def _scenes(doses, seeds, radiation="photon", size=768, **params):
     out = []
     for d in doses:
         for s in seeds:
             sc = build_scene((size, size), dose_gy=d, radiation=radiation, patient={}, seed=[s, 11],
-                             channels=synth.DEFAULT_CHANNELS, params=synth.truth_parameters(),
+                             channels=synth.DEFAULT_CHANNELS, params={**synth.truth_parameters(), **params},
                              tear=False, out_of_focus=False)
             out.append((d, s, sc["cells"]))
     return out
@@ -191,32 +191,61 @@ def test_producer_probability_rises_then_plateaus():
     assert f[20][2] > f[20][3]
 
 
-def test_cognate_receptor_cells_enriched_in_their_zone_others_not():
+def _cognate_counts(scenes, *, other_receptors_too: bool) -> dict[tuple, np.ndarray]:
+    """(inside, outside) a module's zone of its lineage's receptor+ cells, receptor− cells (optionally only those
+    carrying none of the other modules' receptors) and resident immune cells (the reference)."""
     T = synth.CELL_TYPES.index
     counts: dict[tuple, np.ndarray] = {}
-    for _, _, c in _scenes([10, 20], [1, 2, 3, 4]):
+    for _, _, c in scenes:
         for m, rec, lin in [("CXCL8", "CXCR2", "NK"), ("CXCL10", "CXCR3", "CD8 T"), ("CCL5", "CCR5", "CD8 T")]:
             lin_cells = c["type"] == T(lin)
             # reference: resident immune cells, placed independently of the zones (uniform per area; tumor
             # cells are not a fair reference, they are denser in the nests where the zones lie)
             allc = ~c["exogenous"] & np.isin(c["type"], [T(t) for t in synth.IMMUNE_TYPES])
+            neg = lin_cells & ~c["receptors"][rec]
+            if not other_receptors_too:
+                for other in set(synth.MODULES.values()) - {rec}:
+                    neg &= ~c["receptors"][other]
             z = c["in_zone"][m]
-            for sign, sel in (("+", lin_cells & c["receptors"][rec]), ("-", lin_cells & ~c["receptors"][rec]),
-                              ("all", allc)):
+            for sign, sel in (("+", lin_cells & c["receptors"][rec]), ("-", neg), ("all", allc)):
                 counts.setdefault((m, sign), np.zeros(2))
                 counts[(m, sign)] += [np.sum(sel & z), np.sum(sel & ~z)]
+    return counts
+
+
+def _log2_enrichment(counts, m, sign):
+    ref = counts[(m, "all")]  # zone share of resident immune cells: the expectation without attraction
+    inside, outside = counts[(m, sign)]
+    return np.log2(((inside + 0.5) / ref[0]) / ((outside + 0.5) / ref[1]))
+
+
+def test_cognate_receptor_cells_enriched_in_their_zone_others_not_with_separate_territories():
+    """The design before issue 15 (``territory_correlation: -0.5``, an option now): modules in separate
+    territories, so receptor− cells, many of which carry another module's receptor, are not drawn in."""
+    counts = _cognate_counts(_scenes([10, 20], [1, 2, 3, 4], territory_correlation=-0.5), other_receptors_too=True)
     for m in synth.MODULES:
-        ref = counts[(m, "all")]  # zone share of resident immune cells: the expectation without attraction
-
-        def log2_enrichment(sign):
-            inside, outside = counts[(m, sign)]
-            return np.log2(((inside + 0.5) / ref[0]) / ((outside + 0.5) / ref[1]))
-
-        assert log2_enrichment("+") > 1.0, m
+        assert _log2_enrichment(counts, m, "+") > 1.0, m
         # receptor− cells are not drawn in (they may be depleted: many carry another module's receptor and
         # are drawn to that module's territory, which the zones of this module mostly avoid)
-        assert log2_enrichment("-") < 0.6, m
-        assert log2_enrichment("+") - log2_enrichment("-") > 1.0, m
+        assert _log2_enrichment(counts, m, "-") < 0.6, m
+        assert _log2_enrichment(counts, m, "+") - _log2_enrichment(counts, m, "-") > 1.0, m
+
+
+def test_cognate_receptor_cells_enriched_in_co_localised_zones_and_the_right_control():
+    """Default (co-localised modules, ``territory_correlation: 0.5``): receptor+ cells are enriched in their zone.
+    A receptor− cell that carries another module's receptor is drawn to that module's zone, which overlaps this
+    one, so the marginal receptor− enrichment is positive (README, "Receptor− controls when zones
+    co-localise"); the control that isolates the cognate effect is receptor− cells with no other module's
+    receptor, which are not drawn in."""
+    scenes = _scenes([10, 20], [1, 2, 3, 4])
+    marginal = _cognate_counts(scenes, other_receptors_too=True)
+    control = _cognate_counts(scenes, other_receptors_too=False)
+    for m in synth.MODULES:
+        assert _log2_enrichment(control, m, "+") > 1.0, m
+        assert _log2_enrichment(control, m, "-") < 0.6, m
+        assert _log2_enrichment(control, m, "+") - _log2_enrichment(control, m, "-") > 1.0, m
+    # the co-localisation is there: some module's marginal receptor− cells are drawn into its zone
+    assert max(_log2_enrichment(marginal, m, "-") for m in synth.MODULES) > 0.6
 
 
 def test_exogenous_pool_is_fixed_and_cognate_cells_gather_in_zones_with_dose():

@@ -21,9 +21,11 @@ Model (all parameters in ``truth/cohort.json``)
   (effectiveness ``e``: photon 1.0, proton 1.1, carbon 2.5; conservation ``c``: CXCL10 0.5 after carbon).
   The senescent (p21+) fraction follows the same law. Producers are drawn without replacement with
   weights ``exp(k * H_m(x)) * odds**senescent``: ``H_m`` are smooth random fields with pairwise
-  correlation -0.5 (``patch_territories``: independent draws combined by the factor of that correlation), so
-  each module holds its own territories of the tumor and module zones overlap about as often as chance
-  predicts; the senescence link is mild next to the patches. Patients carry random effects (ED50, Emax,
+  correlation +0.5 (``territory_correlation``: each module's own field mixed with the damage field that also
+  places the senescent cells), so the modules co-localise in damaged regions as radiation biology suggests
+  (IFN/STING and SASP programmes); ``territory_correlation: -0.5`` gives each module its own territories (the
+  design before issue 15) and 0 independent ones. The senescence link through ``odds`` is mild next to the
+  patches. Patients carry random effects (ED50, Emax,
   immune density, infiltration).
 * **Truth zones**: ``F_m(x) = sum_i w_i exp(-|x - x_i|² / (2 sigma²))`` over the producers i of module m
   (amount ``w_i``, mean 1), ``sigma = 12 µm``, computed on a 2 µm grid and interpolated bilinearly to

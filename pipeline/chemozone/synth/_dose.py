@@ -2,7 +2,7 @@
 truth fields ``F_m`` those producers spread (the truth zones are ``tissue & (F_m >= level)``).
 
 Fractions follow the true law (:func:`producer_probability`); positions follow smooth patch fields, one per
-module, combined into separate territories (``patch_territories``), with a mild preference for senescent
+module, combined into co-localised territories (``territory_correlation``), with a mild preference for senescent
 cells. All fields live on the 2 µm field grid (``field_px`` image pixels per cell).
 """
 
@@ -21,7 +21,7 @@ from ._render import sample_grid
 
 def draw_senescent(rng: np.random.Generator, ctype: np.ndarray, y: np.ndarray, x: np.ndarray, *, dose_gy: float,
                    radiation: str, params: dict[str, Any], patient: dict[str, float],
-                   field_shape: tuple[int, int], field_px: int) -> tuple[np.ndarray, float]:
+                   field_shape: tuple[int, int], field_px: int) -> tuple[np.ndarray, float, np.ndarray]:
     """Senescent tumor cells: ``Binomial(n_tumor, p)`` of them, drawn with weights ``exp(0.8 * smooth field)``.
 
     Returns
@@ -30,6 +30,9 @@ def draw_senescent(rng: np.random.Generator, ctype: np.ndarray, y: np.ndarray, x
         bool (n,).
     probability : float
         The true senescent fraction ``p`` (:func:`producer_probability` of ``"senescence"``).
+    damage : ndarray
+        float32 ``field_shape``: the smooth field (zero mean, unit variance) that placed them, the damage the
+        chemokine territories share (:func:`draw_producers`).
     """
     corr_patch = params["patch_correlation_um"] / params["zone"]["grid_um"]
     tumor_idx = np.nonzero(ctype == TYPE_INDEX["Tumor"])[0]
@@ -39,13 +42,13 @@ def draw_senescent(rng: np.random.Generator, ctype: np.ndarray, y: np.ndarray, x
     k = rng.binomial(len(tumor_idx), p_sen)
     logw = 0.8 * sample_grid(g_sen, field_px, y[tumor_idx], x[tumor_idx])
     senescent[tumor_idx[gumbel_topk(rng, logw, k)]] = True
-    return senescent, p_sen
+    return senescent, p_sen, g_sen
 
 
 def draw_producers(rng: np.random.Generator, ctype: np.ndarray, y: np.ndarray, x: np.ndarray,
                    senescent: np.ndarray, *, dose_gy: float, radiation: str, params: dict[str, Any],
                    patient: dict[str, float], field_shape: tuple[int, int],
-                   field_px: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   field_px: int, damage: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Producer tumor cells of each chemokine module and the amount each produces.
 
     Returns
@@ -60,17 +63,24 @@ def draw_producers(rng: np.random.Generator, ctype: np.ndarray, y: np.ndarray, x
     tumor_idx = np.nonzero(ctype == TYPE_INDEX["Tumor"])[0]
     amount: dict[str, np.ndarray] = {}
     probability: dict[str, float] = {}
-    # one independent patch field per module, drawn in module order; with ``patch_territories`` module m's
-    # field is the combination sum_j L[m, j] G_j of the draws so far (L: lower-triangular factor of the
-    # territory correlation, pairwise -1/(M-1)), so the modules hold separate territories of the tumor and
-    # their zones overlap about as often as chance predicts over the tissue (producers can only be tumor
-    # cells, which by itself co-localises the zones)
-    terr = territory_factor(len(MODULES)) if params.get("patch_territories", False) else None
+    # one independent patch field G_m per module, drawn in module order, combined into the territory H_m by the
+    # pairwise ``territory_correlation`` rho: rho > 0 (default, biology: radiation damage and the IFN/STING and
+    # SASP programmes it triggers drive every module in the same regions) H_m = sqrt(rho) D + sqrt(1 - rho) G_m
+    # with D the damage field that also places senescent cells; rho < 0 (an option: modules in separate
+    # territories, the design before issue 15) H = L G with L the factor of pairwise correlation -1/(M-1);
+    # rho = 0 independent. The RNG stream does not depend on rho.
+    rho = float(params.get("territory_correlation", 0.0))
+    terr = territory_factor(len(MODULES)) if rho < 0 else None
     raw: list[np.ndarray] = []
     for mi, m in enumerate(MODULES):
         pm = producer_probability(dose_gy, radiation, m, params=params, patient=patient)
         raw.append(smooth_field(rng, field_shape, corr_patch))
-        gm = raw[-1] if terr is None else sum(float(terr[mi, j]) * raw[j] for j in range(mi + 1)).astype(np.float32)
+        if terr is not None:
+            gm = sum(float(terr[mi, j]) * raw[j] for j in range(mi + 1)).astype(np.float32)
+        elif rho > 0 and damage is not None:
+            gm = (math.sqrt(rho) * damage + math.sqrt(1.0 - rho) * raw[-1]).astype(np.float32)
+        else:
+            gm = raw[-1]
         k = rng.binomial(len(tumor_idx), pm)
         logw = params["producer_patchiness"] * sample_grid(gm, field_px, y[tumor_idx], x[tumor_idx]) \
             + math.log(params["senescent_producer_odds"]) * senescent[tumor_idx]

@@ -99,7 +99,7 @@ def truth_parameters() -> dict[str, Any]:
         "senescent_producer_odds": 3.0,
         "producer_patchiness": 4.0,
         "patch_correlation_um": 50.0,
-        "patch_territories": True,
+        "territory_correlation": 0.5,
         "producer_amount_sd_log": 0.3,
         "zone": {"sigma_um": 12.0, "level": 0.5, "grid_um": 2.0,
                  "definition": "tissue & sum_i w_i exp(-d_i^2 / (2 sigma^2)) >= level, producers i of the module"},

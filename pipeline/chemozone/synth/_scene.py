@@ -67,8 +67,8 @@ def build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, patie
     field_shape = (-(-H // fpx), -(-W // fpx))
     dose = {"dose_gy": dose_gy, "radiation": radiation, "params": params, "patient": patient,
             "field_shape": field_shape, "field_px": fpx}
-    senescent, p_sen = draw_senescent(rng, ctype, y, x, **dose)
-    amount, p_modules = draw_producers(rng, ctype, y, x, senescent, **dose)
+    senescent, p_sen, damage = draw_senescent(rng, ctype, y, x, **dose)
+    amount, p_modules = draw_producers(rng, ctype, y, x, senescent, damage=damage, **dose)
     realized: dict[str, Any] = {"senescent_probability": p_sen}
     realized.update({f"{m}_probability": pm for m, pm in p_modules.items()})
     fields = chemokine_fields(y, x, amount, field_shape=field_shape, field_px=fpx,
