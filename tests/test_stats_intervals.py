@@ -218,3 +218,14 @@ def test_ci_method_is_validated():
         stats.fit_dose_response(df, metric="frac", ci_method="normal")
     with pytest.raises(ValueError, match="ci_method must be one of"):
         stats.relative_amplitude(df, metric="frac", dose="dose_gy", ci_method="normal")
+
+
+def test_student_t_interval_hand_computed():
+    b = np.random.default_rng(5).lognormal(np.log(3.0), 0.2, 500)
+    half = sst.t.ppf(0.975, 5) * np.sqrt(6 / 5) * np.std(np.log(b), ddof=1)
+    lo, hi = stats.bootstrap_interval(3.0, b, method="student-t", n_units=6, log=True)
+    assert (lo, hi) == pytest.approx((3.0 * np.exp(-half), 3.0 * np.exp(half)), rel=1e-12)
+    lo, hi = stats.bootstrap_interval(1.0, b, method="student-t", n_units=6)
+    assert hi - lo == pytest.approx(2 * sst.t.ppf(0.975, 5) * np.sqrt(6 / 5) * np.std(b, ddof=1), rel=1e-12)
+    with pytest.raises(ValueError, match="needs n_units"):
+        stats.bootstrap_interval(1.0, b, method="student-t")

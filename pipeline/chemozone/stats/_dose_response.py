@@ -100,7 +100,7 @@ def fit_dose_response(
     tost_margin: float = 0.15,
     alpha: float = 0.05,
     trials: str | None = None,
-    ci_method: str = "bca",
+    ci_method: str = "student-t",
 ) -> pd.DataFrame:
     """Fit linear, log-linear, Emax and Hill dose-response curves per radiation arm and choose one by AIC.
 
@@ -132,10 +132,12 @@ def fit_dose_response(
         :func:`producer_fraction_table`): ``metric`` is then fitted as a proportion by quasi-binomial
         maximum likelihood (identity link, dispersion from the Pearson χ² of the largest model in the arm;
         models compared by QAIC = deviance / dispersion + 2k) instead of Gaussian least squares.
-    ci_method : {"bca", "bca-expanded", "percentile"}
-        Bootstrap interval (:func:`bootstrap_interval`): BCa with jackknife-over-patients acceleration
-        (default); ``bca-expanded`` also widens for few patients (``sqrt(n/(n-1))·t_{n-1}`` quantiles);
-        ``percentile`` is the former interval (it under-covers with six patients).
+    ci_method : {"student-t", "bca", "bca-expanded", "percentile"}
+        Bootstrap interval (:func:`bootstrap_interval`): ``student-t`` (default) is ``estimate ±
+        t_{n-1}·sqrt(n/(n-1))·SD`` of the patient-bootstrap draws, on the log scale for ED50 and the Hill
+        exponent; ``bca`` uses jackknife-over-patients acceleration; ``bca-expanded`` widens BCa for few
+        patients; ``percentile`` is the former interval. Their coverage with six patients is measured by
+        ``benchmarks/coverage_stats.py`` (percentile and BCa under-cover there).
 
     Returns
     -------
@@ -189,7 +191,7 @@ def fit_dose_response_with_bootstrap(
     tost_margin: float = 0.15,
     alpha: float = 0.05,
     trials: str | None = None,
-    ci_method: str = "bca",
+    ci_method: str = "student-t",
 ) -> DoseResponseFit:
     """:func:`fit_dose_response` that also returns the patient-bootstrap draws behind its CIs.
 
@@ -231,7 +233,7 @@ def fit_dose_response_with_bootstrap(
                                       n_bootstrap=n_bootstrap, rng=rng, **opts)
             boots += b
             failed.update({(m, *k): v for k, v in fail.items()})
-            if ci_method != "percentile":
+            if ci_method.startswith("bca"):
                 jack += _jackknife_fits(data, m, group=group, patient=pcol, arm_names=set(arms), full=full, **opts)
     boot_df = pd.DataFrame(boots, columns=["metric", "group", "model", "draw", *_PARAM_COLS])
     jack_df = pd.DataFrame(jack, columns=["metric", "group", "model", "draw", *_PARAM_COLS])
@@ -444,7 +446,8 @@ def _add_bootstrap_cis(fits_df: pd.DataFrame, boot_df: pd.DataFrame, jack_df: pd
         n_units = int(r["n_patients"])
         for p in _PARAMS[r["model"]]:
             lo, hi = bootstrap_interval(r[p], b[p].to_numpy(float), alpha=alpha, method=method, n_units=n_units,
-                                        jackknife=None if j is None else j[p].to_numpy(float))
+                                        jackknife=None if j is None else j[p].to_numpy(float),
+                                        log=p in ("ED50", "hill"))
             fits_df.at[i, f"{p}_ci_lo"], fits_df.at[i, f"{p}_ci_hi"] = lo, hi
         if nfail > 0.05 * (nfail + len(b)):
             warnings.warn(f"{key[0]} ({key[1]}, {key[2]}): {nfail} of {nfail + len(b)} bootstrap refits failed and "

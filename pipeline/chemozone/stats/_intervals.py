@@ -1,9 +1,12 @@
 """Interval and equivalence helpers shared by the curve fits and the tests.
 
-* :func:`bootstrap_interval` – percentile or BCa (bias-corrected and accelerated, jackknife acceleration)
-  interval from bootstrap draws, optionally *expanded* for few resampling units (Hesterberg 2015: the
-  normal quantile replaced by ``sqrt(n/(n-1)) · t_{n-1}``, which undoes the bootstrap's ``(n-1)/n``
-  variance shrinkage and the normal tails with six patients).
+* :func:`bootstrap_interval` – percentile, BCa (bias-corrected and accelerated, jackknife acceleration),
+  BCa *expanded* for few resampling units (Hesterberg 2015: the normal quantile replaced by
+  ``sqrt(n/(n-1)) · t_{n-1}``, which undoes the bootstrap's ``(n-1)/n`` variance shrinkage and the
+  normal tails with six patients) or ``student-t``: ``estimate ± t_{n-1} · sqrt(n/(n-1)) · SD(draws)``
+  (on the log scale for positive parameters). With six patients the bootstrap distribution is too narrow;
+  BCa corrects its centre and skew but not its width, and the expanded BCa asks for quantiles beyond a
+  few hundred draws (``benchmarks/coverage_stats.py`` measures all of them).
 * :func:`equivalence_test` – two one-sided tests (TOST) of ``|effect| < margin`` with the power it had
   at a true effect of 0.
 """
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-CI_METHODS = ("percentile", "bca", "bca-expanded")
+CI_METHODS = ("student-t", "bca", "bca-expanded", "percentile")
 
 
 def _expanded_z(q: float, n_units: int | None) -> float:
@@ -27,7 +30,7 @@ def _expanded_z(q: float, n_units: int | None) -> float:
 
 
 def bootstrap_interval(estimate: float, boot: np.ndarray, *, jackknife: np.ndarray | None = None,
-                       alpha: float = 0.05, method: str = "bca", n_units: int | None = None
+                       alpha: float = 0.05, method: str = "bca", n_units: int | None = None, log: bool = False
                        ) -> tuple[float, float]:
     """Two-sided ``1 - alpha`` interval from bootstrap draws.
 
@@ -42,11 +45,15 @@ def bootstrap_interval(estimate: float, boot: np.ndarray, *, jackknife: np.ndarr
         (``a = 0`` when absent or fewer than 3 finite values).
     alpha : float
         1 − confidence level.
-    method : {"percentile", "bca", "bca-expanded"}
+    method : {"student-t", "bca", "bca-expanded", "percentile"}
         ``bca-expanded`` uses the small-sample quantile ``sqrt(n/(n-1)) · t_{n-1}`` (``n = n_units``) in
-        place of the normal one.
+        place of the normal one; ``student-t`` is ``estimate ± t_{n-1, 1-alpha/2} · sqrt(n/(n-1)) · SD``
+        with the SD of the draws (needs ``n_units``).
     n_units : int, optional
-        Number of resampling units (patients), for ``bca-expanded``.
+        Number of resampling units (patients), for ``bca-expanded`` and ``student-t``.
+    log : bool
+        ``student-t`` only: build the interval for ``log(estimate)`` (positive parameters such as ED50
+        or a ratio; non-positive draws are then ignored) and transform it back.
 
     Returns
     -------
@@ -72,6 +79,8 @@ def bootstrap_interval(estimate: float, boot: np.ndarray, *, jackknife: np.ndarr
     if method == "percentile":
         lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
         return float(lo), float(hi)
+    if method == "student-t":
+        return _student_t(estimate, b, alpha=alpha, n_units=n_units, log=log)
     frac = (np.sum(b < estimate) + np.sum(b <= estimate)) / (2 * len(b))
     if frac <= 0 or frac >= 1:
         return np.nan, np.nan
@@ -91,6 +100,25 @@ def bootstrap_interval(estimate: float, boot: np.ndarray, *, jackknife: np.ndarr
         adj = sst.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
         out.append(float(np.quantile(b, float(np.clip(adj, 0.0, 1.0)))))
     return out[0], out[1]
+
+
+def _student_t(estimate: float, b: np.ndarray, *, alpha: float, n_units: int | None, log: bool
+               ) -> tuple[float, float]:
+    """``estimate ± t_{n-1} · sqrt(n/(n-1)) · SD(b)``, on the log scale when ``log``."""
+    from scipy import stats as sst
+
+    if n_units is None or n_units < 2:
+        raise ValueError("ci_method 'student-t' needs n_units (the number of patients), at least 2")
+    if log:
+        if estimate <= 0:
+            return np.nan, np.nan
+        b = np.log(b[b > 0])
+        estimate = float(np.log(estimate))
+    if len(b) < 2:
+        return np.nan, np.nan
+    half = float(sst.t.ppf(1 - alpha / 2, n_units - 1) * np.sqrt(n_units / (n_units - 1)) * np.std(b, ddof=1))
+    lo, hi = estimate - half, estimate + half
+    return (float(np.exp(lo)), float(np.exp(hi))) if log else (lo, hi)
 
 
 def equivalence_test(estimate: float, se: float, *, df: float, margin: float, alpha: float = 0.05

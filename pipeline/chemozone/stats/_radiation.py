@@ -59,7 +59,7 @@ def _amplitudes(d_: pd.DataFrame, *, metric: str, reference: str, dose: str, gro
 def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photon",
                        dose: str = "effective_dose_gy", group: str = "radiation", patient: str = "patient",
                        model: str = "emax", shared_shape: bool = True, n_bootstrap: int = 200, seed: int = 0,
-                       alpha: float = 0.05, ci_method: str = "bca") -> pd.DataFrame:
+                       alpha: float = 0.05, ci_method: str = "student-t") -> pd.DataFrame:
     """How much of the reference arm's response each radiation type conserves.
 
     With ``shared_shape`` (default), the curve shape (ED50, and the Hill exponent for ``hill``) is fitted on
@@ -68,8 +68,8 @@ def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photo
     the effective dose). This is stable even when an arm's doses all lie near its plateau. Without it,
     each arm gets its own ``model`` fit and the ratio of the ``Emax`` (``slope`` for linear) is reported.
     CIs: paired patient bootstrap (the same patient resample for all arms, the reference curve refitted on
-    each), BCa with leave-one-patient-out acceleration by default (``ci_method`` as in
-    :func:`bootstrap_interval`).
+    each), by default ``ratio × exp(± t_{n-1}·sqrt(n/(n-1))·SD(log ratio draws))`` (``ci_method`` as in
+    :func:`bootstrap_interval`; BCa uses leave-one-patient-out acceleration).
 
     Returns
     -------
@@ -107,7 +107,7 @@ def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photo
         pick = rng.choice(pats, size=len(pats), replace=True)
         draws.append(ratios(pd.concat([by[p].assign(**{patient: f"b{i}"}) for i, p in enumerate(pick)],
                                       ignore_index=True)))
-    jack = [ratios(data[data[patient] != p]) for p in pats] if ci_method != "percentile" and len(pats) >= 3 else []
+    jack = [ratios(data[data[patient] != p]) for p in pats] if ci_method.startswith("bca") and len(pats) >= 3 else []
     rows = []
     for g, v in est.items():
         r = {"metric": metric, "group": g, "reference": reference, "amplitude": v,
@@ -119,7 +119,7 @@ def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photo
         if ok.sum() >= 2 and g != reference:
             jk = np.array([j.get(g, np.nan) for j in jack], float) if jack else None
             r["ratio_ci_lo"], r["ratio_ci_hi"] = bootstrap_interval(r["ratio"], vals[ok], jackknife=jk, alpha=alpha,
-                                                                    method=ci_method, n_units=len(pats))
+                                                                    method=ci_method, n_units=len(pats), log=True)
         elif g == reference:
             r["ratio_ci_lo"] = r["ratio_ci_hi"] = 1.0
         rows.append(r)
