@@ -27,7 +27,7 @@ Criteria, fixed before looking at the results (module constants below)
    of tissue, per lineage and pooled over the pair's lineages ("NK & CD8 T"). This metric grows with the
    zone for any population, so it is used only for attracted (receptor+) cells, never for specificity;
 3. [estimation] ED50 of the producer fraction (photon arm, Hill model, quasi-binomial fit weighted by the
-   tumor cell counts; BCa CI) within 35 % of the true ED50 of each module (fabricated run: of the zone
+   tumor cell counts; student-t bootstrap CI) within 35 % of the true ED50 of each module (fabricated run: of the zone
    area, whose truth is an Emax curve);
 4. [equivalence] receptor− cells of each pair show no dose effect, on metrics NOT confounded by zone size,
    from counts with area offsets (``stats.dose_rate_test``, quasi-Poisson GLM, patient effects, photon
@@ -40,7 +40,7 @@ Criteria, fixed before looking at the results (module constants below)
    without the adjustment are info rows (4c, 4d): co-localised modules give a receptor− cell that carries
    another module's receptor a real (truth-column) dose trend there;
 5. [discrimination] the module weakened after carbon: lowest carbon/photon amplitude ratio at equal
-   effective dose is the true weakest module, with its (BCa) CI below 1;
+   effective dose is the true weakest module, with its CI (student-t, log scale) below 1;
 6. [effect direction] cognate receptor+ cells are more enriched in their zone than receptor− cells of the
    same lineage in irradiated samples (``stats.cognate_test``: CI > 0, BH q < 0.05).
 """
@@ -221,7 +221,7 @@ def _ed50_and_carbon_checks(chk: _Checks, run: dict, modules: dict, areas: pd.Da
         cohort = f" (patients' {t * ed50_gm:.2f})" if ed50_gm is not None else ""
         failed = f", {int(r['n_bootstrap_failed'])} failed refits" if r["n_bootstrap_failed"] else ""
         chk.add(f"3 ED50 within 35% (photon, {model}{', quasi-binomial' if trials else ''})", "estimation", col,
-                f"{r['ED50']:.2f} Gy", _ci(r["ED50_ci_lo"], r["ED50_ci_hi"], "{:.2f}") + f" BCa{failed}",
+                f"{r['ED50']:.2f} Gy", _ci(r["ED50_ci_lo"], r["ED50_ci_hi"], "{:.2f}") + f" {r['ci_method']}{failed}",
                 abs(r["ED50"] / t - 1) < 0.35, f"{t:g} Gy ± 35%{cohort}")
     ratios = {}
     src = ed_table if "effective_dose_gy" in ed_table else stats.add_effective_dose(ed_table, eff, strict=False)
