@@ -213,7 +213,7 @@ def _gates(run: dict[str, Any]) -> str:
 
 
 def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
-                 fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "emax", "hill")) -> str:
+                 fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "loglinear", "emax", "hill")) -> str:
     """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm.
 
     Without dose variation (one dose, or no ``dose_gy``) there is no dose response: a sentence says so and
@@ -274,8 +274,9 @@ def _fit_summary(fits: list[pd.DataFrame]) -> str:
         return ""
     f = pd.concat(fits, ignore_index=True)
     f = f[f["chosen"]]
-    cols = ["metric", "group", "model", "E0", "Emax", "ED50", "ED50_ci_lo", "ED50_ci_hi", "slope",
-            "plateau_delta_aic", "plateau", "tost_p"]
+    cols = ["metric", "group", "model", "E0", "Emax", "ED50", "ED50_ci_lo", "ED50_ci_hi", "slope", "log_slope",
+            "plateau_delta_aic", "plateau_vs_loglinear_delta_aic", "plateau", "tost_p", "n_bootstrap",
+            "n_bootstrap_failed"]
     return "<details><summary>Fitted parameters (chosen model per arm)</summary>" + _table(f[cols]) + "</details>"
 
 
@@ -402,7 +403,7 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     panels = [(c, c) for c in df.columns if " in " in c and c.split(" in ")[0].endswith("+")]
     fits: list[pd.DataFrame] = []
     amount = _dose_figure(df, panels[:12], ylabel="receptor+ cells inside zone per mm² tissue", n_bootstrap=nb,
-                          seed=seed, fits_out=fits, models=("linear", "emax"))
+                          seed=seed, fits_out=fits, models=("linear", "loglinear", "emax"))
     return (_INFILTRATION_TEXT + "<h3>Infiltration amount (receptor+ cells in zone per mm² tissue)</h3>" + amount
             + _fit_summary(fits)
             + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"

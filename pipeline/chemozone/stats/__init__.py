@@ -16,11 +16,15 @@ Layout (everything is re-exported here: import from ``chemozone.stats``)
   :func:`density_table`, :func:`enrichment_table`, :func:`producer_fraction_table`,
   :func:`receptor_density_table`), receptor counts (:func:`receptor_count_table`,
   :func:`receptor_overlap_counts`) and :func:`split_phenotype`.
+* ``_curves.py`` – the curve models and their one-arm fit (Gaussian or quasi-binomial; internal).
+* ``_intervals.py`` – :func:`bootstrap_interval` (percentile / BCa / expanded BCa), :func:`equivalence_test`
+  (TOST with power), :func:`t_interval`.
 * ``_dose_response.py`` – :func:`fit_dose_response` (fits table), :func:`fit_dose_response_with_bootstrap`
   (:class:`DoseResponseFit`: fits + bootstrap draws), :func:`predict_dose_response`,
-  :func:`relative_amplitude`, :func:`dose_response_models`.
-* ``_tests.py`` – :func:`mixed_model`, :func:`compare_radiation`, :func:`cognate_test`,
-  :func:`dose_rate_test`, :func:`bh_fdr`.
+  :func:`dose_response_models`.
+* ``_mixed.py`` – :func:`mixed_model` (t intervals on n_patients − 1 df).
+* ``_radiation.py`` – :func:`relative_amplitude`, :func:`compare_radiation` (joint patient bootstrap).
+* ``_tests.py`` – :func:`cognate_test`, :func:`dose_rate_test`, :func:`bh_fdr`.
 * ``_modules.py`` – :func:`chemokine_modules`.
 
 Conventions
@@ -29,13 +33,15 @@ Conventions
   0 Gy photon, ``sham_hit`` a 0 Gy particle control); an arm is a radiation type with doses > 0.
 * Dose-response models (``E0`` baseline, ``Emax`` the amplitude, so the plateau is ``E0 + Emax``)::
 
-      linear  y = E0 + slope * D
-      emax    y = E0 + Emax * D / (ED50 + D)
-      hill    y = E0 + Emax * D**h / (ED50**h + D**h)
+      linear     y = E0 + slope * D
+      loglinear  y = E0 + log_slope * log(1 + D)     (concave, no plateau: the alternative to a plateau)
+      emax       y = E0 + Emax * D / (ED50 + D)
+      hill       y = E0 + Emax * D**h / (ED50**h + D**h)
 
   fitted by least squares with one additive offset per patient (a fixed patient block), so that
   between-patient differences in level do not blur the curve. AIC = n log(RSS/n) + 2k (k counts the curve
-  parameters, the patient offsets and the residual variance; the offsets cancel in comparisons).
+  parameters, the patient offsets and the residual variance; the offsets cancel in comparisons). A
+  proportion of counted cells (``trials=``) is fitted by quasi-binomial maximum likelihood instead (QAIC).
 * Infiltration metrics against zones that grow with dose: cells inside a zone per mm² of *tissue*
   (``receptor_density_table(per="tissue")``) measures the infiltration *amount* and grows with the zone
   for any population, so it is used only for attracted (cognate receptor+) cells. Whether a population
@@ -43,7 +49,10 @@ Conventions
   size: the density inside the zone (per mm² of zone) and the log2 enrichment inside/outside, both
   estimated from counts with area offsets by :func:`dose_rate_test` (:func:`receptor_count_table`).
 * Confidence intervals come from a bootstrap over patients (resampled with replacement; every arm of one
-  draw uses the same resample, so ratios between arms are paired).
+  draw uses the same resample, so ratios between arms are paired), BCa by default (jackknife-over-patients
+  acceleration); failed refits are counted (``n_bootstrap_failed``) and warned about above 5 %. Mixed-model
+  intervals are t on ``n_patients − 1`` df. "No effect" claims are equivalence tests with a stated margin.
+  ``benchmarks/coverage_stats.py`` measures the coverage of these intervals on simulated cohorts.
 """
 
 from __future__ import annotations
@@ -54,10 +63,12 @@ from ._dose_response import (
     fit_dose_response,
     fit_dose_response_with_bootstrap,
     predict_dose_response,
-    relative_amplitude,
 )
+from ._intervals import CI_METHODS, bootstrap_interval, equivalence_test, t_interval
 from ._load import TABLES, add_effective_dose, load_run
+from ._mixed import mixed_model
 from ._modules import chemokine_modules
+from ._radiation import compare_radiation, relative_amplitude
 from ._tables import (
     density_table,
     enrichment_table,
@@ -69,7 +80,7 @@ from ._tables import (
     split_phenotype,
     zone_area_table,
 )
-from ._tests import bh_fdr, cognate_test, compare_radiation, dose_rate_test, mixed_model
+from ._tests import bh_fdr, cognate_test, dose_rate_test
 
 __all__ = [
     "TABLES",
@@ -96,4 +107,8 @@ __all__ = [
     "receptor_count_table",
     "receptor_overlap_counts",
     "dose_rate_test",
+    "bootstrap_interval",
+    "equivalence_test",
+    "t_interval",
+    "CI_METHODS",
 ]

@@ -1,16 +1,20 @@
-"""Dose-response curves: linear, Emax and Hill fits per radiation arm, their predictions and amplitude ratios.
+"""Dose-response curves: linear, log-linear, Emax and Hill fits per radiation arm and their predictions.
 
 Models (``E0`` baseline, ``Emax`` the amplitude, so the plateau is ``E0 + Emax``)::
 
-    linear  y = E0 + slope * D
-    emax    y = E0 + Emax * D / (ED50 + D)
-    hill    y = E0 + Emax * D**h / (ED50**h + D**h)
+    linear     y = E0 + slope * D
+    loglinear  y = E0 + log_slope * log(1 + D)      (concave without a plateau)
+    emax       y = E0 + Emax * D / (ED50 + D)
+    hill       y = E0 + Emax * D**h / (ED50**h + D**h)
 
-fitted by least squares with one additive offset per patient; CIs from a bootstrap over patients.
+fitted by least squares (or, for a proportion of counted cells, by quasi-binomial maximum likelihood) with
+one additive offset per patient; CIs from a bootstrap over patients (BCa by default, see
+:func:`bootstrap_interval`), failed refits counted.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,93 +22,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import require_columns
-
-_PARAMS = {"linear": ["E0", "slope"], "emax": ["E0", "Emax", "ED50"], "hill": ["E0", "Emax", "ED50", "hill"]}
+from ._curves import _PARAMS, _curve, _fit_one
+from ._intervals import CI_METHODS, bootstrap_interval, equivalence_test
 
 
 def dose_response_models() -> dict[str, list[str]]:
     """Model names and their parameters."""
     return {k: list(v) for k, v in _PARAMS.items()}
-
-
-def _curve(model: str, d: np.ndarray, p: Sequence[float]) -> np.ndarray:
-    d = np.asarray(d, float)
-    if model == "linear":
-        return p[0] + p[1] * d
-    if model == "emax":
-        return p[0] + p[1] * d / (p[2] + d)
-    if model == "hill":
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            dh = np.power(d, p[3])
-            return p[0] + p[1] * dh / (np.power(p[2], p[3]) + dh)
-    raise ValueError(f"unknown model {model!r}; choose from {sorted(_PARAMS)}")
-
-
-def _unpack(model: str, theta: np.ndarray) -> list[float]:
-    if model == "linear":
-        return [theta[0], theta[1]]
-    if model == "emax":
-        return [theta[0], theta[1], float(np.exp(theta[2]))]
-    return [theta[0], theta[1], float(np.exp(theta[2])), float(np.exp(theta[3]))]
-
-
-def _fit_one(model: str, d: np.ndarray, y: np.ndarray, pidx: np.ndarray, n_pat: int,
-             starts: Sequence[np.ndarray] | None = None) -> dict[str, Any] | None:
-    """Least squares of one model with patient offsets; returns params, rss, k, n or None."""
-    from scipy.optimize import least_squares
-
-    n = len(y)
-    k_curve = len(_PARAMS[model])
-    n_off = max(n_pat - 1, 0)
-    if n < k_curve + n_off + 1:
-        return None
-    dmax = float(np.max(d)) if np.max(d) > 0 else 1.0
-    onehot = np.zeros((n, n_off))
-    for j in range(n_off):
-        onehot[:, j] = pidx == j + 1
-
-    def resid(theta):
-        return _curve(model, d, _unpack(model, theta[:k_curve])) + onehot @ theta[k_curve:] - y
-
-    pos_d = d[d > 0]
-    # ED50 between a tenth of the lowest tested dose and 1000x the highest (no step functions below the data)
-    lo_d, hi_d = np.log((float(pos_d.min()) if len(pos_d) else dmax) * 0.1), np.log(dmax * 1e3)
-    if starts is None:
-        e0 = float(np.mean(y[d == d.min()]))
-        top = float(np.mean(y[d == d.max()]))
-        if model == "linear":
-            starts = [np.array([e0, (top - e0) / dmax])]
-        else:
-            pos = np.unique(d[d > 0])
-            cands = np.unique(np.clip(np.quantile(pos, [0.1, 0.5, 0.9]) if len(pos) else [dmax / 2],
-                                      np.exp(lo_d) * 1.01, dmax * 5e2))
-            starts = []
-            for c in cands:
-                base = [e0, (top - e0) * (1 + c / dmax), np.log(c)]
-                starts.append(np.array(base if model == "emax" else base + [np.log(1.0)]))
-                if model == "hill":
-                    starts.append(np.array(base[:2] + [np.log(c), np.log(2.5)]))
-    lb = [-np.inf, -np.inf] + ([lo_d] if model != "linear" else []) + ([np.log(0.3)] if model == "hill" else [])
-    ub = [np.inf, np.inf] + ([hi_d] if model != "linear" else []) + ([np.log(10.0)] if model == "hill" else [])
-    lb += [-np.inf] * n_off
-    ub += [np.inf] * n_off
-    best = None
-    for s in starts:
-        s = np.asarray(s, float)[:k_curve]
-        x0 = np.concatenate([s, np.zeros(n_off)])
-        x0 = np.clip(x0, np.array(lb) + 1e-9, np.array(ub) - 1e-9)
-        with np.errstate(all="ignore"):
-            r = least_squares(resid, x0, bounds=(lb, ub), method="trf", x_scale="jac", max_nfev=2000)
-        rss = float(np.sum(r.fun ** 2))
-        if np.isfinite(rss) and (best is None or rss < best[1]):
-            best = (r.x, rss)
-    if best is None:
-        return None
-    theta, rss = best
-    k = k_curve + n_off + 1
-    aic = n * np.log(max(rss, 1e-300) / n) + 2 * k
-    return {"theta": theta[:k_curve], "params": _unpack(model, theta[:k_curve]), "rss": rss, "k": k, "n": n,
-            "aic": float(aic), "offsets": np.concatenate([[0.0], theta[k_curve:]])}
 
 
 def _arms(df: pd.DataFrame, dose: str, group: str | None) -> dict[str, pd.DataFrame]:
@@ -119,15 +43,13 @@ def _arms(df: pd.DataFrame, dose: str, group: str | None) -> dict[str, pd.DataFr
 
 
 def _tost(arm: pd.DataFrame, y: str, dose: str, patient: str | None, doses: tuple[float, float],
-          margin_rel: float) -> tuple[float, float, float]:
-    """Paired TOST of dose ``doses[1]`` vs ``doses[0]`` per patient; returns (mean diff, margin, p)."""
-    from scipy import stats as sst
-
+          margin_rel: float, alpha: float = 0.05) -> tuple[float, float, float, float]:
+    """Paired TOST of dose ``doses[1]`` vs ``doses[0]`` per patient: (mean diff, margin, p, power at diff 0)."""
     lo, hi = doses
     a = arm[np.isclose(arm[dose], lo)]
     b = arm[np.isclose(arm[dose], hi)]
     if not len(a) or not len(b):
-        return np.nan, np.nan, np.nan
+        return np.nan, np.nan, np.nan, np.nan
     if patient is not None:
         ma, mb = a.groupby(patient)[y].mean(), b.groupby(patient)[y].mean()
         both = ma.index.intersection(mb.index)
@@ -137,18 +59,14 @@ def _tost(arm: pd.DataFrame, y: str, dose: str, patient: str | None, doses: tupl
         diff = np.array([b[y].mean() - a[y].mean()])
         ref = float(a[y].mean())
     margin = margin_rel * abs(ref)
-    if len(diff) < 2 or not np.isfinite(margin):
-        return (float(diff.mean()) if len(diff) else np.nan), margin, np.nan
+    if len(diff) < 2 or not (np.isfinite(margin) and margin > 0):
+        return (float(diff.mean()) if len(diff) else np.nan), margin, np.nan, np.nan
     m, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
-    if se == 0:
-        return m, margin, 0.0 if abs(m) < margin else 1.0
-    df_ = len(diff) - 1
-    p_low = 1 - sst.t.cdf((m + margin) / se, df_)
-    p_up = sst.t.cdf((m - margin) / se, df_)
-    return m, margin, float(max(p_low, p_up))
+    r = equivalence_test(m, se, df=len(diff) - 1, margin=margin, alpha=alpha)
+    return m, margin, r["p"], r["power"]
 
 
-_PARAM_COLS = ["E0", "slope", "Emax", "ED50", "hill"]  # every model's parameters, in column order
+_PARAM_COLS = ["E0", "slope", "log_slope", "Emax", "ED50", "hill"]  # every model's parameters, in column order
 
 
 class DoseResponseFit(NamedTuple):
@@ -160,8 +78,8 @@ class DoseResponseFit(NamedTuple):
         The fits table of :func:`fit_dose_response`.
     boot : DataFrame
         The bootstrap draws, one row per (metric, group, model, draw): ``metric, group, model, draw, E0, slope,
-        Emax, ED50, hill`` (NaN where a model lacks a parameter); empty without a bootstrap. Pass it to
-        :func:`predict_dose_response` for confidence bands.
+        log_slope, Emax, ED50, hill`` (NaN where a model lacks a parameter); empty without a bootstrap. Pass it
+        to :func:`predict_dose_response` for confidence bands.
     """
 
     fits: pd.DataFrame
@@ -175,14 +93,16 @@ def fit_dose_response(
     dose: str = "dose_gy",
     group: str | None = "radiation",
     patient: str | None = "patient",
-    models: Sequence[str] = ("linear", "emax", "hill"),
+    models: Sequence[str] = ("linear", "loglinear", "emax", "hill"),
     n_bootstrap: int = 200,
     seed: int = 0,
     tost_doses: tuple[float, float] = (10.0, 20.0),
     tost_margin: float = 0.15,
     alpha: float = 0.05,
+    trials: str | None = None,
+    ci_method: str = "student-t",
 ) -> pd.DataFrame:
-    """Fit linear, Emax and Hill dose-response curves per radiation arm and choose one by AIC.
+    """Fit linear, log-linear, Emax and Hill dose-response curves per radiation arm and choose one by AIC.
 
     Parameters
     ----------
@@ -197,7 +117,7 @@ def fit_dose_response(
         Column that defines the arms (radiation type); None fits one curve.
     patient : str or None
         Patient column: patient offsets in the fit and the bootstrap unit; None = samples are independent.
-    models : sequence of {"linear", "emax", "hill"}
+    models : sequence of {"linear", "loglinear", "emax", "hill"}
     n_bootstrap : int
         Patient-bootstrap draws for the CIs (0 = no CIs).
     seed : int
@@ -207,16 +127,35 @@ def fit_dose_response(
         margin ``± tost_margin × |mean at tost_doses[0]|``.
     alpha : float
         1 − confidence level of the CIs; also the TOST level.
+    trials : str, optional
+        Column with the number of cells behind each proportion (e.g. ``n_tumor_cells`` of
+        :func:`producer_fraction_table`): ``metric`` is then fitted as a proportion by quasi-binomial
+        maximum likelihood (identity link, dispersion from the Pearson χ² of the largest model in the arm;
+        models compared by QAIC = deviance / dispersion + 2k) instead of Gaussian least squares.
+    ci_method : {"student-t", "bca", "bca-expanded", "percentile"}
+        Bootstrap interval (:func:`bootstrap_interval`): ``student-t`` (default) is ``estimate ±
+        t_{n-1}·sqrt(n/(n-1))·SD`` of the patient-bootstrap draws, on the log scale for ED50 and the Hill
+        exponent; ``bca`` uses jackknife-over-patients acceleration; ``bca-expanded`` widens BCa for few
+        patients; ``percentile`` is the former interval. Their coverage with six patients is measured by
+        ``benchmarks/coverage_stats.py`` (percentile and BCa under-cover there).
 
     Returns
     -------
     DataFrame
-        One row per (metric, group, model): ``n_samples, n_patients``, the parameters (``E0, slope, Emax,
-        ED50, hill``; NaN where a model lacks one), ``plateau_value`` (E0 + Emax), ``rss, aic, delta_aic``,
-        ``chosen`` (lowest AIC in the arm), the CIs ``{param}_ci_lo/_ci_hi``, and per arm
-        ``plateau_delta_aic`` (AIC linear − AIC emax; > 2 means Emax is preferred, i.e. a plateau),
-        ``plateau_lrt_p`` (likelihood-ratio test emax vs linear, 1 df), ``plateau`` (bool),
-        ``tost_diff, tost_margin, tost_p, equivalent_hi_lo``; ``n_bootstrap`` (successful draws).
+        One row per (metric, group, model): ``n_samples, n_patients``, the parameters (``E0, slope,
+        log_slope, Emax, ED50, hill``; NaN where a model lacks one), ``plateau_value`` (E0 + Emax),
+        ``rss`` (deviance for quasi-binomial), ``aic`` (QAIC for quasi-binomial), ``delta_aic``, ``chosen``
+        (lowest AIC in the arm), ``family, dispersion``, the CIs ``{param}_ci_lo/_ci_hi``, and per arm
+        ``plateau_delta_aic`` (AIC linear − AIC emax), ``plateau_vs_loglinear_delta_aic`` (AIC loglinear −
+        AIC emax), ``plateau_lrt_p`` (likelihood-ratio test emax vs linear, 1 df), ``plateau`` (bool: both
+        ΔAIC > 2, the log-linear one where that model was fitted), ``tost_diff, tost_margin, tost_p,
+        tost_power, equivalent_hi_lo``; ``n_bootstrap`` (successful draws), ``n_bootstrap_failed`` (draws
+        whose refit failed or could not be made and were dropped), ``ci_method``.
+
+    Warns
+    -----
+    RuntimeWarning
+        When more than 5 % of a fit's bootstrap refits failed (its CI rests on the remaining draws).
 
     See Also
     --------
@@ -234,7 +173,8 @@ def fit_dose_response(
     """
     return fit_dose_response_with_bootstrap(
         df, metric=metric, dose=dose, group=group, patient=patient, models=models, n_bootstrap=n_bootstrap,
-        seed=seed, tost_doses=tost_doses, tost_margin=tost_margin, alpha=alpha).fits
+        seed=seed, tost_doses=tost_doses, tost_margin=tost_margin, alpha=alpha, trials=trials,
+        ci_method=ci_method).fits
 
 
 def fit_dose_response_with_bootstrap(
@@ -244,12 +184,14 @@ def fit_dose_response_with_bootstrap(
     dose: str = "dose_gy",
     group: str | None = "radiation",
     patient: str | None = "patient",
-    models: Sequence[str] = ("linear", "emax", "hill"),
+    models: Sequence[str] = ("linear", "loglinear", "emax", "hill"),
     n_bootstrap: int = 200,
     seed: int = 0,
     tost_doses: tuple[float, float] = (10.0, 20.0),
     tost_margin: float = 0.15,
     alpha: float = 0.05,
+    trials: str | None = None,
+    ci_method: str = "student-t",
 ) -> DoseResponseFit:
     """:func:`fit_dose_response` that also returns the patient-bootstrap draws behind its CIs.
 
@@ -259,74 +201,135 @@ def fit_dose_response_with_bootstrap(
     -------
     DoseResponseFit
         ``(fits, boot)``: the fits table of :func:`fit_dose_response` and the bootstrap draws (long table
-        ``metric, group, model, draw, E0, slope, Emax, ED50, hill``), e.g. for
+        ``metric, group, model, draw, E0, slope, log_slope, Emax, ED50, hill``), e.g. for
         :func:`predict_dose_response`'s bands.
     """
     metrics = [metric] if isinstance(metric, str) else list(metric)
     bad = [m for m in models if m not in _PARAMS]
     if bad:
         raise ValueError(f"unknown model(s) {bad}; choose from {sorted(_PARAMS)}")
-    need = list(metrics) + [dose] + ([group] if group else []) + ([patient] if patient else [])
+    if ci_method not in CI_METHODS:
+        raise ValueError(f"ci_method must be one of {CI_METHODS}, got {ci_method!r}")
+    need = list(metrics) + [dose] + ([group] if group else []) + ([patient] if patient else []) \
+        + ([trials] if trials else [])
     require_columns(df, need, "dose-response table", "stats.metric_table(...)")
+    opts = dict(dose=dose, models=models, trials=trials)
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     boots: list[dict[str, Any]] = []
+    jack: list[dict[str, Any]] = []
+    failed: dict[tuple[str, str, str], int] = {}
     for m in metrics:
-        data, pcol = _metric_data(df, m, need, dose, patient)
+        data, pcol = _metric_data(df, m, need, dose, patient, trials)
         arms = _arms(data, dose, group)
         full: dict[tuple[str, str], dict[str, Any] | None] = {}
         for g, arm in arms.items():
-            arm_rows, arm_fits = _fit_arm(arm, m, g, dose=dose, patient=pcol, models=models, tost_doses=tost_doses,
-                                          tost_margin=tost_margin, alpha=alpha)
+            arm_rows, arm_fits = _fit_arm(arm, m, g, patient=pcol, tost_doses=tost_doses, tost_margin=tost_margin,
+                                          alpha=alpha, **opts)
             rows += arm_rows
             full.update({(g, mod): f for mod, f in arm_fits.items()})
         if n_bootstrap and patient is not None:
-            boots += _bootstrap_fits(data, m, dose=dose, group=group, patient=pcol, models=models, arm_names=set(arms),
-                                     full=full, n_bootstrap=n_bootstrap, rng=rng)
+            b, fail = _bootstrap_fits(data, m, group=group, patient=pcol, arm_names=set(arms), full=full,
+                                      n_bootstrap=n_bootstrap, rng=rng, **opts)
+            boots += b
+            failed.update({(m, *k): v for k, v in fail.items()})
+            if ci_method.startswith("bca"):
+                jack += _jackknife_fits(data, m, group=group, patient=pcol, arm_names=set(arms), full=full, **opts)
     boot_df = pd.DataFrame(boots, columns=["metric", "group", "model", "draw", *_PARAM_COLS])
-    return DoseResponseFit(_add_bootstrap_cis(pd.DataFrame(rows), boot_df, alpha), boot_df)
+    jack_df = pd.DataFrame(jack, columns=["metric", "group", "model", "draw", *_PARAM_COLS])
+    fits = _add_bootstrap_cis(pd.DataFrame(rows), boot_df, jack_df, failed, alpha, ci_method)
+    return DoseResponseFit(fits, boot_df)
 
 
-def _metric_data(df: pd.DataFrame, metric: str, need: list[str], dose: str, patient: str | None
-                 ) -> tuple[pd.DataFrame, str]:
+def _metric_data(df: pd.DataFrame, metric: str, need: list[str], dose: str, patient: str | None,
+                 trials: str | None = None) -> tuple[pd.DataFrame, str]:
     """The rows of ``df`` where ``metric`` and ``dose`` are finite (as float) and the patient column to use."""
     data = df[[c for c in dict.fromkeys(need)]].copy()
     data = data[np.isfinite(data[metric].astype(float)) & np.isfinite(data[dose].astype(float))]
     data[dose] = data[dose].astype(float)
     data[metric] = data[metric].astype(float)
+    if trials:
+        data[trials] = data[trials].astype(float)
+        data = data[data[trials] > 0]
+        bad = data[(data[metric] < 0) | (data[metric] > 1)]
+        if len(bad):
+            raise ValueError(f"{metric!r} has values outside [0, 1] ({bad[metric].iloc[0]:g}); trials={trials!r} "
+                             f"fits a proportion: drop trials= for other metrics")
     if patient is None:
         data["_pat"] = "all"
         return data, "_pat"
     return data, patient
 
 
-def _plateau_test(fits: dict[str, dict[str, Any] | None]) -> tuple[float, float]:
-    """(AIC linear − AIC emax, likelihood-ratio p of emax vs linear); NaN unless both models were fitted."""
+def _plateau_test(fits: dict[str, dict[str, Any] | None], phi: float = 1.0) -> tuple[float, float, float]:
+    """(AIC linear − AIC emax, AIC loglinear − AIC emax, LR p of emax vs linear); NaN where a model is missing."""
     from scipy import stats as sst
 
-    lin, emx = fits.get("linear"), fits.get("emax")
+    lin, llin, emx = fits.get("linear"), fits.get("loglinear"), fits.get("emax")
+    d_ll = llin["aic"] - emx["aic"] if llin is not None and emx is not None else np.nan
     if lin is None or emx is None:
-        return np.nan, np.nan
-    lr = max(lin["n"] * np.log(lin["rss"] / max(emx["rss"], 1e-300)), 0.0)
-    return lin["aic"] - emx["aic"], float(sst.chi2.sf(lr, 1))
+        return np.nan, d_ll, np.nan
+    if "pearson" in emx:  # quasi-binomial: deviance difference over the dispersion
+        lr = max((lin["rss"] - emx["rss"]) / phi, 0.0)
+    else:
+        lr = max(lin["n"] * np.log(lin["rss"] / max(emx["rss"], 1e-300)), 0.0)
+    return lin["aic"] - emx["aic"], d_ll, float(sst.chi2.sf(lr, 1))
+
+
+def _arm_index(arm: pd.DataFrame, patient: str) -> tuple[np.ndarray, int]:
+    pats = {p: i for i, p in enumerate(sorted(arm[patient].astype(str).unique()))}
+    return arm[patient].astype(str).map(pats).to_numpy(), len(pats)
+
+
+def _fit_models(arm: pd.DataFrame, metric: str, *, dose: str, patient: str, models: Sequence[str],
+                trials: str | None, full: dict[str, dict[str, Any] | None] | None = None
+                ) -> dict[str, dict[str, Any] | None]:
+    """Fit each model on one arm (starting from ``full[model]``'s curve when given); None where impossible."""
+    pidx, n_pat = _arm_index(arm, patient)
+    d, y = arm[dose].to_numpy(float), arm[metric].to_numpy(float)
+    w = arm[trials].to_numpy(float) if trials else None
+    out = {}
+    for mod in models:
+        if full is None:
+            out[mod] = _fit_one(mod, d, y, pidx, n_pat, trials=w)
+            continue
+        f0 = full.get(mod)
+        if f0 is None or len(np.unique(d)) < len(_PARAMS[mod]):
+            out[mod] = None
+            continue
+        out[mod] = _fit_one(mod, d, y, pidx, n_pat, starts=[f0["theta"]], trials=w)
+    return out
+
+
+def _quasi_aic(fits: dict[str, dict[str, Any] | None]) -> float:
+    """Quasi-binomial: dispersion from the largest fitted model, and every fit's ``aic`` set to its QAIC."""
+    ok = [f for f in fits.values() if f is not None]
+    if not ok or "pearson" not in ok[0]:
+        return np.nan
+    big = max(ok, key=lambda f: f["k"])
+    phi = max(big["pearson"] / max(big["n"] - big["k"] + 1, 1), 1e-12)  # k counts the dispersion itself
+    for f in ok:
+        f["aic"] = float(f["rss"] / phi + 2 * f["k"])
+    return float(phi)
 
 
 def _fit_arm(arm: pd.DataFrame, metric: str, group_name: str, *, dose: str, patient: str, models: Sequence[str],
-             tost_doses: tuple[float, float], tost_margin: float, alpha: float
+             tost_doses: tuple[float, float], tost_margin: float, alpha: float, trials: str | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
     """Fit every model on one arm: the arm's rows of the fits table and ``{model: fit or None}``."""
-    pats = {p: i for i, p in enumerate(sorted(arm[patient].astype(str).unique()))}
-    pidx = arm[patient].astype(str).map(pats).to_numpy()
-    d, y = arm[dose].to_numpy(float), arm[metric].to_numpy(float)
-    fits = {mod: _fit_one(mod, d, y, pidx, len(pats)) for mod in models}
+    fits = _fit_models(arm, metric, dose=dose, patient=patient, models=models, trials=trials)
+    phi = _quasi_aic(fits)
     aics = {k: v["aic"] for k, v in fits.items() if v is not None}
     best = min(aics, key=aics.get) if aics else None
-    dAIC, lrt_p = _plateau_test(fits)
-    tdiff, tmarg, tp = _tost(arm, metric, dose, patient, tost_doses, tost_margin)
+    d_lin, d_ll, lrt_p = _plateau_test(fits, phi if np.isfinite(phi) else 1.0)
+    plateau = bool(np.isfinite(d_lin) and d_lin > 2 and (not np.isfinite(d_ll) or d_ll > 2)
+                   and ("loglinear" not in fits or fits["loglinear"] is not None))
+    tdiff, tmarg, tp, tpow = _tost(arm, metric, dose, patient, tost_doses, tost_margin, alpha)
     rows = []
     for mod in models:
         f = fits[mod]
-        row = {"metric": metric, "group": group_name, "model": mod, "n_samples": len(arm), "n_patients": len(pats)}
+        row = {"metric": metric, "group": group_name, "model": mod, "n_samples": len(arm),
+               "n_patients": arm[patient].nunique()}
         for p in _PARAM_COLS:
             row[p] = np.nan
         if f is not None:
@@ -334,10 +337,10 @@ def _fit_arm(arm: pd.DataFrame, metric: str, group_name: str, *, dose: str, pati
             row.update(rss=f["rss"], aic=f["aic"], delta_aic=f["aic"] - aics[best], chosen=mod == best)
         else:
             row.update(rss=np.nan, aic=np.nan, delta_aic=np.nan, chosen=False)
-        row["plateau_value"] = row["E0"] + row["Emax"] if mod != "linear" else np.nan
-        row.update(plateau_delta_aic=dAIC, plateau_lrt_p=lrt_p,
-                   plateau=bool(np.isfinite(dAIC) and dAIC > 2),
-                   tost_diff=tdiff, tost_margin=tmarg, tost_p=tp,
+        row["plateau_value"] = row["E0"] + row["Emax"] if mod in ("emax", "hill") else np.nan
+        row.update(family="quasibinomial" if trials else "gaussian", dispersion=phi,
+                   plateau_delta_aic=d_lin, plateau_vs_loglinear_delta_aic=d_ll, plateau_lrt_p=lrt_p,
+                   plateau=plateau, tost_diff=tdiff, tost_margin=tmarg, tost_p=tp, tost_power=tpow,
                    equivalent_hi_lo=bool(np.isfinite(tp) and tp < alpha))
         rows.append(row)
     return rows, fits
@@ -355,58 +358,101 @@ def _resample_patients(by_pat: dict[str, pd.DataFrame], patients: np.ndarray, pa
     return pd.concat(parts, ignore_index=True)
 
 
-def _bootstrap_fits(data: pd.DataFrame, metric: str, *, dose: str, group: str | None, patient: str,
-                    models: Sequence[str], arm_names: set[str], full: dict[tuple[str, str], dict[str, Any] | None],
-                    n_bootstrap: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _refit_records(sample: pd.DataFrame, metric: str, draw: int, *, group: str | None, patient: str,
+                   arm_names: set[str], full: dict[tuple[str, str], dict[str, Any] | None], dose: str,
+                   models: Sequence[str], trials: str | None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Refit every arm × model of ``full`` on one resample: (parameter records, (arm, model) that failed)."""
+    recs, failed = [], []
+    arms = _arms(sample, dose, group)
+    for g in sorted(arm_names):
+        wanted = [mod for mod in models if full.get((g, mod)) is not None]
+        if g not in arms:
+            failed += [(g, mod) for mod in wanted]
+            continue
+        fits = _fit_models(arms[g], metric, dose=dose, patient=patient, models=wanted, trials=trials,
+                           full={mod: full[(g, mod)] for mod in wanted})
+        for mod, f in fits.items():
+            if f is None or not f["converged"]:
+                failed.append((g, mod))
+                continue
+            rec = {"metric": metric, "group": g, "model": mod, "draw": draw}
+            rec.update(dict(zip(_PARAMS[mod], f["params"])))
+            recs.append(rec)
+    return recs, failed
+
+
+def _bootstrap_fits(data: pd.DataFrame, metric: str, *, group: str | None, patient: str, arm_names: set[str],
+                    full: dict[tuple[str, str], dict[str, Any] | None], n_bootstrap: int, rng: np.random.Generator,
+                    dose: str, models: Sequence[str], trials: str | None
+                    ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
     """Refit each arm's models on patient resamples, starting from the full-data fit ``full[(arm, model)]``.
 
-    One resample per draw, shared by all arms (so ratios between arms are paired). Returns one record
-    ``metric, group, model, draw`` + the parameters per successful fit.
+    One resample per draw, shared by all arms (so ratios between arms are paired). Returns the parameter
+    records of the successful refits and the number of failed refits per (arm, model) (a resample whose arm
+    has too few doses or samples, or an optimiser that did not converge).
     """
-    boots = []
+    boots: list[dict[str, Any]] = []
+    failed: dict[tuple[str, str], int] = {}
     all_pats = np.array(sorted(data[patient].astype(str).unique()))
     by_pat = {p: data[data[patient].astype(str) == p] for p in all_pats}
     for b in range(n_bootstrap):
         bd = _resample_patients(by_pat, all_pats, patient, rng)
-        for g, arm in _arms(bd, dose, group).items():
-            if g not in arm_names:
-                continue
-            pats = {p: i for i, p in enumerate(sorted(arm[patient].unique()))}
-            pidx = arm[patient].map(pats).to_numpy()
-            d, y = arm[dose].to_numpy(float), arm[metric].to_numpy(float)
-            for mod in models:
-                f0 = full.get((g, mod))
-                if f0 is None or len(np.unique(d)) < len(_PARAMS[mod]):
-                    continue
-                f = _fit_one(mod, d, y, pidx, len(pats), starts=[f0["theta"]])
-                if f is None:
-                    continue
-                rec = {"metric": metric, "group": g, "model": mod, "draw": b}
-                rec.update(dict(zip(_PARAMS[mod], f["params"])))
-                boots.append(rec)
-    return boots
+        recs, fail = _refit_records(bd, metric, b, group=group, patient=patient, arm_names=arm_names, full=full,
+                                    dose=dose, models=models, trials=trials)
+        boots += recs
+        for key in fail:
+            failed[key] = failed.get(key, 0) + 1
+    return boots, failed
 
 
-def _add_bootstrap_cis(fits_df: pd.DataFrame, boot_df: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Add the percentile CIs ``{param}_ci_lo/_ci_hi`` and ``n_bootstrap`` (draws per fit) to ``fits_df``."""
+def _jackknife_fits(data: pd.DataFrame, metric: str, *, group: str | None, patient: str, arm_names: set[str],
+                    full: dict[tuple[str, str], dict[str, Any] | None], dose: str, models: Sequence[str],
+                    trials: str | None) -> list[dict[str, Any]]:
+    """Leave-one-patient-out refits (``draw`` = index of the patient left out), for the BCa acceleration."""
+    out: list[dict[str, Any]] = []
+    pats = sorted(data[patient].astype(str).unique())
+    if len(pats) < 3:
+        return out
+    for i, p in enumerate(pats):
+        sub = data[data[patient].astype(str) != p]
+        recs, _ = _refit_records(sub, metric, i, group=group, patient=patient, arm_names=arm_names, full=full,
+                                 dose=dose, models=models, trials=trials)
+        out += recs
+    return out
+
+
+def _add_bootstrap_cis(fits_df: pd.DataFrame, boot_df: pd.DataFrame, jack_df: pd.DataFrame,
+                       failed: dict[tuple[str, str, str], int], alpha: float, method: str) -> pd.DataFrame:
+    """Add the CIs ``{param}_ci_lo/_ci_hi``, ``n_bootstrap`` (successful draws), ``n_bootstrap_failed``."""
     for p in _PARAM_COLS:
         fits_df[f"{p}_ci_lo"] = np.nan
         fits_df[f"{p}_ci_hi"] = np.nan
-    if not len(boot_df):
-        fits_df["n_bootstrap"] = 0
+    fits_df["n_bootstrap"] = 0
+    fits_df["n_bootstrap_failed"] = 0
+    fits_df["ci_method"] = method if len(boot_df) else ""
+    if not len(fits_df):
         return fits_df
-    q = boot_df.groupby(["metric", "group", "model"])
-    lo = q[_PARAM_COLS].quantile(alpha / 2)
-    hi = q[_PARAM_COLS].quantile(1 - alpha / 2)
+    bgroups = dict(tuple(boot_df.groupby(["metric", "group", "model"]))) if len(boot_df) else {}
+    jgroups = dict(tuple(jack_df.groupby(["metric", "group", "model"]))) if len(jack_df) else {}
     for i, r in fits_df.iterrows():
         key = (r["metric"], r["group"], r["model"])
-        if key in lo.index:
-            for p in _PARAMS[r["model"]]:
-                fits_df.at[i, f"{p}_ci_lo"] = lo.at[key, p]
-                fits_df.at[i, f"{p}_ci_hi"] = hi.at[key, p]
-    fits_df["n_bootstrap"] = fits_df.apply(
-        lambda r: int(((boot_df["metric"] == r["metric"]) & (boot_df["group"] == r["group"])
-                       & (boot_df["model"] == r["model"])).sum()), axis=1)
+        nfail = int(failed.get(key, 0))
+        fits_df.at[i, "n_bootstrap_failed"] = nfail
+        b = bgroups.get(key)
+        if b is None:
+            continue
+        fits_df.at[i, "n_bootstrap"] = len(b)
+        j = jgroups.get(key)
+        n_units = int(r["n_patients"])
+        for p in _PARAMS[r["model"]]:
+            lo, hi = bootstrap_interval(r[p], b[p].to_numpy(float), alpha=alpha, method=method, n_units=n_units,
+                                        jackknife=None if j is None else j[p].to_numpy(float),
+                                        log=p in ("ED50", "hill"))
+            fits_df.at[i, f"{p}_ci_lo"], fits_df.at[i, f"{p}_ci_hi"] = lo, hi
+        if nfail > 0.05 * (nfail + len(b)):
+            warnings.warn(f"{key[0]} ({key[1]}, {key[2]}): {nfail} of {nfail + len(b)} bootstrap refits failed and "
+                          f"were dropped; its CIs rest on the rest (column n_bootstrap_failed)", RuntimeWarning,
+                          stacklevel=3)
     return fits_df
 
 
@@ -445,89 +491,3 @@ def predict_dose_response(fits: pd.DataFrame, doses: np.ndarray, *, boot: pd.Dat
     return out
 
 
-def relative_amplitude(df: pd.DataFrame, *, metric: str, reference: str = "photon",
-                       dose: str = "effective_dose_gy", group: str = "radiation", patient: str = "patient",
-                       model: str = "emax", shared_shape: bool = True, n_bootstrap: int = 200, seed: int = 0,
-                       alpha: float = 0.05) -> pd.DataFrame:
-    """How much of the reference arm's response each radiation type conserves.
-
-    With ``shared_shape`` (default), the curve shape (ED50, and the Hill exponent for ``hill``) is fitted on
-    the reference arm and shared: every arm is then fitted as ``y = E0 + A * H(dose)`` (plus patient
-    offsets) and the ratio ``A_arm / A_reference`` is the conservation factor at equal ``dose`` (by default
-    the effective dose). This is stable even when an arm's doses all lie near its plateau. Without it,
-    each arm gets its own ``model`` fit and the ratio of the ``Emax`` (``slope`` for linear) is reported.
-    CIs: paired patient bootstrap (the same patient resample for all arms).
-
-    Returns
-    -------
-    DataFrame
-        ``metric, group, reference, amplitude, ratio, ratio_ci_lo, ratio_ci_hi, n_bootstrap``. A ratio below 1
-        whose CI excludes 1 is a weaker (partially conserved) response.
-    """
-    need = [metric, dose, group, patient]
-    require_columns(df, need, "table", "stats.metric_table(...)")
-    data = df[need].copy()
-    data = data[np.isfinite(data[metric].astype(float)) & np.isfinite(data[dose].astype(float))]
-    data[dose] = data[dose].astype(float)
-    data[metric] = data[metric].astype(float)
-    data[patient] = data[patient].astype(str)
-    amp = "slope" if model == "linear" else "Emax"
-
-    def _amps(d_: pd.DataFrame, starts=None) -> dict[str, float]:
-        arms = _arms(d_, dose, group)
-        if reference not in arms:
-            raise ValueError(f"reference arm {reference!r} not in the data (arms: {sorted(arms)})")
-
-        def fit(arm, mod, x=None, st=None):
-            pats = {p: i for i, p in enumerate(sorted(arm[patient].unique()))}
-            xx = arm[dose].to_numpy(float) if x is None else x
-            return _fit_one(mod, xx, arm[metric].to_numpy(float), arm[patient].map(pats).to_numpy(), len(pats),
-                            starts=st)
-
-        ref = fit(arms[reference], model, st=starts)
-        if ref is None:
-            return {}
-        out = {"_theta": ref["theta"]}
-        if not shared_shape or model == "linear":
-            for g, arm in arms.items():
-                f = fit(arm, model) if g != reference else ref
-                if f is not None:
-                    out[g] = dict(zip(_PARAMS[model], f["params"]))[amp]
-            return out
-        p = list(ref["params"])
-        for g, arm in arms.items():
-            shape = _curve(model, arm[dose].to_numpy(float), [0.0, 1.0] + p[2:])
-            f = fit(arm, "linear", x=shape)
-            if f is not None:
-                out[g] = f["params"][1]
-        return out
-
-    est = _amps(data)
-    if not est:
-        raise ValueError(f"could not fit the reference arm {reference!r} for {metric!r}")
-    theta = est.pop("_theta")
-    rng = np.random.default_rng(seed)
-    pats = np.array(sorted(data[patient].unique()))
-    by = {p: data[data[patient] == p] for p in pats}
-    draws = []
-    for _ in range(n_bootstrap):
-        pick = rng.choice(pats, size=len(pats), replace=True)
-        bd = pd.concat([by[p].assign(**{patient: f"b{i}"}) for i, p in enumerate(pick)], ignore_index=True)
-        a = _amps(bd, starts=[theta])
-        a.pop("_theta", None)
-        if reference in a and a[reference]:
-            draws.append({g: v / a[reference] for g, v in a.items()})
-    dr = pd.DataFrame(draws)
-    rows = []
-    for g, v in est.items():
-        r = {"metric": metric, "group": g, "reference": reference, "amplitude": v,
-             "ratio": v / est[reference] if est[reference] else np.nan, "ratio_ci_lo": np.nan, "ratio_ci_hi": np.nan,
-             "n_bootstrap": 0}
-        if g in dr:
-            vals = dr[g].to_numpy(float)
-            vals = vals[np.isfinite(vals)]
-            if len(vals):
-                r["ratio_ci_lo"], r["ratio_ci_hi"] = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
-                r["n_bootstrap"] = len(vals)
-        rows.append(r)
-    return pd.DataFrame(rows)

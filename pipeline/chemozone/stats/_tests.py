@@ -1,8 +1,9 @@
-"""Hypothesis tests on per-sample tables and counts: mixed models, radiation comparisons, cognate tests.
+"""Hypothesis tests on per-sample tables and counts: cognate tests, dose trends from counts, FDR.
 
-:func:`mixed_model` and :func:`compare_radiation` (REML mixed models, OLS fallback), :func:`cognate_test`
-(receptor+ vs receptor− enrichment), :func:`dose_rate_test` (quasi-Poisson GLM on counts with area offsets)
-and :func:`bh_fdr` (Benjamini-Hochberg).
+:func:`cognate_test` (receptor+ vs receptor− enrichment, mixed model with t intervals), :func:`dose_rate_test`
+(quasi-Poisson GLM on counts with area offsets, optionally an equivalence test of "no dose effect") and
+:func:`bh_fdr` (Benjamini-Hochberg). Mixed models live in ``_mixed.py``, radiation comparisons in
+``_radiation.py``.
 """
 
 from __future__ import annotations
@@ -14,243 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, MissingStepError, require_columns
-from ._dose_response import _arms, _curve, _fit_one
-from ._load import add_effective_dose
+from ..errors import MissingStepError, require_columns
+from ._dose_response import _arms
+from ._intervals import equivalence_test
+from ._mixed import _coef_table, _mixedlm
 from ._tables import _aggregate_populations, _log2_enrichment, _pair, _receptor_status, split_phenotype
-
-
-def _safe_name(s: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in str(s))
-
-
-def _mixedlm(formula: str, data: pd.DataFrame, groups: str, vc: dict[str, str] | None = None):
-    """Fit a statsmodels MixedLM (REML); returns (result, warnings text)."""
-    import statsmodels.formula.api as smf
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = smf.mixedlm(formula, data, groups=data[groups], vc_formula=vc)
-        try:
-            res = model.fit(reml=True, method=["lbfgs", "powell"])
-        except (np.linalg.LinAlgError, ValueError):
-            res = model.fit(reml=True, method=["powell"])
-    msgs = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
-    return res, "; ".join(msgs)
-
-
-def _coef_table(res, alpha: float) -> pd.DataFrame:
-    ci = res.conf_int(alpha=alpha)
-    names = [n for n in res.fe_params.index]
-    return pd.DataFrame({
-        "term": names,
-        "estimate": res.fe_params.to_numpy(float),
-        "se": res.bse_fe.reindex(names).to_numpy(float),
-        "p": res.pvalues.reindex(names).to_numpy(float),
-        "ci_lo": ci.loc[names, 0].to_numpy(float),
-        "ci_hi": ci.loc[names, 1].to_numpy(float),
-    })
-
-
-def mixed_model(df: pd.DataFrame, *, metric: str, dose: str = "dose_gy", group: str = "radiation",
-                patient: str = "patient", explant: str | None = None, dose_as: str = "continuous",
-                reference: str = "photon", transform: str = "none", alpha: float = 0.05) -> pd.DataFrame:
-    """Linear mixed model of a per-sample metric on dose and radiation type, random intercept per patient.
-
-    ``continuous``: ``y ~ dose + dose:C(radiation)`` (one slope per radiation type, the reference's is
-    ``dose``; the intercept is shared because a 0 Gy control received no radiation).
-    ``levels``: ``y ~ C(arm)`` with ``arm`` = ``control`` (0 Gy) or ``{radiation}_{dose}Gy`` (each level vs
-    the controls). With ``explant`` (a column naming the explant/slice), a variance component per explant
-    within patient is added (use it when explants are imaged more than once).
-
-    Parameters
-    ----------
-    transform : {"none", "log1p"}
-        Transform of the metric before fitting (log1p for densities).
-
-    Returns
-    -------
-    DataFrame
-        One row per fixed-effect term: ``term, estimate, se, p, ci_lo, ci_hi`` plus ``metric, model,
-        n_samples, n_patients, converged, warning``. For ``continuous`` the term ``slope[{radiation}]``
-        gives each radiation type's slope (per Gy) with its CI.
-    """
-    need = [metric, dose, group, patient] + ([explant] if explant else [])
-    require_columns(df, need, "mixed-model table", "stats.metric_table(...)")
-    d = df[need].copy()
-    d = d[np.isfinite(d[metric].astype(float))]
-    d["y"] = d[metric].astype(float)
-    if transform == "log1p":
-        d["y"] = np.log1p(d["y"])
-    elif transform != "none":
-        raise ValueError(f"transform must be 'none' or 'log1p', got {transform!r}")
-    d["dose"] = d[dose].astype(float)
-    d["rad"] = np.where(d["dose"] > 0, d[group].astype(str), reference)
-    d["pat"] = d[patient].astype(str)
-    vc = None
-    if explant:
-        d["exp"] = d[explant].astype(str)
-        vc = {"explant": "0 + C(exp)"}
-    rads = sorted(set(d["rad"]))
-    if reference not in rads:
-        reference = rads[0]
-    if dose_as == "continuous":
-        others = [r for r in rads if r != reference]
-        for r in others:
-            d[f"x_{_safe_name(r)}"] = d["dose"] * (d["rad"] == r)
-        formula = "y ~ dose" + "".join(f" + x_{_safe_name(r)}" for r in others)
-        res, warn = _mixedlm(formula, d, "pat", vc)
-        tab = _coef_table(res, alpha)
-        # slopes per radiation type = reference slope + difference (delta-method CI from the covariance)
-        cov = res.cov_params()
-        extra = []
-        b0 = res.fe_params["dose"]
-        for r in [reference] + others:
-            name = "dose" if r == reference else f"x_{_safe_name(r)}"
-            if r == reference:
-                est, var = b0, cov.loc["dose", "dose"]
-            else:
-                est = b0 + res.fe_params[name]
-                var = cov.loc["dose", "dose"] + cov.loc[name, name] + 2 * cov.loc["dose", name]
-            from scipy import stats as sst
-
-            se = float(np.sqrt(max(var, 0)))
-            z = sst.norm.ppf(1 - alpha / 2)
-            p = float(2 * sst.norm.sf(abs(est / se))) if se > 0 else np.nan
-            extra.append({"term": f"slope[{r}]", "estimate": est, "se": se, "p": p,
-                          "ci_lo": est - z * se, "ci_hi": est + z * se})
-        ren = {f"x_{_safe_name(r)}": f"dose:radiation[{r}] - {reference}" for r in others}
-        tab["term"] = tab["term"].replace(ren)
-        tab = pd.concat([tab, pd.DataFrame(extra)], ignore_index=True)
-    elif dose_as == "levels":
-        d["arm"] = np.where(d["dose"] > 0, d["rad"] + "_" + d["dose"].map(lambda v: f"{v:g}") + "Gy", "control")
-        res, warn = _mixedlm("y ~ C(arm, Treatment('control'))", d, "pat", vc)
-        tab = _coef_table(res, alpha)
-        tab["term"] = tab["term"].str.replace(r"C\(arm, Treatment\('control'\)\)\[T\.(.*)\]", r"\1 - control",
-                                              regex=True)
-    else:
-        raise ValueError(f"dose_as must be 'continuous' or 'levels', got {dose_as!r}")
-    tab = tab[~tab["term"].astype(str).str.endswith(" Var")]
-    tab.insert(0, "metric", metric)
-    tab.insert(1, "model", dose_as)
-    tab["n_samples"] = len(d)
-    tab["n_patients"] = d["pat"].nunique()
-    tab["converged"] = bool(getattr(res, "converged", True))
-    tab["warning"] = warn
-    return tab.reset_index(drop=True)
-
-
-def compare_radiation(df: pd.DataFrame, *, metric: str, reference: str = "photon",
-                      effectiveness: dict[str, float] | None = None, scale: str = "physical",
-                      dose: str = "dose_gy", group: str = "radiation", patient: str = "patient",
-                      model: str = "emax", alpha: float = 0.05) -> pd.DataFrame:
-    """Each radiation type vs the reference at equal physical or equal effective dose.
-
-    ``physical``: at every dose level both arms share, a mixed model ``y ~ radiation`` (random intercept
-    per patient) on those samples; ``estimate`` = other − reference.
-    ``effective``: the reference arm's dose-response curve (``model``, with patient offsets) is fitted on
-    the effective dose and evaluated at each other sample's effective dose (factor × dose); the
-    differences observed − expected are tested per dose level and pooled with a random intercept per
-    patient. ``estimate`` < 0 means a weaker response than the reference at the same effective dose.
-
-    Returns
-    -------
-    DataFrame
-        ``metric, scale, radiation, dose_gy (NaN = pooled), effective_dose_gy, estimate, ci_lo, ci_hi,
-        p, n_samples, warning``.
-    """
-    need = [metric, dose, group, patient]
-    require_columns(df, need, "comparison table", "stats.metric_table(...)")
-    d = df[need].copy()
-    d = d[np.isfinite(d[metric].astype(float))]
-    d["y"] = d[metric].astype(float)
-    d["dose"] = d[dose].astype(float)
-    d["rad"] = d[group].astype(str)
-    d["pat"] = d[patient].astype(str)
-    others = sorted(set(d.loc[(d["dose"] > 0) & (d["rad"] != reference), "rad"]))
-    if reference not in set(d.loc[d["dose"] > 0, "rad"]):
-        raise ValueError(f"reference radiation {reference!r} has no irradiated samples "
-                         f"(types: {sorted(set(d.loc[d['dose'] > 0, 'rad']))})")
-    if scale == "physical":
-        rows = _compare_physical(d, metric, reference, others, alpha)
-    elif scale == "effective":
-        if not effectiveness:
-            raise ConfigError("stats.effectiveness is empty; give one factor per radiation type to compare at "
-                              "equal effective dose")
-        rows = _compare_effective(d, metric, reference, others, effectiveness, model, alpha)
-    else:
-        raise ValueError(f"scale must be 'physical' or 'effective', got {scale!r}")
-    return pd.DataFrame(rows, columns=["metric", "scale", "radiation", "dose_gy", "effective_dose_gy", "estimate",
-                                       "ci_lo", "ci_hi", "p", "n_samples", "warning"])
-
-
-def _intercept_test(sub: pd.DataFrame, formula: str, term: str, alpha: float
-                    ) -> tuple[float, float, float, float, str]:
-    """``term`` of ``formula``, random intercept per patient (``pat``) or OLS: (estimate, lo, hi, p, warning)."""
-    # a random intercept is only identifiable with >= 3 patients and repeated samples per patient
-    if sub["pat"].nunique() >= 3 and sub.groupby("pat").size().max() > 1:
-        try:
-            res, warn = _mixedlm(formula, sub, "pat")
-            t = _coef_table(res, alpha).set_index("term")
-            if term in t.index and np.isfinite(t.at[term, "se"]) and t.at[term, "se"] > 1e-12:
-                return t.at[term, "estimate"], t.at[term, "ci_lo"], t.at[term, "ci_hi"], t.at[term, "p"], warn
-        except (np.linalg.LinAlgError, ValueError):
-            pass
-    # fallback: OLS / t-test
-    import statsmodels.formula.api as smf
-
-    res = smf.ols(formula, sub).fit()
-    ci = res.conf_int(alpha)
-    return (float(res.params[term]), float(ci.loc[term, 0]), float(ci.loc[term, 1]), float(res.pvalues[term]),
-            "OLS (one sample per patient, fewer than 3 patients, or a singular mixed model)")
-
-
-def _compare_physical(d: pd.DataFrame, metric: str, reference: str, others: list[str], alpha: float
-                      ) -> list[dict[str, Any]]:
-    """Rows of :func:`compare_radiation` at equal physical dose (``d``: columns ``y, dose, rad, pat``)."""
-    rows = []
-    for r in others:
-        for lvl in sorted(set(d.loc[d["rad"] == r, "dose"]) & set(d.loc[d["rad"] == reference, "dose"])):
-            if lvl <= 0:
-                continue
-            sub = d[np.isclose(d["dose"], lvl) & d["rad"].isin([r, reference])].copy()
-            sub["other"] = (sub["rad"] == r).astype(float)
-            est, lo, hi, p, warn = _intercept_test(sub, "y ~ other", "other", alpha)
-            rows.append({"metric": metric, "scale": "physical", "radiation": r, "dose_gy": lvl,
-                         "effective_dose_gy": np.nan, "estimate": est, "ci_lo": lo, "ci_hi": hi, "p": p,
-                         "n_samples": len(sub), "warning": warn})
-    return rows
-
-
-def _compare_effective(d: pd.DataFrame, metric: str, reference: str, others: list[str],
-                       effectiveness: dict[str, float], model: str, alpha: float) -> list[dict[str, Any]]:
-    """Rows of :func:`compare_radiation` at equal effective dose: residuals from the reference arm's curve."""
-    d = add_effective_dose(d.rename(columns={"dose": "_dose"}), effectiveness, dose="_dose", radiation="rad")
-    d = d.rename(columns={"_dose": "dose"})
-    ref_arm = d[(d["dose"] == 0) | (d["rad"] == reference)]
-    pats = {p: i for i, p in enumerate(sorted(ref_arm["pat"].unique()))}
-    f = _fit_one(model, ref_arm["effective_dose_gy"].to_numpy(float), ref_arm["y"].to_numpy(float),
-                 ref_arm["pat"].map(pats).to_numpy(), len(pats))
-    if f is None:
-        raise ValueError(f"too few reference samples to fit the {model} curve for {metric!r}")
-    off = {p: f["offsets"][i] for p, i in pats.items()}
-    rows = []
-    for r in others:
-        sub = d[(d["rad"] == r) & (d["dose"] > 0)].copy()
-        sub["expected"] = _curve(model, sub["effective_dose_gy"].to_numpy(float), f["params"]) + \
-            sub["pat"].map(off).fillna(0.0).to_numpy(float)
-        sub["resid"] = sub["y"] - sub["expected"]
-        for lvl in [*sorted(set(sub["dose"])), None]:
-            s2 = sub if lvl is None else sub[np.isclose(sub["dose"], lvl)]
-            if len(s2) < 2:
-                continue
-            est, lo, hi, p, warn = _intercept_test(s2, "resid ~ 1", "Intercept", alpha)
-            rows.append({"metric": metric, "scale": "effective", "radiation": r,
-                         "dose_gy": np.nan if lvl is None else lvl,
-                         "effective_dose_gy": np.nan if lvl is None else float(s2["effective_dose_gy"].iloc[0]),
-                         "estimate": est, "ci_lo": lo, "ci_hi": hi, "p": p, "n_samples": len(s2),
-                         "warning": warn})
-    return rows
 
 
 def bh_fdr(p: Sequence[float]) -> np.ndarray:
@@ -350,7 +119,7 @@ def cognate_test(infiltration: pd.DataFrame, *, pairs: Sequence[Any], patient: s
                 try:
                     # patient random intercept + sample variance component (pos and neg share a sample)
                     res, warn = _mixedlm("enrichment ~ pos", j, "pat", {"sample": "0 + C(sid)"})
-                    t = _coef_table(res, alpha).set_index("term").loc["pos"]
+                    t = _coef_table(res, alpha, df=max(j["pat"].nunique() - 1, 1)).set_index("term").loc["pos"]
                     if not np.isfinite(t["se"]):
                         raise ValueError("non-finite standard error")
                 except (np.linalg.LinAlgError, ValueError, KeyError):
@@ -375,7 +144,8 @@ def cognate_test(infiltration: pd.DataFrame, *, pairs: Sequence[Any], patient: s
 
 
 def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: str = "dose_gy",
-                   group: str = "radiation", patient: str = "patient", alpha: float = 0.05) -> pd.DataFrame:
+                   group: str = "radiation", patient: str = "patient", alpha: float = 0.05,
+                   equivalence_margin: float | None = None) -> pd.DataFrame:
     """Dose trend of an infiltration metric estimated from counts (quasi-Poisson GLM, area offsets).
 
     Per-sample densities in a zone that grows with dose are ratios of small counts over very different
@@ -415,14 +185,21 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
     dose, group, patient : str
         Columns. Each radiation type with doses > 0 is an arm, with all 0 Gy controls.
     alpha : float
-        1 − confidence level.
+        1 − confidence level; also the level of each one-sided equivalence test.
+    equivalence_margin : float, optional
+        "No dose effect" as an equivalence test: TOST (:func:`equivalence_test`) of ``|β| <
+        equivalence_margin`` (log2 per Gy; fix it before looking at the data, e.g. ``log2(1.5) / 20``: less
+        than a 1.5-fold change over 0–20 Gy), on the same t reference as the CI.
 
     Returns
     -------
     DataFrame
-        One row per key × arm: the key columns, ``arm, contrast, estimate`` (log2 per Gy), ``ci_lo, ci_hi,
-        p, dispersion, n_samples, n_cells_inside, adjusted_for, warning``.
+        One row per key × arm: the key columns, ``arm, contrast, estimate`` (log2 per Gy), ``se, df, ci_lo,
+        ci_hi, p, dispersion, n_samples, n_cells_inside, adjusted_for, warning`` and, with a margin,
+        ``equivalence_margin, tost_p, equivalent, tost_power`` (power to show equivalence if β were 0).
     """
+    if equivalence_margin is not None and not (np.isfinite(equivalence_margin) and equivalence_margin > 0):
+        raise ValueError(f"equivalence_margin must be a positive number (log2 per Gy), got {equivalence_margin!r}")
     if contrast not in ("enrichment", "density"):
         raise ValueError(f"contrast must be 'enrichment' or 'density', got {contrast!r}")
     need = ["sample_id", "region", "n_cells", "area_mm2", dose, group, patient]
@@ -438,9 +215,16 @@ def dose_rate_test(counts: pd.DataFrame, *, contrast: str = "enrichment", dose: 
             row = dict(zip(keys, key))
             row.update(_dose_rate_arm(arm.reset_index(drop=True), others, arm_name=arm_name, contrast=contrast,
                                       alpha=alpha))
+            if equivalence_margin is not None:
+                eq = equivalence_test(row["estimate"], row["se"], df=row["df"], margin=equivalence_margin,
+                                      alpha=alpha)
+                row.update(equivalence_margin=equivalence_margin, tost_p=eq["p"], equivalent=eq["equivalent"],
+                           tost_power=eq["power"])
             rows.append(row)
-    return pd.DataFrame(rows, columns=keys + ["arm", "contrast", "estimate", "ci_lo", "ci_hi", "p", "dispersion",
-                                              "n_samples", "n_cells_inside", "adjusted_for", "warning"])
+    extra = ["equivalence_margin", "tost_p", "equivalent", "tost_power"] if equivalence_margin is not None else []
+    return pd.DataFrame(rows, columns=keys + ["arm", "contrast", "estimate", "se", "df", "ci_lo", "ci_hi", "p",
+                                              "dispersion", "n_samples", "n_cells_inside", "adjusted_for",
+                                              "warning", *extra])
 
 
 def _dose_rate_frame(g: pd.DataFrame, *, overlap: bool, contrast: str, dose: str, patient: str
@@ -495,7 +279,8 @@ def _dose_rate_arm(arm: pd.DataFrame, others: list[str], *, arm_name: str, contr
     import statsmodels.formula.api as smf
     from scipy import stats as sst
 
-    row = dict(arm=arm_name, contrast=contrast, estimate=np.nan, ci_lo=np.nan, ci_hi=np.nan, p=np.nan,
+    row = dict(arm=arm_name, contrast=contrast, estimate=np.nan, se=np.nan, df=np.nan, ci_lo=np.nan, ci_hi=np.nan,
+               p=np.nan,
                dispersion=np.nan, n_samples=int(arm["sid"].nunique()),
                n_cells_inside=int(arm.loc[arm["inside"] == 1, "n_cells"].sum()), adjusted_for="", warning="")
     formula, term, used = _dose_rate_formula(arm, others, contrast)
@@ -517,7 +302,7 @@ def _dose_rate_arm(arm: pd.DataFrame, others: list[str], *, arm_name: str, contr
     b = float(res.params[term])
     q = sst.t.ppf(1 - alpha / 2, dfr)
     ln2 = np.log(2.0)
-    row.update(estimate=b / ln2, ci_lo=(b - q * se) / ln2, ci_hi=(b + q * se) / ln2,
+    row.update(estimate=b / ln2, se=se / ln2, df=dfr, ci_lo=(b - q * se) / ln2, ci_hi=(b + q * se) / ln2,
                p=float(2 * sst.t.sf(abs(b / se), dfr)) if se > 0 else np.nan, dispersion=phi,
                warning="; ".join(sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}"
                                          for w in caught})))
