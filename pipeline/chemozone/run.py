@@ -48,10 +48,12 @@ from .options import (
     phenotype_options,
     precomputed_mask_options,
     qc_options,
+    region_options,
     segmentation_options,
     tissue_options,
     zone_signal_options,
 )
+from .regions import REGIONS_COLUMN, add_region_zones, apply_regions, load_sample_regions
 from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
 
 __all__ = [
@@ -66,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger("chemozone")
 
-STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
+STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification", "regions")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -138,6 +140,8 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
             img = _stage(sid, "read", lambda: _open_image(row, cfg))
         px = img.pixel_size_um
         pre = _precomputed_masks(row, img, cfg, timings)  # checked before anything of this sample is written
+        regs = _stage(sid, "regions", lambda: load_sample_regions(row, shape_yx=img.data.shape[1:],
+                                                                   **region_options(cfg)))  # or None
         sdir.mkdir(parents=True, exist_ok=True)
         with _timed(timings, "tissue"):
             tissue_idx = (
@@ -171,6 +175,10 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 statistics=tuple(cfg.quantification.statistics), morphology=cfg.quantification.morphology,
                 background=cfg.quantification.background or None, tile_size_px=cfg.segmentation.tile_size_px))
             table.insert(0, "sample_id", sid)
+        if regs is not None:  # outside the analysis region or in an exclusion: removed from cells and tissue alike
+            tmask, keep, reg_rec = _stage(sid, "regions", lambda: apply_regions(
+                regs, tmask, table, shape_yx=img.data.shape[1:], grid_um=grid_um, pixel_size_um=px))
+            table = table[keep].reset_index(drop=True)
         with _timed(timings, "write_masks"):
             def _write():
                 from .layout import atomic_path
@@ -202,6 +210,8 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         info["nucleus_scale"] = scale
     if pre is not None:  # where the masks came from (paths, pages, object counts) instead of a segmenter
         info.update(segmentation=pre[2], nucleus_diameter_um=None)
+    if regs is not None:  # where the regions came from, the excluded area and cells
+        info["regions"] = reg_rec
     return info
 
 
@@ -312,8 +322,11 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 zt = zt[zt["sample_id"] == sid]
             masks, zones_df = _stage(sid, "zones", lambda: zones.build_zones(
                 img.data, cells, tissue_grid, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
-                zones=cfg.zones, thresholds=zt, sample_id=sid, channels=img.channels,
-                aliases=cfg.panel.aliases))
+                zones=[z for z in cfg.zones if z.source != "regions"], thresholds=zt, sample_id=sid,
+                channels=img.channels, aliases=cfg.panel.aliases))
+            masks, zones_df = _stage(sid, "zones", lambda: add_region_zones(  # annotated regions as zones
+                masks, zones_df, row, tissue_grid, zones=cfg.zones, sample_id=sid, shape_yx=img.data.shape[1:],
+                pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
         with _timed(timings, "spatial"):
             cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
             infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
@@ -351,7 +364,7 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     lay = RunLayout(out)
     from .io import MASK_COLUMNS
 
-    meta = samples.drop(columns=["image", *[c for c in MASK_COLUMNS if c in samples]]).copy()
+    meta = samples.drop(columns=["image", *[c for c in (*MASK_COLUMNS, REGIONS_COLUMN) if c in samples]]).copy()
     write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
                                (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate),
