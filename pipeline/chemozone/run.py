@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import time
 import traceback
 from contextlib import contextmanager
@@ -122,8 +123,9 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     -------
     dict
         ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "shape", "pixel_size_um", "grid_um",
-        "tissue_outcome", "tissue_fraction"}`` (the outcome of :func:`chemozone.tissue.tissue_mask`: tissue
-        on glass, the whole field, or no tissue; recorded per sample in ``run.json``).
+        "tissue_outcome", "tissue_fraction", "regions"}`` (the outcome of :func:`chemozone.tissue.tissue_mask`: tissue
+        on glass, the whole field, or no tissue; ``regions``: :func:`chemozone.regions.apply_regions`'s record, None
+        without region annotations; recorded per sample in ``run.json``).
     """
     import dask
 
@@ -140,8 +142,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
             img = _stage(sid, "read", lambda: _open_image(row, cfg))
         px = img.pixel_size_um
         pre = _precomputed_masks(row, img, cfg, timings)  # checked before anything of this sample is written
-        regs = _stage(sid, "regions", lambda: load_sample_regions(row, shape_yx=img.data.shape[1:],
-                                                                   **region_options(cfg)))  # or None
+        regs = _stage(sid, "regions", lambda: load_sample_regions(row, shape_yx=img.data.shape[1:], **region_options(cfg)))
         sdir.mkdir(parents=True, exist_ok=True)
         with _timed(timings, "tissue"):
             tissue_idx = (
@@ -175,10 +176,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 statistics=tuple(cfg.quantification.statistics), morphology=cfg.quantification.morphology,
                 background=cfg.quantification.background or None, tile_size_px=cfg.segmentation.tile_size_px))
             table.insert(0, "sample_id", sid)
-        if regs is not None:  # outside the analysis region or in an exclusion: removed from cells and tissue alike
-            tmask, keep, reg_rec = _stage(sid, "regions", lambda: apply_regions(
-                regs, tmask, table, shape_yx=img.data.shape[1:], grid_um=grid_um, pixel_size_um=px))
-            table = table[keep].reset_index(drop=True)
+        tmask, table, reg_rec = _apply_regions(sid, regs, tmask, table, img, grid_um)
         with _timed(timings, "write_masks"):
             def _write():
                 from .layout import atomic_path
@@ -190,10 +188,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                     write_labels_zarr(tmp, "tissue", tmask, pixel_size_um=grid_um)
             _stage(sid, "write masks", _write)
             write_parquet(table, lay.measurements(sid))
-        if tmp_store.exists():
-            import shutil
-
-            shutil.rmtree(tmp_store, ignore_errors=True)
+        shutil.rmtree(tmp_store, ignore_errors=True)
     info = {
         "sample_id": sid,
         "timings_s": timings,
@@ -205,14 +200,23 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         "tissue_outcome": tres.outcome,
         "tissue_fraction": round(tres.fraction, 4),
         "nucleus_diameter_um": seg_opts["nucleus_diameter_um"],
+        "regions": reg_rec,  # where the region annotations came from, the excluded area and cells (None: none)
     }
     if scale is not None:  # segmentation.nucleus_diameter_um: auto
         info["nucleus_scale"] = scale
     if pre is not None:  # where the masks came from (paths, pages, object counts) instead of a segmenter
         info.update(segmentation=pre[2], nucleus_diameter_um=None)
-    if regs is not None:  # where the regions came from, the excluded area and cells
-        info["regions"] = reg_rec
     return info
+
+
+def _apply_regions(sid: str, regs, tmask, table, img, grid_um: float):
+    """``(tissue, cells, record)`` with what lies outside the analysis region or in an exclusion removed from the
+    tissue mask and the cells alike (:func:`chemozone.regions.apply_regions`); unchanged when ``regs`` is None."""
+    if regs is None:
+        return tmask, table, None
+    tmask, keep, rec = _stage(sid, "regions", lambda: apply_regions(
+        regs, tmask, table, shape_yx=img.data.shape[1:], grid_um=grid_um, pixel_size_um=img.pixel_size_um))
+    return tmask, table[keep].reset_index(drop=True), rec
 
 
 def _precomputed_masks(row: dict[str, Any], img, cfg: Config, timings: dict[str, float]):
