@@ -304,11 +304,12 @@ def _write_label_tiff(path: Path, labels: np.ndarray, *, pixel_size_um: float) -
 
 # --------------------------------------------------------------------------- napari shapes <-> GeoJSON
 def shapes_to_features(data: Sequence[np.ndarray], shape_types: Sequence[str], *, classifications: Sequence[Any],
-                       object_type: str = "annotation") -> list[dict[str, Any]]:
+                       holes: Sequence[bool] | None = None, object_type: str = "annotation") -> list[dict[str, Any]]:
     """GeoJSON features of napari shapes whose vertices are ``(row, col)`` in full-resolution pixels.
 
     Polygons and rectangles become ``Polygon``s, ellipses a 64-gon, paths and lines ``LineString``s. A shape's
-    classification (``None`` or empty = unclassified) becomes its QuPath class.
+    classification (``None`` or empty = unclassified) becomes its QuPath class. A shape flagged in ``holes`` (as
+    :func:`features_to_shapes` marks them) is cut out of the shapes of the same class that contain it.
 
     Examples
     --------
@@ -318,7 +319,8 @@ def shapes_to_features(data: Sequence[np.ndarray], shape_types: Sequence[str], *
     """
     import shapely
 
-    feats = []
+    holes = list(holes) if holes is not None else [False] * len(data)
+    geoms, classes = [], []
     for verts, kind, cls in zip(data, shape_types, classifications):
         xy = np.asarray(verts, np.float64)[:, -2:][:, ::-1]  # (row, col) -> (x, y)
         if kind == "ellipse":
@@ -329,9 +331,15 @@ def shapes_to_features(data: Sequence[np.ndarray], shape_types: Sequence[str], *
             geom = shapely.LineString(xy)
         else:
             geom = shapely.make_valid(shapely.Polygon(xy))
-        cls = None if cls is None or (isinstance(cls, float) and np.isnan(cls)) or not str(cls).strip() else str(cls)
-        feats.append(qupath_feature(geom, object_type=object_type, classification=cls))
-    return feats
+        geoms.append(geom)
+        classes.append(None if cls is None or (isinstance(cls, float) and np.isnan(cls)) or not str(cls).strip()
+                       else str(cls))
+    for i in (i for i, h in enumerate(holes) if h):
+        for j in (j for j, h in enumerate(holes) if not h and classes[j] == classes[i]):
+            if geoms[j].geom_type in ("Polygon", "MultiPolygon") and geoms[j].contains(geoms[i]):
+                geoms[j] = geoms[j].difference(geoms[i])
+    return [qupath_feature(g, object_type=object_type, classification=c)
+            for g, c, h in zip(geoms, classes, holes) if not h]
 
 
 def features_to_shapes(table) -> tuple[list[np.ndarray], list[str], dict[str, list]]:
