@@ -140,7 +140,7 @@ def test_manifest_validates_and_is_discovered():
     assert mf.name == "chemozone"  # must equal the distribution name for napari to load it
     assert {c.id for c in mf.contributions.commands} >= {"chemozone.get_reader", "chemozone.make_sample",
                                                           "chemozone.gates", "chemozone.zones"}
-    assert len(mf.contributions.widgets) == 5
+    assert len(mf.contributions.widgets) == 6  # analyse, gates, zones, inspector, infiltration, regions
     assert mf.contributions.readers[0].accepts_directories
     for cmd in mf.contributions.commands:  # every python_name resolves
         module, attr = cmd.python_name.split(":")
@@ -611,9 +611,9 @@ def test_regions_widget_imports_shows_and_saves_qupath_geojson(make_napari_viewe
         ly.visible = ly.name == "DAPI" or ly is layer
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    from skimage.io import imsave
-
     import os
+
+    from skimage.io import imsave
 
     shots = Path(os.environ.get("CHEMOZONE_SCREENSHOTS", tmp_path))  # keep it: CHEMOZONE_SCREENSHOTS=folder
     shots.mkdir(parents=True, exist_ok=True)
