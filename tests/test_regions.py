@@ -303,3 +303,29 @@ def test_export_to_qupath_reads_back_to_the_same_geometry_and_counts(region_run,
     assert main(["export", str(out), "--to", "qupath", "--cells", "points", "--dest", str(tmp_path / "pts")]) == 0
     pts = read_geojson(tmp_path / "pts" / s_reg / "cells.geojson")
     np.testing.assert_allclose([g.x for g in pts["geometry"]], cells["x_um"] / 0.5)
+
+
+def test_qupath_export_errors_name_what_to_do(tmp_path):
+    from chemozone.errors import MissingStepError
+    from chemozone.layout import atomic_write_json
+    from chemozone.qupath import cell_features, export_qupath, mask_polygons
+
+    cells = pd.DataFrame({"cell_id": np.array([1, 5], np.uint32), "x_um": [0.5, 1.5], "y_um": [0.5, 0.5],
+                          "phenotype": ["T", "B"]})
+    with pytest.raises(MissingStepError, match=r"sample 's1': cell outlines need the cells label image .*"
+                                               r"export the cells as points \(--cells points\)"):
+        cell_features(cells, sample_id="s1", pixel_size_um=0.5)
+    labels = np.array([[1, 1, 0]], np.uint32)
+    with pytest.raises(MissingStepError, match=r"sample 's1': cells \[5\] of cells.parquet are not in the cells mask"):
+        cell_features(cells, sample_id="s1", pixel_size_um=0.5, labels=labels)
+    pts = cell_features(cells, sample_id="s1", pixel_size_um=0.5, as_points=True)
+    assert [f["geometry"]["coordinates"] for f in pts] == [[1.0, 1.0], [3.0, 1.0]]
+    out = tmp_path / "run"
+    out.mkdir()
+    atomic_write_json(RunLayout(out).run_json, {"samples": {"s1": {"status": "failed"}}})
+    with pytest.raises(MissingStepError, match=r"run\.json: no finished sample to export; run 'chemozone run'"):
+        export_qupath(out)
+    # a grid mask's outline: grid pixels of 4 px, the partial last block clipped to the 10 x 9 px image
+    m = np.zeros((3, 3), bool)
+    m[2, 2] = True
+    assert mask_polygons(m, factor=4, shape_yx=(10, 9)).bounds == (8.0, 8.0, 9.0, 10.0)

@@ -211,7 +211,8 @@ def cell_features(cells, *, sample_id: str, pixel_size_um: float, labels: np.nda
         geoms = shapely.points(cells["x_um"].to_numpy(float) / pixel_size_um, cells["y_um"].to_numpy(float) / pixel_size_um)
     else:
         if labels is None:
-            raise MissingStepError(f"sample '{sample_id}': cell outlines need the cells label image (masks.ome.zarr)")
+            raise MissingStepError(f"sample '{sample_id}': cell outlines need the cells label image (masks.ome.zarr), "
+                                   "which this run lacks; export the cells as points (--cells points)")
         outlines = label_polygons(labels)
         missing = [int(i) for i in ids if int(i) not in outlines]
         if missing:

@@ -64,10 +64,8 @@ def save_shapes_geojson(layer, path: str | Path, *, pixel_size_um: float, classi
 
 def viewer_pixel_size_um(viewer) -> float | None:
     """The pixel size (µm) of the first chemozone image or label layer in the viewer (None when there is none)."""
-    from ._layers import layer_meta
-
     for ly in viewer.layers:
-        meta = layer_meta(ly)
+        meta = (getattr(ly, "metadata", {}) or {}).get("chemozone", {}) or {}
         if meta.get("kind") in ("image", "labels") and meta.get("pixel_size_um"):
             return float(meta["pixel_size_um"])
     return None
