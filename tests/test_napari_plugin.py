@@ -140,7 +140,7 @@ def test_manifest_validates_and_is_discovered():
     assert mf.name == "chemozone"  # must equal the distribution name for napari to load it
     assert {c.id for c in mf.contributions.commands} >= {"chemozone.get_reader", "chemozone.make_sample",
                                                           "chemozone.gates", "chemozone.zones"}
-    assert len(mf.contributions.widgets) == 5
+    assert len(mf.contributions.widgets) == 6  # analyse, gates, zones, inspector, infiltration, regions
     assert mf.contributions.readers[0].accepts_directories
     for cmd in mf.contributions.commands:  # every python_name resolves
         module, attr = cmd.python_name.split(":")
@@ -550,3 +550,91 @@ def test_analyse_widget_shows_the_runs_plausibility_warnings(make_napari_viewer,
     again = json.loads((tmp_path / "out2" / "run.json").read_text())["warnings"]
     assert "[pixel_size_conflict]" not in w.warnings.text()
     assert len(w.warnings.text().splitlines()) == len(again) and w.warnings.isHidden() == (not again)
+
+
+# ---------------------------------------------------------------------------------------------- regions
+def _qupath_regions_doc():
+    """Region annotations for the 128 x 96 px image of ``run_folder``, as QuPath v0.4+ writes them: a necrosis with
+    a hole, a fold in two pieces (MultiPolygon) and a tumor outline (pixel coordinates)."""
+    def feat(geom, cls):
+        return {"type": "Feature", "id": "5c2f5a7e-0d4c-4b59-9a53-1b7b9a0b0c01", "geometry": geom,
+                "properties": {"objectType": "annotation", "classification": {"name": cls, "color": [200, 0, 0]}}}
+
+    def ring(x0, y0, x1, y1):
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {"type": "FeatureCollection", "features": [
+        feat({"type": "Polygon", "coordinates": [ring(8, 8, 56, 56), ring(24, 24, 40, 40)]}, "Necrosis"),
+        feat({"type": "MultiPolygon", "coordinates": [[ring(70, 8, 90, 20)], [ring(100, 60, 120, 90)]]}, "Fold"),
+        feat({"type": "Polygon", "coordinates": [ring(64, 30, 124, 80)]}, "Tumor")]}
+
+
+@gui
+def test_regions_widget_imports_shows_and_saves_qupath_geojson(make_napari_viewer, run_folder, tmp_path):
+    import json
+
+    from chemozone.regions import read_geojson
+    from chemozone_napari._regions_widget import RegionsWidget
+
+    path = tmp_path / "s1.geojson"
+    path.write_text(json.dumps(_qupath_regions_doc()))
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black under xvfb/llvmpipe
+    viewer.open(str(run_folder), plugin="chemozone")
+    w = RegionsWidget(viewer)
+    layer = w.import_regions(path)
+    # necrosis outline + its hole, two fold pieces, the tumor: 5 shapes; vertices placed in µm (pixel x 0.5)
+    assert len(layer.data) == 5 and layer.features["hole"].tolist() == [False, True, False, False, False]
+    assert layer.features["classification"].tolist() == ["Necrosis", "Necrosis", "Fold", "Fold", "Tumor"]
+    world = layer.data[4] * np.asarray(layer.scale) + np.asarray(layer.translate)
+    np.testing.assert_allclose(world.min(axis=0), [30 * PX, 64 * PX])  # (y, x) of the tumor's top-left corner
+    # saved back: the same geometry per class (the hole cut out again), in pixels
+    viewer.layers.selection.active = layer
+    out = w.save_shapes(tmp_path / "back.geojson")
+    import shapely
+
+    back = read_geojson(out).groupby("classification")["geometry"].apply(lambda g: shapely.union_all(list(g)))
+    orig = read_geojson(path).set_index("classification")["geometry"]
+    for cls in ("Necrosis", "Fold", "Tumor"):
+        assert back[cls].symmetric_difference(orig[cls]).area == 0, cls
+    assert back["Necrosis"].area == 48 * 48 - 16 * 16
+    # a new Shapes layer drawn in µm (napari's default scale) gets the class typed in the widget
+    drawn = viewer.add_shapes([np.array([[5.0, 10.0], [5.0, 20.0], [15.0, 20.0], [15.0, 10.0]])],
+                              shape_type="rectangle", name="drawn")
+    viewer.layers.selection.active = drawn
+    w.cls_edit.setText("Damaged rim")
+    t = read_geojson(w.save_shapes(tmp_path / "drawn.geojson"))
+    assert t["classification"].tolist() == ["Damaged rim"] and t["object_type"].tolist() == ["annotation"]
+    assert t["geometry"][0].bounds == (20.0, 10.0, 40.0, 30.0)  # µm / 0.5 µm per px, (x0, y0, x1, y1)
+
+    # screenshot of the imported regions over DAPI
+    viewer.layers.remove(drawn)
+    for ly in viewer.layers:
+        ly.visible = ly.name == "DAPI" or ly is layer
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    import os
+
+    from skimage.io import imsave
+
+    shots = Path(os.environ.get("CHEMOZONE_SCREENSHOTS", tmp_path))  # keep it: CHEMOZONE_SCREENSHOTS=folder
+    shots.mkdir(parents=True, exist_ok=True)
+    imsave(shots / "napari_regions.png", shot, check_contrast=False)
+    rgb = shot[..., :3].astype(int)
+    coloured = (np.abs(rgb[..., 0] - rgb[..., 2]) > 40) | (np.abs(rgb[..., 1] - rgb[..., 2]) > 40)
+    assert 0.05 < coloured.mean() < 0.95  # the regions are drawn, not the whole canvas
+
+
+@gui
+def test_run_folder_shows_the_samples_regions(make_napari_viewer, run_folder, tmp_path):
+    import json
+
+    from chemozone.layout import atomic_write_json, read_run_json
+
+    path = tmp_path / "s1.geojson"
+    path.write_text(json.dumps(_qupath_regions_doc()))
+    prov = read_run_json(run_folder)
+    prov.setdefault("inputs", {})["s1"] = {"regions": {"path": str(path)}}
+    atomic_write_json(RunLayout(run_folder).run_json, prov)
+    viewer = make_napari_viewer()
+    viewer.open(str(run_folder), plugin="chemozone")
+    reg = viewer.layers["regions"]
+    assert reg._type_string == "shapes" and len(reg.data) == 5 and tuple(reg.scale) == (PX, PX)

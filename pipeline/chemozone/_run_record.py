@@ -220,6 +220,9 @@ def input_record(row: dict[str, Any], image_info: dict[str, Any] | None) -> dict
     if specs:
         rec["masks"] = {col: {"spec": spec, **(file_fingerprint(split_mask_spec(spec)[0]) if split_mask_spec(spec)[0]
                                                 .exists() else {"missing": True})} for col, spec in specs.items()}
+    if isinstance(row.get("regions"), str) and row["regions"].strip():  # region annotations (QuPath GeoJSON)
+        p = Path(row["regions"].strip())
+        rec["regions"] = {"path": str(p), **(file_fingerprint(p) if p.is_file() else {"missing": True})}
     return rec
 
 
@@ -232,13 +235,16 @@ def _section_hash(cfg: Any, sections: tuple[str, ...]) -> str:
 
 
 def step_a_stamp(row: dict[str, Any], cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
-    """What step A of a sample depends on: the image, the precomputed masks (if any) and the config sections."""
+    """What step A of a sample depends on: the image, the precomputed masks and region annotations (if any) and
+    the config sections."""
     from .io import sample_mask_specs, split_mask_spec
 
     fp = file_fingerprint(row["image"])
     stamp = {"input_sha256": fp["sha256"], "input_size": fp["size"], "config_sha256": _section_hash(cfg, sections)}
     for col, spec in sample_mask_specs(row).items():  # a changed mask file redoes step A under --resume
         stamp[f"{col}_sha256"] = f"{spec}:{file_fingerprint(split_mask_spec(spec)[0])['sha256']}"
+    if isinstance(row.get("regions"), str) and row["regions"].strip():  # a redrawn annotation redoes step A
+        stamp["regions_sha256"] = f"{row['regions']}:{file_fingerprint(row['regions'].strip())['sha256']}"
     return stamp
 
 

@@ -82,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("path", type=Path)
     vw.set_defaults(handler=cli_view)
 
-    ex = sub.add_parser("export", help="export a run to the scverse ecosystem")
+    ex = sub.add_parser("export", help="export a run to the scverse ecosystem or to QuPath")
     ex.add_argument("out", type=Path, help="run folder")
-    ex.add_argument("--to", choices=["anndata", "spatialdata"], required=True)
+    ex.add_argument("--to", choices=["anndata", "spatialdata", "qupath"], required=True)
     ex.add_argument("--dest", type=Path, default=None, help="output path (default: inside the run folder)")
+    ex.add_argument("--cells", choices=["polygons", "points"], default="polygons",
+                    help="qupath: cells as outlines (default) or centroids")
     ex.set_defaults(handler=cli_export)
     return p
 
@@ -246,11 +248,16 @@ def cli_view(args: argparse.Namespace) -> int:
 
 
 def cli_export(args: argparse.Namespace) -> int:
-    """``chemozone export OUT --to anndata|spatialdata [--dest PATH]``."""
+    """``chemozone export OUT --to anndata|spatialdata|qupath [--dest PATH] [--cells polygons|points]``."""
     from .export import export_anndata, export_spatialdata
 
-    fn = export_anndata if args.to == "anndata" else export_spatialdata
-    path = fn(args.out, getattr(args, "dest", None))
+    if args.to == "qupath":
+        from .qupath import export_qupath
+
+        path = export_qupath(args.out, getattr(args, "dest", None), cells=getattr(args, "cells", "polygons"))
+    else:
+        fn = export_anndata if args.to == "anndata" else export_spatialdata
+        path = fn(args.out, getattr(args, "dest", None))
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -1,7 +1,7 @@
 """Experiment configuration: one YAML file, validated by pydantic v2 models.
 
 Sections mirror the stages: ``panel``, ``samples``, ``analysis_grid``, ``tissue``, ``segmentation``, ``quantification``,
-``phenotypes``, ``zones``, ``spatial``, ``stats``, ``run``. Every key is documented in
+``phenotypes``, ``zones``, ``spatial``, ``stats``, ``regions``, ``run``. Every key is documented in
 ``configs/example.yaml``. Unknown keys and wrong types are :class:`~chemozone.errors.ConfigError` whose
 message names the YAML path, e.g. ``zones[1].smooth_um: must be > 0, got -3``.
 
@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from ._config_errors import format_validation_error, move_deprecated_keys
+from ._config_regions import RegionsConfig, check_region_zones
 from .errors import ConfigError
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "SpatialConfig",
     "StatsConfig",
     "RunConfig",
+    "RegionsConfig",
     "load_config",
     "config_from_dict",
     "dump_config",
@@ -316,10 +318,10 @@ class ThresholdConfig(_Section):
 
 
 class ZoneConfig(_Section):
-    """One zone: chemokine pixels, producer cells, or a tumor compartment."""
+    """One zone: chemokine pixels, producer cells, a tumor compartment, or annotated regions."""
 
     name: str
-    source: Literal["pixels", "producers", "tumor"] = "pixels"
+    source: Literal["pixels", "producers", "tumor", "regions"] = "pixels"
     channels: list[str] = Field(default_factory=list)
     """pixels: chemokine channel(s) combined into one module signal; tumor: the epithelial channel."""
     smooth_um: PositiveFloat = 10.0
@@ -339,6 +341,8 @@ class ZoneConfig(_Section):
     """producers: zone = tissue within this distance of a producer cell, µm."""
     bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
     """tumor: margin/peritumoral band edges outside the epithelium, µm."""
+    region_class: str | None = None
+    """regions: the annotation class (e.g. Tumor) whose outlines, in the sample's regions GeoJSON, are the zone."""
 
     @model_validator(mode="after")
     def _source_fields(self) -> ZoneConfig:
@@ -350,6 +354,8 @@ class ZoneConfig(_Section):
             raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
         if self.source == "producers" and not self.producer_marker:
             raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
+        if (self.source == "regions") != (self.region_class is not None):
+            raise ValueError(f"zone '{self.name}': 'region_class' goes with (and only with) source 'regions'")
         if self.bands_um != sorted(self.bands_um) or any(b <= 0 for b in self.bands_um):
             raise ValueError(f"zone '{self.name}': bands_um must be increasing and > 0")
         return self
@@ -468,6 +474,7 @@ class Config(_Section):
     zones: list[ZoneConfig] = Field(default_factory=list)
     spatial: SpatialConfig = Field(default_factory=SpatialConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
+    regions: RegionsConfig = Field(default_factory=RegionsConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
@@ -476,6 +483,7 @@ class Config(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"zone names must be unique, repeated: {dupes}")
+        check_region_zones(self.zones, self.regions)
         for i, pair in enumerate(self.spatial.cognate_pairs):
             if pair.zone not in names:
                 raise ValueError(

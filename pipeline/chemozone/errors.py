@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "ImageError",
     "MaskError",
+    "RegionError",
     "ChannelError",
     "SampleSheetError",
     "MissingDependencyError",
@@ -36,6 +37,10 @@ class ImageError(ChemozoneError, ValueError):
 
 class MaskError(ImageError):
     """A precomputed label mask named in the sample sheet that cannot be used (names the file and the column)."""
+
+
+class RegionError(ChemozoneError, ValueError):
+    """A region-annotation GeoJSON named in the sample sheet that cannot be used (names the file and the column)."""
 
 
 class ChannelError(ChemozoneError, KeyError):

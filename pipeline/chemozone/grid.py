@@ -9,6 +9,9 @@ transforms live on a coarser **analysis grid** whose target pixel size is the co
 - the grid shape is ``(ceil(Y / factor), ceil(X / factor))``; a grid pixel is the mean of its block
   (partial blocks at the bottom and right edge average only the pixels they contain),
 - a cell at ``(x_um, y_um)`` falls in grid pixel ``(floor(y_um / grid_um), floor(x_um / grid_um))``,
+- a polygon (region annotation, pixel coordinates of the full-resolution image) covers a grid pixel when it
+  contains the pixel's **centre**: the centre of the pixel's block clipped to the image
+  (:func:`grid_pixel_centres_px`),
 - signed distances to a mask are pixel-centre Euclidean distances minus half a grid pixel, negative inside.
 
 It imports nothing else from chemozone, so every stage (tissue, segment, zones, spatial, synth) and the
@@ -34,6 +37,7 @@ __all__ = [
     "grid_shape",
     "block_mean",
     "cell_grid_index",
+    "grid_pixel_centres_px",
     "signed_distance",
 ]
 
@@ -177,6 +181,40 @@ def cell_grid_index(cells: Any, *, grid_um: float, shape: Sequence[int]) -> tupl
     r = np.floor(cells["y_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
     c = np.floor(cells["x_um"].to_numpy(np.float64) / grid_um).astype(np.int64)
     return np.clip(r, 0, shape[0] - 1), np.clip(c, 0, shape[1] - 1)
+
+
+def grid_pixel_centres_px(shape_yx: Sequence[int], factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the grid's rows and columns in pixel coordinates of the full-resolution image.
+
+    Pixel coordinates as QuPath writes them: image pixel ``(row r, col c)`` covers ``[c, c + 1) x [r, r + 1)``.
+    Grid row ``i`` covers image rows ``[i * factor, min((i + 1) * factor, Y))``; its centre is the middle of that
+    span, so a partial block at the bottom or right edge is centred on the part inside the image (as
+    :func:`block_mean` averages only those pixels). Used to rasterise polygons onto the grid: a grid pixel is
+    inside a polygon when its centre is.
+
+    Parameters
+    ----------
+    shape_yx : (int, int)
+        Full-resolution image shape ``(Y, X)``.
+    factor : int
+        Image pixels per grid pixel (:func:`grid_factor`).
+
+    Returns
+    -------
+    ys, xs : float64 ndarrays, shapes (ceil(Y / factor),) and (ceil(X / factor),)
+
+    Examples
+    --------
+    >>> ys, xs = grid_pixel_centres_px((10, 9), 4)
+    >>> ys.tolist(), xs.tolist()
+    ([2.0, 6.0, 9.0], [2.0, 6.0, 8.5])
+    """
+    factor = int(factor)
+    out = []
+    for n in shape_yx[:2]:
+        start = np.arange(math.ceil(n / factor), dtype=np.float64) * factor
+        out.append((start + np.minimum(start + factor, n)) / 2.0)
+    return out[0], out[1]
 
 
 def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:

@@ -105,6 +105,11 @@ class RunLayout:
         return self.root / "export" / "run.spatialdata.zarr"
 
     @property
+    def export_qupath(self) -> Path:
+        """Default destination folder of ``chemozone export --to qupath`` (one subfolder per sample)."""
+        return self.root / "export" / "qupath"
+
+    @property
     def samples_dir(self) -> Path:
         return self.root / "samples"
 

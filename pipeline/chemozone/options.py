@@ -28,6 +28,7 @@ __all__ = [
     "tissue_options",
     "segmentation_options",
     "precomputed_mask_options",
+    "region_options",
     "gate_options",
     "phenotype_options",
     "zone_signal_options",
@@ -81,6 +82,14 @@ def precomputed_mask_options(cfg: Config) -> dict[str, Any]:
     seg = cfg.segmentation
     return {"expand_um": seg.expand_um, "cell_method": seg.cell_method,
             "membrane_channels": list(seg.membrane_channels), "aliases": cfg.panel.aliases}
+
+
+def region_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.regions.load_regions` (the ``regions`` section: which annotation classes
+    exclude, which bound the analysis, what an unclassified annotation is)."""
+    r = cfg.regions
+    return {"exclude_classes": list(r.exclude_classes), "analysis_classes": list(r.analysis_classes),
+            "unclassified": r.unclassified}
 
 
 def gate_options(cfg: Config) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import time
 import traceback
 from contextlib import contextmanager
@@ -48,10 +49,12 @@ from .options import (
     phenotype_options,
     precomputed_mask_options,
     qc_options,
+    region_options,
     segmentation_options,
     tissue_options,
     zone_signal_options,
 )
+from .regions import REGIONS_COLUMN, add_region_zones, apply_regions, load_sample_regions
 from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
 
 __all__ = [
@@ -66,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger("chemozone")
 
-STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification")
+STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantification", "regions")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -120,8 +123,9 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     -------
     dict
         ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "shape", "pixel_size_um", "grid_um",
-        "tissue_outcome", "tissue_fraction"}`` (the outcome of :func:`chemozone.tissue.tissue_mask`: tissue
-        on glass, the whole field, or no tissue; recorded per sample in ``run.json``).
+        "tissue_outcome", "tissue_fraction", "regions"}`` (the outcome of :func:`chemozone.tissue.tissue_mask`: tissue
+        on glass, the whole field, or no tissue; ``regions``: :func:`chemozone.regions.apply_regions`'s record, None
+        without region annotations; recorded per sample in ``run.json``).
     """
     import dask
 
@@ -138,6 +142,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
             img = _stage(sid, "read", lambda: _open_image(row, cfg))
         px = img.pixel_size_um
         pre = _precomputed_masks(row, img, cfg, timings)  # checked before anything of this sample is written
+        regs = _stage(sid, "regions", lambda: load_sample_regions(row, shape_yx=img.data.shape[1:], **region_options(cfg)))
         sdir.mkdir(parents=True, exist_ok=True)
         with _timed(timings, "tissue"):
             tissue_idx = (
@@ -171,6 +176,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 statistics=tuple(cfg.quantification.statistics), morphology=cfg.quantification.morphology,
                 background=cfg.quantification.background or None, tile_size_px=cfg.segmentation.tile_size_px))
             table.insert(0, "sample_id", sid)
+        tmask, table, reg_rec = _apply_regions(sid, regs, tmask, table, img, grid_um)
         with _timed(timings, "write_masks"):
             def _write():
                 from .layout import atomic_path
@@ -182,10 +188,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                     write_labels_zarr(tmp, "tissue", tmask, pixel_size_um=grid_um)
             _stage(sid, "write masks", _write)
             write_parquet(table, lay.measurements(sid))
-        if tmp_store.exists():
-            import shutil
-
-            shutil.rmtree(tmp_store, ignore_errors=True)
+        shutil.rmtree(tmp_store, ignore_errors=True)
     info = {
         "sample_id": sid,
         "timings_s": timings,
@@ -197,12 +200,23 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
         "tissue_outcome": tres.outcome,
         "tissue_fraction": round(tres.fraction, 4),
         "nucleus_diameter_um": seg_opts["nucleus_diameter_um"],
+        "regions": reg_rec,  # where the region annotations came from, the excluded area and cells (None: none)
     }
     if scale is not None:  # segmentation.nucleus_diameter_um: auto
         info["nucleus_scale"] = scale
     if pre is not None:  # where the masks came from (paths, pages, object counts) instead of a segmenter
         info.update(segmentation=pre[2], nucleus_diameter_um=None)
     return info
+
+
+def _apply_regions(sid: str, regs, tmask, table, img, grid_um: float):
+    """``(tissue, cells, record)`` with what lies outside the analysis region or in an exclusion removed from the
+    tissue mask and the cells alike (:func:`chemozone.regions.apply_regions`); unchanged when ``regs`` is None."""
+    if regs is None:
+        return tmask, table, None
+    tmask, keep, rec = _stage(sid, "regions", lambda: apply_regions(
+        regs, tmask, table, shape_yx=img.data.shape[1:], grid_um=grid_um, pixel_size_um=img.pixel_size_um))
+    return tmask, table[keep].reset_index(drop=True), rec
 
 
 def _precomputed_masks(row: dict[str, Any], img, cfg: Config, timings: dict[str, float]):
@@ -312,8 +326,11 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 zt = zt[zt["sample_id"] == sid]
             masks, zones_df = _stage(sid, "zones", lambda: zones.build_zones(
                 img.data, cells, tissue_grid, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
-                zones=cfg.zones, thresholds=zt, sample_id=sid, channels=img.channels,
-                aliases=cfg.panel.aliases))
+                zones=[z for z in cfg.zones if z.source != "regions"], thresholds=zt, sample_id=sid,
+                channels=img.channels, aliases=cfg.panel.aliases))
+            masks, zones_df = _stage(sid, "zones", lambda: add_region_zones(  # annotated regions as zones
+                masks, zones_df, row, tissue_grid, zones=cfg.zones, sample_id=sid, shape_yx=img.data.shape[1:],
+                pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
         with _timed(timings, "spatial"):
             cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
             infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
@@ -351,7 +368,7 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     lay = RunLayout(out)
     from .io import MASK_COLUMNS
 
-    meta = samples.drop(columns=["image", *[c for c in MASK_COLUMNS if c in samples]]).copy()
+    meta = samples.drop(columns=["image", *[c for c in (*MASK_COLUMNS, REGIONS_COLUMN) if c in samples]]).copy()
     write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
                                (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate),

@@ -7,7 +7,8 @@ The returned table has one row per sample with columns ``sample_id, image, patie
 dose_gy`` plus any extra columns of the sheet (carried into every output table). ``image`` is an
 absolute path. The optional ``nuclei_mask`` / ``cells_mask`` columns (precomputed label masks,
 :mod:`chemozone.io._masks`) are made absolute too (empty = segment that sample) and checked per sample by
-:func:`chemozone.validate.validate_inputs`, so that ``--on-error skip`` skips only that sample.
+:func:`chemozone.validate.validate_inputs`, so that ``--on-error skip`` skips only that sample; so is the
+optional ``regions`` column (a QuPath GeoJSON of region annotations per sample, :mod:`chemozone.regions`).
 """
 
 from __future__ import annotations
@@ -180,6 +181,9 @@ def _read_sheet(sheet: Path) -> pd.DataFrame:
 
     for col in (c for c in MASK_COLUMNS if c in df.columns):  # precomputed masks: checked per sample later
         df[col] = [resolve_mask_spec(v.strip(), base) if isinstance(v, str) and v.strip() else pd.NA for v in df[col]]
+    if "regions" in df.columns:  # region annotations (chemozone.regions): checked per sample later
+        df["regions"] = [str((base / v.strip()).resolve()) if isinstance(v, str) and v.strip() else pd.NA
+                         for v in df["regions"]]
     return _validate(df, source=str(sheet), row_offset=2)
 
 

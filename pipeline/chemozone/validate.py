@@ -12,7 +12,8 @@ from pathlib import Path
 from .config import Config
 from .errors import ChemozoneError, RunError
 
-__all__ = ["ValidationReport", "validate_inputs", "runnable_inputs", "configured_channels", "check_sample_masks"]
+__all__ = ["ValidationReport", "validate_inputs", "runnable_inputs", "configured_channels", "check_sample_masks",
+           "check_sample_regions"]
 
 
 @dataclass
@@ -84,6 +85,7 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
                 rep.problems.append(f"sample '{row.sample_id}': {problem}")
         try:
             masks = check_sample_masks(row._asdict(), info["shape"][1:], cfg)
+            masks += check_sample_regions(row._asdict(), info["shape"][1:], cfg)
         except ChemozoneError as exc:
             rep.problems.append(f"sample '{row.sample_id}': {exc}")
             rep.sample_problems[row.sample_id] = str(exc)
@@ -156,6 +158,29 @@ def check_sample_masks(row: dict, shape_yx, cfg: Config) -> str:
                             f"is '{cfg.phenotypes.markers[inner[0]].compartment}'; add a nuclei_mask column or gate "
                             "on 'cell'")
     return "".join(f", {col}={Path(h['path']).name} ({h['source']})" for col, h in heads.items())
+
+
+def check_sample_regions(row: dict, shape_yx, cfg: Config) -> str:
+    """Check a sample's region annotations (``regions`` column) against its image and the ``source: regions``
+    zones of the config. Returns a short description for ``chemozone validate`` (empty without a regions file,
+    unless a regions zone needs one).
+
+    Raises
+    ------
+    RegionError
+        As :func:`chemozone.regions.load_regions`; a regions zone for a sample without a regions file, or whose
+        class the file lacks.
+    """
+    from .options import region_options
+    from .regions import load_sample_regions, region_zone_geometry
+
+    regs = load_sample_regions(row, shape_yx=shape_yx, **region_options(cfg))
+    for z in (z for z in cfg.zones if z.source == "regions"):  # fails here, before any work, not in step B
+        region_zone_geometry(regs, z.region_class, zone=z.name)
+    if regs is None:
+        return ""
+    counts = ", ".join(f"{c or 'unclassified'} {n}" for c, n in sorted(regs.counts.items()))
+    return f", regions={Path(regs.source).name} ({counts or 'no area annotations'})"
 
 
 def runnable_inputs(input_path: str | Path, cfg: Config, *, skip_unreadable: bool = False

@@ -5,12 +5,13 @@ Contributions (declared in ``napari.yaml``):
 
 - reader (``_reader``): images, sample folders and run folders;
 - sample data (``_sample_data``): a synthetic irradiated explant (:func:`chemozone.synth.generate_sample`);
-- five dock widgets, one module each: ``_analyse_widget`` (analyse an image), ``_gate_widget`` (gate review),
+- six dock widgets, one module each: ``_analyse_widget`` (analyse an image), ``_gate_widget`` (gate review),
   ``_zone_widget`` (zone review), ``_inspector_widget`` (cell inspector), ``_infiltration_widget``
-  (infiltration panel).
+  (infiltration panel), ``_regions_widget`` (import / save region annotations as QuPath GeoJSON).
 
 Shared helpers: ``_layers`` (layer metadata, recolouring; no Qt), ``_qt`` (small Qt helpers), ``_colors``
-(display colours), ``_review`` (the files a review writes; no Qt), ``_analyse`` (the analysis generator; no Qt).
+(display colours), ``_review`` (the files a review writes; no Qt), ``_analyse`` (the analysis generator; no Qt),
+``_regions`` (region GeoJSON ↔ Shapes layers; no Qt).
 """
 
 __all__ = ["napari_get_reader"]

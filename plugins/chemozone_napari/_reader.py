@@ -6,7 +6,8 @@ come from a low-resolution level or a few sampled chunks, never from the whole i
 
 A *sample folder* (``OUT/samples/<id>``, or a lone copy of one) or a *run folder* (``OUT``, its first
 sample) opens the image of the sample, the label images and masks of its masks store (each at its own stored
-scale) and the cells as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
+scale), its region annotations (the QuPath GeoJSON of the sample sheet's ``regions`` column, as a Shapes layer)
+and the cells as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
 :mod:`chemozone_napari._review`). Every path comes from :class:`chemozone.layout.RunLayout` /
 :class:`chemozone.layout.SampleLayout`; a lone sample folder has no run, so it opens with the default
 config and without its image.
@@ -300,6 +301,13 @@ def sample_layers(sample_dir: str | Path) -> list[LayerData]:
             zone_i += 1
             kw.update(opacity=0.35, colormap={1: color, None: "transparent"}, visible=zone_i <= 2)
         out.append((arr, kw, "labels"))
+    regions = ((_run_json(run_dir).get("inputs") or {}).get(sample_id) or {}).get("regions") or {}
+    if px is not None and regions.get("path") and Path(regions["path"]).is_file():  # the sample's region annotations
+        from ._regions import regions_layer
+
+        data, kw, kind = regions_layer(regions["path"], pixel_size_um=px, name="regions")
+        kw["metadata"]["chemozone"].update(common)
+        out.append((data, kw, kind))
     cells = load_cells(sample_dir)
     if cells is not None and {"x_um", "y_um"} <= set(cells.columns):
         data, kw, kind = cells_layer(cells, sample_dir=sample_dir, sample_id=sample_id)
