@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "ImageError",
     "MaskError",
+    "TableError",
     "ChannelError",
     "SampleSheetError",
     "MissingDependencyError",
@@ -36,6 +37,11 @@ class ImageError(ChemozoneError, ValueError):
 
 class MaskError(ImageError):
     """A precomputed label mask named in the sample sheet that cannot be used (names the file and the column)."""
+
+
+class TableError(ChemozoneError, ValueError):
+    """A cell table (inForm, HALO, QuPath, MCMICRO, CellProfiler, CODEX export) that cannot be imported: the message
+    names the file, the column and what to do."""
 
 
 class ChannelError(ChemozoneError, KeyError):
