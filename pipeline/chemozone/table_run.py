@@ -105,6 +105,11 @@ def load_cell_tables(input_path: str | Path, cfg: Config) -> tuple[pd.DataFrame,
     sheet["image"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p for p in sheet[TABLE_SHEET_COLUMN]]
     samples = _validate(sheet.drop(columns=[TABLE_SHEET_COLUMN]), source=str(path), row_offset=2)
     samples = samples.rename(columns={"image": TABLE_SHEET_COLUMN})
+    from .io import MASK_COLUMNS, resolve_mask_spec
+
+    for col in (c for c in MASK_COLUMNS if c in samples):  # precomputed masks of the table's image (optional)
+        samples[col] = [resolve_mask_spec(v.strip(), path.parent) if isinstance(v, str) and v.strip() else pd.NA
+                        for v in samples[col]]
     cells, records = {}, {}
     for sid, tpath in zip(samples["sample_id"], samples[TABLE_SHEET_COLUMN]):
         t = read_cell_table(tpath, **{**opts, "sample_id": sid})
@@ -144,11 +149,47 @@ def _tissue(cells: pd.DataFrame, cfg: Config) -> tuple[Any, float, dict[str, Any
     return mask, g, rec
 
 
-def _step_a(sid: str, cells: pd.DataFrame, cfg: Config, lay: RunLayout, record: dict[str, Any]) -> dict[str, Any]:
-    """Per sample: the imported cells and the estimated tissue into the run folder."""
+def _table_masks(row: dict[str, Any], cells: pd.DataFrame, cfg: Config) -> tuple[Any, Any, dict[str, Any]] | None:
+    """The sample's precomputed masks (``nuclei_mask`` / ``cells_mask`` of the sheet), checked against the table:
+    every cell of the table must be an object of the mask (inForm's ``Cell ID`` is the label value). The record
+    adds how far the table's positions lie from the mask's nucleus (else cell) centroids."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from .io import mask_header, sample_mask_specs
+    from .options import precomputed_mask_options
+    from .segment import load_precomputed_masks
+
+    specs = sample_mask_specs(row)
+    if not specs:
+        return None
+    px = cfg.panel.pixel_size_um
+    col, spec = next(iter(specs.items()))
+    if px is None:
+        raise TableError(f"{spec} (sample-sheet column '{col}'): masks of a cell table need the image's pixel size; "
+                         "set panel.pixel_size_um (CLI: --pixel-size-um)")
+    shape = mask_header(spec, column=col)["shape"]
+    nuclei, cell_mask, rec = load_precomputed_masks(specs, np.broadcast_to(np.float32(0), (1, *shape)), channels=["-"],
+                                                    pixel_size_um=px, **precomputed_mask_options(cfg))
+    ref = nuclei if nuclei is not None else cell_mask
+    ids = cells["cell_id"].to_numpy(np.int64)
+    missing = np.setdiff1d(ids, np.unique(ref))
+    if missing.size:
+        raise TableError(f"{spec} (sample-sheet column '{col}'): {missing.size} cell(s) of the table are not objects of "
+                         f"the mask (first cell_id {int(missing[0])}); pair each table with the masks of its own image")
+    cy, cx = (np.asarray(v) for v in zip(*ndi.center_of_mass(np.ones(ref.shape), ref, ids)))
+    dev = np.hypot(cx * px - cells["x_um"].to_numpy(), cy * px - cells["y_um"].to_numpy())
+    rec.update(position_vs_centroid_um={"median": float(np.median(dev)), "max": float(dev.max())})
+    return nuclei, cell_mask, rec
+
+
+def _step_a(sid: str, cells: pd.DataFrame, cfg: Config, lay: RunLayout, record: dict[str, Any],
+            row: dict[str, Any]) -> dict[str, Any]:
+    """Per sample: the imported cells, its masks (when the sheet names them) and the estimated tissue."""
     from .io import write_labels_zarr
 
     t0 = time.perf_counter()
+    masks = _table_masks(row, cells, cfg)
     tissue, g, rec = _tissue(cells, cfg)
     ann = (record.get("annotation_area_um2") or {}).get(str(cells["source_sample"].iloc[0])
                                                        if "source_sample" in cells else sid)
@@ -156,8 +197,14 @@ def _step_a(sid: str, cells: pd.DataFrame, cfg: Config, lay: RunLayout, record: 
     lay.sample_dir(sid).mkdir(parents=True, exist_ok=True)
     write_parquet(cells, lay.measurements(sid))
     write_labels_zarr(lay.masks(sid), "tissue", tissue, pixel_size_um=g)
-    return {"sample_id": sid, "n_cells": int(len(cells)), "tissue": rec, "grid_um": g,
-            "timings_s": {"import": round(time.perf_counter() - t0, 3)}}
+    out = {"sample_id": sid, "n_cells": int(len(cells)), "tissue": rec, "grid_um": g,
+           "timings_s": {"import": round(time.perf_counter() - t0, 3)}}
+    if masks is not None:
+        for name, m in (("nuclei", masks[0]), ("cells", masks[1])):
+            if m is not None:
+                write_labels_zarr(lay.masks(sid), name, m, pixel_size_um=cfg.panel.pixel_size_um)
+        out["segmentation"] = masks[2]
+    return out
 
 
 def _zones(cells: pd.DataFrame, tissue, cfg: Config, sid: str, g: float):
@@ -257,10 +304,11 @@ def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: st
         ledger = Ledger(prov, lay, on_error)
         ledger.save()
         ok = []
-        for sid in samples["sample_id"]:
+        for row in samples.to_dict("records"):
+            sid = row["sample_id"]
             try:
-                ledger.record(sid, status="step_a_done", step_a=_stage(sid, "import", lambda s=sid: _step_a(
-                    s, cells[s], cfg, lay, records[s])))
+                ledger.record(sid, status="step_a_done", step_a=_stage(sid, "import", lambda s=sid, r=row: _step_a(
+                    s, cells[s], cfg, lay, records[s], r)))
                 ok.append(sid)
             except StageError as exc:
                 ledger.fail(exc)

@@ -21,7 +21,7 @@ so) needs ``pixel_size_um``; a table whose headers state no unit needs ``unit``.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,40 +29,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
+from ._vendors import READERS, ParsedTable
 
-__all__ = ["TABLE_FORMATS", "CellTable", "ParsedTable", "read_cell_table", "detect_table_format", "table_markers"]
+__all__ = ["TABLE_FORMATS", "CellTable", "read_cell_table", "detect_table_format", "table_markers"]
 
 TABLE_FORMATS = ("inform", "halo", "qupath", "mcmicro", "cellprofiler", "codex")
 """Formats :func:`read_cell_table` reads (``scimap`` is read as ``mcmicro``)."""
 
 _UNIT_HINT = "pass unit='um' or unit='px' (CLI: --unit um|px, with --pixel-size-um for pixels)"
-
-
-@dataclass
-class ParsedTable:
-    """What a vendor reader found, in the file's own units (filled by ``chemozone.io._vendors``)."""
-
-    x: pd.Series
-    y: pd.Series
-    x_column: str
-    y_column: str
-    unit: str | None
-    """``"um"``, ``"px"``, or None when the headers state no unit."""
-    cell_id: pd.Series | None = None
-    sample: pd.Series | None = None
-    sample_column: str | None = None
-    intensities: dict[tuple[str, str], pd.Series] = field(default_factory=dict)
-    """(marker, compartment) → mean intensity."""
-    positive: dict[str, pd.Series] = field(default_factory=dict)
-    phenotype: pd.Series | None = None
-    category: pd.Series | None = None
-    areas: dict[str, tuple[pd.Series, str]] = field(default_factory=dict)
-    """``cell`` / ``nucleus`` → (values, ``"um2"`` or ``"px2"``)."""
-    region_area: tuple[pd.Series, pd.Series, str] | None = None
-    """(area of the annotated region a cell lies in, the region's key, ``"um2"`` or ``"px2"``): the export's own
-    annotation area (HALO ``Region Area``, inForm ``Tissue Category Area``)."""
-    used: set[str] = field(default_factory=set)
-    """Source columns turned into chemozone columns (the others are kept verbatim)."""
 
 
 @dataclass
@@ -253,8 +227,6 @@ def read_cell_table(path: str | Path, format: str = "auto", *, pixel_size_um: fl
     >>> t.format, t.cells[["cell_id", "x_um", "y_um", "CD3_cell"]].values.tolist()
     ('mcmicro', [[1.0, 5.0, 10.0, 5.5], [2.0, 15.0, 20.0, 0.5]])
     """
-    from . import _vendors  # noqa: PLC0415 - the readers use this module's types
-
     path = Path(path)
     df = _read_frame(path)
     fmt = "mcmicro" if format == "scimap" else format
@@ -268,7 +240,7 @@ def read_cell_table(path: str | Path, format: str = "auto", *, pixel_size_um: fl
         raise TableError(f"{path}: unknown table format {format!r}; use one of {', '.join(TABLE_FORMATS)}")
     if unit not in ("auto", "um", "px"):
         raise TableError(f"{path}: unknown unit {unit!r}; {_UNIT_HINT}")
-    p = _vendors.READERS[fmt](df, path, phenotypes_file=phenotypes_file)
+    p = READERS[fmt](df, path, phenotypes_file=phenotypes_file)
     return _to_cell_table(p, df, path, fmt, pixel_size_um=pixel_size_um, unit=unit, sample_column=sample_column,
                           sample_id=sample_id, aliases=aliases)
 

@@ -1,6 +1,6 @@
 """One small reader per cell-table format: which columns hold positions, ids, samples, means, positivity.
 
-Each reader takes the file as a DataFrame and returns a :class:`chemozone.io._tables.ParsedTable` in the file's
+Each reader takes the file as a DataFrame and returns a :class:`ParsedTable` in the file's
 units; :func:`chemozone.io.read_cell_table` does the rest (units, ids, names). Column conventions:
 
 inForm ``cell_seg_data.txt``
@@ -30,15 +30,42 @@ CODEX (SPIAT's format)
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from ..errors import TableError
-from ._tables import ParsedTable
 
-__all__ = ["READERS", "phenotype_flags"]
+__all__ = ["READERS", "ParsedTable", "phenotype_flags"]
+
+
+@dataclass
+class ParsedTable:
+    """What a vendor reader found, in the file's own units (filled by ``chemozone.io._vendors``)."""
+
+    x: pd.Series
+    y: pd.Series
+    x_column: str
+    y_column: str
+    unit: str | None
+    """``"um"``, ``"px"``, or None when the headers state no unit."""
+    cell_id: pd.Series | None = None
+    sample: pd.Series | None = None
+    sample_column: str | None = None
+    intensities: dict[tuple[str, str], pd.Series] = field(default_factory=dict)
+    """(marker, compartment) → mean intensity."""
+    positive: dict[str, pd.Series] = field(default_factory=dict)
+    phenotype: pd.Series | None = None
+    category: pd.Series | None = None
+    areas: dict[str, tuple[pd.Series, str]] = field(default_factory=dict)
+    """``cell`` / ``nucleus`` → (values, ``"um2"`` or ``"px2"``)."""
+    region_area: tuple[pd.Series, pd.Series, str] | None = None
+    """(area of the annotated region a cell lies in, the region's key, ``"um2"`` or ``"px2"``): the export's own
+    annotation area (HALO ``Region Area``, inForm ``Tissue Category Area``)."""
+    used: set[str] = field(default_factory=set)
+    """Source columns turned into chemozone columns (the others are kept verbatim)."""
 
 _COMPARTMENTS = {"nucleus": "nucleus", "nuclei": "nucleus", "cytoplasm": "cytoplasm", "membrane": "membrane",
                  "entire cell": "cell", "cell": "cell"}
