@@ -130,6 +130,13 @@ def count_within(cells: pd.DataFrame, *, population: str, source: str, target: s
         One row per sample (a single row without ``sample_id``): ``sample_id, radius_um, source, target,
         from_count, to_count, from_with`` (source cells with at least one target within the radius),
         ``within_mean`` (mean of ``within`` over all source cells).
+
+    Examples
+    --------
+    >>> cells = pd.DataFrame({"x_um": [0.0, 10.0, 30.0, 100.0], "y_um": 0.0, "ph": ["CD68+", "CK+", "CK+", "CD68+"]})
+    >>> r = count_within(cells, population="ph", source="CD68+", target="CK+", radius_um=25)
+    >>> r[["from_count", "to_count", "from_with", "within_mean"]].values.tolist()
+    [[2.0, 2.0, 1.0, 0.5]]
     """
     xy = _xy(cells)
     if population not in cells.columns:

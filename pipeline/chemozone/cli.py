@@ -19,7 +19,7 @@ from typing import Sequence
 from .errors import ChemozoneError
 
 __all__ = ["main", "build_parser", "cli_validate", "cli_synth", "cli_run", "cli_demo", "cli_report", "cli_view",
-           "cli_export"]
+           "cli_export", "cli_import"]
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path, required=True, help="experiment config (YAML)")
     r.add_argument("--out", type=Path, required=True, help="run folder to write")
     r.add_argument("--no-report", action="store_true", help="skip writing OUT/report.html")
+    r.add_argument("--cells", nargs="?", const="auto", default=None, metavar="FORMAT",
+                   help="INPUT is a cell table (or a sheet with a cells_table column) without images: "
+                        "auto, inform, halo, qupath, mcmicro, scimap, cellprofiler, codex")
+    _add_table_options(r)
     _add_run_options(r)
     r.set_defaults(handler=cli_run)
 
@@ -82,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("path", type=Path)
     vw.set_defaults(handler=cli_view)
 
+    im = sub.add_parser("import", help="convert another tool's cell table to chemozone's columns (Parquet/CSV)")
+    im.add_argument("format", choices=["auto", "inform", "halo", "qupath", "mcmicro", "scimap", "cellprofiler", "codex"])
+    im.add_argument("table", type=Path, help="the exported cell table (.txt/.tsv/.csv, gzip allowed)")
+    im.add_argument("--out", type=Path, required=True, help="file to write (.parquet or .csv)")
+    im.add_argument("--sample-id", default=None, help="one sample id for the whole table")
+    im.add_argument("--phenotypes", type=Path, default=None, help="CODEX: cluster id -> phenotype name (TSV)")
+    _add_table_options(im)
+    im.set_defaults(handler=cli_import)
+
     ex = sub.add_parser("export", help="export a run to the scverse ecosystem or to QuPath")
     ex.add_argument("out", type=Path, help="run folder")
     ex.add_argument("--to", choices=["anndata", "spatialdata", "qupath"], required=True)
@@ -90,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qupath: cells as outlines (default) or centroids")
     ex.set_defaults(handler=cli_export)
     return p
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pixel-size-um", type=float, default=None,
+                   help="µm per pixel of a table in pixels (default: config panel.pixel_size_um)")
+    p.add_argument("--unit", choices=["auto", "um", "px"], default=None, help="unit of the positions (default: auto)")
+    p.add_argument("--sample-column", default=None, help="column naming each cell's sample")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -154,13 +174,54 @@ def cli_run(args: argparse.Namespace) -> int:
     """``chemozone run INPUT --config CFG --out OUT ...``"""
     from .run import run_batch
 
-    res = run_batch(args.input, args.config, args.out, workers=args.workers, **_run_options(args))
+    if args.cells is not None:
+        from .table_run import run_cell_tables
+
+        res = run_cell_tables(args.input, _table_config(args), args.out, on_error=args.on_error, command=sys.argv)
+    else:
+        res = run_batch(args.input, args.config, args.out, workers=args.workers, **_run_options(args))
     _print_summary(res)
     if not args.no_report and any(s == "done" for s in res.statuses.values()):
         from .report import write_report
 
         print(f"report: {write_report(res.out)}")
     return res.exit_code
+
+
+def _table_config(args: argparse.Namespace):
+    """The config with the command line's table options (``--cells FORMAT``, ``--unit``, ``--sample-column``,
+    ``--pixel-size-um``) in place of its ``cell_tables`` / ``panel.pixel_size_um`` values."""
+    from .config import config_from_dict, load_config
+
+    cfg = load_config(getattr(args, "config", None))
+    data = cfg.model_dump(mode="json")
+    ct = data["cell_tables"]
+    for key, val in (("format", getattr(args, "cells", None)), ("unit", args.unit), ("sample_column", args.sample_column)):
+        if val is not None and not (key == "format" and val == "auto" and ct["format"] != "auto"):
+            ct[key] = val
+    if args.pixel_size_um is not None:
+        data["panel"]["pixel_size_um"] = args.pixel_size_um
+    return config_from_dict(data, source=str(getattr(args, "config", "command line")))
+
+
+def cli_import(args: argparse.Namespace) -> int:
+    """``chemozone import FORMAT TABLE --out FILE [--pixel-size-um --unit --sample-column --sample-id]``."""
+    from .io import read_cell_table
+
+    t = read_cell_table(args.table, args.format, pixel_size_um=args.pixel_size_um, unit=args.unit or "auto",
+                        sample_column=args.sample_column, sample_id=args.sample_id, phenotypes_file=args.phenotypes)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        t.cells.to_csv(out, index=False)
+    else:
+        from .layout import write_parquet
+
+        write_parquet(t.cells, out)
+    n_s = t.cells["sample_id"].nunique()
+    print(f"wrote {len(t.cells)} cells of {n_s} sample{'s' if n_s != 1 else ''} ({t.format}, positions in "
+          f"{'µm' if t.unit == 'um' else f'pixels × {t.pixel_size_um} µm'}; markers {', '.join(t.markers)}) to {out}")
+    return EXIT_OK
 
 
 def cli_demo(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from pydantic import (
 
 from ._config_errors import format_validation_error, move_deprecated_keys
 from ._config_regions import RegionsConfig, check_region_zones
+from ._config_tables import CellTablesConfig
 from .errors import ConfigError
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "CognatePair",
     "NeighbourhoodConfig",
     "SpatialConfig",
+    "CellTablesConfig",
     "StatsConfig",
     "RunConfig",
     "RegionsConfig",
@@ -214,9 +216,10 @@ class QuantificationConfig(_Section):
 class GateConfig(_Section):
     """How a marker's positivity threshold is chosen (a cell is positive when its value > threshold)."""
 
-    method: Literal["manual", "gmm", "otsu", "valley", "multiotsu", "pooled", "reference"] = "pooled"
+    method: Literal["manual", "gmm", "otsu", "valley", "multiotsu", "pooled", "reference", "vendor"] = "pooled"
     """manual: ``value``; gmm/otsu/valley/multiotsu: per sample; pooled: one gate for the cohort;
-    reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``."""
+    reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``; vendor: the
+    positivity of an imported cell table (``{marker}_pos`` from HALO flags or inForm/QuPath phenotypes) as is."""
     value: float | None = None
     """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
     pooled_method: Literal["gmm", "otsu", "valley", "multiotsu"] = "gmm"
@@ -321,7 +324,7 @@ class ZoneConfig(_Section):
     """One zone: chemokine pixels, producer cells, a tumor compartment, or annotated regions."""
 
     name: str
-    source: Literal["pixels", "producers", "tumor", "regions"] = "pixels"
+    source: Literal["pixels", "producers", "tumor", "regions", "tumor_cells"] = "pixels"
     channels: list[str] = Field(default_factory=list)
     """pixels: chemokine channel(s) combined into one module signal; tumor: the epithelial channel."""
     smooth_um: PositiveFloat = 10.0
@@ -340,7 +343,17 @@ class ZoneConfig(_Section):
     radius_um: float = Field(20.0, ge=0)
     """producers: zone = tissue within this distance of a producer cell, µm."""
     bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
-    """tumor: margin/peritumoral band edges outside the epithelium, µm."""
+    """tumor / tumor_cells: margin/peritumoral band edges outside the epithelium, µm."""
+    tumor_column: str = "cell_type"
+    """tumor_cells: the cells column that names tumor cells (``cell_type``, or an imported table's
+    ``tissue_category`` / ``vendor_phenotype``)."""
+    tumor_values: list[str] = Field(default_factory=list)
+    """tumor_cells: values of ``tumor_column`` that are tumor cells (e.g. [Tumor]); the epithelium is estimated
+    from their positions as the tissue is from all cells' (discs of ``cell_tables.region_radius_um``), closed by
+    ``tumor_close_um``."""
+    tumor_close_um: float | None = Field(None, ge=0)
+    """tumor_cells: closing radius of the epithelium, µm (None = the disc radius: gaps of about one cell between
+    tumor cells are epithelium, a stroma strip wider than two cells is not)."""
     region_class: str | None = None
     """regions: the annotation class (e.g. Tumor) whose outlines, in the sample's regions GeoJSON, are the zone."""
 
@@ -352,6 +365,8 @@ class ZoneConfig(_Section):
             object.__setattr__(self, "threshold", ThresholdConfig(mode="pooled", method="otsu"))
         if self.source in ("pixels", "tumor") and not self.channels:
             raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
+        if self.source == "tumor_cells" and not self.tumor_values:
+            raise ValueError(f"zone '{self.name}' with source 'tumor_cells' needs 'tumor_values' (e.g. [Tumor])")
         if self.source == "producers" and not self.producer_marker:
             raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
         if (self.source == "regions") != (self.region_class is not None):
@@ -375,7 +390,7 @@ def zone_mask_names(zones: list[ZoneConfig]) -> list[str]:
     """
     out: list[str] = []
     for z in zones:
-        if z.source == "tumor":
+        if z.source in ("tumor", "tumor_cells"):
             out += [f"{z.name}_{p}" for p in TUMOR_COMPARTMENTS]
         else:
             out.append(z.name)
@@ -426,6 +441,7 @@ class SpatialConfig(_Section):
         return v
 
 
+# --------------------------------------------------------------------------------------- cell tables
 # --------------------------------------------------------------------------------------------- stats
 class StatsConfig(_Section):
     effectiveness: dict[str, PositiveFloat] = Field(
@@ -473,6 +489,7 @@ class Config(_Section):
     phenotypes: PhenotypesConfig = Field(default_factory=PhenotypesConfig)
     zones: list[ZoneConfig] = Field(default_factory=list)
     spatial: SpatialConfig = Field(default_factory=SpatialConfig)
+    cell_tables: CellTablesConfig = Field(default_factory=CellTablesConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     run: RunConfig = Field(default_factory=RunConfig)

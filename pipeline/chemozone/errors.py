@@ -11,6 +11,7 @@ __all__ = [
     "ImageError",
     "MaskError",
     "RegionError",
+    "TableError",
     "ChannelError",
     "SampleSheetError",
     "MissingDependencyError",
@@ -41,6 +42,11 @@ class MaskError(ImageError):
 
 class RegionError(ChemozoneError, ValueError):
     """A region-annotation GeoJSON named in the sample sheet that cannot be used (names the file and the column)."""
+
+
+class TableError(ChemozoneError, ValueError):
+    """A cell table (inForm, HALO, QuPath, MCMICRO, CellProfiler, CODEX export) that cannot be imported: the message
+    names the file, the column and what to do."""
 
 
 class ChannelError(ChemozoneError, KeyError):

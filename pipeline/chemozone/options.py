@@ -36,6 +36,8 @@ __all__ = [
     "cognate_options",
     "overlap_options",
     "qc_options",
+    "table_read_options",
+    "region_options",
 ]
 
 
@@ -129,6 +131,21 @@ def overlap_options(cfg: Config) -> dict[str, Any]:
     sp = cfg.spatial
     return {"zones": overlap_zone_names(overlap_zones=sp.overlap_zones, cognate_pairs=sp.cognate_pairs),
             "edge_exclusion_um": sp.edge_exclusion_um, "populations": sp.populations}
+
+
+def table_read_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.io.read_cell_table` (the ``cell_tables`` section, ``panel.pixel_size_um`` for
+    tables in pixels, ``panel.aliases`` for marker names)."""
+    ct = cfg.cell_tables
+    return {"format": ct.format, "unit": ct.unit, "sample_column": ct.sample_column,
+            "pixel_size_um": cfg.panel.pixel_size_um, "aliases": cfg.panel.aliases or None}
+
+
+def cell_region_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.cell_regions.cell_region` and :func:`chemozone.cell_regions.tumor_cell_zones`
+    (tissue and epithelium from cell positions: ``cell_tables.region_*``, ``tissue.fill_holes_um2``)."""
+    ct = cfg.cell_tables
+    return {"radius_um": ct.region_radius_um, "close_um": ct.region_close_um, "fill_holes_um2": cfg.tissue.fill_holes_um2}
 
 
 _TUMOUR_TYPES = ("tumor", "tumour", "epithel", "carcinoma", "cancer")

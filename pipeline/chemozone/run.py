@@ -368,8 +368,8 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
     lay = RunLayout(out)
     from .io import MASK_COLUMNS
 
-    meta = samples.drop(columns=["image", *[c for c in (*MASK_COLUMNS, REGIONS_COLUMN) if c in samples]]).copy()
-    write_parquet(samples.assign(image=samples["image"].astype(str)), lay.cohort_samples)
+    meta = samples.drop(columns=[c for c in ("image", *MASK_COLUMNS, REGIONS_COLUMN) if c in samples]).copy()  # tables: no image
+    write_parquet(samples.assign(image=samples["image"].astype(str)) if "image" in samples else samples, lay.cohort_samples)
     for per_sample, cohort in ((lay.cells, lay.cohort_cells), (lay.infiltration, lay.cohort_infiltration),
                                (lay.zones, lay.cohort_zones), (lay.cognate, lay.cohort_cognate),
                                (lay.zone_overlap, lay.cohort_zone_overlap)):

@@ -25,6 +25,8 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 - ``_write``: :func:`write_ome_tiff`.
 - ``_masks``: precomputed label masks named in the sample sheet (``nuclei_mask``, ``cells_mask``;
   :func:`read_label_mask`, :func:`mask_header`, :func:`sample_mask_specs`).
+- ``_tables``: other tools' cell tables in chemozone's columns (:func:`read_cell_table`, :class:`CellTable`);
+  ``_vendors``: one reader per format (inForm, HALO, QuPath, MCMICRO/SCIMAP, CellProfiler, CODEX).
 """
 
 from ._channels import canonical_channel_names, normalize_channel_name, resolve_channels
@@ -32,6 +34,7 @@ from ._folder import is_channel_folder
 from ._image import ImageData
 from ._masks import MASK_COLUMNS, mask_header, read_label_mask, resolve_mask_spec, sample_mask_specs, split_mask_spec
 from ._read import IMAGE_SUFFIXES, is_image_path, read_image, read_image_info
+from ._tables import TABLE_FORMATS, CellTable, detect_table_format, read_cell_table, table_markers
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
 from ._write import write_ome_tiff
 from ._zarr import labels_pixel_size_um as labels_pixel_size_um
@@ -57,6 +60,11 @@ __all__ = [
     "resolve_mask_spec",
     "mask_header",
     "read_label_mask",
+    "TABLE_FORMATS",
+    "CellTable",
+    "read_cell_table",
+    "detect_table_format",
+    "table_markers",
 ]
 
 # doctest only collects examples of functions defined in the module itself; the examples of the re-exported

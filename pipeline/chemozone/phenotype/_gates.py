@@ -225,6 +225,11 @@ def _marker_gates(
     max_cells_per_sample: int,
 ) -> list[dict[str, Any]]:
     """Gates-table rows of one marker: its computed gates, overridden by the reviewed ones."""
+    if mc.gate.method == "vendor":  # the imported table's own positivity: no threshold (apply_gates keeps it)
+        _vendor_column(cells, marker)
+        return [{"sample_id": s, "marker": marker, "compartment": mc.compartment, "threshold": float("nan"),
+                 "threshold_raw": float("nan"), "method": "vendor", "transform": mc.transform,
+                 "cofactor": float("nan"), "warning": ""} for s in sample_list]
     col = marker_column(cells, marker, mc.compartment)
     raw = cells[col].to_numpy(dtype=float)
     cof = float(mc.cofactor) if mc.cofactor is not None else default_cofactor(raw)
@@ -380,7 +385,8 @@ def gates_from_file(path: str | Path) -> dict[str, dict[str, float]]:
 
 # ----------------------------------------------------------------------------------------- applying
 def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[str, MarkerConfig]) -> pd.DataFrame:
-    """Add a ``{marker}_pos`` boolean column for every gated marker (value > ``threshold_raw``).
+    """Add a ``{marker}_pos`` boolean column for every gated marker (value > ``threshold_raw``); a marker whose
+    gate method is ``vendor`` keeps the imported table's ``{marker}_pos`` (missing values negative).
 
     Parameters
     ----------
@@ -416,6 +422,9 @@ def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[st
     out = cells.copy()
     g = gates.assign(sample_id=gates["sample_id"].astype(str))
     for marker, mc in markers.items():
+        if mc.gate.method == "vendor":
+            out[f"{marker}_pos"] = cells[_vendor_column(cells, marker)].fillna(False).astype(bool).to_numpy()
+            continue
         col = marker_column(cells, marker, mc.compartment)
         sub = g[g["marker"] == marker]
         table = dict(zip(sub["sample_id"], sub["threshold_raw"].astype(float)))
@@ -429,6 +438,18 @@ def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[st
         thr = sid.map({s: t for s, (t, _) in resolved.items()}).to_numpy(dtype=float)
         out[f"{marker}_pos"] = is_positive(cells[col].to_numpy(dtype=float), thr)
     return out
+
+
+def _vendor_column(cells: pd.DataFrame, marker: str) -> str:
+    """The ``{marker}_pos`` column an imported table brought (gate method ``vendor``)."""
+    col = f"{marker}_pos"
+    if col not in cells.columns:
+        have = [c for c in cells.columns if str(c).endswith("_pos")]
+        raise ConfigError(
+            f"phenotypes.markers.{marker}.gate.method is 'vendor' but the cells table has no '{col}' column (vendor "
+            f"positivity found: {have}); import a table with {marker} positivity or gate the marker's intensities"
+        )
+    return col
 
 
 def is_positive(values, threshold_raw) -> np.ndarray:

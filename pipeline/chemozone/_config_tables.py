@@ -1,0 +1,28 @@
+"""The ``cell_tables`` config section (runs on other tools' cell tables, :mod:`chemozone.table_run`); part of
+:mod:`chemozone.config`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+__all__ = ["CellTablesConfig"]
+
+
+class CellTablesConfig(BaseModel):
+    """Runs on other tools' cell tables without images (``chemozone run TABLE --cells FORMAT``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    format: Literal["auto", "inform", "halo", "qupath", "mcmicro", "scimap", "cellprofiler", "codex"] = "auto"
+    """Export format (auto = recognised by its position columns)."""
+    unit: Literal["auto", "um", "px"] = "auto"
+    """Unit of the positions (auto = from the headers or the format); pixels need ``panel.pixel_size_um``."""
+    sample_column: str | None = None
+    """Column naming each cell's sample (None = the format's image column, else the file name)."""
+    region_radius_um: PositiveFloat | None = None
+    """Tissue from cell positions: disc of this radius around every cell (None = half the median distance from a
+    cell to its nearest neighbour in the sample)."""
+    region_close_um: float = Field(50.0, ge=0)
+    """Tissue from cell positions: gaps between discs narrower than twice this are bridged (morphological closing)."""
