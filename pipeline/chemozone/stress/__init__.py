@@ -48,7 +48,7 @@ producers, truth fields, recruitment), ``_render`` (labels, compartments, camera
 (:func:`generate_sample`, :func:`generate_cohort`, :func:`main`).
 """
 
-from ._cohort import generate_cohort, generate_sample, main, patient_draws
+from ._cohort import effective_dose, generate_cohort, generate_sample, main, patient_draws
 from ._panel import (
     CELL_TYPES,
     CHANNELS,
@@ -57,8 +57,10 @@ from ._panel import (
     MODULES,
     PANEL,
     PIXEL_SIZE_UM,
+    PRESETS,
     RECEPTOR_PROBABILITY,
     SPILLOVER,
+    check_preset,
     parameters,
 )
 
@@ -67,7 +69,9 @@ __all__ = [
     "generate_sample",
     "main",
     "patient_draws",
+    "effective_dose",
     "parameters",
+    "check_preset",
     "CELL_TYPES",
     "CHANNELS",
     "DESIGN",
@@ -75,6 +79,7 @@ __all__ = [
     "MODULES",
     "PANEL",
     "PIXEL_SIZE_UM",
+    "PRESETS",
     "RECEPTOR_PROBABILITY",
     "SPILLOVER",
 ]
