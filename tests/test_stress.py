@@ -234,10 +234,13 @@ def test_presets_change_only_what_they_document():
     assert d["design"] == [list(c) for c in stress.DESIGN] and d["n_patients"] == 3
     assert z["modules"]["CXCL10"]["baseline"] > d["modules"]["CXCL10"]["baseline"]
     assert z["modules"]["CXCL10"]["emax"] > d["modules"]["CXCL10"]["emax"]
-    assert z["patient_emax_sd_log"] == 2 * d["patient_emax_sd_log"]
+    assert z["patient_emax_sd_log"] > d["patient_emax_sd_log"] and z["patient_baseline_sd_log"] > 0 == d["patient_baseline_sd_log"]
     assert s["n_patients"] == 6 and sorted({r for r, _ in s["design"]}) == ["carbon", "photon", "sham"]
     assert [x for r, x in s["design"] if r == "photon"] == [1.0, 2.0, 5.0, 10.0, 20.0]
     assert [x for r, x in s["design"] if r == "carbon"] == [1.0, 2.0, 5.0]
+    kw = dict(size_px=128, dose_gy=10.0, radiation="photon", patient=1, seed=2, sample_id="PT2_photon_10Gy")
+    a, b = stress.generate_sample(**kw, preset="zones"), stress.generate_sample(**kw, preset="stats")
+    np.testing.assert_array_equal(a["image"], b["image"])  # stats = zones biology for sham and photon
     s["modules"]["CXCL10"]["emax"] = 9.0  # a copy: the preset itself is not changed
     assert stress.parameters("stats")["modules"]["CXCL10"]["emax"] == z["modules"]["CXCL10"]["emax"]
 
@@ -275,17 +278,18 @@ def zones_truth():
 
 
 def test_zones_preset_covers_its_zone_fractions(zones_truth):
-    # the ranges the preset documents (measured over seeds 0-9 x 3 patients at 1024 px: 20 Gy 0.15-0.48,
-    # median 0.28-0.41; sham 0-0.055, mean 0.015-0.03); independent modules would have phi ~ 0 (measured 0.27-0.62)
+    # the ranges the preset documents, measured with this fixture over seeds 0-29 (3 patients, 1024 px): 20 Gy
+    # 0.148-0.468, median of 6 0.24-0.43; sham max 0.064, mean 0.008-0.035; phi of the zone masks 0.04-0.68
+    # (independent modules would give ~0)
     high = np.array([[zones_truth[pt, 20.0]["info"]["zone_fraction"][m] for m in stress.MODULES] for pt in range(3)])
     sham = np.array([[zones_truth[pt, 0.0]["info"]["zone_fraction"][m] for m in stress.MODULES] for pt in range(3)])
-    assert high.min() >= 0.10 and high.max() <= 0.50 and 0.25 <= np.median(high) <= 0.42
-    assert sham.max() <= 0.06 and 0.01 <= sham.mean() <= 0.035  # baseline producers: sham zones of ~0-5 %
+    assert high.min() >= 0.10 and high.max() <= 0.50 and 0.20 <= np.median(high) <= 0.45
+    assert sham.max() <= 0.07 and 0.005 <= sham.mean() <= 0.04  # baseline producers: sham zones of ~0-5 %
     for m in stress.MODULES:
-        assert sum(zones_truth[pt, 0.0]["info"]["n_producers"][m] for pt in range(3)) >= 3
-    for pt in range(3):  # co-localised modules: zone masks correlate positively in the tissue
-        h = zones_truth[pt, 20.0]
-        assert _phi(h["zones"]["CXCL10"][h["tissue"]], h["zones"]["CCL5"][h["tissue"]]) > 0.15
+        assert sum(zones_truth[pt, 0.0]["info"]["n_producers"][m] for pt in range(3)) >= 2
+    phi = [_phi(h["zones"]["CXCL10"][h["tissue"]], h["zones"]["CCL5"][h["tissue"]])
+           for h in (zones_truth[pt, 20.0] for pt in range(3))]
+    assert min(phi) > 0 and np.mean(phi) > 0.2  # co-localised modules: zone masks correlate positively
 
 
 def _stats_rows(design, size_px: int) -> pd.DataFrame:
@@ -310,7 +314,8 @@ def _stats_rows(design, size_px: int) -> pd.DataFrame:
 
 def test_stats_preset_carbon_weakens_cxcl10_only():
     # carbon 2 Gy = 5 Gy effective: the induced CXCL10 producers are halved (conservation 0.5), CCL5 kept
-    # (measured over seeds 0-9 at 640 px: ratios 0.39-0.57 and 0.86-1.20, carbon lower in >= 5 of 6 patients)
+    # (measured over seeds 0-19 at 640 px: ratios 0.39-0.61 and 0.66-1.22, CCL5's at least 0.2 above CXCL10's,
+    # carbon lower in >= 5 of 6 patients)
     df = _stats_rows([("sham", 0.0), ("photon", 5.0), ("carbon", 2.0)], 640).set_index(["patient", "radiation", "dose"])
     sham = df.xs(("sham", 0.0), level=("radiation", "dose"))
     carbon = df.xs(("carbon", 2.0), level=("radiation", "dose"))
@@ -318,16 +323,16 @@ def test_stats_preset_carbon_weakens_cxcl10_only():
     ratio = {m: (carbon[f"pf_{m}"] - sham[f"pf_{m}"]).mean() / (photon[f"pf_{m}"] - sham[f"pf_{m}"]).mean()
              for m in stress.MODULES}
     assert (carbon["pf_CXCL10"] < photon["pf_CXCL10"]).sum() >= 5
-    assert 0.3 <= ratio["CXCL10"] <= 0.7 and 0.75 <= ratio["CCL5"] <= 1.33
-    # co-localised modules: zone masks correlate positively (at 640 px, over seeds 0-9: photon phi >= 0.11 per
-    # sample; carbon's smaller CXCL10 zones reach -0.11 in single samples, median >= 0.1)
+    assert 0.3 <= ratio["CXCL10"] <= 0.7 and 0.6 <= ratio["CCL5"] <= 1.5 and ratio["CXCL10"] < ratio["CCL5"] - 0.1
+    # co-localised modules: zone masks correlate positively (at 640 px, seeds 0-19: photon phi >= 0.05 per sample;
+    # carbon's smaller CXCL10 zones can be negative in single samples; median of all irradiated >= 0.35)
     irr = df.drop(index="sham", level="radiation")["phi"]
     assert (irr.xs("photon", level="radiation") > 0).all() and irr.median() > 0.25
 
 
 def test_stats_preset_plateaus():
     # Hill n = 2, ED50 4 Gy: 10 -> 20 Gy adds ~12 % of the 0 -> 10 Gy rise of producers, less for zones (they
-    # saturate); a straight line would add 100 %. Measured over seeds 0-9 at 1024 px: -0.16 to 0.27.
+    # saturate); a straight line would add 100 %. Measured over seeds 0-14 at 1024 px: -0.12 to 0.34.
     df = _stats_rows([("sham", 0.0), ("photon", 10.0), ("photon", 20.0)], 1024)
     mean = df.groupby("dose").mean(numeric_only=True)
     for m in stress.MODULES:

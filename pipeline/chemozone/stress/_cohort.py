@@ -147,7 +147,7 @@ def generate_sample(*, size_px: int = 1024, dose_gy: float = 0.0, patient: int =
         One of :data:`PRESETS`; ``default`` gives the same pixels as before presets existed.
     pixels : bool
         False: truth only (labels, zones, truth table, info identical to ``pixels=True``), ``image`` None;
-        about 4x faster, for statistics on the generator's truth over many simulated cohorts.
+        about 3x faster, for statistics on the generator's truth over many simulated cohorts.
 
     Returns
     -------

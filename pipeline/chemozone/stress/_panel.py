@@ -83,7 +83,7 @@ DESIGN = [("sham", 0.0), ("photon", 2.0), ("photon", 5.0), ("photon", 10.0)]
 
 PRESETS = {
     "default": "the original stress cohort: 3 patients x (sham, photon 2, 5, 10 Gy); sham zones 0-4 %, "
-               "irradiated 2-35 %",
+               "irradiated about 4-35 %",
     "zones": "zone calling: baseline producers in every sham (zones about 1-5 %), a larger Emax and twice the "
              "patients' spread, so irradiated zones cover about 5-40 %; 3 patients x (sham, photon 2, 5, 10, 20 Gy)",
     "stats": "dose-response statistics: the zones preset's biology on 6 patients x (sham, photon 1, 2, 5, 10, "
@@ -94,8 +94,8 @@ PRESETS = {
 
 _PHOTON = {"effectiveness": 1.0, "conservation": {"CXCL10": 1.0, "CCL5": 1.0}}
 _ZONES = {  # what the zones preset changes (deep-merged over the default)
-    "patient_emax_sd_log": 0.3, "patient_baseline_sd_log": 0.35,
-    "modules": {"CXCL10": {"baseline": 0.016, "emax": 0.45}, "CCL5": {"baseline": 0.014, "emax": 0.38}},
+    "patient_emax_sd_log": 0.25, "patient_baseline_sd_log": 0.35,
+    "modules": {"CXCL10": {"baseline": 0.014, "emax": 0.38}, "CCL5": {"baseline": 0.012, "emax": 0.32}},
     "design": [["sham", 0.0], ["photon", 2.0], ["photon", 5.0], ["photon", 10.0], ["photon", 20.0]],
 }
 _OVERRIDES: dict[str, dict[str, Any]] = {
