@@ -45,10 +45,11 @@ Presets (``preset=`` / ``--preset``; :data:`PRESETS`, :func:`parameters` ``(pres
 * ``default``: the cohort as first written (same seed, same pixels as before presets existed): 3 patients ×
   (sham, photon 2, 5, 10 Gy); baseline 1.0 / 0.8 % producers (CXCL10 / CCL5), Emax 0.30 / 0.22, patients'
   Emax spread lognormal SD 0.15; sham zones 0-4 % (often 0), irradiated about 4-35 %.
-* ``zones`` (for zone calling): baseline 1.6 / 1.4 % with a per-patient factor (lognormal SD 0.35), Emax
-  0.45 / 0.38, patients' Emax spread SD 0.30; 3 patients × (sham, photon 2, 5, 10, 20 Gy). Measured at
-  1024 px (seeds 0-9): sham zones 0-5.5 % (mean ~2 %, baseline producers in almost every sham), 2 Gy about
-  1-15 %, 20 Gy 15-48 % (median ~33 %); zone masks correlate positively (phi 0.3-0.6 at 20 Gy).
+* ``zones`` (for zone calling): baseline 1.4 / 1.2 % producers with a per-patient factor (lognormal SD 0.35),
+  Emax 0.38 / 0.32, patients' Emax spread SD 0.25; 3 patients × (sham, photon 2, 5, 10, 20 Gy). Zone fractions of
+  the truth at 1024 px (30 seeds × 3 patients × 2 chemokines, 5th / 50th / 95th percentile): sham 0.1 / 1.8 /
+  4.3 % (max 6.4 %; baseline producers in almost every sham), 2 Gy 5.5 / 10 / 16 %, 20 Gy 19 / 30 / 42 %
+  (max 47 %); the two zone masks correlate positively (phi mostly 0.2-0.7 at 20 Gy).
 * ``stats`` (for dose-response statistics): the ``zones`` biology (identical sham and photon samples for the same
   seed, patient and sample id) on 6 patients × (sham, photon 1, 2, 5, 10, 20 Gy, carbon 1, 2, 5 Gy). Carbon
   has ``effectiveness`` 2.5 (carbon 2 Gy acts as photon 5 Gy) and ``conservation`` 0.5 for CXCL10, 1.0 for CCL5:

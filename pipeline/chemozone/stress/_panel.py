@@ -84,7 +84,7 @@ DESIGN = [("sham", 0.0), ("photon", 2.0), ("photon", 5.0), ("photon", 10.0)]
 PRESETS = {
     "default": "the original stress cohort: 3 patients x (sham, photon 2, 5, 10 Gy); sham zones 0-4 %, "
                "irradiated about 4-35 %",
-    "zones": "zone calling: baseline producers in every sham (zones about 1-5 %), a larger Emax and twice the "
+    "zones": "zone calling: baseline producers in (almost) every sham (zones about 0-5 %), a larger Emax and "
              "patients' spread, so irradiated zones cover about 5-40 %; 3 patients x (sham, photon 2, 5, 10, 20 Gy)",
     "stats": "dose-response statistics: the zones preset's biology on 6 patients x (sham, photon 1, 2, 5, 10, "
              "20 Gy, carbon 1, 2, 5 Gy); carbon is 2.5x as effective per Gy but conserves only half of the "
