@@ -26,13 +26,41 @@ What makes it hard (all parameters in ``truth/cohort.json``, :func:`parameters`)
 * **Receptors** CXCR3 and CCR5 are dim (a positive cell's mean is about 2-4× a negative immune cell's, offset
   included) on subsets of the immune lineages (:data:`RECEPTOR_PROBABILITY`).
 * **Chemokines** CXCL10 and CCL5: tumor cells become producers with probability
-  ``baseline + Emax * D^2 / (ED50^2 + D^2)`` (baseline ~1 %: sham zones of 0-5 %), drawn with weights
-  ``exp(k * H_m(x))`` where the territories ``H_m`` share a damage field (positively correlated modules).
-  Producers carry cytoplasmic dots; the secreted chemokine adds a halo ``∝ F_m``, ``F_m(x) = sum_i w_i
-  exp(-d_i² / (2 σ²))``, σ = 15 µm; the truth zone is ``tissue & F_m >= 0.5``.
+  ``baseline + Emax * D^2 / (ED50^2 + D^2)`` (ED50 4 Gy; ``D`` the photon-equivalent dose, below), drawn with
+  weights ``exp(k * H_m(x))`` where the territories ``H_m`` share a damage field (positively correlated
+  modules, co-localised zones). Producers carry cytoplasmic dots; the secreted chemokine adds a halo ``∝ F_m``,
+  ``F_m(x) = sum_i w_i exp(-d_i² / (2 σ²))``, σ = 15 µm; the truth zone is ``tissue & F_m >= 0.5``.
 * **Infiltration**: besides resident immune cells (uniform in stroma, few in nests), receptor+ cells
   (CXCR3+ for CXCL10, CCR5+ for CCL5) are recruited into each zone, ``Poisson(900/mm² × zone area)``: the
-  receptor+ infiltration grows with dose.
+  receptor+ infiltration grows with dose. Cells negative for every receptor are never recruited (a recruited
+  cell carries its cognate receptor; the other receptor follows its lineage's probability, so with co-localised
+  zones CCL5-recruited CXCR3− cells also sit in CXCL10 zones).
+* **Radiation**: ``D = effectiveness × dose_gy`` and a module's Emax is multiplied by the radiation's
+  ``conservation`` (preset table ``radiation``; ``sham`` is dose 0).
+
+Presets (``preset=`` / ``--preset``; :data:`PRESETS`, :func:`parameters` ``(preset)``)
+-------------------------------------------------------------------------------------
+``truth/cohort.json`` records the preset, its description and all of its parameters.
+
+* ``default``: the cohort as first written (same seed, same pixels as before presets existed): 3 patients ×
+  (sham, photon 2, 5, 10 Gy); baseline 1.0 / 0.8 % producers (CXCL10 / CCL5), Emax 0.30 / 0.22, patients'
+  Emax spread lognormal SD 0.15; sham zones 0-4 % (often 0), irradiated about 4-35 %.
+* ``zones`` (for zone calling): baseline 1.4 / 1.2 % producers with a per-patient factor (lognormal SD 0.35),
+  Emax 0.38 / 0.32, patients' Emax spread SD 0.25; 3 patients × (sham, photon 2, 5, 10, 20 Gy). Zone fractions of
+  the truth at 1024 px (30 seeds × 3 patients × 2 chemokines, 5th / 50th / 95th percentile): sham 0.1 / 1.8 /
+  4.3 % (max 6.4 %; baseline producers in almost every sham), 2 Gy 5.5 / 10 / 16 %, 20 Gy 19 / 30 / 42 %
+  (max 47 %); the two zone masks correlate positively (phi mostly 0.2-0.7 at 20 Gy).
+* ``stats`` (for dose-response statistics): the ``zones`` biology (identical sham and photon samples for the same
+  seed, patient and sample id) on 6 patients × (sham, photon 1, 2, 5, 10, 20 Gy, carbon 1, 2, 5 Gy). Carbon
+  has ``effectiveness`` 2.5 (carbon 2 Gy acts as photon 5 Gy) and ``conservation`` 0.5 for CXCL10, 1.0 for CCL5:
+  after carbon the CXCL10 module is half as strong, CCL5 is not. What a statistics check can compare with:
+  photon ED50 4 Gy of the producer fraction (Hill n 2: 10 → 20 Gy adds ~12 % of the 0 → 10 Gy rise; zone
+  area and receptor+ infiltration saturate earlier because producers are tumor cells, nests ~42 % of the
+  tissue), receptor+ recruitment only, and per-sample realisations in ``cohort.json`` (effective dose, expected
+  and realised producer fractions, zone fractions, recruited cells per module, tissue area).
+
+``pixels=False`` (:func:`generate_sample`) gives the same truth without the image, about 3x faster (0.6 s
+instead of 1.8 s CPU per 1024² sample on one core), for truth tables over many simulated cohorts.
 
 Outputs of :func:`generate_cohort` (``OUT``)::
 
@@ -41,14 +69,14 @@ Outputs of :func:`generate_cohort` (``OUT``)::
     truth/{sample_id}/nuclei.tif, cells.tif (uint32), tissue.tif, tumor.tif, zone_CXCL10.tif, zone_CCL5.tif
                       (uint8), cells.parquet (sample_id, cell_id, x_um, y_um, cell_type, areas, in_tumor,
                       recruited, {marker}_pos, {chemokine}_amount, in_{chemokine})
-    truth/cohort.json               parameters, patients' random effects, per-sample realisations
+    truth/cohort.json               preset, parameters, patients' random effects, per-sample realisations
 
 Same seed, same pixels. Modules: ``_panel`` (panel and biology as data), ``_scene`` (tissue, cells,
 producers, truth fields, recruitment), ``_render`` (labels, compartments, camera), ``_cohort``
 (:func:`generate_sample`, :func:`generate_cohort`, :func:`main`).
 """
 
-from ._cohort import generate_cohort, generate_sample, main, patient_draws
+from ._cohort import effective_dose, generate_cohort, generate_sample, main, patient_draws
 from ._panel import (
     CELL_TYPES,
     CHANNELS,
@@ -57,8 +85,10 @@ from ._panel import (
     MODULES,
     PANEL,
     PIXEL_SIZE_UM,
+    PRESETS,
     RECEPTOR_PROBABILITY,
     SPILLOVER,
+    check_preset,
     parameters,
 )
 
@@ -67,7 +97,9 @@ __all__ = [
     "generate_sample",
     "main",
     "patient_draws",
+    "effective_dose",
     "parameters",
+    "check_preset",
     "CELL_TYPES",
     "CHANNELS",
     "DESIGN",
@@ -75,6 +107,7 @@ __all__ = [
     "MODULES",
     "PANEL",
     "PIXEL_SIZE_UM",
+    "PRESETS",
     "RECEPTOR_PROBABILITY",
     "SPILLOVER",
 ]

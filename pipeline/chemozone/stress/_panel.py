@@ -7,6 +7,7 @@ autofluorescence in every channel.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 PIXEL_SIZE_UM = 0.4977
@@ -78,16 +79,86 @@ GEOMETRY = {  # nucleus major axis (Âµm), minor/major aspect, cytoplasm width (Â
 }
 
 DESIGN = [("sham", 0.0), ("photon", 2.0), ("photon", 5.0), ("photon", 10.0)]
-"""Default (radiation, dose_gy) per patient."""
+"""Default (radiation, dose_gy) per patient (preset ``default``)."""
+
+PRESETS = {
+    "default": "the original stress cohort: 3 patients x (sham, photon 2, 5, 10 Gy); sham zones 0-4 %, "
+               "irradiated about 4-35 %",
+    "zones": "zone calling: baseline producers in (almost) every sham (zones about 0-5 %), a larger Emax and "
+             "patients' spread, so irradiated zones cover about 5-40 %; 3 patients x (sham, photon 2, 5, 10, 20 Gy)",
+    "stats": "dose-response statistics: the zones preset's biology on 6 patients x (sham, photon 1, 2, 5, 10, "
+             "20 Gy, carbon 1, 2, 5 Gy); carbon is 2.5x as effective per Gy but conserves only half of the "
+             "CXCL10 module (CCL5 fully)",
+}
+"""Preset name -> what it is for (:func:`parameters` gives each one's full parameters)."""
+
+_PHOTON = {"effectiveness": 1.0, "conservation": {"CXCL10": 1.0, "CCL5": 1.0}}
+_ZONES = {  # what the zones preset changes (deep-merged over the default)
+    "patient_emax_sd_log": 0.25, "patient_baseline_sd_log": 0.35,
+    "modules": {"CXCL10": {"baseline": 0.014, "emax": 0.38}, "CCL5": {"baseline": 0.012, "emax": 0.32}},
+    "design": [["sham", 0.0], ["photon", 2.0], ["photon", 5.0], ["photon", 10.0], ["photon", 20.0]],
+}
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "zones": _ZONES,
+    "stats": {**_ZONES, "n_patients": 6,
+              "design": [["sham", 0.0]] + [["photon", d] for d in (1.0, 2.0, 5.0, 10.0, 20.0)]
+              + [["carbon", d] for d in (1.0, 2.0, 5.0)],
+              "radiation": {"photon": _PHOTON,
+                            "carbon": {"effectiveness": 2.5, "conservation": {"CXCL10": 0.5, "CCL5": 1.0}}}},
+}
 
 
-def parameters() -> dict[str, Any]:
-    """The cohort's biology and imaging parameters (written to ``truth/cohort.json``).
+def check_preset(preset: str) -> str:
+    """``preset`` if it is one of :data:`PRESETS`, else a one-line ConfigError naming the choices.
 
-    >>> parameters()["zone"]["level"]
-    0.5
+    >>> check_preset("zones")
+    'zones'
     """
+    if preset not in PRESETS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"stress preset '{preset}' is unknown (preset= / --preset): choose one of "
+                          f"{', '.join(PRESETS)}")
+    return preset
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in, recursively for nested dicts (neither is modified)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def parameters(preset: str = "default") -> dict[str, Any]:
+    """A preset's biology and imaging parameters (written to ``truth/cohort.json``).
+
+    Parameters
+    ----------
+    preset : str
+        One of :data:`PRESETS` (``default``, ``zones``, ``stats``).
+
+    Returns
+    -------
+    dict
+        Everything the generator draws from, including the preset's ``design`` [(radiation, dose_gy)],
+        ``n_patients`` and ``radiation`` table (``effectiveness`` per Gy and per-module ``conservation`` of Emax).
+
+    Examples
+    --------
+    >>> parameters()["zone"]["level"], parameters("stats")["radiation"]["carbon"]["conservation"]["CXCL10"]
+    (0.5, 0.5)
+    """
+    check_preset(preset)
+    return copy.deepcopy(_merge(_default_parameters(), {**_OVERRIDES[preset], "preset": preset}))
+
+
+def _default_parameters() -> dict[str, Any]:
+    """The ``default`` preset (the stress cohort as first written)."""
     return {
+        "preset": "default", "n_patients": 3, "design": [list(d) for d in DESIGN], "radiation": {"photon": _PHOTON},
+        "patient_immune_sd_log": 0.2, "patient_emax_sd_log": 0.15, "patient_baseline_sd_log": 0.0,
         "pixel_size_um": PIXEL_SIZE_UM,
         "panel": [dict(zip(("channel", "marker", "compartment", "gain", "autofluorescence", "nonspecific",
                                 "offset"), p)) for p in PANEL],

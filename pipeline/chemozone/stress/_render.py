@@ -102,15 +102,23 @@ def camera(clean: np.ndarray, rng, tissue: np.ndarray, fibre: np.ndarray, stroma
     return out
 
 
-def render(rng, scene: dict[str, Any], p: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Labels, truth masks and the uint16 image of a scene."""
-    H, W = scene["shape"]
+def paint_labels(scene: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The truth label images of a scene (no random draws): ``nuclei`` and ``cells``, uint32 (Y, X)."""
     px = scene["pixel_size_um"]
     cells_ = scene["cells"]
     immune_first = np.argsort(~np.isin(cells_["type"], IMMUNE_TYPES), kind="stable")
-    nuclei = paint_nuclei((H, W), cells_["xy"], scene["shapes"], px, immune_first)
+    nuclei = paint_nuclei(scene["shape"], cells_["xy"], scene["shapes"], px, immune_first)
     cells = grow_cells(nuclei, scene["shapes"]["cyto_um"] / px, scene["tissue"])
-    labels = {"nuclei": nuclei, "cells": cells}
+    return {"nuclei": nuclei, "cells": cells}
+
+
+def render(rng, scene: dict[str, Any], p: dict[str, Any],
+           labels: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Labels (:func:`paint_labels` unless given) and the uint16 image of a scene."""
+    H, W = scene["shape"]
+    px = scene["pixel_size_um"]
+    labels = labels if labels is not None else paint_labels(scene)
+    nuclei, cells = labels["nuclei"], labels["cells"]
     w = compartment_weights(nuclei, cells, px)
     clean = np.zeros((len(PANEL), H, W), np.float32)
     for c, (_, marker, comp, gain, *_rest) in enumerate(PANEL):

@@ -113,26 +113,36 @@ def territories(rng, shape_c: tuple[int, int], g_um: float, p: dict[str, Any]) -
             for m in MODULES}
 
 
-def producer_fraction(dose_gy: float, module: dict[str, float], emax_scale: float = 1.0) -> float:
+def producer_fraction(dose_gy: float, module: dict[str, float], emax_scale: float = 1.0,
+                      baseline_scale: float = 1.0) -> float:
     """Fraction of tumor cells producing a chemokine: ``baseline + Emax * D^n / (ED50^n + D^n)``.
+
+    ``dose_gy`` is the photon-equivalent (effective) dose; ``emax_scale`` carries the patient's Emax factor
+    times the radiation's conservation of the module, ``baseline_scale`` the patient's baseline factor.
 
     >>> round(producer_fraction(4.0, {"baseline": 0.01, "emax": 0.3, "ed50_gy": 4.0, "hill_n": 2.0}), 3)
     0.16
     """
     d = max(float(dose_gy), 0.0)
     n = module["hill_n"]
-    return float(module["baseline"] + emax_scale * module["emax"] * d**n / (module["ed50_gy"] ** n + d**n))
+    return float(module["baseline"] * baseline_scale
+                 + emax_scale * module["emax"] * d**n / (module["ed50_gy"] ** n + d**n))
 
 
 def chemokine_fields(rng, cells: dict[str, Any], terr: dict[str, np.ndarray], tissue_c: np.ndarray, g_um: float,
-                     dose_gy: float, p: dict[str, Any], emax_scale: float) -> dict[str, Any]:
-    """Producers per module (tumor cells, weighted by territory) and the truth fields ``F_m`` on the coarse grid."""
+                     dose_gy: float, p: dict[str, Any], emax_scale: dict[str, float],
+                     baseline_scale: float = 1.0) -> dict[str, Any]:
+    """Producers per module (tumor cells, weighted by territory) and the truth fields ``F_m`` on the coarse grid.
+
+    ``dose_gy`` is the effective (photon-equivalent) dose; ``emax_scale`` {module: factor on Emax}.
+    """
     tumor = np.flatnonzero(cells["type"] == "Tumor")
     gi = np.clip((cells["xy"][:, ::-1] / g_um).astype(int), 0, np.array(tissue_c.shape) - 1)
     sig = p["zone"]["sigma_um"] / g_um
     out: dict[str, Any] = {"producer": {}, "amount": {}, "F": {}}
     for m, spec in p["modules"].items():
-        n = rng.binomial(tumor.size, min(1.0, producer_fraction(dose_gy, spec, emax_scale))) if tumor.size else 0
+        q = min(1.0, producer_fraction(dose_gy, spec, emax_scale[m], baseline_scale))
+        n = rng.binomial(tumor.size, q) if tumor.size else 0
         w = np.exp(p["territory"]["patchiness"] * terr[m][gi[tumor, 0], gi[tumor, 1]])
         chosen = rng.choice(tumor, size=n, replace=False, p=w / w.sum()) if n else np.zeros(0, int)
         prod = np.zeros(len(cells["xy"]), bool)
