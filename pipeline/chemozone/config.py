@@ -34,6 +34,7 @@ from pydantic import (
 from ._config_errors import format_validation_error, move_deprecated_keys
 from ._config_regions import RegionsConfig, check_region_zones
 from ._config_tables import CellTablesConfig
+from ._config_zones import TUMOR_COMPARTMENTS, ThresholdConfig, ZoneConfig, zone_mask_names
 from .errors import ConfigError
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "load_gates_file",
     "save_gates_file",
     "zone_mask_names",
+    "TUMOR_COMPARTMENTS",
 ]
 
 
@@ -298,105 +300,6 @@ class PhenotypesConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------- zones
-class ThresholdConfig(_Section):
-    """How a pixel zone's threshold is chosen (on the normalised module signal)."""
-
-    mode: Literal["absolute", "reference", "background", "pooled", "per_sample"] = "reference"
-    """absolute: ``value``; reference: ``quantile`` of reference samples' tissue pixels; background: robust
-    background model of the reference samples at ``error_rate`` (pooled fallback without them); pooled:
-    ``method`` over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended)."""
-    value: float | None = None
-    method: Literal["otsu", "triangle", "li"] = "otsu"
-    reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
-    group_by: str | None = "patient"
-    quantile: float = Field(0.99, gt=0, lt=1)
-    error_rate: float = Field(0.001, gt=0, lt=0.5)
-    """background: expected fraction of background tissue pixels above the threshold."""
-
-    @model_validator(mode="after")
-    def _absolute_needs_value(self) -> ThresholdConfig:
-        if self.mode == "absolute" and self.value is None:
-            raise ValueError("mode 'absolute' needs a 'value'")
-        return self
-
-
-class ZoneConfig(_Section):
-    """One zone: chemokine pixels, producer cells, a tumor compartment, or annotated regions."""
-
-    name: str
-    source: Literal["pixels", "producers", "tumor", "regions", "tumor_cells"] = "pixels"
-    channels: list[str] = Field(default_factory=list)
-    """pixels: chemokine channel(s) combined into one module signal; tumor: the epithelial channel."""
-    smooth_um: PositiveFloat = 10.0
-    """pixels/tumor: Gaussian sigma of the smoothing on the analysis grid, µm."""
-    background_quantile: float = Field(0.05, ge=0, lt=1)
-    """pixels/tumor: this quantile of the sample's smoothed tissue pixels is subtracted per channel as
-    background (0 = off)."""
-    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
-    """Default: reference quantile of the sham samples (pixels); pooled Otsu for source 'tumor'."""
-    min_area_um2: float = Field(200.0, ge=0)
-    fill_holes: bool = True
-    producer_marker: str | None = None
-    """producers: the marker whose ``_pos`` cells define the zone."""
-    producer_cell_types: list[str] | None = None
-    """producers: restrict to these cell types (e.g. [Tumor])."""
-    radius_um: float = Field(20.0, ge=0)
-    """producers: zone = tissue within this distance of a producer cell, µm."""
-    bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
-    """tumor / tumor_cells: margin/peritumoral band edges outside the epithelium, µm."""
-    tumor_column: str = "cell_type"
-    """tumor_cells: the cells column that names tumor cells (``cell_type``, or an imported table's
-    ``tissue_category`` / ``vendor_phenotype``)."""
-    tumor_values: list[str] = Field(default_factory=list)
-    """tumor_cells: values of ``tumor_column`` that are tumor cells (e.g. [Tumor]); the epithelium is estimated
-    from their positions as the tissue is from all cells' (discs of ``cell_tables.region_radius_um``), closed by
-    ``tumor_close_um``."""
-    tumor_close_um: float | None = Field(None, ge=0)
-    """tumor_cells: closing radius of the epithelium, µm (None = the disc radius: gaps of about one cell between
-    tumor cells are epithelium, a stroma strip wider than two cells is not)."""
-    region_class: str | None = None
-    """regions: the annotation class (e.g. Tumor) whose outlines, in the sample's regions GeoJSON, are the zone."""
-
-    @model_validator(mode="after")
-    def _source_fields(self) -> ZoneConfig:
-        if self.source == "tumor" and "threshold" not in self.model_fields_set:
-            # epithelium is present in every sample (sham included): a reference quantile of the sham would
-            # only keep its brightest 1 %, so tumor compartments default to a pooled Otsu threshold
-            object.__setattr__(self, "threshold", ThresholdConfig(mode="pooled", method="otsu"))
-        if self.source in ("pixels", "tumor") and not self.channels:
-            raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
-        if self.source == "tumor_cells" and not self.tumor_values:
-            raise ValueError(f"zone '{self.name}' with source 'tumor_cells' needs 'tumor_values' (e.g. [Tumor])")
-        if self.source == "producers" and not self.producer_marker:
-            raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
-        if (self.source == "regions") != (self.region_class is not None):
-            raise ValueError(f"zone '{self.name}': 'region_class' goes with (and only with) source 'regions'")
-        if self.bands_um != sorted(self.bands_um) or any(b <= 0 for b in self.bands_um):
-            raise ValueError(f"zone '{self.name}': bands_um must be increasing and > 0")
-        return self
-
-
-TUMOR_COMPARTMENTS = ("intraepithelial", "margin", "peritumoral", "distal")
-"""Suffixes of the four masks a ``source: tumor`` zone produces (``{zone}_intraepithelial``, ...)."""
-
-
-def zone_mask_names(zones: list[ZoneConfig]) -> list[str]:
-    """Names of the masks :func:`chemozone.zones.build_zones` returns for these zones (tumor zones give four).
-
-    Examples
-    --------
-    >>> zone_mask_names([ZoneConfig(name="CXCL8", channels=["CXCL8"]), ZoneConfig(name="T", source="tumor", channels=["panCK"])])
-    ['CXCL8', 'T_intraepithelial', 'T_margin', 'T_peritumoral', 'T_distal']
-    """
-    out: list[str] = []
-    for z in zones:
-        if z.source in ("tumor", "tumor_cells"):
-            out += [f"{z.name}_{p}" for p in TUMOR_COMPARTMENTS]
-        else:
-            out.append(z.name)
-    return out
-
-
 # ------------------------------------------------------------------------------------------- spatial
 class CognatePair(_Section):
     """A zone and the receptor of its chemokine, compared within lineages."""
