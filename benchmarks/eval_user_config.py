@@ -19,8 +19,9 @@ unassigned); stress: Tumor, Stroma, CD8 T, CD4 T (CD3+ CD8-), NK, Other immune, 
     python benchmarks/eval_user_config.py --only stress --stress-config benchmarks/configs/stress_user_filenames.yaml
 
 Measured (2 cores, final defaults of issue 14: pooled GMM, modes split, valley placement; rules of
-``configs/example.yaml`` with "Other immune: CD45+" before "Tumor: panCK+"): synth demo preset (14 samples, 1024 px)
-lineage balanced accuracy 0.954, receptor flags 0.987 (with Tumor before Other immune: 0.949, 69 of 244 CD45+
+``configs/example.yaml`` with "Other immune: CD45+" before "Tumor: panCK+"): synth demo preset (14 samples, 1024 px,
+co-localised modules) lineage balanced accuracy 0.953, receptor flags 0.989 (before the modules co-localised: 0.954
+/ 0.987, and with Tumor before Other immune 0.949, 69 of 244 CD45+
 "other immune" cells become Tumor through panCK picked up from neighbouring tumor cells); stress (3 x 4, 1024 px)
 0.998 / 0.997.
 

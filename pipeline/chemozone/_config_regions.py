@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ._config_base import _Section
 
 __all__ = ["RegionsConfig", "check_region_zones", "DEFAULT_EXCLUDE_CLASSES", "DEFAULT_ANALYSIS_CLASSES"]
 
@@ -15,10 +17,8 @@ DEFAULT_ANALYSIS_CLASSES = ("Region*", "Analysis", "Analysis region", "ROI")
 """Annotation classes that bound the analysed area by default (``Region*`` is QuPath's own)."""
 
 
-class RegionsConfig(BaseModel):
+class RegionsConfig(_Section):
     """Region annotations per sample (QuPath GeoJSON in the sample sheet's ``regions`` column)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     exclude_classes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_CLASSES))
     """Annotations of these classes are removed from the cells and from every area (tissue, zones)."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import Field, PositiveFloat
+
+from ._config_base import _Section
 
 __all__ = ["CellTablesConfig"]
 
 
-class CellTablesConfig(BaseModel):
+class CellTablesConfig(_Section):
     """Runs on other tools' cell tables without images (``chemozone run TABLE --cells FORMAT``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     format: Literal["auto", "inform", "halo", "qupath", "mcmicro", "scimap", "cellprofiler", "codex"] = "auto"
     """Export format (auto = recognised by its position columns)."""

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, model_validator
+
+from ._config_base import _Section
 
 __all__ = ["ThresholdConfig", "ZoneConfig", "TUMOR_COMPARTMENTS", "zone_mask_names"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class ThresholdConfig(_Section):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import ThresholdConfig, ZoneConfig
 from .errors import ConfigError, MissingStepError
-from .samples import select_reference
+from .samples import select_reference, select_samples
 
 __all__ = ["compute_zone_thresholds", "background_threshold"]
 
@@ -104,10 +104,8 @@ def _statistic(tc: ThresholdConfig):
     return lambda v: float(np.quantile(v, tc.quantile))
 
 
-def _no_reference_fallback(csum: pd.DataFrame, tc: ThresholdConfig, n: int, error: ConfigError) -> list[tuple[float, str]]:
+def _no_reference_fallback(csum: pd.DataFrame, tc: ThresholdConfig, n: int) -> list[tuple[float, str]]:
     """background mode without any reference sample: the same model over every sample (pooled), with a warning."""
-    if tc.mode != "background":
-        raise error
     t = background_threshold(_pooled_values(csum), error_rate=tc.error_rate)
     warn = (f"no sample matches the reference {dict(tc.reference)}: background model of all samples pooled "
             "(valid while zones cover less than half of the tissue)")
@@ -119,12 +117,9 @@ def _reference_thresholds(
 ) -> list[tuple[float, str]]:
     """``(threshold, warning)`` per sample from its reference samples (same ``group_by`` value): their
     ``quantile`` (reference mode) or their background model (background mode)."""
-    try:
-        is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
-    except ConfigError as e:
-        if "no sample matches" not in str(e):
-            raise
-        return _no_reference_fallback(csum, tc, len(sids), e)
+    if tc.mode == "background" and not select_samples(samples, tc.reference, where=f"{where}.reference").any():
+        return _no_reference_fallback(csum, tc, len(sids))
+    is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
     stat = _statistic(tc)
     cache: dict[Any, tuple[float, str]] = {}
     out = []

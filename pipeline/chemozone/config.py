@@ -21,8 +21,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -31,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._config_base import _Section
 from ._config_errors import format_validation_error, move_deprecated_keys
 from ._config_regions import RegionsConfig, check_region_zones
 from ._config_tables import CellTablesConfig
@@ -68,10 +67,6 @@ __all__ = [
     "zone_mask_names",
     "TUMOR_COMPARTMENTS",
 ]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 # --------------------------------------------------------------------------------------------- panel
