@@ -9,6 +9,8 @@ phenotypes, for every mode below and several smoothing scales, and scores it aga
 * ``reference q0.99``: 99th percentile of the same patient's sham tissue pixels (README's recommendation so far);
 * ``background a0.001``: robust background model of the same patient's sham (median + z * lower-half SD,
   sigma-clipped), expected 0.1 % of background pixels above it;
+* ``halfmax f0.5``: the same patient's sham median + half the signal of one producer cell (the run's gates for the
+  chemokine; median over the cohort's irradiated producers, neighbours' share taken out);
 * ``pooled otsu`` / ``pooled triangle``: one threshold over the cohort's pooled tissue pixels;
 * ``producers r15`` / ``r20``: tissue within r µm of a cell the run gated positive for the chemokine.
 
@@ -34,6 +36,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
+from chemozone._zone_halfmax import signal_at_cells  # noqa: E402
 from chemozone.config import ThresholdConfig, ZoneConfig  # noqa: E402
 from chemozone.grid import block_mean, grid_factor  # noqa: E402
 from chemozone.io import labels_pixel_size_um, read_image, read_labels_zarr, resolve_channels  # noqa: E402
@@ -50,6 +53,7 @@ CHEMOKINES = ["CXCL8", "CXCL10", "CCL5"]
 MODES = {
     "reference q0.99": {"mode": "reference", "quantile": 0.99},
     "background a0.001": {"mode": "background", "error_rate": 0.001},
+    "halfmax f0.5": {"mode": "halfmax", "fraction": 0.5},
     "pooled otsu": {"mode": "pooled", "method": "otsu"},
     "pooled triangle": {"mode": "pooled", "method": "triangle"},
 }
@@ -102,7 +106,12 @@ def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) ->
              for c in data[samples.sample_id[0]]["chems"]]
     summ = pd.concat([signal_summary(data[s][("signal", z.name, sm)], data[s]["tissue"], sample_id=s, zone=z.name,
                                      channels=[z.name]) for s in samples.sample_id for z in zones])
-    thr = compute_zone_thresholds(summ, samples, zones=zones).set_index(["sample_id", "zone"])["threshold"]
+    at = None
+    if mode["mode"] == "halfmax":  # the run's own producer calls (its gates), as chemozone run's cohort step makes them
+        at = pd.concat([signal_at_cells(data[s][("signal", z.name, sm)], data[s]["cells"], grid_um=data[s]["grid_um"],
+                                        sample_id=s, zone=z.name, channels=[z.name]).assign(
+            producer=data[s]["cells"][f"{z.name}_pos"].to_numpy(bool)) for s in samples.sample_id for z in zones])
+    thr = compute_zone_thresholds(summ, samples, zones=zones, cell_signals=at).set_index(["sample_id", "zone"])["threshold"]
     rows = []
     for s in samples.itertuples():
         d = data[s.sample_id]

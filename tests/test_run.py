@@ -72,7 +72,10 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
     # sample, tissue, density or marker warning; a gate fallback may be reported), and step B counts positives
     assert isinstance(prov["warnings"], list)
     for w in prov["warnings"]:
-        assert set(w) == {"code", "sample", "message", "value"} and w["code"] == "gate_warning", w
+        assert set(w) == {"code", "sample", "message", "value"}, w
+        # halfmax zones of this 4-sample tiny cohort rest on ~20 gated producers: a true "uncertain" warning
+        assert w["code"] == "gate_warning" or (w["code"] == "zone_threshold_warning"
+                                               and "producer cells (< 30) set the level" in w["message"]), w
     for sid, info in prov["samples"].items():
         assert info["warnings"] == [w for w in prov["warnings"] if w["sample"] == sid]
         counts = {c["marker"]: c for c in info["step_b"]["positive_counts"]}
@@ -157,7 +160,9 @@ def test_corrupt_image_skip_exits_3_and_records_failure(tiny_cohort, tmp_path, d
 
 
 def test_refuses_to_start_on_a_missing_channel(tiny_cohort, tmp_path, capsys):
-    cfg = (tiny_cohort / "config.yaml").read_text().replace("CXCL10", "CXCL99", 1)
+    # every mention (marker, zone, cognate pair): a halfmax zone must name a gated marker, so renaming only the
+    # marker would stop at the config check before the channel check this test is about
+    cfg = (tiny_cohort / "config.yaml").read_text().replace("CXCL10", "CXCL99")
     (tmp_path / "c.yaml").write_text(cfg)
     code = main(["run", str(tiny_cohort), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 1

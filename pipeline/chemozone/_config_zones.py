@@ -10,16 +10,17 @@ from pydantic import Field, PositiveFloat, model_validator
 
 from ._config_base import _Section
 
-__all__ = ["ThresholdConfig", "ZoneConfig", "TUMOR_COMPARTMENTS", "zone_mask_names"]
+__all__ = ["ThresholdConfig", "ZoneConfig", "TUMOR_COMPARTMENTS", "zone_mask_names", "halfmax_producer_markers"]
 
 
 class ThresholdConfig(_Section):
     """How a pixel zone's threshold is chosen (on the normalised module signal)."""
 
-    mode: Literal["absolute", "reference", "background", "pooled", "per_sample"] = "reference"
+    mode: Literal["absolute", "reference", "background", "halfmax", "pooled", "per_sample"] = "reference"
     """absolute: ``value``; reference: ``quantile`` of reference samples' tissue pixels; background: robust
     background model of the reference samples at ``error_rate`` (pooled fallback without them); pooled:
-    ``method`` over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended)."""
+    ``method`` over the cohort's tissue pixels; per_sample: ``method`` per image (not recommended); halfmax:
+    reference median + ``fraction`` × the signal of one producer cell (the zone's ``producer_marker`` gate)."""
     value: float | None = None
     method: Literal["otsu", "triangle", "li"] = "otsu"
     reference: dict[str, Any] = Field(default_factory=lambda: {"dose_gy": 0})
@@ -27,6 +28,8 @@ class ThresholdConfig(_Section):
     quantile: float = Field(0.99, gt=0, lt=1)
     error_rate: float = Field(0.001, gt=0, lt=0.5)
     """background: expected fraction of background tissue pixels above the threshold."""
+    fraction: float = Field(0.5, gt=0, lt=1)
+    """halfmax: the zone edge as a fraction of one producer's smoothed signal (0.5 = its half-maximum footprint)."""
 
     @model_validator(mode="after")
     def _absolute_needs_value(self) -> ThresholdConfig:
@@ -52,7 +55,8 @@ class ZoneConfig(_Section):
     min_area_um2: float = Field(200.0, ge=0)
     fill_holes: bool = True
     producer_marker: str | None = None
-    """producers: the marker whose ``_pos`` cells define the zone."""
+    """producers: the marker whose ``_pos`` cells define the zone; pixels with threshold mode halfmax: the marker
+    whose positive cells are the producers (default: the channel's own name)."""
     producer_cell_types: list[str] | None = None
     """producers: restrict to these cell types (e.g. [Tumor])."""
     radius_um: float = Field(20.0, ge=0)
@@ -82,6 +86,8 @@ class ZoneConfig(_Section):
             raise ValueError(f"zone '{self.name}' with source '{self.source}' needs 'channels'")
         if self.source == "tumor_cells" and not self.tumor_values:
             raise ValueError(f"zone '{self.name}' with source 'tumor_cells' needs 'tumor_values' (e.g. [Tumor])")
+        if self.threshold.mode == "halfmax" and self.source != "pixels":
+            raise ValueError(f"zone '{self.name}': threshold mode 'halfmax' needs producer cells (source 'pixels')")
         if self.source == "producers" and not self.producer_marker:
             raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
         if (self.source == "regions") != (self.region_class is not None):
@@ -110,3 +116,20 @@ def zone_mask_names(zones: list[ZoneConfig]) -> list[str]:
         else:
             out.append(z.name)
     return out
+
+
+def halfmax_producer_markers(zone: ZoneConfig) -> dict[str, str]:
+    """``{channel: producer marker}`` of a zone whose threshold mode is ``halfmax`` (empty for other modes): the
+    zone's ``producer_marker`` for a one-channel zone, else each channel's own name.
+
+    Examples
+    --------
+    >>> z = ZoneConfig(name="IFN", channels=["CXCL10", "CCL5"], threshold=ThresholdConfig(mode="halfmax"))
+    >>> halfmax_producer_markers(z)
+    {'CXCL10': 'CXCL10', 'CCL5': 'CCL5'}
+    """
+    if zone.threshold.mode != "halfmax":
+        return {}
+    if zone.producer_marker and len(zone.channels) == 1:
+        return {zone.channels[0]: zone.producer_marker}
+    return {ch: ch for ch in zone.channels}

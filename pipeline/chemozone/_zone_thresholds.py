@@ -15,6 +15,7 @@ import pandas as pd
 
 from .config import ThresholdConfig, ZoneConfig
 from .errors import ConfigError, MissingStepError
+from ._zone_halfmax import MIN_PRODUCERS, cohort_producer_level
 from .samples import select_reference, select_samples
 
 __all__ = ["compute_zone_thresholds", "background_threshold"]
@@ -141,10 +142,43 @@ def _reference_thresholds(
     return out
 
 
+def _halfmax_thresholds(
+    csum: pd.DataFrame, cells: pd.DataFrame | None, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig,
+    *, smooth_um: float, where: str
+) -> list[tuple[float, str]]:
+    """``halfmax`` mode (:mod:`chemozone._zone_halfmax`): reference median + ``fraction`` × one producer's level."""
+    if cells is None:
+        raise MissingStepError(f"{where}: mode 'halfmax' needs the signal at every cell with its producer call "
+                               "(signal_at_cells in pass A, then the gates); pass cell_signals= to compute_zone_thresholds")
+    if not select_samples(samples, tc.reference, where=f"{where}.reference").any():
+        b = float(np.median(_pooled_values(csum)))
+        base = [(b, f"no sample matches the reference {dict(tc.reference)}: background = median of all samples")] * len(sids)
+        is_ref = np.zeros(len(sids), bool)
+    else:
+        base = _reference_thresholds(csum, samples, sids, tc.model_copy(update={"mode": "reference", "quantile": 0.5}),
+                                     where=where)
+        is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    background = {s: b for s, (b, _) in zip(sids, base)}
+    targets = [s for s, r in zip(sids, is_ref) if not r] or sids
+    level, n = cohort_producer_level(cells, background, targets, smooth_um=smooth_um)
+    if n == 0 or not np.isfinite(level) or level <= 0:
+        warn = (f"halfmax: no producer cell with signal above background in {len(targets)} non-reference samples; "
+                f"used the background mode (error_rate {tc.error_rate:g}) instead")
+        return [(t, "; ".join(w for w in (w0, warn) if w)) for t, w0 in _reference_thresholds(
+            csum, samples, sids, tc.model_copy(update={"mode": "background"}), where=where)]
+    warn = (f"halfmax: only {n} producer cells (< {MIN_PRODUCERS}) set the level of one producer; zone edges are "
+            "uncertain") if n < MIN_PRODUCERS else ""
+    return [(b + tc.fraction * level, "; ".join(w for w in (w0, warn) if w)) for b, w0 in base]
+
+
 def _channel_thresholds(
-    csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str
+    csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str,
+    cells: pd.DataFrame | None = None, smooth_um: float = 10.0,
 ) -> tuple[list[tuple[float, str]], str]:
     """``(threshold, warning)`` per sample of one channel's summaries, and the mode label."""
+    if tc.mode == "halfmax":
+        return (_halfmax_thresholds(csum, cells, samples, sids, tc, smooth_um=smooth_um, where=where),
+                f"halfmax_f{tc.fraction:g}")
     if tc.mode == "absolute":
         return [(float(tc.value), "")] * len(sids), "absolute"
     if tc.mode == "pooled":
@@ -159,7 +193,8 @@ def _channel_thresholds(
 
 
 def compute_zone_thresholds(
-    summaries: pd.DataFrame, samples: pd.DataFrame, *, zones: Sequence[ZoneConfig]
+    summaries: pd.DataFrame, samples: pd.DataFrame, *, zones: Sequence[ZoneConfig],
+    cell_signals: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Cohort step: the threshold of every (sample, pixel/tumor zone, channel).
 
@@ -172,6 +207,9 @@ def compute_zone_thresholds(
     zones : list of ZoneConfig
         The zone definitions (``name``, ``source``, ``channels``, ``threshold``); producer zones are
         skipped (they have no threshold).
+    cell_signals : DataFrame, optional
+        Needed by ``halfmax`` zones only: :func:`chemozone._zone_halfmax.signal_at_cells` rows of every sample
+        plus a boolean ``producer`` column (the cell is positive for the zone's producer marker).
 
     Returns
     -------
@@ -203,7 +241,11 @@ def compute_zone_thresholds(
             )
         for ch in zone.channels:
             csum = zsum[zsum["channel"] == ch]
-            per_sample, mode = _channel_thresholds(csum, samples, sids, zone.threshold, where=f"zones[{zi}].threshold")
+            cells = None
+            if cell_signals is not None and zone.threshold.mode == "halfmax":
+                cells = cell_signals[(cell_signals["zone"] == zone.name) & (cell_signals["channel"] == ch)]
+            per_sample, mode = _channel_thresholds(csum, samples, sids, zone.threshold, where=f"zones[{zi}].threshold",
+                                                   cells=cells, smooth_um=zone.smooth_um)
             for s, (t, warn) in zip(sids, per_sample):
                 rows.append(dict(sample_id=s, zone=zone.name, channel=ch, threshold=t, mode=mode, warning=warn))
     return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)

@@ -33,7 +33,7 @@ from ._config_base import _Section
 from ._config_errors import format_validation_error, move_deprecated_keys
 from ._config_regions import RegionsConfig, check_region_zones
 from ._config_tables import CellTablesConfig
-from ._config_zones import TUMOR_COMPARTMENTS, ThresholdConfig, ZoneConfig, zone_mask_names
+from ._config_zones import TUMOR_COMPARTMENTS, ThresholdConfig, ZoneConfig, halfmax_producer_markers, zone_mask_names
 from .errors import ConfigError
 
 __all__ = [
@@ -399,6 +399,12 @@ class Config(_Section):
         if dupes:
             raise ValueError(f"zone names must be unique, repeated: {dupes}")
         check_region_zones(self.zones, self.regions)
+        for i, z in enumerate(self.zones):
+            missing = sorted(set(halfmax_producer_markers(z).values()) - set(self.phenotypes.markers))
+            if missing:
+                raise ValueError(f"zones[{i}] '{z.name}': threshold mode 'halfmax' gates the producer cells, but "
+                                 f"{missing} is not in phenotypes.markers; add a gate for it (e.g. method: reference) "
+                                 "or set the zone's producer_marker")
         for i, pair in enumerate(self.spatial.cognate_pairs):
             if pair.zone not in names:
                 raise ValueError(

@@ -301,6 +301,11 @@ class SampleLayout:
         return self.root / "measurements.parquet"
 
     @property
+    def zone_cell_signal(self) -> Path:
+        """Pass A of ``halfmax`` zones: the smoothed zone signal at every cell (``signal_at_cells``)."""
+        return self.root / "zone_cell_signal.parquet"
+
+    @property
     def step_a_stamp(self) -> Path:
         """Step A's resume stamp (input hash + step-A config hash), written last."""
         return self.root / "step_a.json"

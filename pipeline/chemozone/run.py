@@ -242,9 +242,11 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     from . import zones
     from .io import read_labels_zarr, resolve_channels
 
+    from ._zone_halfmax import signal_at_cells
+
     sid = row["sample_id"]
     lay = RunLayout(out)
-    frames = []
+    frames, at_cells = [], []
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
@@ -257,6 +259,11 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
                 img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
                 tissue=tissue_grid, **zone_signal_options(z)))
             frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
+            if z.threshold.mode == "halfmax":
+                at_cells.append(signal_at_cells(sig, pd.read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"]),
+                                                grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels))
+    if at_cells:
+        write_parquet(pd.concat(at_cells, ignore_index=True), lay.sample(sid).zone_cell_signal)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -277,9 +284,34 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
     frames = [f for f in summaries if len(f)]
     thresholds = pd.DataFrame()
     if pixel_zones and frames:
-        thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=pixel_zones)
+        thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=pixel_zones,
+                                                   cell_signals=_producer_cell_signals(cfg, cells, gates, samples, lay))
         write_parquet(thresholds, lay.zone_thresholds)
     return {"gates": gates, "zone_thresholds": thresholds}
+
+
+def _producer_cell_signals(cfg: Config, cells, gates, samples, lay: RunLayout):
+    """Pass A's signal at every cell of ``halfmax`` zones, with a ``producer`` column from the cohort's gates
+    (None when no zone uses that mode)."""
+    import pandas as pd
+
+    from . import phenotype
+    from .config import halfmax_producer_markers
+
+    wanted = {(z.name, ch): m for z in cfg.zones for ch, m in halfmax_producer_markers(z).items()}
+    if not wanted:
+        return None
+    at = pd.concat([pd.read_parquet(lay.sample(s).zone_cell_signal) for s in samples["sample_id"].astype(str)],
+                   ignore_index=True)
+    pos = phenotype.apply_gates(cells, gates, markers=cfg.phenotypes.markers)
+    frames = []
+    for (zone, ch), marker in wanted.items():
+        calls = pos[["sample_id", "cell_id", f"{marker}_pos"]].rename(columns={f"{marker}_pos": "producer"})
+        part = at[(at["zone"] == zone) & (at["channel"] == ch)]
+        frames.append(part.merge(calls.astype({"sample_id": str}), on=["sample_id", "cell_id"], how="left"))
+    out = pd.concat(frames, ignore_index=True)
+    out["producer"] = out["producer"].fillna(False).astype(bool)
+    return out
 
 
 def _grid_um(img, cfg: Config, tissue_grid, lay: RunLayout, sid: str) -> float:

@@ -133,7 +133,7 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
 
     Rules name the truth's cell types (``Tumor, CD8 T, CD4 T, NK, Macrophage, Other immune, Stroma``);
     rules whose markers are missing from the panel are left out. Pixel zones for the chemokines present
-    (threshold from the same patient's 0 Gy samples), a ``tumor`` zone from panCK, and the cognate pairs.
+    (``halfmax``: the same patient's 0 Gy median + half of one gated producer's signal), a ``tumor`` zone from panCK, and the cognate pairs.
     Written as a user would from README.md and ``configs/example.yaml``: default gates (reference gates for
     producers), default zone mode and smoothing, default radiation effectiveness; no value that only the
     generator knows (its amplitudes, zone level or RBE factors).
@@ -172,9 +172,12 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
         if all(m in has for m in need):
             rules.append(r)
     receptors = [r for r in RECEPTORS if r in has]
-    # zones in the README's default mode (reference: the same patient's sham, q 0.99) with the default
-    # smoothing: nothing here comes from the generator's parameters (README "How good are the zones")
-    zones: list[dict[str, Any]] = [{"name": m, "source": "pixels", "channels": [m]} for m in MODULES if m in has]
+    # zones in the README's recommended mode (halfmax: the same patient's sham median + half of one gated
+    # producer's signal) with the default smoothing: nothing here comes from the generator's parameters
+    # (README "How good are the zones"); without a producer gate, the schema's default (reference q 0.99)
+    zones: list[dict[str, Any]] = [{"name": m, "source": "pixels", "channels": [m],
+                                    **({"threshold": {"mode": "halfmax"}} if m in markers else {})}
+                                   for m in MODULES if m in has]
     if "panCK" in has:
         zones.append({"name": "tumor", "source": "tumor", "channels": ["panCK"], "smooth_um": 4.0})
     pairs = []
