@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._zone_halfmax import MIN_PRODUCERS, cohort_producer_level
 from .config import ThresholdConfig, ZoneConfig
 from .errors import ConfigError, MissingStepError
-from ._zone_halfmax import MIN_PRODUCERS, cohort_producer_level
 from .samples import select_reference, select_samples
 
 __all__ = ["compute_zone_thresholds", "background_threshold"]

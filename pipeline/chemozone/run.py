@@ -240,9 +240,8 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     import pandas as pd
 
     from . import zones
-    from .io import read_labels_zarr, resolve_channels
-
     from ._zone_halfmax import signal_at_cells
+    from .io import read_labels_zarr, resolve_channels
 
     sid = row["sample_id"]
     lay = RunLayout(out)

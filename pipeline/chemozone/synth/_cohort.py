@@ -133,9 +133,10 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
 
     Rules name the truth's cell types (``Tumor, CD8 T, CD4 T, NK, Macrophage, Other immune, Stroma``);
     rules whose markers are missing from the panel are left out. Pixel zones for the chemokines present
-    (``halfmax``: the same patient's 0 Gy median + half of one gated producer's signal), a ``tumor`` zone from panCK, and the cognate pairs.
-    Written as a user would from README.md and ``configs/example.yaml``: default gates (reference gates for
-    producers), default zone mode and smoothing, default radiation effectiveness; no value that only the
+    (``halfmax``: the same patient's 0 Gy median + half of one gated producer's signal), a ``tumor`` zone from
+    panCK, and the cognate pairs. Written as a user would from README.md and ``configs/example.yaml``: default
+    gates (reference gates for producers), the recommended zone mode and default smoothing, default radiation
+    effectiveness; no value that only the
     generator knows (its amplitudes, zone level or RBE factors).
 
     >>> from chemozone.config import config_from_dict
