@@ -95,3 +95,13 @@ def test_halfmax_errors_name_the_missing_step_and_config_key():
         config_from_dict({"zones": [{"name": "C8", "channels": ["CXCL8"], "threshold": {"mode": "halfmax"}}]})
     with pytest.raises(ConfigError, match="fraction"):
         config_from_dict({"zones": [{"name": "C8", "channels": ["CXCL8"], "threshold": {"mode": "halfmax", "fraction": 1.5}}]})
+
+
+def test_one_producer_per_footprint():
+    """A dimmer 'producer' within smooth_um of a brighter one (spillover, blur, diffuse chemokine) is not counted;
+    beyond smooth_um both count and share by their Gaussian weight."""
+    r = producer_levels([0, 6], [0, 0], [50, 20], background=0.0, smooth_um=10.0)
+    assert r.tolist() == [50.0]
+    r = producer_levels([0, 12], [0, 0], [50, 20], background=0.0, smooth_um=10.0)
+    w = 1 + np.exp(-144 / 200)
+    np.testing.assert_allclose(r, [50 / w, 20 / w])

@@ -11,11 +11,13 @@ clusters of producers merge into one zone where their footprints add up to that 
 How the level of one producer is measured, from the images and the gates alone:
 
 1. pass A samples the smoothed, background-corrected signal ``S`` at every cell (:func:`signal_at_cells`);
-2. the cohort step gates the producer marker (the zone's ``producer_marker``, or the channel's own name) and,
-   for every producer ``i`` of the non-reference samples, divides its excess over the reference background
-   ``b`` (median of the same patient's sham tissue pixels) by the summed Gaussian weight of the producers
-   around it (itself 1): ``r_i = (S_i - b) / sum_j exp(-d_ij² / 2σ²)`` (:func:`producer_levels`), i.e. the
-   level of one producer once its neighbours' share is taken out;
+2. the cohort step gates the producer marker (the zone's ``producer_marker``, or the channel's own name),
+   keeps one producer per footprint (a producer within σ = ``smooth_um`` of a brighter one is not counted:
+   spillover, blur and the diffuse chemokine make neighbours of a producer gate positive too) and, for every
+   counted producer ``i`` of the non-reference samples, divides its excess over the reference background
+   ``b`` (median of the same patient's sham tissue pixels) by the summed Gaussian weight of the counted
+   producers around it (itself 1): ``r_i = (S_i - b) / sum_j exp(-d_ij² / 2σ²)`` (:func:`producer_levels`),
+   i.e. the level of one producer once its neighbours' share is taken out;
 3. the cohort's level ``A`` is the median of ``r_i`` over all those producers (one stain, one scanner: one
    level per channel), and the threshold of every sample is ``b + fraction * A``.
 
@@ -86,8 +88,11 @@ def signal_at_cells(
 def producer_levels(x_um: Any, y_um: Any, signal: Any, *, background: float, smooth_um: float) -> np.ndarray:
     """The signal of one producer at its own position, its neighbours' share taken out.
 
-    ``r_i = (S_i - background) / sum_j exp(-d_ij² / (2 smooth_um²))`` over the producers ``j`` within
-    ``4 * smooth_um`` of producer ``i`` (``j = i`` included, weight 1).
+    One producer per footprint first: a producer within ``smooth_um`` of a brighter one (higher ``signal``) is
+    not counted, because the smoothed signal at its centre is mostly that producer's footprint (a neighbour that
+    picked up the stain by spillover or blur, or the diffuse chemokine around a producer, is gated positive too).
+    Then, for every remaining producer ``i``, ``r_i = (S_i - background) / sum_j exp(-d_ij² / (2 smooth_um²))``
+    over the remaining producers ``j`` within ``4 * smooth_um`` (``j = i`` included, weight 1).
 
     Parameters
     ----------
@@ -100,21 +105,29 @@ def producer_levels(x_um: Any, y_um: Any, signal: Any, *, background: float, smo
 
     Returns
     -------
-    ndarray (n_producers,)
+    ndarray (n_counted,)
+        One level per counted producer (equal signals within ``smooth_um`` are all counted).
 
     Examples
     --------
-    Two producers 0 µm apart share the signal; a third far away keeps its own:
+    Two producers at the same spot share the signal; a dimmer one 5 µm from a brighter one is not counted; a
+    lone producer keeps its own:
 
-    >>> producer_levels([0, 0, 100], [0, 0, 0], [12, 12, 6], background=2.0, smooth_um=10.0).tolist()
-    [5.0, 5.0, 4.0]
+    >>> producer_levels([0, 0, 100, 105, 300], [0] * 5, [12, 12, 20, 15, 6], background=2.0, smooth_um=10.0).tolist()
+    [5.0, 5.0, 18.0, 4.0]
     """
     xy = np.column_stack([np.asarray(x_um, float), np.asarray(y_um, float)])
     s = np.asarray(signal, float)
     if len(s) == 0:
         return np.empty(0)
     tree = cKDTree(xy)
-    pairs = tree.query_pairs(4.0 * smooth_um, output_type="ndarray")
+    near = tree.query_pairs(smooth_um, output_type="ndarray")
+    keep = np.ones(len(s), bool)
+    if len(near):
+        keep[near[:, 0][s[near[:, 0]] < s[near[:, 1]]]] = False
+        keep[near[:, 1][s[near[:, 1]] < s[near[:, 0]]]] = False
+    xy, s = xy[keep], s[keep]
+    pairs = cKDTree(xy).query_pairs(4.0 * smooth_um, output_type="ndarray")
     w = np.ones(len(s))
     if len(pairs):
         d2 = ((xy[pairs[:, 0]] - xy[pairs[:, 1]]) ** 2).sum(axis=1)
