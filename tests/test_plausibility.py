@@ -235,7 +235,9 @@ def test_empty_sample_is_done_but_warned_everywhere(cohort_with_empty_sample, tm
     # the synthetic samples themselves are plausible: no density, tissue or marker warning (rare markers like
     # CD4 at ~1 % and chemokines absent from sham samples stay quiet); a gate fallback may be reported, and the
     # blanked sham was P02's reference for the producer gates: P02's samples say their reference is missing
-    others = {w["code"] for w in prov["warnings"] if w["sample"] != empty}
+    # halfmax zones: with P02's sham blank, only P01's ~10 producers per chemokine set the level (a true warning)
+    others = {w["code"] for w in prov["warnings"] if w["sample"] != empty
+              and not (w["code"] == "zone_threshold_warning" and "producer cells (< 30) set the level" in w["message"])}
     assert others <= {"gate_warning", "missing_reference"}, prov["warnings"]
     missing = [w for w in prov["warnings"] if w["code"] == "missing_reference"]
     assert all("patient=P02" in w["message"] and w["sample"].startswith("P02_") for w in missing), missing

@@ -80,7 +80,23 @@ def test_halfmax_without_producers_falls_back_to_the_background_mode_with_a_warn
     zb = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="background"))
     tb = compute_zone_thresholds(summ, SAMPLES, zones=[zb])
     np.testing.assert_allclose(t["threshold"], tb["threshold"])
-    assert t["warning"].str.contains("halfmax: no producer cell with signal above background").all()
+    assert t["warning"].str.contains("halfmax: no gated producer cell in 2 non-reference samples").all()
+    cells["producer"] = True
+    cells["signal"] = 0.0  # producers, but not above the sham medians (10, 20)
+    t = compute_zone_thresholds(summ, SAMPLES, zones=[z], cell_signals=cells)
+    assert t["warning"].str.contains("the median signal of 6 producer cells is not above the reference").all()
+
+
+def test_halfmax_skips_samples_whose_reference_background_is_unknown():
+    """An empty sham (no tissue: NaN background) leaves its patient's producers out of the level; that patient's
+    thresholds stay NaN, as in the reference mode."""
+    z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="halfmax"))
+    summ, cells = _inputs(z)
+    empty = _summ({"p2_0": np.array([])}, z)
+    summ = pd.concat([summ[summ["sample_id"] != "p2_0"], empty], ignore_index=True)
+    t = compute_zone_thresholds(summ, SAMPLES, zones=[z], cell_signals=cells).set_index("sample_id")
+    assert t.loc["p1_8", "threshold"] == pytest.approx(10 + 0.5 * 50)  # p1's three producers only
+    assert np.isnan(t.loc["p2_8", "threshold"])
 
 
 def test_halfmax_errors_name_the_missing_step_and_config_key():

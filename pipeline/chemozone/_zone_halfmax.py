@@ -140,7 +140,8 @@ def producer_levels(x_um: Any, y_um: Any, signal: Any, *, background: float, smo
 def cohort_producer_level(
     cell_signals: pd.DataFrame, background: dict[str, float], sample_ids: Sequence[str], *, smooth_um: float
 ) -> tuple[float, int]:
-    """Median producer level over the given samples' producers (``producer`` column) and how many there were."""
+    """Median producer level over the given samples' producers (``producer`` column) and how many counted (samples
+    with an unknown, NaN, background are left out)."""
     levels = []
     for sid in sample_ids:
         p = cell_signals[(cell_signals["sample_id"].astype(str) == sid) & cell_signals["producer"].astype(bool)]
@@ -148,4 +149,5 @@ def cohort_producer_level(
             levels.append(producer_levels(p["x_um"], p["y_um"], p["signal"], background=background[sid],
                                           smooth_um=smooth_um))
     r = np.concatenate(levels) if levels else np.empty(0)
+    r = r[np.isfinite(r)]  # a sample whose reference background is unknown (e.g. an empty sham) gives no level
     return (float(np.median(r)) if r.size else float("nan")), int(r.size)

@@ -162,8 +162,9 @@ def _halfmax_thresholds(
     targets = [s for s, r in zip(sids, is_ref) if not r] or sids
     level, n = cohort_producer_level(cells, background, targets, smooth_um=smooth_um)
     if n == 0 or not np.isfinite(level) or level <= 0:
-        warn = (f"halfmax: no producer cell with signal above background in {len(targets)} non-reference samples; "
-                f"used the background mode (error_rate {tc.error_rate:g}) instead")
+        why = (f"no gated producer cell in {len(targets)} non-reference samples" if n == 0 else
+               f"the median signal of {n} producer cells is not above the reference background")
+        warn = f"halfmax: {why}; used the background mode (error_rate {tc.error_rate:g}) instead"
         return [(t, "; ".join(w for w in (w0, warn) if w)) for t, w0 in _reference_thresholds(
             csum, samples, sids, tc.model_copy(update={"mode": "background"}), where=where)]
     warn = (f"halfmax: only {n} producer cells (< {MIN_PRODUCERS}) set the level of one producer; zone edges are "
