@@ -405,6 +405,22 @@ def test_regions_apply_to_a_cell_table_run(tmp_path):
     row = inf[(inf["zone"] == "T") & (inf["population_type"] == "all")].set_index("region")
     assert row.loc["inside", "n_cells"] == 350 and row.loc["inside", "area_mm2"] == pytest.approx(1400e-6)
     assert row.loc[["inside", "outside"], "area_mm2"].sum() == pytest.approx(7000e-6)  # densities per analysed mm²
+    # back to QuPath (points: a table has no outlines): the zone reads back as the Tumor outline less the fold piece
+    assert main(["export", str(out), "--to", "qupath", "--cells", "points"]) == 0
+    from shapely.geometry import box
+
+    from chemozone.grid import grid_pixel_centres_um
+    from chemozone.regions import contains_grid_centres
+
+    d = lay.export_qupath / "S1"
+    zones = read_geojson(d / "zones.geojson").set_index("classification")
+    assert zones.loc["T", "geometry"].symmetric_difference(box(100, 100, 180, 180) - box(140, 140, 160, 180)).area == 0
+    ys, xs = grid_pixel_centres_um((tissue.shape), 1.0)
+    for name, stored in (("T", "zone_T"), ("Tissue", "tissue")):
+        np.testing.assert_array_equal(contains_grid_centres(zones.loc[name, "geometry"], ys / TABLE_PX, xs / TABLE_PX),
+                                      read_labels_zarr_bool(lay, "S1", stored))
+    pts = read_geojson(d / "cells.geojson")
+    assert len(pts) == 1750 and [g.x for g in pts["geometry"]] == (cells["x_um"] / TABLE_PX).tolist()
 
 
 def read_labels_zarr_bool(lay: RunLayout, sid: str, name: str) -> np.ndarray:
@@ -467,3 +483,13 @@ def test_bad_regions_of_a_cell_table_run(tmp_path):
                                        r"table need its image's pixel size .*set panel\.pixel_size_um \(CLI: "
                                        r"--pixel-size-um\)"):
         run_cell_tables(tmp_path / "one.csv", tmp_path / "nopx.yaml", tmp_path / "run2")
+    # a table in µm without a pixel size has no pixel frame to export to QuPath
+    (tmp_path / "nopx.yaml").write_text(TABLE_CONFIG.split("panel:")[0] + TABLE_CONFIG.split("\n", 1)[1].split("zones:")[0])
+    (tmp_path / "plain.csv").write_text("sample_id,cells_table\nS1,cells.tsv\n")
+    assert run_cell_tables(tmp_path / "plain.csv", tmp_path / "nopx.yaml", tmp_path / "run3").exit_code == 0
+    from chemozone.errors import MissingStepError
+    from chemozone.qupath import export_qupath
+
+    with pytest.raises(MissingStepError, match=r"sample 'S1': a run on cell tables in µm without panel\.pixel_size_um "
+                                               r"has no pixel coordinates for QuPath; rerun it with --pixel-size-um"):
+        export_qupath(tmp_path / "run3", cells="points")
