@@ -421,6 +421,17 @@ def test_regions_apply_to_a_cell_table_run(tmp_path):
                                       read_labels_zarr_bool(lay, "S1", stored))
     pts = read_geojson(d / "cells.geojson")
     assert len(pts) == 1750 and [g.x for g in pts["geometry"]] == (cells["x_um"] / TABLE_PX).tolist()
+    # SpatialData of a table run: no image, the grid masks and the table (the run's pandas string columns too)
+    import warnings
+
+    from chemozone.export import export_spatialdata
+
+    with warnings.catch_warnings():  # third-party notices on writing (ome-zarr's Scaler, zarr's autosharding)
+        warnings.simplefilter("ignore")
+        sd = pytest.importorskip("spatialdata")
+        s = sd.read_zarr(export_spatialdata(out, tmp_path / "r.zarr"))
+    assert not s.images and {"S1_tissue", "S1_zone_T"} <= set(s.labels)
+    assert s.tables["table"].n_obs == 1750 and int(s.labels["S1_zone_T"].values.astype(bool).sum()) == 1400
 
 
 def read_labels_zarr_bool(lay: RunLayout, sid: str, name: str) -> np.ndarray:

@@ -158,9 +158,9 @@ def apply_table_regions(regions: SampleRegions, tissue: np.ndarray, cells: pd.Da
     >>> from shapely.geometry import box
     >>> regs = SampleRegions(source="r.geojson", exclusion=box(0, 0, 4, 4))  # pixels of 0.5 µm: 2 x 2 µm
     >>> cells = pd.DataFrame({"x_um": [1.0, 3.0], "y_um": [1.0, 1.0]})
-    >>> t, keep, rec = apply_table_regions(regs, np.ones((2, 2), bool), cells, grid_um=1.0, pixel_size_um=0.5)
+    >>> t, keep, rec = apply_table_regions(regs, np.ones((2, 4), bool), cells, grid_um=1.0, pixel_size_um=0.5)
     >>> t.astype(int).tolist(), keep.tolist(), rec["cells_excluded"], rec["excluded_geometry_mm2"]
-    ([[0, 0], [1, 1]], [False, True], 1, 4e-06)
+    ([[0, 0, 1, 1], [0, 0, 1, 1]], [False, True], 1, 4e-06)
     """
     px, g = float(pixel_size_um), float(grid_um)
     tissue = np.asarray(tissue, bool)
