@@ -66,15 +66,16 @@ def _row_runs(labels: np.ndarray, row0: int = 0) -> tuple[np.ndarray, ...]:
     return val[keep], r0[keep] + row0, s[keep], e[keep]
 
 
-def mask_polygons(mask: np.ndarray, *, factor: int = 1, shape_yx: Sequence[int] | None = None):
+def mask_polygons(mask: np.ndarray, *, factor: float = 1, shape_yx: Sequence[int] | None = None):
     """The exact outline of a boolean mask's pixels as a shapely (Multi)Polygon, in pixel coordinates.
 
     Parameters
     ----------
     mask : bool ndarray (Y, X)
         A mask on the analysis grid (or at full resolution with ``factor=1``).
-    factor : int
-        Image pixels per mask pixel: grid pixel ``(r, c)`` becomes the square ``[c f, (c+1) f) x [r f, (r+1) f)``.
+    factor : float
+        Image pixels per mask pixel: grid pixel ``(r, c)`` becomes the square ``[c f, (c+1) f) x [r f, (r+1) f)``
+        (a whole number on an image run's grid; any ratio on a cell-table run's).
     shape_yx : (int, int), optional
         Full-resolution image shape: the outline is clipped to it (partial grid blocks at the edges).
 
@@ -225,7 +226,7 @@ def cell_features(cells, *, sample_id: str, pixel_size_um: float, labels: np.nda
             for g, c, v, i in zip(geoms, classes, values, ids)]
 
 
-def zone_features(masks: dict[str, np.ndarray], *, shape_yx: Sequence[int], factor: int,
+def zone_features(masks: dict[str, np.ndarray], *, shape_yx: Sequence[int] | None, factor: float,
                   grid_um: float) -> list[dict[str, Any]]:
     """One QuPath annotation per grid mask (class = the mask's name), clipped to the image; empty masks skipped.
 
