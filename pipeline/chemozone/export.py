@@ -225,11 +225,11 @@ def to_spatialdata(out: str | os.PathLike, *, images: bool = True):
                 arr, dims=("y", "x"), transformations={"global": Scale([px, px], axes=("y", "x"))})
     a = cells_to_anndata(cells[cells["sample_id"].isin(done)], uns=_provenance(out))
     a.obs["cell_id"] = a.obs["cell_id"].astype(np.int64)
-    if all(f"{sid}_cells" in labels for sid in done):
+    if any(f"{sid}_cells" in labels for sid in done):
         a.obs["region"] = pd.Categorical([f"{s}_cells" for s in a.obs["sample_id"]])
         table = TableModel.parse(a, region=sorted(a.obs["region"].unique().tolist()), region_key="region",
                                  instance_key="cell_id")
-    else:  # a run on cell tables without cells masks: the table annotates no label image
+    else:  # a run on cell tables without any cells mask: the table annotates no label image
         table = TableModel.parse(a)
     return sd.SpatialData(images=imgs, labels=labels, tables={"table": table})
 
