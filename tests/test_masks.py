@@ -311,3 +311,77 @@ def test_inform_set4_maps_as_precomputed_masks(shared_data, tmp_path):
     assert rec["masks"]["nuclei_mask"]["source"] == "inForm Nucleus"
     assert rec["masks"]["cells_mask"]["source"] == "inForm Nucleus + Cytoplasm"
     assert rec["masks"]["nuclei_mask"]["n_objects"] == 6072 and rec["n_cells"] == 6072
+
+
+# ----------------------------------------------------------------------------- real masks through the CLI
+def test_mibi_deepcell_cells_mask_gives_the_direct_per_cell_means(shared_data, tmp_path):
+    """The MIBI-TOF field ``mibi_fov8`` (a folder of 22 single-channel count TIFFs) with its DeepCell/Mesmer
+    whole-cell mask (int16, 272 cells) as the ``cells_mask``, through ``chemozone run``: every cell's mean of every
+    channel in ``cells.parquet`` equals scipy.ndimage.mean over that label's pixels of the channel file, and the
+    positions and areas are the labels' centroids (pixel centres) and pixel counts at 0.39 µm/px."""
+    from scipy import ndimage as ndi
+
+    folder = shared_data / "mibi_fov8" / "channels"
+    mask_path = shared_data / "mibi_fov8" / "deepcell_whole_cell_labels.tiff"
+    sheet = pd.DataFrame({"sample_id": ["fov8"], "image": [str(folder)], "patient": ["P1"], "radiation": [""],
+                          "dose_gy": [""], "cells_mask": [str(mask_path)]})
+    # the README's MIBI config (pixel size, nuclear channel); a whole-cell mask has only the cell compartment
+    (tmp_path / "c.yaml").write_text("panel:\n  pixel_size_um: 0.39\n  nuclear_channel: HH3\nquantification:\n"
+                                     "  compartments: [cell]\nrun:\n  write_qc: false\n")
+    code, out = _run(sheet, tmp_path / "c.yaml", tmp_path)
+    assert code == 0
+    cells = pd.read_parquet(out / "cells.parquet").set_index("cell_id").sort_index()
+    labels = tifffile.imread(mask_path)
+    assert labels.dtype == np.int16
+    ids = np.unique(labels[labels > 0])
+    assert len(ids) == 272 and cells.index.tolist() == ids.tolist()  # DeepCell's ids kept
+    files = sorted(folder.glob("*.tiff"))
+    assert len(files) == 22
+    for f in files:
+        direct = ndi.mean(tifffile.imread(f).astype(np.float64), labels, ids)
+        np.testing.assert_allclose(cells[f"{f.stem}_cell"].to_numpy(), direct, rtol=1e-12, atol=0, err_msg=f.stem)
+    px = 0.39
+    np.testing.assert_allclose(cells["area_um2"], ndi.sum(np.ones(labels.shape), labels, ids) * px**2, rtol=1e-12)
+    cy, cx = np.transpose(ndi.center_of_mass(np.ones(labels.shape), labels, ids))
+    np.testing.assert_allclose(cells["x_um"], (cx + 0.5) * px, rtol=1e-9)
+    np.testing.assert_allclose(cells["y_um"], (cy + 0.5) * px, rtol=1e-9)
+    rec = json.loads((out / "run.json").read_text())["samples"]["fov8"]["step_a"]["segmentation"]
+    assert rec["method"] == "precomputed" and rec["cells_from"] == "mask" and rec["nuclei_from"] == "none"
+    assert rec["masks"]["cells_mask"]["dtype"] == "int16" and rec["masks"]["cells_mask"]["n_objects"] == 272
+
+
+def test_fihc4_inform_nucleus_map_reproduces_inform_nucleus_means(shared_data, tmp_path):
+    """The Vectra field FIHC4 (inForm component image, 5 unmixed channels) with inForm's own nucleus map (page
+    Nucleus of ``_binary_seg_maps.tif``, 270 nuclei) as the ``nuclei_mask`` and inForm's cell (Nucleus +
+    Cytoplasm pages) as the ``cells_mask``, through ``chemozone run`` with an empty config: every nucleus mean of
+    inForm's ``cell_seg_data.txt`` (5 channels x 270 cells, 3 decimals) is reproduced to the table's rounding, and
+    so are the nucleus areas (pixels) and, for the cells whose cytoplasm pixel count agrees with inForm's, the
+    cytoplasm means (``tests/test_quantify.py`` checks the same numbers on the library function)."""
+    stem = shared_data / "vectra_phenoptr" / "FIHC4__0929309_HP_IM3_2"
+    maps = f"{stem}_binary_seg_maps.tif"
+    sheet = pd.DataFrame({"sample_id": ["FIHC4"], "image": [f"{stem}_component_data.tif"], "patient": ["P1"],
+                          "radiation": [""], "dose_gy": [""], "nuclei_mask": [maps], "cells_mask": [maps]})
+    (tmp_path / "c.yaml").write_text("run:\n  write_qc: false\n")  # channels and pixel size from the file
+    code, out = _run(sheet, tmp_path / "c.yaml", tmp_path)
+    assert code == 0
+    ours = pd.read_parquet(out / "cells.parquet").set_index("cell_id").sort_index()
+    inform = pd.read_csv(f"{stem}_cell_seg_data.txt", sep="\t").set_index("Cell ID").sort_index()
+    assert len(inform) == 270 and ours.index.tolist() == inform.index.tolist()
+    rec = json.loads((out / "run.json").read_text())["samples"]["FIHC4"]["step_a"]
+    px = rec["pixel_size_um"]
+    assert rec["segmentation"]["masks"]["nuclei_mask"]["source"] == "inForm Nucleus"
+    np.testing.assert_array_equal(np.rint(ours["nucleus_area_um2"] / px**2), inform["Nucleus Area (pixels)"])
+    worst = {}
+    for ch in ("Alexa 594", "Cy3", "Cy5", "DAPI", "FITC"):
+        diff = np.abs(ours[f"{ch}_nucleus"] - inform[f"Nucleus {ch} Mean (Normalized Counts, Total Weighting)"])
+        worst[ch] = float(diff.max())
+    assert max(worst.values()) <= 0.0005 + 1e-9, worst  # the table rounds to 3 decimals
+    # inForm's Cytoplasm page overlaps other cells' nuclei (1,319 px; only 37 of the 270 cytoplasms avoid every
+    # nucleus) while our compartments partition the cell (the nucleus keeps its pixels): where the cytoplasm pixel
+    # counts agree, the means agree too
+    cyt_px = np.rint((ours["area_um2"] - ours["nucleus_area_um2"]) / px**2)
+    same = (cyt_px == inform["Cytoplasm Area (pixels)"]).to_numpy()
+    assert same.sum() >= 35
+    for ch in ("Alexa 594", "Cy3", "Cy5", "DAPI", "FITC"):
+        diff = np.abs(ours[f"{ch}_cytoplasm"] - inform[f"Cytoplasm {ch} Mean (Normalized Counts, Total Weighting)"])
+        assert (diff[same] <= 0.0005 + 1e-9).all(), ch

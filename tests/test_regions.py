@@ -7,6 +7,7 @@ feature ``id``, ``classification: {name, colorRGB}``, measurements as a list of 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from scipy import ndimage as ndi
 
 from chemozone.cli import main
 from chemozone.config import config_from_dict
-from chemozone.errors import ConfigError, RegionError
+from chemozone.errors import ConfigError, RegionError, RunError
 from chemozone.layout import RunLayout
 from chemozone.regions import apply_regions, load_regions, rasterize_geometry, read_geojson, region_zone_mask
 
@@ -329,3 +330,177 @@ def test_qupath_export_errors_name_what_to_do(tmp_path):
     m = np.zeros((3, 3), bool)
     m[2, 2] = True
     assert mask_polygons(m, factor=4, shape_yx=(10, 9)).bounds == (8.0, 8.0, 9.0, 10.0)
+
+
+# --------------------------------------------------------------------------- regions on a cell-table run
+TABLE_PX = 0.5  # µm per pixel of the table's image; the analysis grid is 1 µm = 2 x 2 px (centres at odd px)
+TABLE_CONFIG = f"""\
+panel: {{pixel_size_um: {TABLE_PX}}}
+analysis_grid: {{pixel_size_um: 1.0}}
+phenotypes:
+  markers:
+    CD8: {{compartment: cell, gate: {{method: vendor}}}}
+  rules:
+    - {{cell_type: CD8 T, pos: [CD8]}}
+zones:
+  - {{name: T, source: regions, region_class: Tumor}}
+"""
+
+
+def _lattice_table(path: Path, image: str = "slide1.tif") -> Path:
+    """A QuPath detection-measurement export (µm) of 50 x 50 cells at pixels (1 + 4i, 1 + 4j) of a 200-px image
+    (odd pixels: never on an outline of :func:`qupath_regions`); every fifth cell is classified CD8."""
+    i, j = np.meshgrid(np.arange(50), np.arange(50))
+    x_px, y_px = (1 + 4 * i).ravel(), (1 + 4 * j).ravel()
+    cls = np.where(np.arange(x_px.size) % 5 == 0, "CD8", "")
+    pd.DataFrame({"Image": image, "Name": "Cell", "Class": cls, "Parent": "Annotation",
+                  "Centroid X µm": x_px * TABLE_PX, "Centroid Y µm": y_px * TABLE_PX,
+                  "Cell: CD8: Mean": np.where(cls == "CD8", 5.0, 1.0)}).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_regions_apply_to_a_cell_table_run(tmp_path):
+    """``chemozone run SHEET --cells qupath`` with the QuPath fixture (a hole, a multipolygon, a derived class) as
+    the sample's ``regions``: cells excluded by position, areas from the outlines, the Tumor outline as a zone.
+
+    By hand (pixels; lattice values 1 + 4i): the analysis box (10, 190) holds 45 x 45 = 2025 cells (475 outside);
+    the necrosis ring (20, 80) less its hole (40, 60) 15² - 5² = 200, the fold pieces 5 x 5 + 5 x 10 = 75: 1750
+    kept. Grid pixels of 1 µm² (2 x 2 px): analysis 90² = 8100, necrosis 30² - 10² = 800, fold 10 x 10 + 10 x 20
+    = 300, so the analysed tissue is 7000 µm²; the Tumor zone is 40² less the fold piece in it (10 x 20) = 1400 µm²
+    with 20² - 5 x 10 = 350 cells."""
+    _lattice_table(tmp_path / "cells.tsv")
+    _write(tmp_path / "s1.geojson", qupath_regions())
+    (tmp_path / "sheet.csv").write_text("sample_id,cells_table,regions\nS1,cells.tsv,s1.geojson\n")
+    (tmp_path / "c.yaml").write_text(TABLE_CONFIG)
+    out = tmp_path / "run"
+    assert main(["run", str(tmp_path / "sheet.csv"), "--cells", "qupath", "--config", str(tmp_path / "c.yaml"),
+                 "--out", str(out), "--no-report", "--quiet"]) == 0
+    lay = RunLayout(out)
+    run = json.loads(lay.run_json.read_text())
+    assert run["inputs"]["S1"]["regions"]["path"] == str(tmp_path / "s1.geojson") and \
+        run["inputs"]["S1"]["regions"]["sha256"]
+    a = run["samples"]["S1"]["step_a"]
+    rec = a["regions"]
+    assert rec["annotations"] == {"": 1, "Necrosis": 1, "Fold: Severe": 1, "Tumor": 1, "Stroma": 1}
+    assert rec["cells_outside_analysis"] == 475 and rec["cells_excluded"] == 275 and a["n_cells"] == 1750
+    assert rec["excluded_area_mm2"] == pytest.approx(1100e-6)
+    assert rec["excluded_geometry_mm2"] == pytest.approx(1100e-6) and rec["analysis_geometry_mm2"] == pytest.approx(8100e-6)
+    tissue = read_labels_zarr_bool(lay, "S1", "tissue")
+    assert tissue.sum() == 7000 and a["tissue"]["area_mm2"] == pytest.approx(7000e-6)
+    assert rec["tissue_removed_mm2"] == pytest.approx(a["tissue"]["area_before_regions_mm2"] - 7000e-6)
+    cells = pd.read_parquet(lay.cells("S1"))
+    x, y = cells["x_um"] / TABLE_PX, cells["y_um"] / TABLE_PX
+
+    def inside(x0, y0, x1, y1):
+        return (x > x0) & (x < x1) & (y > y0) & (y < y1)
+    assert len(cells) == 1750 and inside(10, 10, 190, 190).all()
+    assert not ((inside(20, 20, 80, 80) & ~inside(40, 40, 60, 60)) | inside(100, 20, 120, 40)
+                | inside(140, 140, 160, 180)).any()
+    z = pd.read_parquet(lay.zones("S1")).set_index("zone")
+    assert z.loc["T", "source"] == "regions" and z.loc["T", "area_mm2"] == pytest.approx(1400e-6)
+    assert z.loc["T", "tissue_area_mm2"] == pytest.approx(7000e-6)
+    assert read_labels_zarr_bool(lay, "S1", "zone_T").sum() == 1400
+    assert cells["in_T"].sum() == 350 and cells.loc[cells["in_T"], "x_um"].min() / TABLE_PX > 100
+    inf = pd.read_parquet(lay.infiltration("S1"))
+    row = inf[(inf["zone"] == "T") & (inf["population_type"] == "all")].set_index("region")
+    assert row.loc["inside", "n_cells"] == 350 and row.loc["inside", "area_mm2"] == pytest.approx(1400e-6)
+    assert row.loc[["inside", "outside"], "area_mm2"].sum() == pytest.approx(7000e-6)  # densities per analysed mm²
+    # back to QuPath (points: a table has no outlines): the zone reads back as the Tumor outline less the fold piece
+    assert main(["export", str(out), "--to", "qupath", "--cells", "points"]) == 0
+    from shapely.geometry import box
+
+    from chemozone.grid import grid_pixel_centres_um
+    from chemozone.regions import contains_grid_centres
+
+    d = lay.export_qupath / "S1"
+    zones = read_geojson(d / "zones.geojson").set_index("classification")
+    assert zones.loc["T", "geometry"].symmetric_difference(box(100, 100, 180, 180) - box(140, 140, 160, 180)).area == 0
+    ys, xs = grid_pixel_centres_um((tissue.shape), 1.0)
+    for name, stored in (("T", "zone_T"), ("Tissue", "tissue")):
+        np.testing.assert_array_equal(contains_grid_centres(zones.loc[name, "geometry"], ys / TABLE_PX, xs / TABLE_PX),
+                                      read_labels_zarr_bool(lay, "S1", stored))
+    pts = read_geojson(d / "cells.geojson")
+    assert len(pts) == 1750 and [g.x for g in pts["geometry"]] == (cells["x_um"] / TABLE_PX).tolist()
+    # SpatialData of a table run: no image, the grid masks and the table (the run's pandas string columns too)
+    import warnings
+
+    from chemozone.export import export_spatialdata
+
+    with warnings.catch_warnings():  # third-party notices on writing (ome-zarr's Scaler, zarr's autosharding)
+        warnings.simplefilter("ignore")
+        sd = pytest.importorskip("spatialdata")
+        s = sd.read_zarr(export_spatialdata(out, tmp_path / "r.zarr"))
+    assert not s.images and {"S1_tissue", "S1_zone_T"} <= set(s.labels)
+    assert s.tables["table"].n_obs == 1750 and int(s.labels["S1_zone_T"].values.astype(bool).sum()) == 1400
+
+
+def read_labels_zarr_bool(lay: RunLayout, sid: str, name: str) -> np.ndarray:
+    from chemozone.io import read_labels_zarr
+
+    return read_labels_zarr(lay.masks(sid), name).astype(bool)
+
+
+def test_bad_regions_of_a_cell_table_run(tmp_path):
+    """Refused per sample before anything of it is written (``--on-error skip`` runs the others): annotations away
+    from every cell (a GeoJSON in another frame), an analysis region without cells, annotations beyond the image
+    when the sheet's masks give its size, a missing file, a regions zone without a file; and a table run with
+    regions but no pixel size."""
+    from chemozone.table_run import run_cell_tables
+
+    _lattice_table(tmp_path / "cells.tsv")
+    far = qupath_regions()
+    for f in far["features"]:  # every outline 5,000 px away (another image's frame)
+        if f["geometry"]["type"] == "Polygon":
+            f["geometry"]["coordinates"] = [[[x + 5000, y + 5000] for x, y in r] for r in f["geometry"]["coordinates"]]
+    far["features"] = [f for f in far["features"] if f["geometry"]["type"] == "Polygon"]
+    _write(tmp_path / "far.geojson", far)
+    empty = {"type": "FeatureCollection", "features": [
+        _feature({"type": "Polygon", "coordinates": [_ring(2, 2, 4, 4)]}),  # between the cells: none inside
+        _feature({"type": "Polygon", "coordinates": [_ring(100, 100, 180, 180)]}, "Tumor")]}
+    _write(tmp_path / "empty.geojson", empty)
+    _write(tmp_path / "big.geojson", qupath_regions(scale=1.5))  # 285 px: beyond the 200-px image of the masks
+    mask = np.zeros((200, 200), np.uint32)
+    i, j = np.meshgrid(np.arange(50), np.arange(50))
+    mask[(1 + 4 * j).ravel(), (1 + 4 * i).ravel()] = np.arange(1, 2501)  # QuPath's rows are cells 1..2500
+    tifffile.imwrite(tmp_path / "cells_mask.tif", mask)
+    _write(tmp_path / "ok.geojson", qupath_regions())
+    (tmp_path / "sheet.csv").write_text(
+        "sample_id,cells_table,regions,cells_mask\nfar,cells.tsv,far.geojson,\nempty,cells.tsv,empty.geojson,\n"
+        "big,cells.tsv,big.geojson,cells_mask.tif\ngone,cells.tsv,gone.geojson,\nnone,cells.tsv,,\n"
+        "ok,cells.tsv,ok.geojson,cells_mask.tif\n")
+    (tmp_path / "c.yaml").write_text(TABLE_CONFIG)
+    res = run_cell_tables(tmp_path / "sheet.csv", tmp_path / "c.yaml", tmp_path / "run", on_error="skip")
+    assert res.exit_code == 3
+    st = json.loads((tmp_path / "run" / "run.json").read_text())["samples"]
+    assert {s: v["status"] for s, v in st.items()} == {"far": "failed", "empty": "failed", "big": "failed",
+                                                      "gone": "failed", "none": "failed", "ok": "done"}
+    errors = {s: v["error"] for s, v in st.items() if v["status"] == "failed"}
+    assert re.search(r"far\.geojson \(sample-sheet column 'regions'\): the annotations lie away from every cell "
+                     r"\(annotations span x 5000\.\.5190, y 5000\.\.5190 px, the table's cells x 1\.\.197, y 1\.\.197 px "
+                     r"at 0\.5 µm/px\); export the GeoJSON from QuPath on this table's image", errors["far"])
+    assert re.search(r"empty\.geojson \(sample-sheet column 'regions'\): no cell of the table lies inside the analysis "
+                     r"region", errors["empty"])
+    assert re.search(r"big\.geojson \(sample-sheet column 'regions'\): annotations span x 0\.\.285, y 0\.\.285 px, "
+                     r"outside the image \(200 x 200 px", errors["big"])
+    assert re.search(r"gone\.geojson \(sample-sheet column 'regions'\): file not found", errors["gone"])
+    assert re.search(r"zones 'T' \(source: regions\) needs a regions GeoJSON for this sample", errors["none"])
+    lay = RunLayout(tmp_path / "run")
+    for bad in errors:  # nothing written for a refused sample
+        assert not lay.sample_dir(bad).exists() or not any(lay.sample_dir(bad).iterdir())
+    assert st["ok"]["step_a"]["n_cells"] == 1750  # the masks give the image's size: the same outcome
+    (tmp_path / "nopx.yaml").write_text(TABLE_CONFIG.replace(f"panel: {{pixel_size_um: {TABLE_PX}}}\n", ""))
+    (tmp_path / "one.csv").write_text("sample_id,cells_table,regions\nS1,cells.tsv,ok.geojson\n")
+    with pytest.raises(RunError, match=r"ok\.geojson \(sample-sheet column 'regions'\): region annotations of a cell "
+                                       r"table need its image's pixel size .*set panel\.pixel_size_um \(CLI: "
+                                       r"--pixel-size-um\)"):
+        run_cell_tables(tmp_path / "one.csv", tmp_path / "nopx.yaml", tmp_path / "run2")
+    # a table in µm without a pixel size has no pixel frame to export to QuPath
+    (tmp_path / "nopx.yaml").write_text(TABLE_CONFIG.split("panel:")[0] + TABLE_CONFIG.split("\n", 1)[1].split("zones:")[0])
+    (tmp_path / "plain.csv").write_text("sample_id,cells_table\nS1,cells.tsv\n")
+    assert run_cell_tables(tmp_path / "plain.csv", tmp_path / "nopx.yaml", tmp_path / "run3").exit_code == 0
+    from chemozone.errors import MissingStepError
+    from chemozone.qupath import export_qupath
+
+    with pytest.raises(MissingStepError, match=r"sample 'S1': a run on cell tables in µm without panel\.pixel_size_um "
+                                               r"has no pixel coordinates for QuPath; rerun it with --pixel-size-um"):
+        export_qupath(tmp_path / "run3", cells="points")

@@ -56,7 +56,7 @@ def cells_to_anndata(cells: pd.DataFrame, *, uns: dict | None = None):
     obs = cells.drop(columns=cols).copy()
     obs.index = (obs["sample_id"].astype(str) + ":" + obs["cell_id"].astype(str)).to_numpy()
     for c in obs.columns:
-        if obs[c].dtype == object:
+        if obs[c].dtype == object or isinstance(obs[c].dtype, pd.StringDtype):  # tables: pandas strings too
             obs[c] = obs[c].astype(str).astype("category")
     X = cells[cols].to_numpy(np.float32)
     a = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(var, dtype=str)))
@@ -115,6 +115,8 @@ def _import_spatialdata():
 def _image_path(out: Path, sid: str, run: dict, samples: pd.DataFrame) -> Path | None:
     inputs = run.get("inputs") or {}
     v = inputs.get(sid)
+    if isinstance(v, dict) and v.get("cells_table"):  # a run on cell tables: no image
+        return None
     if isinstance(v, dict) and v.get("path"):
         return Path(v["path"])
     if isinstance(v, str):
@@ -222,10 +224,13 @@ def to_spatialdata(out: str | os.PathLike, *, images: bool = True):
             labels[f"{sid}_{name}"] = Labels2DModel.parse(
                 arr, dims=("y", "x"), transformations={"global": Scale([px, px], axes=("y", "x"))})
     a = cells_to_anndata(cells[cells["sample_id"].isin(done)], uns=_provenance(out))
-    a.obs["region"] = pd.Categorical([f"{s}_cells" for s in a.obs["sample_id"]])
     a.obs["cell_id"] = a.obs["cell_id"].astype(np.int64)
-    table = TableModel.parse(a, region=sorted(a.obs["region"].unique().tolist()), region_key="region",
-                             instance_key="cell_id")
+    if any(f"{sid}_cells" in labels for sid in done):
+        a.obs["region"] = pd.Categorical([f"{s}_cells" for s in a.obs["sample_id"]])
+        table = TableModel.parse(a, region=sorted(a.obs["region"].unique().tolist()), region_key="region",
+                                 instance_key="cell_id")
+    else:  # a run on cell tables without any cells mask: the table annotates no label image
+        table = TableModel.parse(a)
     return sd.SpatialData(images=imgs, labels=labels, tables={"table": table})
 
 

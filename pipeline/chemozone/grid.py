@@ -38,6 +38,7 @@ __all__ = [
     "block_mean",
     "cell_grid_index",
     "grid_pixel_centres_px",
+    "grid_pixel_centres_um",
     "signed_distance",
 ]
 
@@ -215,6 +216,24 @@ def grid_pixel_centres_px(shape_yx: Sequence[int], factor: int) -> tuple[np.ndar
         start = np.arange(math.ceil(n / factor), dtype=np.float64) * factor
         out.append((start + np.minimum(start + factor, n)) / 2.0)
     return out[0], out[1]
+
+
+def grid_pixel_centres_um(shape: Sequence[int], grid_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (µm) of the rows and columns of a grid with origin 0 and pixel ``grid_um``: the grid of a run on
+    cell tables (no image, so not tied to image pixels), where a cell falls as :func:`cell_grid_index` says.
+
+    Returns
+    -------
+    ys_um, xs_um : float64 ndarrays, shapes (rows,), (cols,)
+
+    Examples
+    --------
+    >>> ys, xs = grid_pixel_centres_um((2, 3), 2.0)
+    >>> ys.tolist(), xs.tolist()
+    ([1.0, 3.0], [1.0, 3.0, 5.0])
+    """
+    g = float(grid_um)
+    return (np.arange(int(shape[0])) + 0.5) * g, (np.arange(int(shape[1])) + 0.5) * g
 
 
 def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:

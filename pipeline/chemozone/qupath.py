@@ -66,15 +66,16 @@ def _row_runs(labels: np.ndarray, row0: int = 0) -> tuple[np.ndarray, ...]:
     return val[keep], r0[keep] + row0, s[keep], e[keep]
 
 
-def mask_polygons(mask: np.ndarray, *, factor: int = 1, shape_yx: Sequence[int] | None = None):
+def mask_polygons(mask: np.ndarray, *, factor: float = 1, shape_yx: Sequence[int] | None = None):
     """The exact outline of a boolean mask's pixels as a shapely (Multi)Polygon, in pixel coordinates.
 
     Parameters
     ----------
     mask : bool ndarray (Y, X)
         A mask on the analysis grid (or at full resolution with ``factor=1``).
-    factor : int
-        Image pixels per mask pixel: grid pixel ``(r, c)`` becomes the square ``[c f, (c+1) f) x [r f, (r+1) f)``.
+    factor : float
+        Image pixels per mask pixel: grid pixel ``(r, c)`` becomes the square ``[c f, (c+1) f) x [r f, (r+1) f)``
+        (a whole number on an image run's grid; any ratio on a cell-table run's).
     shape_yx : (int, int), optional
         Full-resolution image shape: the outline is clipped to it (partial grid blocks at the edges).
 
@@ -225,7 +226,7 @@ def cell_features(cells, *, sample_id: str, pixel_size_um: float, labels: np.nda
             for g, c, v, i in zip(geoms, classes, values, ids)]
 
 
-def zone_features(masks: dict[str, np.ndarray], *, shape_yx: Sequence[int], factor: int,
+def zone_features(masks: dict[str, np.ndarray], *, shape_yx: Sequence[int] | None, factor: float,
                   grid_um: float) -> list[dict[str, Any]]:
     """One QuPath annotation per grid mask (class = the mask's name), clipped to the image; empty masks skipped.
 
@@ -274,10 +275,10 @@ def export_qupath(out: str | os.PathLike, dest: str | os.PathLike | None = None,
     dest = Path(dest) if dest else lay.export_qupath
     for sid in done:
         step_a = run["samples"][sid].get("step_a") or {}
-        px, shape_yx = float(step_a["pixel_size_um"]), tuple(step_a["shape"][1:])
         store = lay.masks(sid)
         names = list_labels_zarr(store)
         label_imgs = {n: read_labels_zarr(store, n) for n in ("cells", "nuclei") if n in names}
+        px, shape_yx = _pixel_frame(run, sid, step_a, label_imgs)
         table = pd.read_parquet(lay.cells(sid))
         sdir = dest / sid
         sdir.mkdir(parents=True, exist_ok=True)
@@ -286,12 +287,25 @@ def export_qupath(out: str | os.PathLike, dest: str | os.PathLike | None = None,
         grid_um = labels_pixel_size_um(store, "tissue") or float(step_a["grid_um"])
         grid = {n[len("zone_"):]: read_labels_zarr(store, n) for n in names if n.startswith("zone_")}
         grid["Tissue"] = read_labels_zarr(store, "tissue")
-        write_geojson(zone_features(grid, shape_yx=shape_yx, factor=grid_factor(px, grid_um), grid_um=grid_um),
-                      sdir / "zones.geojson")
+        factor = grid_factor(px, grid_um) if "shape" in step_a else grid_um / px  # a table run's grid: origin 0
+        write_geojson(zone_features(grid, shape_yx=shape_yx, factor=factor, grid_um=grid_um), sdir / "zones.geojson")
         for name, arr in label_imgs.items():
             with atomic_path(sdir / f"{name}.tif") as tmp:
                 _write_label_tiff(tmp, arr, pixel_size_um=px)
     return dest
+
+
+def _pixel_frame(run: dict[str, Any], sid: str, step_a: dict[str, Any], label_imgs: dict[str, np.ndarray]):
+    """``(pixel_size_um, shape_yx or None)`` of a sample's image: from step A of an image run; for a run on cell
+    tables from ``panel.pixel_size_um`` and the shape of its masks (None without masks: outlines are not clipped)."""
+    if "pixel_size_um" in step_a:
+        return float(step_a["pixel_size_um"]), tuple(step_a["shape"][1:])
+    px = ((run.get("config") or {}).get("panel") or {}).get("pixel_size_um")
+    if px is None:
+        raise MissingStepError(f"sample '{sid}': a run on cell tables in µm without panel.pixel_size_um has no pixel "
+                               "coordinates for QuPath; rerun it with --pixel-size-um (the image's pixel size)")
+    shape = next((a.shape for a in label_imgs.values()), None)
+    return float(px), shape
 
 
 def _write_label_tiff(path: Path, labels: np.ndarray, *, pixel_size_um: float) -> None:

@@ -55,7 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import RegionError
-from .grid import grid_factor, grid_pixel_centres_px, grid_shape
+from .grid import grid_factor, grid_pixel_centres_px
 
 __all__ = [
     "REGIONS_COLUMN",
@@ -65,6 +65,7 @@ __all__ = [
     "load_regions",
     "class_matches",
     "rasterize_geometry",
+    "contains_grid_centres",
     "points_in_geometry",
     "apply_regions",
     "region_zone_geometry",
@@ -376,12 +377,25 @@ def rasterize_geometry(geom: Any, *, shape_yx: Sequence[int], factor: int, rows_
     >>> rasterize_geometry(box(0, 0, 4, 2), shape_yx=(4, 6), factor=2).astype(int).tolist()
     [[1, 1, 0], [0, 0, 0]]
     """
+    ys, xs = grid_pixel_centres_px(shape_yx, factor)
+    return contains_grid_centres(geom, ys, xs, rows_per_chunk=rows_per_chunk)
+
+
+def contains_grid_centres(geom: Any, ys_px: np.ndarray, xs_px: np.ndarray, *, rows_per_chunk: int = 256
+                          ) -> np.ndarray:
+    """Which grid pixels, given their centres (increasing, pixel coordinates of the full-resolution image), lie
+    inside a geometry; bool ndarray ``(len(ys_px), len(xs_px))`` (None or empty geometry: all False).
+
+    >>> from shapely.geometry import box
+    >>> contains_grid_centres(box(0, 0, 3, 1), np.array([0.5, 1.5]), np.array([0.5, 2.5, 4.5])).astype(int).tolist()
+    [[1, 1, 0], [0, 0, 0]]
+    """
     import shapely
 
-    out = np.zeros(grid_shape(shape_yx, factor), bool)
+    ys, xs = np.asarray(ys_px, np.float64), np.asarray(xs_px, np.float64)
+    out = np.zeros((len(ys), len(xs)), bool)
     if geom is None or geom.is_empty:
         return out
-    ys, xs = grid_pixel_centres_px(shape_yx, factor)
     x0, y0, x1, y1 = geom.bounds
     c0, c1 = np.searchsorted(xs, x0), np.searchsorted(xs, x1, side="right")
     r0, r1 = np.searchsorted(ys, y0), np.searchsorted(ys, y1, side="right")

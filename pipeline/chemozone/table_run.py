@@ -4,14 +4,16 @@ Flow (the image run's steps, minus everything that needs pixels)::
 
     read every table (chemozone.io.read_cell_table)      -- refuses to start on a bad table or config
     per sample   cells → measurements.parquet; tissue estimated from the cell positions
-                 (chemozone.cell_regions.cell_region) → masks.ome.zarr "tissue"
+                 (chemozone.cell_regions.cell_region) → masks.ome.zarr "tissue"; the sheet's region annotations
+                 (``regions`` column, chemozone._table_regions) remove excluded cells and areas
     cohort step  gates (pooled / reference / per sample, or the vendor's positivity: gate method "vendor")
     per sample   phenotype → zones (producers, tumor_cells) → spatial → tables, zone masks
     cohort tables and run.json, as for images
 
 INPUT is one table (samples from ``cell_tables.sample_column`` or the format's image column) or a sample sheet
 (CSV) with ``sample_id``, ``cells_table`` and metadata (``patient``, ``radiation``, ``dose_gy``, ...), one table per
-row. Zones from pixels (``source: pixels`` / ``tumor``), tissue detection, segmentation, quantification and
+row, and optionally ``nuclei_mask`` / ``cells_mask`` (the table's masks) and ``regions`` (a QuPath GeoJSON). Zones from
+pixels (``source: pixels`` / ``tumor``), tissue detection, segmentation, quantification and
 ``qc.png`` need the image and are not available; ``run.json`` records per sample how the tissue area was estimated.
 """
 
@@ -110,6 +112,9 @@ def load_cell_tables(input_path: str | Path, cfg: Config) -> tuple[pd.DataFrame,
     for col in (c for c in MASK_COLUMNS if c in samples):  # precomputed masks of the table's image (optional)
         samples[col] = [resolve_mask_spec(v.strip(), path.parent) if isinstance(v, str) and v.strip() else pd.NA
                         for v in samples[col]]
+    if "regions" in samples:  # region annotations (QuPath GeoJSON, chemozone._table_regions), relative to the sheet
+        samples["regions"] = [str((path.parent / v.strip()).resolve()) if isinstance(v, str) and v.strip() else pd.NA
+                              for v in samples["regions"]]
     cells, records = {}, {}
     for sid, tpath in zip(samples["sample_id"], samples[TABLE_SHEET_COLUMN]):
         t = read_cell_table(tpath, **{**opts, "sample_id": sid})
@@ -183,21 +188,40 @@ def _table_masks(row: dict[str, Any], cells: pd.DataFrame, cfg: Config) -> tuple
     return nuclei, cell_mask, rec
 
 
+def _regions(row: dict[str, Any], cells: pd.DataFrame, tissue, rec: dict[str, Any], cfg: Config, masks):
+    """``(tissue, cells, record)`` with the sheet's region annotations applied (unchanged, None without them)."""
+    from ._table_regions import apply_table_regions, load_table_regions
+    from .options import region_options
+
+    shape = None if masks is None else next(m.shape for m in masks[:2] if m is not None)
+    margin = rec["radius_um"] + rec["close_um"] + 2 * rec["grid_um"]  # the tissue estimate's reach
+    regs = load_table_regions(row, cells, pixel_size_um=cfg.panel.pixel_size_um, zones=cfg.zones,
+                              image_shape_yx=shape, margin_um=margin, **region_options(cfg))
+    if regs is None:
+        return tissue, cells, None
+    tissue, keep, reg = apply_table_regions(regs, tissue, cells, grid_um=rec["grid_um"],
+                                            pixel_size_um=cfg.panel.pixel_size_um)
+    rec.update(area_before_regions_mm2=rec["area_mm2"], area_mm2=float(tissue.sum()) * (rec["grid_um"] * 1e-3) ** 2)
+    return tissue, cells[keep].reset_index(drop=True), reg
+
+
 def _step_a(sid: str, cells: pd.DataFrame, cfg: Config, lay: RunLayout, record: dict[str, Any],
             row: dict[str, Any]) -> dict[str, Any]:
-    """Per sample: the imported cells, its masks (when the sheet names them) and the estimated tissue."""
+    """Per sample: the imported cells, its masks (when the sheet names them), the estimated tissue and the
+    region annotations (when the sheet names them)."""
     from .io import write_labels_zarr
 
     t0 = time.perf_counter()
     masks = _table_masks(row, cells, cfg)
     tissue, g, rec = _tissue(cells, cfg)
+    tissue, cells, reg_rec = _regions(row, cells, tissue, rec, cfg, masks)  # checked before anything is written
     ann = (record.get("annotation_area_um2") or {}).get(str(cells["source_sample"].iloc[0])
                                                        if "source_sample" in cells else sid)
     rec["annotation_area_mm2"] = ann * 1e-6 if ann is not None else None
     lay.sample_dir(sid).mkdir(parents=True, exist_ok=True)
     write_parquet(cells, lay.measurements(sid))
     write_labels_zarr(lay.masks(sid), "tissue", tissue, pixel_size_um=g)
-    out = {"sample_id": sid, "n_cells": int(len(cells)), "tissue": rec, "grid_um": g,
+    out = {"sample_id": sid, "n_cells": int(len(cells)), "tissue": rec, "grid_um": g, "regions": reg_rec,
            "timings_s": {"import": round(time.perf_counter() - t0, 3)}}
     if masks is not None:
         for name, m in (("nuclei", masks[0]), ("cells", masks[1])):
@@ -207,15 +231,23 @@ def _step_a(sid: str, cells: pd.DataFrame, cfg: Config, lay: RunLayout, record: 
     return out
 
 
-def _zones(cells: pd.DataFrame, tissue, cfg: Config, sid: str, g: float):
-    """Producer zones (chemozone.zones) and tumor compartments from tumor-cell positions, in config order."""
+def _zones(cells: pd.DataFrame, tissue, cfg: Config, sid: str, g: float, row: dict[str, Any]):
+    """Producer zones (chemozone.zones), tumor compartments from tumor-cell positions and annotated regions
+    (``source: regions``), in config order."""
     from . import zones
+    from ._table_regions import load_table_regions, table_region_zones
     from .cell_regions import tumor_cell_zones
+    from .options import region_options
 
     masks: dict[str, Any] = {}
     frames, recs = [], {}
     for z in cfg.zones:
-        if z.source == "producers":
+        if z.source == "regions":
+            regs = load_table_regions(row, cells, pixel_size_um=cfg.panel.pixel_size_um, zones=[z], checked=True,
+                                      **region_options(cfg))  # checked against the cells and image in step A
+            m, df = table_region_zones(regs, [z], tissue, grid_um=g, pixel_size_um=cfg.panel.pixel_size_um,
+                                       sample_id=sid)
+        elif z.source == "producers":
             m, df = zones.build_zones(None, cells, tissue, pixel_size_um=g, grid_um=g, zones=[z], thresholds=None,
                                       sample_id=sid, channels=[])
         else:
@@ -239,7 +271,7 @@ def _zone_rows(masks: dict[str, Any], tissue, g: float, sid: str, z) -> pd.DataF
                          for n, m in masks.items()], columns=ZONES_COLUMNS)
 
 
-def _step_b(sid: str, cfg: Config, lay: RunLayout, gates) -> dict[str, Any]:
+def _step_b(sid: str, cfg: Config, lay: RunLayout, gates, row: dict[str, Any]) -> dict[str, Any]:
     """Per sample: phenotype → zones → spatial, written as the image run writes them."""
     from . import phenotype, spatial
     from .io import read_labels_zarr, write_labels_zarr
@@ -251,7 +283,7 @@ def _step_b(sid: str, cfg: Config, lay: RunLayout, gates) -> dict[str, Any]:
     cells = phenotype.phenotype_cells(cells, sg, **phenotype_options(cfg))
     tissue = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
     g = float(cfg.analysis_grid.pixel_size_um)
-    masks, zones_df, zrec = _zones(cells, tissue, cfg, sid, g)
+    masks, zones_df, zrec = _zones(cells, tissue, cfg, sid, g, row)
     cells = spatial.annotate_cells(cells, masks, tissue, grid_um=g)
     infil = spatial.infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id=sid, **infiltration_options(cfg))
     cognate = spatial.cognate_specificity(infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg))
@@ -299,7 +331,8 @@ def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: st
     _check_config(cfg, cells, str(input_path))
     with run_log(lay.run_log):
         prov = new_provenance(cfg, command=command)
-        prov["inputs"] = {sid: {**records[sid], "cells_table": True} for sid in cells}
+        prov["inputs"] = {sid: {**records[sid], "cells_table": True, **_regions_input(row)}
+                          for sid, row in zip(samples["sample_id"], samples.to_dict("records"))}
         prov["samples"] = {sid: {"status": "pending", "warnings": []} for sid in cells}
         ledger = Ledger(prov, lay, on_error)
         ledger.save()
@@ -316,13 +349,26 @@ def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: st
             measured = pd.concat([pd.read_parquet(lay.measurements(s)) for s in ok], ignore_index=True)
             gates = compute_gates(measured, samples[samples["sample_id"].isin(ok)], **gate_options(cfg))
             write_parquet(gates, lay.gates)
+        rows = {r["sample_id"]: r for r in samples.to_dict("records")}
         for sid in ok:
             try:
-                ledger.record(sid, status="done", step_b=_stage(sid, "spatial", lambda s=sid: _step_b(s, cfg, lay, gates)))
+                ledger.record(sid, status="done", step_b=_stage(sid, "spatial", lambda s=sid: _step_b(
+                    s, cfg, lay, gates, rows[s])))
             except StageError as exc:
                 ledger.fail(exc)
         ledger.warn(marker_warnings({s: v.get("step_b") for s, v in prov["samples"].items() if v["status"] == "done"}))
         return _finish(samples, lay, ledger, merge_cohort)
+
+
+def _regions_input(row: dict[str, Any]) -> dict[str, Any]:
+    """``run.json["inputs"][sid]["regions"]``: the GeoJSON's path and fingerprint (empty without one)."""
+    from .layout import file_fingerprint
+    from .regions import sample_regions_path
+
+    p = sample_regions_path(row)
+    if p is None:
+        return {}
+    return {"regions": {"path": p, **(file_fingerprint(p) if Path(p).is_file() else {"missing": True})}}
 
 
 def _finish(samples, lay: RunLayout, ledger: Ledger, merge_cohort) -> RunResult:

@@ -144,7 +144,8 @@ def _tiff_read(path: Path, column: str, sel: str | None) -> np.ndarray:
             return np.asarray(series.asarray()).reshape((-1,) + tuple(series.shape[-2:]))[pages[0]]
         planes = [np.asarray(tif.pages[i].asarray()) for i in pages]
     out = planes[0].copy()
-    for extra in planes[1:]:  # inForm's compartments of one cell carry the same id and do not overlap
+    for extra in planes[1:]:  # one cell's compartments carry its id; where a Cytoplasm pixel lies on another
+        # cell's nucleus (1,319 px in FIHC4, 14,125 in Set4), the nucleus keeps it
         fill = (out == 0) & (extra != 0)
         out[fill] = extra[fill]
     return out
