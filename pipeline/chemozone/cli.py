@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic explant cohort with ground truth")
     s.add_argument("out", type=Path, help="output folder")
-    s.add_argument("--preset", choices=["tiny", "demo", "large", "stats"], default="demo")
+    s.add_argument("--preset", choices=["tiny", "demo", "large", "stats", "dim_receptors"], default="demo")
     s.add_argument("--patients", type=int, default=None, help="number of patients (overrides the preset)")
     s.add_argument("--size", type=int, default=None, help="image side in pixels (overrides the preset)")
     s.add_argument("--seed", type=int, default=0)

@@ -329,6 +329,9 @@ class SpatialConfig(_Section):
     """Zones whose in/out combinations are counted in ``zone_overlap.parquet`` (default: the cognate pairs'
     zones; at most 8). Lets a receptor− control be adjusted for co-localised zones (``stats.dose_rate_test``)."""
     populations: list[Literal["cell_type", "phenotype"]] = Field(default_factory=lambda: ["cell_type", "phenotype"])
+    calls: Literal["hard", "soft"] = "hard"
+    """Receptor status in ``cognate.parquet``: ``hard`` counts ``{receptor}_pos`` cells; ``soft`` sums a cell
+    classifier's ``{receptor}_prob`` (expected counts; the run stops if the column is missing)."""
     neighbourhood: NeighbourhoodConfig = Field(default_factory=NeighbourhoodConfig)
 
     @field_validator("distance_bands_um")

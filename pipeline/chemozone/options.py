@@ -120,7 +120,8 @@ def infiltration_options(cfg: Config) -> dict[str, Any]:
 
 def cognate_options(cfg: Config) -> dict[str, Any]:
     """Keywords of :func:`chemozone.spatial.cognate_specificity`."""
-    return {"cognate_pairs": cfg.spatial.cognate_pairs, "edge_exclusion_um": cfg.spatial.edge_exclusion_um}
+    return {"cognate_pairs": cfg.spatial.cognate_pairs, "edge_exclusion_um": cfg.spatial.edge_exclusion_um,
+            "calls": cfg.spatial.calls}
 
 
 def overlap_options(cfg: Config) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from ._report_html import (
     _table,
     _with_arms,
 )
+from ._report_soft import soft_calls_section
 from .errors import ChemozoneError
 
 __all__ = ["write_report", "render_report"]
@@ -496,7 +497,7 @@ def render_report(out: str | os.PathLike) -> str:
         ("gates", "Gates", _guarded(_gates, run)),
         ("zones", "Zone area vs dose", _guarded(_zone_area, run, nb, seed)),
         ("infiltration", "Infiltration vs dose", _guarded(_infiltration, run, nb, seed)),
-        ("cognate", "Cognate specificity", _guarded(_cognate, run)),
+        ("cognate", "Cognate specificity", _guarded(_cognate, run) + _guarded(soft_calls_section, run, out, nb, seed)),
         ("modules", "Chemokine modules", _guarded(_modules, run)),
     ]
     ver = (run["run"].get("versions") or {}).get("chemozone", "?")

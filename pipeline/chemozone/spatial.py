@@ -47,6 +47,8 @@ __all__ = [
     "annotate_cells",
     "infiltration_metrics",
     "cognate_specificity",
+    "CALLS",
+    "call_weights",
     "overlap_zone_names",
     "overlap_region_name",
     "zone_overlap_metrics",
@@ -319,11 +321,51 @@ def _enrichment(n_in: float, n_out: float, a_in: float, a_out: float) -> float:
     return float(np.log2(((n_in + p_in) / a_in) / ((n_out + PSEUDOCOUNT - p_in) / a_out)))
 
 
+CALLS = ("hard", "soft")
+"""How receptor status enters :func:`cognate_specificity`: ``hard`` counts ``{receptor}_pos`` cells, ``soft``
+sums ``{receptor}_prob`` (expected counts)."""
+
+
+def call_weights(cells: pd.DataFrame, receptor: str, *, calls: str = "hard") -> np.ndarray:
+    """Each cell's weight as receptor+: its hard call (0/1) or its probability (``calls="soft"``).
+
+    Receptor+ expected count = Σ weight, receptor− = Σ (1 − weight); with probabilities in {0, 1} the soft
+    counts equal the hard ones exactly.
+
+    Parameters
+    ----------
+    cells : DataFrame with ``{receptor}_pos`` (hard) or ``{receptor}_prob`` (soft, floats in [0, 1])
+    receptor : str
+    calls : {"hard", "soft"}
+
+    Returns
+    -------
+    ndarray of float, shape (n_cells,)
+
+    Examples
+    --------
+    >>> cells = pd.DataFrame({"CXCR2_pos": [True, False], "CXCR2_prob": [0.9, 0.2]})
+    >>> call_weights(cells, "CXCR2").tolist(), call_weights(cells, "CXCR2", calls="soft").tolist()
+    ([1.0, 0.0], [0.9, 0.2])
+    """
+    if calls not in CALLS:
+        raise ConfigError(f"spatial.calls: must be one of {list(CALLS)}, got {calls!r}")
+    col = f"{receptor}_pos" if calls == "hard" else f"{receptor}_prob"
+    if col not in cells.columns:
+        what = ("run phenotyping (receptor gate)" if calls == "hard"
+                else "train a classifier that writes it, or set spatial.calls: hard")
+        raise MissingStepError(f"cells table has no '{col}' column (spatial.calls: {calls}); {what}")
+    w = cells[col].to_numpy(np.float64)
+    if calls == "soft" and not (np.all(np.isfinite(w)) and np.all((w >= 0) & (w <= 1))):
+        raise ValueError(f"cells column '{col}' must hold probabilities in [0, 1] (no NaN)")
+    return w
+
+
 def _cognate_counts_from_cells(
-    cells: pd.DataFrame, sid: Any, pair: CognatePair, *, edge_exclusion_um: float
-) -> list[tuple[str, dict[str, int]]]:
-    """``(lineage, counts)`` of one sample and pair, counted exactly from annotated cells."""
-    need = ["cell_type", f"{pair.receptor}_pos", f"in_{pair.zone}", "dist_tissue_edge_um"]
+    cells: pd.DataFrame, sid: Any, pair: CognatePair, *, edge_exclusion_um: float, calls: str = "hard"
+) -> list[tuple[str, dict[str, float]]]:
+    """``(lineage, counts)`` of one sample and pair from annotated cells: exact counts (hard) or expected (soft)."""
+    need = ["cell_type", f"in_{pair.zone}", "dist_tissue_edge_um"]
     miss = [n for n in need if n not in cells.columns]
     if miss:
         raise MissingStepError(
@@ -332,14 +374,18 @@ def _cognate_counts_from_cells(
     cs = cells[cells["sample_id"].astype(str) == str(sid)] if "sample_id" in cells.columns else cells
     depth = cs["dist_tissue_edge_um"].to_numpy(np.float64)
     cs = cs[(depth > 0) & (depth >= edge_exclusion_um)]  # the cells infiltration_metrics counts
-    lineages = pair.cell_types or sorted(cs.loc[cs[f"{pair.receptor}_pos"].astype(bool), "cell_type"].astype(str).unique())
+    w_all = call_weights(cs, pair.receptor, calls=calls)
+    lineages = pair.cell_types or sorted(cs.loc[w_all > (0.5 if calls == "soft" else 0), "cell_type"]
+                                         .astype(str).unique())
+    ct = cs["cell_type"].astype(str).to_numpy()
+    inside_all = cs[f"in_{pair.zone}"].astype(bool).to_numpy()
+    cast = int if calls == "hard" else float
     out = []
     for lin in lineages:
-        cl = cs[cs["cell_type"].astype(str) == lin]
-        pos = cl[f"{pair.receptor}_pos"].astype(bool).to_numpy()
-        inside = cl[f"in_{pair.zone}"].astype(bool).to_numpy()
-        out.append((lin, dict(n_pos_inside=int((pos & inside).sum()), n_pos_outside=int((pos & ~inside).sum()),
-                              n_neg_inside=int((~pos & inside).sum()), n_neg_outside=int((~pos & ~inside).sum()))))
+        sel = ct == lin
+        w, inside = w_all[sel], inside_all[sel]
+        out.append((lin, dict(n_pos_inside=cast(w[inside].sum()), n_pos_outside=cast(w[~inside].sum()),
+                              n_neg_inside=cast((1 - w[inside]).sum()), n_neg_outside=cast((1 - w[~inside]).sum()))))
     return out
 
 
@@ -374,6 +420,7 @@ def cognate_specificity(
     cognate_pairs: Sequence[CognatePair],
     edge_exclusion_um: float = 0.0,
     cells: pd.DataFrame | None = None,
+    calls: str = "hard",
 ) -> pd.DataFrame:
     """Receptor+ vs receptor− cells of the same lineage in each zone ↔ receptor pair.
 
@@ -392,6 +439,10 @@ def cognate_specificity(
     cells : DataFrame, optional
         Annotated cells (:func:`annotate_cells`) with ``sample_id``, ``cell_type``, ``{receptor}_pos``,
         ``in_{zone}``, ``dist_tissue_edge_um``: counts are then taken from it exactly.
+    calls : {"hard", "soft"}
+        With ``cells``: ``hard`` counts the ``{receptor}_pos`` calls; ``soft`` uses expected counts from a
+        classifier's ``{receptor}_prob`` (receptor+ = Σ p, receptor− = Σ (1 − p); float counts; lineages
+        default to those with a cell of p > 0.5). ``soft`` needs ``cells``.
 
     Returns
     -------
@@ -399,7 +450,22 @@ def cognate_specificity(
         ``sample_id, zone, receptor, cell_type, n_pos_inside, n_pos_outside, n_neg_inside, n_neg_outside,
         log2_enrichment_pos, log2_enrichment_neg, log2_specificity`` (= pos − neg, the log2 ratio of the two
         enrichments; > 0 when receptor+ cells favour the zone more than receptor− cells).
+
+    Examples
+    --------
+    >>> inf = pd.DataFrame({"sample_id": "s", "population_type": "all", "zone": "Z",
+    ...                     "region": ["inside", "outside"], "area_mm2": [1.0, 1.0]})
+    >>> cells = pd.DataFrame({"cell_type": "NK", "in_Z": [True, True, False, False], "dist_tissue_edge_um": 10.0,
+    ...                       "CXCR2_prob": [0.9, 0.6, 0.2, 0.1], "CXCR2_pos": [True, True, False, False]})
+    >>> pair = CognatePair(zone="Z", receptor="CXCR2", cell_types=["NK"])
+    >>> r = cognate_specificity(inf, cognate_pairs=[pair], cells=cells, calls="soft").iloc[0]
+    >>> [round(float(r[k]), 2) for k in ("n_pos_inside", "n_pos_outside", "n_neg_inside", "n_neg_outside")]
+    [1.5, 0.3, 0.5, 1.7]
     """
+    if calls not in CALLS:
+        raise ConfigError(f"spatial.calls: must be one of {list(CALLS)}, got {calls!r}")
+    if calls == "soft" and cells is None:
+        raise MissingStepError("cognate_specificity(calls='soft') needs the annotated cells table (cells=...)")
     cols = ["sample_id", "zone", "receptor", "cell_type", "n_pos_inside", "n_pos_outside", "n_neg_inside",
             "n_neg_outside", "log2_enrichment_pos", "log2_enrichment_neg", "log2_specificity"]
     rows: list[dict[str, Any]] = []
@@ -415,14 +481,15 @@ def cognate_specificity(
             a_in = float(zs.loc[zs["region"] == "inside", "area_mm2"].iloc[0])
             a_out = float(zs.loc[zs["region"] == "outside", "area_mm2"].iloc[0])
             if cells is not None:
-                counts = _cognate_counts_from_cells(cells, sid, pair, edge_exclusion_um=edge_exclusion_um)
+                counts = _cognate_counts_from_cells(cells, sid, pair, edge_exclusion_um=edge_exclusion_um,
+                                                    calls=calls)
             else:
                 counts = _cognate_counts_from_phenotypes(inf, sid, pair)
             rows += [_cognate_row(sid, pair, lin, n, a_in, a_out) for lin, n in counts]
     return pd.DataFrame(rows, columns=cols)
 
 
-def _cognate_row(sid: Any, pair: Any, lin: str, n: dict[str, int], a_in: float, a_out: float) -> dict[str, Any]:
+def _cognate_row(sid: Any, pair: Any, lin: str, n: dict[str, float], a_in: float, a_out: float) -> dict[str, Any]:
     ep = _enrichment(n["n_pos_inside"], n["n_pos_outside"], a_in, a_out)
     en = _enrichment(n["n_neg_inside"], n["n_neg_outside"], a_in, a_out)
     return dict(sample_id=sid, zone=pair.zone, receptor=pair.receptor, cell_type=lin, **n,

@@ -26,6 +26,9 @@ Layout (everything is re-exported here: import from ``chemozone.stats``)
 * ``_radiation.py`` – :func:`relative_amplitude`, :func:`compare_radiation` (joint patient bootstrap).
 * ``_tests.py`` – :func:`cognate_test`, :func:`dose_rate_test`, :func:`bh_fdr`.
 * ``_modules.py`` – :func:`chemokine_modules`.
+* ``_soft.py`` – :func:`cognate_call_bootstrap` (cognate specificity from hard calls or a classifier's
+  probabilities, with Bernoulli call resampling inside the patient bootstrap), :func:`compare_cognate_calls`
+  (truth vs gate vs classifier on the same cells).
 
 Conventions
 -----------
@@ -69,6 +72,7 @@ from ._load import TABLES, add_effective_dose, load_run
 from ._mixed import mixed_model
 from ._modules import chemokine_modules
 from ._radiation import compare_radiation, relative_amplitude
+from ._soft import cognate_call_bootstrap, compare_cognate_calls
 from ._tables import (
     density_table,
     enrichment_table,
@@ -111,4 +115,6 @@ __all__ = [
     "equivalence_test",
     "t_interval",
     "CI_METHODS",
+    "cognate_call_bootstrap",
+    "compare_cognate_calls",
 ]

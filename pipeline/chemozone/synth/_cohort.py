@@ -19,7 +19,7 @@ from ._params import (
     RECEPTORS,
     check_channels,
     patient_effects,
-    truth_parameters,
+    preset_parameters,
 )
 from ._scene import build_scene
 from ._write import write_sample
@@ -43,7 +43,7 @@ def generate_cohort(out: str | Path, *, preset: str = "demo", patients: int | No
     ----------
     out : path
         Output folder (created; existing files of the same names are replaced).
-    preset : {"tiny", "demo", "stats", "large"}
+    preset : {"tiny", "demo", "stats", "large", "dim_receptors"}
         Design and default size/channels (:data:`PRESETS`).
     patients, size_px : int, optional
         Override the preset's number of patients / image side (px).
@@ -92,7 +92,7 @@ def generate_cohort(out: str | Path, *, preset: str = "demo", patients: int | No
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
-    params = truth_parameters()
+    params = preset_parameters(preset)
     rows = []
     truth_samples = {}
     pats = {}

@@ -68,9 +68,40 @@ PRESETS: dict[str, dict[str, Any]] = {
               "channels": DEFAULT_CHANNELS, "features": True},
     "large": {"patients": 1, "size_px": 16384, "design": [("photon", 10.0)],
               "channels": LARGE_CHANNELS, "features": True},
+    "dim_receptors": {"patients": 3, "size_px": 1024,
+                      "design": [("sham", 0.0), ("photon", 5.0), ("photon", 20.0)],
+                      "channels": DEFAULT_CHANNELS, "features": False,
+                      "imaging": {"dim_receptors": {"amplitude": 800.0, "neighbour_amplitude": 1500.0,
+                                                    "neighbour_sigma_um": 1.0, "neighbour_source": "Tumor"}}},
 }
 """Cohort designs: patients, image side (px), (radiation, dose_gy) per patient, default channels,
-and whether tears / out-of-focus patches may occur."""
+and whether tears / out-of-focus patches may occur. A preset's ``imaging`` entries are merged into
+``truth_parameters()["imaging"]`` (:func:`preset_parameters`) and recorded in ``truth/cohort.json``.
+
+``dim_receptors`` (issue 17): the receptor stains (CXCR2, CXCR3, CCR5) are dim, single-peaked and
+contaminated by neighbours, as real chemokine-receptor stains are. ``amplitude`` replaces the receptors'
+intensity at expression level 1 (2000 in :data:`CHANNEL_SPEC`), so a positive immune cell's mean measures
+about 1.5-2.5x a negative one's (``benchmarks/eval_dim_receptors.py`` prints the measured ratio).
+``neighbour_amplitude``: every ``neighbour_source`` cell (tumour cells, scaled by their panCK level) carries
+this much nonspecific signal on its membrane in each receptor channel, blurred by a Gaussian of
+``neighbour_sigma_um``: a receptor-negative lymphocyte pressed against a tumour cell picks it up on the
+touching side (spillover from a bright neighbour), while its truth stays negative. Receptor truth is drawn
+exactly as in the other presets (``{receptor}_pos`` in ``truth/{sample}/cells.parquet``)."""
+
+
+def preset_parameters(preset: str) -> dict[str, Any]:
+    """:func:`truth_parameters` with a preset's ``imaging`` overrides merged in (unchanged for the others).
+
+    >>> preset_parameters("demo") == truth_parameters()
+    True
+    >>> preset_parameters("dim_receptors")["imaging"]["dim_receptors"]["amplitude"]
+    800.0
+    """
+    params = truth_parameters()
+    extra = PRESETS[preset].get("imaging")
+    if extra:
+        params["imaging"] = {**params["imaging"], **{k: dict(v) for k, v in extra.items()}}
+    return params
 
 # ------------------------------------------------------------------------------------ truth model
 def truth_parameters() -> dict[str, Any]:

@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._params import PIXEL_SIZE_UM, TYPE_INDEX
+from ._params import RECEPTORS as _RECEPTORS
+
 HALO_PX = 16
 """Extra pixels rendered around each region (optical blur, out-of-focus blur, membrane rings)."""
 
@@ -201,6 +204,8 @@ def _specific_signals(sc: dict[str, Any], rng: np.random.Generator, nuc: np.ndar
             lc = lvl[cel]
             s = lc * (ring + np.float32(0.18) * cell_any)
             s = _binomial_blur(s)
+            if sc.get("dim_receptors") and name in _RECEPTORS:
+                s = s + _neighbour_spill(sc, cel, ring) * np.float32(sc["stain"][name])
         elif kind == "cytoplasm":
             lc = lvl[cel]
             s = lc * cyto * gran + 0.45 * lc * ring + 0.1 * lc * (nuc > 0)
@@ -210,6 +215,21 @@ def _specific_signals(sc: dict[str, Any], rng: np.random.Generator, nuc: np.ndar
             raise ValueError(kind)
         sig[ci] = s.astype(np.float32, copy=False)
     return sig
+
+
+def _neighbour_spill(sc: dict[str, Any], cel: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Nonspecific membrane signal of the bright ``neighbour_source`` cells, blurred into their neighbours.
+
+    Each source cell's membrane ring carries ``neighbour_amplitude`` (times its panCK level when the panel
+    has panCK), blurred by a Gaussian of ``neighbour_sigma_um``: float32 (H, W).
+    """
+    dim = sc["dim_receptors"]
+    c = sc["cells"]
+    src = (c["type"] == TYPE_INDEX[dim["neighbour_source"]]).astype(np.float32)
+    if "panCK" in c["level"]:
+        src = src * c["level"]["panCK"].astype(np.float32)
+    lv = np.concatenate([[0.0], src]).astype(np.float32) * np.float32(dim["neighbour_amplitude"])
+    return ndi.gaussian_filter(lv[cel] * ring, float(dim["neighbour_sigma_um"]) / PIXEL_SIZE_UM)
 
 
 def _autofluorescence(sc: dict[str, Any], tissue: np.ndarray, nest: np.ndarray,

@@ -90,6 +90,10 @@ def build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, patie
     level = marker_levels(rng, c["type"], c["damaged"], pos, channels)
     spec, stain = channel_specs(rng, channels, stain_sd_log=params["imaging"]["stain_sd_log"],
                                 chemokine_amplitude=params["chemokine_amplitude"])
+    dim = params["imaging"].get("dim_receptors")
+    for r in RECEPTORS if dim else ():  # dim receptor stains (the dim_receptors preset); no extra draws
+        if r in spec:
+            spec[r]["peak"] = float(dim["amplitude"])
     dots = chemokine_dots(rng, c["amount"], shapes)
     cells = _cell_table(rng, c, shapes, level=level, dots=dots, pos=pos)
     sig_px = params["zone"]["sigma_um"] / PIXEL_SIZE_UM
@@ -101,6 +105,7 @@ def build_scene(shape: tuple[int, int], *, dose_gy: float, radiation: str, patie
         "zone_level": float(params["zone"]["level"]),
         "spillover": params["imaging"]["spillover"], "gain": params["imaging"]["gain"],
         "read_noise": params["imaging"]["read_noise"], "cells": cells, "dots_per_cell": DOTS_PER_CELL,
+        "dim_receptors": dim,
         "seed_entropy": ss.entropy, "d_eff_gy": d_eff,
         "info": {"tear": tissue.tear_info, "out_of_focus": tissue.oof_info,
                  "nest_fraction_target": float(tissue.nest_fraction), "stain_scale": stain, "d_eff_gy": d_eff,
