@@ -104,7 +104,8 @@ def test_too_few_labels():
         cl.train_marker_classifier(f, np.arange(10) >= 5, marker="CD3")
     y = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
     with pytest.warns(UserWarning, match=r"classes \['c'\] have fewer than 3 labels and are left out"):
-        clf = cl.train_cell_type_classifier(f, y, channels=["CD3"], k_neighbors=0, verbose=False)
+        clf = cl.train_cell_type_classifier(f, y, channels=["CD3"], k_neighbors=0, verbose=False,
+                                            gbm_params={"max_iter": 10})
     assert clf.classes == ["a", "b"] and clf.metrics["label_counts"] == {"a": 5, "b": 3}
 
 
@@ -112,7 +113,8 @@ def test_cell_type_classifier_columns():
     rng = np.random.default_rng(3)
     f = pd.DataFrame({"CD3_cell": np.r_[rng.normal(0, .3, 20), rng.normal(2, .3, 20), rng.normal(4, .3, 20)]})
     y = ["tumor"] * 20 + ["T"] * 20 + ["B"] * 20
-    clf = cl.train_cell_type_classifier(f, y, channels=["CD3"], k_neighbors=0, verbose=False)
+    clf = cl.train_cell_type_classifier(f, y, channels=["CD3"], k_neighbors=0, verbose=False, gbm_params={"max_iter": 20})
+    assert clf.model.max_iter == 20 and clf.metrics["balanced_accuracy"] > 0.9
     out = cl.predict_cells(pd.DataFrame({"CD3_cell": [0.0, 2.0, 4.0]}), clf)
     assert out["classifier_cell_type"].tolist() == ["tumor", "T", "B"]
     np.testing.assert_allclose(out[["B_prob", "T_prob", "tumor_prob"]].sum(axis=1), 1.0)
@@ -151,11 +153,10 @@ def test_file_refusals(trained, tmp_path):
         cl.load_classifier(bad)
     # a model of another type (with a matching hash) is refused before it is built
     import skops.io as sio
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
 
     def forged(obj, name):
         other = sio.dumps(obj)

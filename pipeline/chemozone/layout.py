@@ -431,7 +431,7 @@ def package_versions() -> dict[str, str]:
 
     names = [
         "chemozone", "numpy", "scipy", "scikit-image", "scikit-learn", "tifffile", "zarr", "dask",
-        "distributed", "pandas", "pyarrow", "pydantic", "statsmodels", "cellpose", "torch", "napari",
+        "distributed", "pandas", "pyarrow", "pydantic", "statsmodels", "skops", "cellpose", "torch", "napari",
     ]
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for n in names:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,10 @@ GBM_PARAMS: dict[str, Any] = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_n
 no early stopping so that the model does not depend on an internal validation split)."""
 
 
-def _gbm(seed: int):
+def _gbm(seed: int, params: Mapping[str, Any] | None = None):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    return HistGradientBoostingClassifier(random_state=seed, **GBM_PARAMS)
+    return HistGradientBoostingClassifier(random_state=seed, **{**GBM_PARAMS, **(params or {})})
 
 
 def _check_labels(y: np.ndarray, n_rows: int, target: str, kind: str) -> np.ndarray:
@@ -59,7 +59,8 @@ def _cv_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, binary: b
     return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)), "f1": float(f1)}
 
 
-def fit_calibrated(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[Any, Any, dict[str, Any]]:
+def fit_calibrated(x: np.ndarray, y: np.ndarray, *, seed: int = 0,
+                   gbm_params: Mapping[str, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Fit the gradient-boosted model on all rows, a calibrator on its out-of-fold probabilities, and score it.
 
     Stratified ``n_folds = min(5, smallest class count)`` folds (shuffled with ``seed``): each fold's rows
@@ -75,6 +76,8 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[Any,
     y : ndarray, shape (n_labels,)
         Class labels (bool for a marker; str for cell types).
     seed : int
+    gbm_params : mapping, optional
+        Overrides of :data:`GBM_PARAMS`.
 
     Returns
     -------
@@ -99,12 +102,12 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> tuple[Any,
     # one OpenMP thread: on a few hundred labels the threads cost more than they save, and on a busy machine
     # spinning threads make a fit several times slower (2.6 s vs 15 s for 300 cells x 50 features, 5 classes)
     with threadpool_limits(limits=1, user_api="openmp"):
-        oof = cross_val_predict(_gbm(seed), x, y, cv=folds, method="predict_proba")
+        oof = cross_val_predict(_gbm(seed, gbm_params), x, y, cv=folds, method="predict_proba")
         z = calibration_inputs(oof)
         calibrator = LogisticRegression(C=1.0, max_iter=1000)
         cal_oof = cross_val_predict(calibrator, z, y, cv=folds, method="predict_proba")
         calibrator.fit(z, y)
-        model = _gbm(seed).fit(x, y)
+        model = _gbm(seed, gbm_params).fit(x, y)
     metrics = {**_cv_metrics(y, cal_oof, classes, binary=len(classes) == 2), "n_folds": n_folds}
     return model, calibrator, metrics
 
@@ -118,14 +121,15 @@ def _features_meta(features: pd.DataFrame, channels, k_neighbors) -> tuple[list[
 
 
 def _train(features: pd.DataFrame, y: np.ndarray, *, target: str, kind: str, channels, k_neighbors, seed: int,
-           verbose: bool) -> CellClassifier:
+           verbose: bool, gbm_params: Mapping[str, Any] | None) -> CellClassifier:
     from .. import __version__
 
     chans, k = _features_meta(features, channels, k_neighbors)
     keep = _check_labels(y, len(features), target, kind)
     y = y[keep]
     classes, counts = np.unique(y, return_counts=True)
-    model, calibrator, metrics = fit_calibrated(features.to_numpy(dtype=np.float64)[keep], y, seed=seed)
+    model, calibrator, metrics = fit_calibrated(features.to_numpy(dtype=np.float64)[keep], y, seed=seed,
+                                                gbm_params=gbm_params)
     metrics.update(n_labels=int(len(y)), label_counts={str(c): int(n) for c, n in zip(classes, counts)},
                    calibrated=True)
     clf = CellClassifier(target=target, kind=kind, classes=[c.item() if hasattr(c, "item") else c for c in classes],
@@ -156,7 +160,7 @@ def format_metrics(clf: CellClassifier) -> str:
 
 def train_marker_classifier(features: pd.DataFrame, labels: Sequence[bool] | np.ndarray | pd.Series, *, marker: str,
                             channels: Sequence[str] | None = None, k_neighbors: int | None = None, seed: int = 0,
-                            verbose: bool = True) -> CellClassifier:
+                            verbose: bool = True, gbm_params: Mapping[str, Any] | None = None) -> CellClassifier:
     """Train a marker's positive/negative classifier on labelled cells; prints its cross-validated metrics.
 
     Parameters
@@ -174,6 +178,8 @@ def train_marker_classifier(features: pd.DataFrame, labels: Sequence[bool] | np.
         Folds and the model's random state.
     verbose : bool
         Print :func:`format_metrics`.
+    gbm_params : mapping, optional
+        Overrides of :data:`GBM_PARAMS` (e.g. ``{"max_iter": 50}``).
 
     Returns
     -------
@@ -198,12 +204,13 @@ def train_marker_classifier(features: pd.DataFrame, labels: Sequence[bool] | np.
     if y.dtype != bool:
         y = pd.Series(y).astype(bool).to_numpy()
     return _train(features, y, target=marker, kind="marker", channels=channels, k_neighbors=k_neighbors, seed=seed,
-                  verbose=verbose)
+                  verbose=verbose, gbm_params=gbm_params)
 
 
 def train_cell_type_classifier(features: pd.DataFrame, labels: Sequence[str] | np.ndarray | pd.Series, *,
                                name: str = "cell_type", channels: Sequence[str] | None = None,
-                               k_neighbors: int | None = None, seed: int = 0, verbose: bool = True) -> CellClassifier:
+                               k_neighbors: int | None = None, seed: int = 0, verbose: bool = True,
+                               gbm_params: Mapping[str, Any] | None = None) -> CellClassifier:
     """Train a multi-class cell-type classifier on labelled cells; prints its cross-validated metrics.
 
     Same as :func:`train_marker_classifier` with class names as labels; the F1 is the macro F1 over the
@@ -231,4 +238,4 @@ def train_cell_type_classifier(features: pd.DataFrame, labels: Sequence[str] | n
     """
     y = np.asarray([str(v) for v in labels], dtype=object)
     return _train(features, y, target=name, kind="cell_type", channels=channels, k_neighbors=k_neighbors, seed=seed,
-                  verbose=verbose)
+                  verbose=verbose, gbm_params=gbm_params)
