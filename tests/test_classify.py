@@ -283,6 +283,21 @@ def test_run_replays_the_classifier_exactly(tmp_path):
         run_cell_tables(tmp_path / "cells.csv", cfg, tmp_path / "run3")
 
 
+def test_image_run_validation_checks_the_classifier_panel(trained, tmp_path):
+    """``chemozone run`` on images checks the classifier file against each image's (canonical) channel names."""
+    from types import SimpleNamespace
+
+    from chemozone.config import config_from_dict
+    from chemozone.run import _validate_stage_config
+
+    model = cl.save_classifier(tmp_path / "m.czclf", trained[-1])
+    cfg = config_from_dict({"panel": {"aliases": {"CK": ["panCK"]}}, "phenotypes": {
+        "classifier_file": str(model), "markers": {"CD3": {"gate": {"method": "classifier"}}}}})
+    _validate_stage_config(cfg, SimpleNamespace(images={"s1": {"channels": ["DAPI", "CD3", "panCK (Opal 690)"]}}))
+    with pytest.raises(ClassifierError, match=r"but this panel lacks \['CK'\] \(channels here: \['CD3', 'DAPI', 'PD1'\]\)"):
+        _validate_stage_config(cfg, SimpleNamespace(images={"s1": {"channels": ["DAPI", "CD3", "PD1"]}}))
+
+
 def test_classifier_gate_config_errors():
     from chemozone.config import MarkerConfig, config_from_dict
     from chemozone.phenotype import apply_gates, compute_gates
@@ -298,3 +313,32 @@ def test_classifier_gate_config_errors():
         apply_gates(cells, g, markers=markers)
     with pytest.raises(ClassifierError, match=r"phenotypes.classifier_file: .*nope\.czclf does not exist"):
         cl.check_classifier_file("nope.czclf")
+
+
+def test_inform_subset_beats_chance_and_suggestions_repeat(shared_data):
+    """Real inForm table (1,500 of its 6,072 cells): 150 random labels of inForm's 5 phenotypes give a held-out balanced
+    accuracy far above chance (0.2); the suggested next cells are uncertain ones and the same on every call."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from chemozone.io import read_cell_table
+
+    cells = read_cell_table(shared_data / "vectra_phenoptr" / "sample_cell_seg_data.csv").cells
+    cells = cells.iloc[np.random.default_rng(0).permutation(len(cells))[:1500]].reset_index(drop=True)
+    truth = cells["vendor_phenotype"].astype(str).to_numpy()
+    feats = cl.cell_features(cells)
+    lab = np.arange(150)
+    with pytest.warns(UserWarning, match="left out") if min(pd.Series(truth[lab]).value_counts()) < 3 else _no_warning():
+        clf = cl.train_cell_type_classifier(feats.iloc[lab], truth[lab], verbose=False, gbm_params={"max_iter": 30})
+    pred = cl.predict_cells(cells, clf, features=feats)["classifier_cell_type"].to_numpy()
+    assert balanced_accuracy_score(truth[150:], pred[150:]) > 0.6
+    labelled = cells.iloc[lab][["sample_id", "cell_id"]]
+    a, b = (cl.suggest_cells(cells, clf, k=30, labelled=labelled, features=feats, seed=0) for _ in range(2))
+    pd.testing.assert_frame_equal(a, b)
+    u = cl.uncertainty(clf.predict_proba(feats))[150:]
+    assert not set(a.index) & set(lab) and a["uncertainty"].min() > np.median(u)
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
