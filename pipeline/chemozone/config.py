@@ -213,10 +213,12 @@ class QuantificationConfig(_Section):
 class GateConfig(_Section):
     """How a marker's positivity threshold is chosen (a cell is positive when its value > threshold)."""
 
-    method: Literal["manual", "gmm", "otsu", "valley", "multiotsu", "pooled", "reference", "vendor"] = "pooled"
+    method: Literal["manual", "gmm", "otsu", "valley", "multiotsu", "pooled", "reference", "vendor",
+                    "classifier"] = "pooled"
     """manual: ``value``; gmm/otsu/valley/multiotsu: per sample; pooled: one gate for the cohort;
     reference: ``quantile`` of the reference samples (``reference`` query) of the same ``group_by``; vendor: the
-    positivity of an imported cell table (``{marker}_pos`` from HALO flags or inForm/QuPath phenotypes) as is."""
+    positivity of an imported cell table (``{marker}_pos`` from HALO flags or inForm/QuPath phenotypes) as is;
+    classifier: the marker's classifier in ``phenotypes.classifier_file`` (``{marker}_prob`` >= 0.5)."""
     value: float | None = None
     """Threshold in measured intensity units, i.e. before the transform (method = manual)."""
     pooled_method: Literal["gmm", "otsu", "valley", "multiotsu"] = "gmm"
@@ -292,6 +294,19 @@ class PhenotypesConfig(_Section):
     gates_file: Path | None = None
     """YAML of reviewed gates ``{marker: {sample_id or '*': value}}`` (measured intensity units) that
     overrides computed gates; write one with ``chemozone.phenotype.gates_to_file``."""
+    classifier_file: Path | None = None
+    """Cell classifiers trained in napari (``chemozone.classify.save_classifier``; default place
+    ``<run>/classifier/classifier.czclf``), replayed on every sample: adds ``{marker}_prob`` / ``{marker}_pos``
+    per marker classifier (used by markers whose ``gate.method`` is ``classifier``) and ``{class}_prob`` /
+    ``classifier_{name}`` per cell-type classifier. Refused when the panel lacks a channel it was trained on."""
+
+    @model_validator(mode="after")
+    def _classifier_markers(self) -> PhenotypesConfig:
+        uses = [m for m, mc in self.markers.items() if mc.gate.method == "classifier"]
+        if uses and self.classifier_file is None:
+            raise ValueError(f"markers {uses} use gate method 'classifier' but phenotypes.classifier_file is not set; "
+                             "set it to a classifier file saved from napari (chemozone.classify.save_classifier)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- zones

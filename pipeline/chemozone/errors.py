@@ -17,6 +17,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingStepError",
     "RunError",
+    "ClassifierError",
     "require_columns",
 ]
 
@@ -70,6 +71,10 @@ class MissingStepError(ChemozoneError, ValueError):
 
 class RunError(ChemozoneError, RuntimeError):
     """A problem with a run folder (missing, locked, or from an incompatible run)."""
+
+
+class ClassifierError(ChemozoneError, ValueError):
+    """Cell labels or a classifier file that cannot be used (names the file, the class or the missing channels)."""
 
 
 def require_columns(df, cols, what: str, step: str) -> None:

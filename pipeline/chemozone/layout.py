@@ -124,6 +124,21 @@ class RunLayout:
         """Default destination of napari's gate review (a gates YAML; set ``phenotypes.gates_file`` to it)."""
         return self.root / "gates_reviewed.yaml"
 
+    @property
+    def classifier_dir(self) -> Path:
+        """Cell classifiers trained in napari (chemozone.classify): labels and classifier files."""
+        return self.root / "classifier"
+
+    @property
+    def cell_labels(self) -> Path:
+        """The user's cell labels (:class:`chemozone.classify.LabelStore`)."""
+        return self.classifier_dir / "labels.parquet"
+
+    @property
+    def classifier_file(self) -> Path:
+        """Default destination of a saved classifier (set ``phenotypes.classifier_file`` to it to replay it)."""
+        return self.classifier_dir / "classifier.czclf"
+
     # sample level
     def sample_dir(self, sample_id: str) -> Path:
         return self.samples_dir / sample_id
@@ -427,7 +442,7 @@ def package_versions() -> dict[str, str]:
 
     names = [
         "chemozone", "numpy", "scipy", "scikit-image", "scikit-learn", "tifffile", "zarr", "dask",
-        "distributed", "pandas", "pyarrow", "pydantic", "statsmodels", "cellpose", "torch", "napari",
+        "distributed", "pandas", "pyarrow", "pydantic", "statsmodels", "skops", "cellpose", "torch", "napari",
     ]
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for n in names:

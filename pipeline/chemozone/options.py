@@ -31,6 +31,7 @@ __all__ = [
     "region_options",
     "gate_options",
     "phenotype_options",
+    "classifier_options",
     "zone_signal_options",
     "infiltration_options",
     "cognate_options",
@@ -104,6 +105,14 @@ def phenotype_options(cfg: Config) -> dict[str, Any]:
     p = cfg.phenotypes
     return {"markers": p.markers, "rules": p.rules, "receptors": p.receptors,
             "receptor_cell_types": p.receptor_cell_types, "default_cell_type": p.default_cell_type}
+
+
+def classifier_options(cfg: Config) -> dict[str, Any]:
+    """Keywords of :func:`chemozone.classify.check_classifier_file` (the classifier file and the markers gated
+    by it); ``classifier_file`` is None when no classifier is configured."""
+    p = cfg.phenotypes
+    return {"classifier_file": p.classifier_file,
+            "classifier_markers": [m for m, mc in p.markers.items() if mc.gate.method == "classifier"]}
 
 
 def zone_signal_options(zone: ZoneConfig) -> dict[str, Any]:

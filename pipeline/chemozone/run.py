@@ -42,6 +42,7 @@ from .config import Config, load_config
 from .errors import ChemozoneError, RunError
 from .layout import RunLayout, atomic_write_json, new_provenance, write_parquet
 from .options import (
+    classifier_options,
     cognate_options,
     gate_options,
     infiltration_options,
@@ -346,6 +347,11 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
         img = _open_image(row, cfg)
         cells = pd.read_parquet(lay.measurements(sid))
         with _timed(timings, "phenotype"):
+            clf_file = cfg.phenotypes.classifier_file
+            if clf_file is not None:  # saved cell classifiers: {marker}_prob / _pos before the gates and rules
+                from .classify import apply_classifier_file
+
+                cells = _stage(sid, "phenotype", lambda: apply_classifier_file(cells, clf_file))
             sg = gates[gates["sample_id"] == sid] if len(gates) else gates
             cells = _stage(sid, "phenotype", lambda: phenotype.phenotype_cells(cells, sg, **phenotype_options(cfg)))
             counts = positive_counts(cells, sid)
@@ -464,6 +470,15 @@ def _validate_stage_config(cfg: Config, report) -> None:
 
     for info in report.images.values():
         phenotype.validate_phenotypes(info["channels"], aliases=cfg.panel.aliases, **phenotype_options(cfg))
+    copts = classifier_options(cfg)
+    if copts["classifier_file"] is not None:
+        from .classify import check_classifier_file
+        from .io import canonical_channel_names
+
+        for info in report.images.values():
+            chans = cfg.quantification.channels or canonical_channel_names(info["channels"], cfg.panel.aliases)
+            check_classifier_file(copts["classifier_file"], channels=chans,
+                                  classifier_markers=copts["classifier_markers"])
 
 
 def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_limit, resume, on_error,

@@ -33,6 +33,7 @@ from .errors import ConfigError, SampleSheetError, TableError
 from .layout import RunLayout, new_provenance, write_parquet
 from .options import (
     cell_region_options,
+    classifier_options,
     cognate_options,
     gate_options,
     infiltration_options,
@@ -135,6 +136,12 @@ def _check_config(cfg: Config, cells: dict[str, pd.DataFrame], source: str) -> N
         if not len(c):
             raise SampleSheetError(f"{source}: sample '{sid}' has no cells")
         phenotype.validate_phenotypes(table_markers(c), aliases=cfg.panel.aliases, **phenotype_options(cfg))
+        copts = classifier_options(cfg)
+        if copts["classifier_file"] is not None:
+            from .classify import check_classifier_file
+
+            check_classifier_file(copts["classifier_file"], channels=table_markers(c),
+                                  classifier_markers=copts["classifier_markers"])
 
 
 def _tissue(cells: pd.DataFrame, cfg: Config) -> tuple[Any, float, dict[str, Any]]:
@@ -279,6 +286,10 @@ def _step_b(sid: str, cfg: Config, lay: RunLayout, gates, row: dict[str, Any]) -
 
     t0 = time.perf_counter()
     cells = pd.read_parquet(lay.measurements(sid))
+    if cfg.phenotypes.classifier_file is not None:  # saved cell classifiers: {marker}_prob / _pos
+        from .classify import apply_classifier_file
+
+        cells = apply_classifier_file(cells, cfg.phenotypes.classifier_file)
     sg = gates[gates["sample_id"] == sid] if len(gates) else gates
     cells = phenotype.phenotype_cells(cells, sg, **phenotype_options(cfg))
     tissue = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)

@@ -225,10 +225,11 @@ def _marker_gates(
     max_cells_per_sample: int,
 ) -> list[dict[str, Any]]:
     """Gates-table rows of one marker: its computed gates, overridden by the reviewed ones."""
-    if mc.gate.method == "vendor":  # the imported table's own positivity: no threshold (apply_gates keeps it)
-        _vendor_column(cells, marker)
+    if mc.gate.method in ("vendor", "classifier"):  # positivity from elsewhere: no threshold (apply_gates keeps it)
+        if mc.gate.method == "vendor":
+            _vendor_column(cells, marker)
         return [{"sample_id": s, "marker": marker, "compartment": mc.compartment, "threshold": float("nan"),
-                 "threshold_raw": float("nan"), "method": "vendor", "transform": mc.transform,
+                 "threshold_raw": float("nan"), "method": mc.gate.method, "transform": mc.transform,
                  "cofactor": float("nan"), "warning": ""} for s in sample_list]
     col = marker_column(cells, marker, mc.compartment)
     raw = cells[col].to_numpy(dtype=float)
@@ -386,7 +387,8 @@ def gates_from_file(path: str | Path) -> dict[str, dict[str, float]]:
 # ----------------------------------------------------------------------------------------- applying
 def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[str, MarkerConfig]) -> pd.DataFrame:
     """Add a ``{marker}_pos`` boolean column for every gated marker (value > ``threshold_raw``); a marker whose
-    gate method is ``vendor`` keeps the imported table's ``{marker}_pos`` (missing values negative).
+    gate method is ``vendor`` keeps the imported table's ``{marker}_pos`` (missing values negative); one whose
+    method is ``classifier`` keeps the ``{marker}_pos`` of :func:`chemozone.classify.predict_cells`.
 
     Parameters
     ----------
@@ -424,6 +426,10 @@ def apply_gates(cells: pd.DataFrame, gates: pd.DataFrame, *, markers: Mapping[st
     for marker, mc in markers.items():
         if mc.gate.method == "vendor":
             out[f"{marker}_pos"] = cells[_vendor_column(cells, marker)].fillna(False).astype(bool).to_numpy()
+            continue
+        if mc.gate.method == "classifier":  # chemozone.classify.predict_cells wrote {marker}_prob and _pos
+            require_columns(cells, [f"{marker}_prob", f"{marker}_pos"], "cells table",
+                            f"chemozone.classify.predict_cells with a classifier of '{marker}' (phenotypes.classifier_file)")
             continue
         col = marker_column(cells, marker, mc.compartment)
         sub = g[g["marker"] == marker]
