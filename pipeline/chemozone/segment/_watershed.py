@@ -304,8 +304,9 @@ def _refine_objects(labels: np.ndarray, inten: np.ndarray, frac: float) -> np.nd
     """Step 6: each nucleus cut at ``frac`` of its own peak, largest piece kept, holes filled."""
     if frac > 0 and labels.max() > 0:
         # each nucleus ends where its intensity falls below `frac` of its own peak
-        peak = ndi.maximum(inten, labels, np.arange(labels.max() + 1))
-        peak = np.asarray(peak, np.float32)
+        # (inten >= 0, so 0 is a floor; ufunc.at is linear, ndi.maximum sorts the whole image)
+        peak = np.zeros(int(labels.max()) + 1, np.float32)
+        np.maximum.at(peak, labels.ravel(), inten.ravel())
         keep = inten >= frac * peak[labels]
         labels = np.where(keep, labels, 0)
         labels = _largest_piece(labels)
