@@ -19,6 +19,7 @@ from ..progress import compute_with_progress
 from ._tiling import _check_id_range, _segment_window, _stitch_core, _ZarrTissue
 
 SCRATCH = ".tiles"
+SCRATCH_CHUNK = 256
 TISSUE = ".tissue"
 
 
@@ -34,22 +35,34 @@ def _segment_and_park(reader, tile: dict[str, Any], *, scratch: str, win_hw: tup
     return int(n)
 
 
+class _Parked:
+    """One label image of a parked window (``scratch[j, c]``); slicing reads only the chunks it needs."""
+
+    def __init__(self, arr, j: int, c: int):
+        self.arr, self.j, self.c = arr, j, c
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return self.arr[(self.j, self.c) + tuple(key)]
+
+
 def _stitch_and_write(i: int, tiles: list[dict], offsets: np.ndarray, *, scratch: str, nuclei: str, cells: str) -> bool:
-    """One core's task: paste its own and its neighbours' parked objects, write the core's labels."""
+    """One core's task: paste its own and its neighbours' parked objects, write the core's labels (reading
+    only the parts of the neighbours' windows that overlap this core)."""
     import zarr
 
     arr = zarr.open_array(scratch, mode="r")
-
-    def parked(j):
-        wy0, wy1, wx0, wx1 = tiles[j]["window"]
-        block = arr[j]
-        return block[0, : wy1 - wy0, : wx1 - wx0], block[1, : wy1 - wy0, : wx1 - wx0]
-
-    n_c, c_c = _stitch_core(i, tiles, offsets, parked)
+    n_c, c_c = _stitch_core(i, tiles, offsets, lambda j: (_Parked(arr, j, 0), _Parked(arr, j, 1)))
     y0, y1, x0, x1 = tiles[i]["core"]
     zarr.open_array(nuclei, mode="r+")[y0:y1, x0:x1] = n_c
     zarr.open_array(cells, mode="r+")[y0:y1, x0:x1] = c_c
     return True
+
+
+def _fast_codec():
+    """Scratch labels are written once and read once: LZ4 (fast) rather than the default zstd."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
 
 
 def _store_tissue(root, store: Path, tissue: np.ndarray | None) -> _ZarrTissue | None:
@@ -79,8 +92,9 @@ def _segment_to_store(store, tiles: list[dict], reader_d, common: dict[str, Any]
     win_hw = (max(t["window"][1] - t["window"][0] for t in tiles), max(t["window"][3] - t["window"][2] for t in tiles))
     if SCRATCH in root:
         del root[SCRATCH]
-    root.create_array(SCRATCH, shape=(len(tiles), 2) + win_hw, chunks=(1, 2) + win_hw, dtype=np.uint32,
-                      fill_value=0, overwrite=True)
+    # spatial chunks: a core's stitch reads its neighbours' overlap strips, not their whole windows
+    root.create_array(SCRATCH, shape=(len(tiles), 2) + win_hw, chunks=(1, 1, SCRATCH_CHUNK, SCRATCH_CHUNK),
+                      dtype=np.uint32, fill_value=0, overwrite=True, compressors=_fast_codec())
     chunk = (min(tile, shape[0]), min(tile, shape[1]))
     for name in ("nuclei", "cells"):
         if name in root:
