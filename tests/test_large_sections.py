@@ -102,3 +102,100 @@ def test_labels_pyramid_levels_are_strided_downsamples(tmp_path):
     assert len(read_labels_pyramid(store, "tissue")) == 1
     with pytest.raises(ValueError, match="levels must be >= 1, got 0"):
         write_labels_zarr(store, "tissue", lab, pixel_size_um=2.0, levels=0)
+
+
+# ------------------------------------------------------ the linear-time label steps equal their references
+def _ref_largest_piece(labels):
+    """The sort-based implementation these steps replaced (kept here as the reference)."""
+    from scipy import ndimage as ndi
+
+    pieces, n = ndi.label(labels > 0)
+    if n == 0:
+        return labels
+    code = pieces.astype(np.int64) * (int(labels.max()) + 1) + labels
+    uniq, inv, cnt = np.unique(code.ravel(), return_inverse=True, return_counts=True)
+    lab_of = uniq % (int(labels.max()) + 1)
+    order = np.lexsort((-cnt, lab_of))
+    best = np.zeros(len(uniq), bool)
+    first = np.ones(len(order), bool)
+    first[1:] = lab_of[order][1:] != lab_of[order][:-1]
+    best[order[first]] = True
+    best[lab_of == 0] = False
+    return np.where(best[inv.reshape(labels.shape)], labels, 0)
+
+
+def _ref_fill_holes_labels(labels):
+    from scipy import ndimage as ndi
+
+    bg = labels == 0
+    holes, n = ndi.label(bg)
+    if n <= 1:
+        return labels
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    ring = ndi.binary_dilation(bg) & ~bg
+    hid = ndi.grey_dilation(holes, size=(3, 3))[ring]
+    out = labels.copy()
+    pairs = np.unique(np.stack([hid, labels[ring]]), axis=1)
+    hole_ids, counts = np.unique(pairs[0], return_counts=True)
+    single = set(hole_ids[counts == 1].tolist()) - set(border.tolist()) - {0}
+    lut = np.zeros(n + 1, np.int64)
+    for h_id, l_id in pairs.T:
+        if int(h_id) in single:
+            lut[h_id] = l_id
+    fill = lut[holes]
+    out[bg & (fill > 0)] = fill[bg & (fill > 0)]
+    return out
+
+
+def _messy_labels(seed: int, shape=(160, 200)) -> np.ndarray:
+    """Touching random discs and rings (holes, pieces joined through neighbours, ties), int32."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for i in range(1, 60):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(2, 12)
+        d = np.hypot(yy - cy, xx - cx)
+        m = (d < r) & ((d > r / 2) if i % 4 == 0 else True)
+        lab[m & (rng.random(shape) > 0.03)] = i  # a few pinholes
+    return lab
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_cleanup_steps_equal_the_sort_based_references(seed):
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    from chemozone.segment._cells import _expand_labels, _reach
+    from chemozone.segment._labels import (
+        _fill_holes_labels,
+        _fill_small_holes,
+        _largest_piece,
+        _relabel,
+        distance_capped,
+    )
+
+    lab = _messy_labels(seed)
+    pieces, filled = _largest_piece(lab), _fill_holes_labels(lab)
+    assert (pieces != lab).any() and (filled != lab).any()  # pieces dropped and holes filled: not vacuous
+    np.testing.assert_array_equal(pieces, _ref_largest_piece(lab))
+    np.testing.assert_array_equal(filled, _ref_fill_holes_labels(lab))
+    ids, first = np.unique(lab.ravel(), return_index=True)
+    keep = np.zeros(int(lab.max()) + 1, bool)
+    keep[::3] = True
+    sel = keep[ids]
+    ref = np.zeros(int(lab.max()) + 1, np.uint32)
+    ref[ids[sel][np.argsort(first[sel], kind="stable")]] = np.arange(1, sel.sum() + 1)
+    np.testing.assert_array_equal(_relabel(lab, keep), ref[lab])
+    fg = lab > 0
+    holes = ndi.binary_fill_holes(fg) & ~fg
+    hl, _ = ndi.label(holes)
+    small = np.bincount(hl.ravel()) < 20
+    small[0] = False
+    np.testing.assert_array_equal(_fill_small_holes(fg, 20), fg | small[hl])
+    for cap in (None, 3.5, 6.0):
+        ref_d = ndi.distance_transform_edt(fg).astype(np.float32)
+        np.testing.assert_array_equal(distance_capped(fg, cap), ref_d if cap is None else np.minimum(ref_d, cap))
+    nuc = np.where(lab % 3 == 0, lab, 0).astype(np.uint32)
+    for dist in (0.5, 3.0, 6.036, 10.0):  # integer and non-integer reaches
+        np.testing.assert_array_equal(_expand_labels(nuc, dist), expand_labels(nuc, distance=dist))
+        np.testing.assert_array_equal(_reach(nuc, dist)[0], ndi.distance_transform_edt(nuc == 0) <= dist)

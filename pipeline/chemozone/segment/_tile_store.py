@@ -23,15 +23,15 @@ SCRATCH_CHUNK = 256
 TISSUE = ".tissue"
 
 
-def _segment_and_park(reader, tile: dict[str, Any], *, scratch: str, win_hw: tuple[int, int], **kw) -> int:
+def _segment_and_park(reader, tile: dict[str, Any], *, scratch: str, **kw) -> int:
     """One tile's task: segment its window (:func:`_segment_window`), park the labels in ``scratch``."""
     import zarr
 
     nuc, cell, n = _segment_window(reader, tile, **kw)
-    buf = np.zeros((1, 2) + tuple(win_hw), np.uint32)
-    buf[0, 0, : nuc.shape[0], : nuc.shape[1]] = nuc
-    buf[0, 1, : nuc.shape[0], : nuc.shape[1]] = cell
-    zarr.open_array(scratch, mode="r+")[tile["index"] : tile["index"] + 1] = buf
+    arr = zarr.open_array(scratch, mode="r+")
+    h, w = nuc.shape  # (the rest of a smaller window's slot stays at the fill value, 0)
+    arr[tile["index"], 0, :h, :w] = nuc
+    arr[tile["index"], 1, :h, :w] = cell
     return int(n)
 
 
@@ -103,7 +103,7 @@ def _segment_to_store(store, tiles: list[dict], reader_d, common: dict[str, Any]
     tissue_src = _store_tissue(root, store, tissue)
     paths = {"scratch": str(store / SCRATCH), "nuclei": str(store / "nuclei"), "cells": str(store / "cells")}
     counts = compute_with_progress([dask.delayed(_segment_and_park, pure=False)(
-        reader_d, t, scratch=paths["scratch"], win_hw=win_hw, tissue=tissue_src, **common) for t in tiles],
+        reader_d, t, scratch=paths["scratch"], tissue=tissue_src, **common) for t in tiles],
         "tiles: segment")
     _check_id_range(int(np.sum(counts)))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)

@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..progress import compute_with_progress
 from ._cells import segment_cells
@@ -97,13 +96,14 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
         return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
     # centroid pixel from exact integer sums (global coordinates), so that two tiles always agree on
     # which core holds an object: floor(sum / n + 1/2) >= y0  <=>  2 sum + n >= 2 y0 n
-    idx = np.arange(1, n_obj + 1)
-    n = np.bincount(nuc.ravel(), minlength=n_obj + 1)[1:].astype(np.int64)
-    cy, cx = (np.nan_to_num(np.asarray(v, dtype=np.float64))
-              for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
-    # local coordinate sums are integers well below 2**53: rounding n * centroid recovers them exactly
-    sy = np.rint(cy * n).astype(np.int64) + int(win[0]) * n
-    sx = np.rint(cx * n).astype(np.int64) + int(win[2]) * n
+    flat = nuc.ravel()
+    n = np.bincount(flat, minlength=n_obj + 1)[1:].astype(np.int64)
+    # local coordinate sums are integers well below 2**53: exact in float64
+    h, w = nuc.shape
+    rows = np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w)).ravel()
+    cols = np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)).ravel()
+    sy = np.rint(np.bincount(flat, weights=rows, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[0]) * n
+    sx = np.rint(np.bincount(flat, weights=cols, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[2]) * n
     nz = np.maximum(n, 1)
     y0, y1, x0, x1 = core
     keep = ((n > 0) & (2 * sy + n >= 2 * y0 * n) & (2 * sy + n < 2 * y1 * n)
