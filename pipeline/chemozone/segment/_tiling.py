@@ -1,4 +1,4 @@
-"""Tiles and seams: the tile layout, the statistics pass, per-tile dask tasks, stitching, zarr store.
+"""Tiles and seams: the tile layout, the tile reader, the statistics pass, per-tile dask tasks, stitching.
 
 An image is cut into cores of ``tile_size_px``; each core is segmented inside a window that extends
 it by the overlap. A tile keeps the objects whose centroid pixel lies in its core, so each object is
@@ -6,6 +6,10 @@ kept by exactly one tile even when it straddles a seam. The kept objects of a co
 neighbours are then pasted into the core (own tile first, then neighbours in tile order) so that
 objects reaching across a seam stay whole. A cheap first pass gathers image-level statistics from a
 lattice of every tile's core, so that all tiles use the same parameters as a whole-image run.
+
+Every tile task reads its own window (:class:`_TileReader`, placed in the graph once): the graph carries
+the image as a small lazy graph that reads the file by path, never pixels. The zarr-store variant is in
+:mod:`._tile_store`.
 """
 
 from __future__ import annotations
