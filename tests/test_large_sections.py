@@ -199,3 +199,22 @@ def test_label_cleanup_steps_equal_the_sort_based_references(seed):
     for dist in (0.5, 3.0, 6.036, 10.0):  # integer and non-integer reaches
         np.testing.assert_array_equal(_expand_labels(nuc, dist), expand_labels(nuc, distance=dist))
         np.testing.assert_array_equal(_reach(nuc, dist)[0], ndi.distance_transform_edt(nuc == 0) <= dist)
+
+
+def test_component_peaks_equal_peak_local_max():
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from chemozone.segment._watershed import _component_peaks
+
+    rng = np.random.default_rng(4)
+    fg = ndi.gaussian_filter(rng.random((150, 180)), 3) > 0.5
+    comp, _ = ndi.label(fg)
+    seed_map = np.where(fg, ndi.gaussian_filter(rng.random((150, 180)).astype(np.float32), 2), 0).astype(np.float32)
+    seed_map[comp == comp.max()] = 0.25  # a flat component
+    seed_map[np.round(seed_map, 2) == 0.5] = 0.5  # plateaus: ties between candidates
+    for md in (1, 2, 4, 7):
+        ref = peak_local_max(seed_map, min_distance=md, labels=comp, exclude_border=False)
+        got = _component_peaks(seed_map, comp, md)
+        assert len(ref) > 10
+        np.testing.assert_array_equal(got, ref)

@@ -267,12 +267,11 @@ def _seed_map(fg: np.ndarray, blob: np.ndarray, d_px: float, opts: dict[str, Any
 
 def _seed_markers(seed_map: np.ndarray, fg: np.ndarray, d_px: float, opts: dict[str, Any]) -> np.ndarray:
     """Step 4's seeds as int32 markers: the map's maxima, plus one per seedless foreground component."""
-    from skimage.feature import peak_local_max
     from skimage.morphology import h_maxima
 
     comp, ncomp = ndi.label(fg)
     min_dist = max(1, int(round(opts["seed_distance_factor"] * d_px)))
-    peaks = peak_local_max(seed_map, min_distance=min_dist, labels=comp, exclude_border=False)
+    peaks = _component_peaks(seed_map, comp, min_dist)
     h = opts["seed_h_factor"]
     if h > 0 and len(peaks):
         # keep peaks that stand out by h x the map's nominal maximum (the nucleus radius; a fixed
@@ -311,3 +310,33 @@ def _refine_objects(labels: np.ndarray, inten: np.ndarray, frac: float) -> np.nd
         labels = _largest_piece(labels)
         labels = _fill_holes_labels(labels)
     return labels
+
+
+def _component_peaks(seed_map: np.ndarray, comp: np.ndarray, min_dist: int) -> np.ndarray:
+    """``skimage.feature.peak_local_max(seed_map, min_distance=min_dist, labels=comp, exclude_border=False)``:
+    scikit-image's per-component steps (maxima inside each component's box with the other pixels at the
+    dtype's minimum, its flat-component rule, the image-minimum threshold, highest first), except that
+    ``ensure_spacing`` (a KD-tree per component) runs only where a component has two or more candidates
+    (for one it returns that point): the same coordinates in the same order, at about half the cost."""
+    from skimage._shared.coord import ensure_spacing
+
+    size = 2 * min_dist + 1
+    threshold = seed_map.min()
+    floor = np.finfo(seed_map.dtype).min if np.issubdtype(seed_map.dtype, np.floating) else np.iinfo(seed_map.dtype).min
+    out = []
+    for k, roi in enumerate(ndi.find_objects(comp), start=1):
+        if roi is None:
+            continue
+        own = comp[roi] == k
+        obj = np.where(own, seed_map[roi], floor)
+        cand = obj == ndi.maximum_filter(obj, size=size, mode="nearest")
+        if np.all(cand[own]):  # a flat component: its isolated pixels (scikit-image's rule)
+            cand[:] = False
+            cand[np.logical_xor(own, ndi.binary_opening(own))] = True
+        cand &= obj > threshold
+        coord = np.nonzero(cand)
+        coord = np.transpose(coord)[np.argsort(-obj[coord], kind="stable")]
+        if min_dist > 1 and len(coord) > 1:
+            coord = ensure_spacing(coord, spacing=min_dist, p_norm=np.inf)
+        out.append(coord + np.array([roi[0].start, roi[1].start]))
+    return np.vstack(out) if out else np.empty((0, 2), dtype=int)
