@@ -18,8 +18,8 @@ What it prints (and writes to ``DIR/breakdown_<size>.json``):
 The cohort is the ``large`` preset at ``--size`` (default 4096 px; the preset's own size is 16384), cached in
 ``DIR/cohort_large_<size>``: it is regenerated only when the size or the generator's source changes (the
 stamp holds a hash of ``chemozone/synth/*.py``). The run uses the cohort's own ``config.yaml`` with the
-reference gates (``reference: {dose_gy: 0}``) replaced by ``method: pooled`` (a one-sample cohort has no
-sham; this is what the runner's error message tells a user to do).
+reference gates and zone thresholds (``reference: {dose_gy: 0}``) replaced by pooled ones (a one-sample cohort
+has no sham; this is what the runner's error message tells a user to do).
 
 Usage::
 
@@ -83,13 +83,16 @@ def cohort(size: int, base: Path) -> Path:
 
 
 def _bench_config(coh: Path) -> Path:
-    """The cohort's config with reference gates replaced by pooled ones (one sample, no sham)."""
+    """The cohort's config with reference gates and zone thresholds replaced by pooled ones (one sample, no sham)."""
     import yaml
 
     cfg = yaml.safe_load((coh / "config.yaml").read_text())
     for m in (cfg.get("phenotypes", {}).get("markers") or {}).values():
         if isinstance(m, dict) and (m.get("gate") or {}).get("method") == "reference":
             m["gate"] = {"method": "pooled"}
+    for z in cfg.get("zones") or []:  # pixel zones default to a reference threshold
+        if z.get("source", "pixels") == "pixels" and (z.get("threshold") or {}).get("mode", "reference") == "reference":
+            z["threshold"] = {"mode": "pooled"}
     out = coh / "bench_config.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
