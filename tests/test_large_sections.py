@@ -167,11 +167,11 @@ def test_label_cleanup_steps_equal_the_sort_based_references(seed):
 
     from chemozone.segment._cells import _expand_labels, _reach
     from chemozone.segment._labels import (
+        _distance_capped,
         _fill_holes_labels,
         _fill_small_holes,
         _largest_piece,
         _relabel,
-        distance_capped,
     )
 
     lab = _messy_labels(seed)
@@ -194,7 +194,7 @@ def test_label_cleanup_steps_equal_the_sort_based_references(seed):
     np.testing.assert_array_equal(_fill_small_holes(fg, 20), fg | small[hl])
     for cap in (None, 3.5, 6.0):
         ref_d = ndi.distance_transform_edt(fg).astype(np.float32)
-        np.testing.assert_array_equal(distance_capped(fg, cap), ref_d if cap is None else np.minimum(ref_d, cap))
+        np.testing.assert_array_equal(_distance_capped(fg, cap), ref_d if cap is None else np.minimum(ref_d, cap))
     nuc = np.where(lab % 3 == 0, lab, 0).astype(np.uint32)
     for dist in (0.5, 3.0, 6.036, 10.0):  # integer and non-integer reaches
         np.testing.assert_array_equal(_expand_labels(nuc, dist), expand_labels(nuc, distance=dist))

@@ -27,7 +27,7 @@ def _fill_small_holes(fg: np.ndarray, max_px: float) -> np.ndarray:
     return fg | small[bg] if small.any() else fg
 
 
-def distance_capped(fg: np.ndarray, cap: float | None = None) -> np.ndarray:
+def _distance_capped(fg: np.ndarray, cap: float | None = None) -> np.ndarray:
     """``ndi.distance_transform_edt(fg).astype(np.float32)``, optionally ``np.minimum(.., cap)``: the same
     values, from the feature transform with integer squared distances (no float64 (2, Y, X) temporaries).
 

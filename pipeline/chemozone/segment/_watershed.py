@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._labels import _fill_holes_labels, _fill_small_holes, _largest_piece, _size_filter, distance_capped
+from ._labels import _distance_capped, _fill_holes_labels, _fill_small_holes, _largest_piece, _size_filter
 from ._lattice import _lattice, _lattice_step
 from ._preprocess import _finite_fill, _local_threshold, _preprocess
 from ._validate import _validate_2d, _validate_scale
@@ -253,7 +253,7 @@ def _seed_map(fg: np.ndarray, blob: np.ndarray, d_px: float, opts: dict[str, Any
     # transform is one broad ridge; beyond a nucleus radius it says nothing about single nuclei,
     # so it saturates there (distance_cap_factor) and the intensity decides the seeds
     cap = opts["distance_cap_factor"] * d_px if opts["distance_cap_factor"] > 0 else None
-    dist = distance_capped(fg, cap)
+    dist = _distance_capped(fg, cap)
     seed_kind = opts["seed_map"]
     if seed_kind == "distance":
         seed_map = dist
