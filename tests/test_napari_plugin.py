@@ -638,3 +638,26 @@ def test_run_folder_shows_the_samples_regions(make_napari_viewer, run_folder, tm
     viewer.open(str(run_folder), plugin="chemozone")
     reg = viewer.layers["regions"]
     assert reg._type_string == "shapes" and len(reg.data) == 5 and tuple(reg.scale) == (PX, PX)
+
+
+@gui
+def test_sample_masks_open_as_multiscale_labels(make_napari_viewer, tmp_path):
+    """A section's masks are label pyramids (chemozone.io.write_labels_zarr): the reader hands napari every
+    level, lazily, and napari shows them as one multiscale labels layer."""
+    from chemozone.io import write_labels_zarr
+    from chemozone_napari._reader import sample_layers
+
+    nuclei, cells = _labels()
+    big = np.tile(cells, (3, 3))  # 288 x 384 px, 48 px chunks: levels 288/384 -> ... -> 36/48
+    sample = tmp_path / "s1"
+    write_labels_zarr(SampleLayout(sample).masks, "cells", big, pixel_size_um=PX, chunk_px=48)
+    write_labels_zarr(SampleLayout(sample).masks, "nuclei", nuclei, pixel_size_um=PX)
+    by_name = {kw["name"]: (data, kw) for data, kw, kind in sample_layers(sample) if kind == "labels"}
+    data, kw = by_name["cells"]
+    assert kw["multiscale"] is True and [d.shape for d in data] == [(288, 384), (144, 192), (72, 96), (36, 48)]
+    assert all(hasattr(d, "dask") for d in data)  # nothing read yet
+    np.testing.assert_array_equal(data[3].compute(), big[::8, ::8])
+    assert by_name["nuclei"][1]["multiscale"] is False and by_name["nuclei"][0].shape == (H, W)
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(data, **kw)
+    assert layer.multiscale and len(layer.data) == 4 and tuple(layer.scale) == (PX, PX)

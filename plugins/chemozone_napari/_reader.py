@@ -265,7 +265,7 @@ def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None 
 
 def sample_layers(sample_dir: str | Path) -> list[LayerData]:
     """Layers of one sample folder: image channels, labels, masks and cells."""
-    from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_zarr
+    from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_pyramid
     from chemozone.layout import SampleLayout
 
     sample_dir = Path(sample_dir)
@@ -288,10 +288,12 @@ def sample_layers(sample_dir: str | Path) -> list[LayerData]:
     zone_i = 0
     for name in sorted(names, key=lambda n: (n not in LABEL_NAMES, n != "tissue", n)):
         s = labels_pixel_size_um(store, name) or px or 1.0
-        arr = read_labels_zarr(store, name, lazy=True)
+        levels = read_labels_pyramid(store, name)  # lazy; a whole section opens from its small levels
+        arr = levels if len(levels) > 1 else levels[0]
         meta = {"chemozone": {"kind": "labels" if name in LABEL_NAMES else "mask", "label": name,
                               "pixel_size_um": s, **common}}
-        kw: dict[str, Any] = dict(name=name, scale=(s, s), translate=(s / 2, s / 2), metadata=meta)
+        kw: dict[str, Any] = dict(name=name, scale=(s, s), translate=(s / 2, s / 2), metadata=meta,
+                                  multiscale=len(levels) > 1)
         if name in LABEL_NAMES:
             kw.update(opacity=0.5, visible=(name == "cells"))
         elif name == "tissue":

@@ -20,8 +20,8 @@ Layout (one concept per module; import the public names from ``chemozone.io``):
 - ``_read``: :func:`read_image` (dispatch on the file type, panel fallbacks) and :func:`read_image_info`.
 - ``_folder``: a folder of single-channel TIFFs as one image (:func:`is_channel_folder`).
 - ``_tiff``: TIFF / OME-TIFF / qptiff / inForm reading, :class:`TiffRegion`, the bounded cache of open files.
-- ``_zarr``: OME-Zarr image reading; label images (:func:`write_labels_zarr`, :func:`read_labels_zarr`,
-  :func:`list_labels_zarr`, :func:`labels_pixel_size_um`).
+- ``_zarr``: OME-Zarr image reading; label images as pyramids (:func:`write_labels_zarr`, :func:`read_labels_zarr`,
+  :func:`read_labels_pyramid`, :func:`list_labels_zarr`, :func:`labels_pixel_size_um`).
 - ``_write``: :func:`write_ome_tiff`.
 - ``_masks``: precomputed label masks named in the sample sheet (``nuclei_mask``, ``cells_mask``;
   :func:`read_label_mask`, :func:`mask_header`, :func:`sample_mask_specs`).
@@ -38,7 +38,7 @@ from ._tables import TABLE_FORMATS, CellTable, detect_table_format, read_cell_ta
 from ._tiff import TiffRegion as TiffRegion  # public type, outside __all__ as before
 from ._write import write_ome_tiff
 from ._zarr import labels_pixel_size_um as labels_pixel_size_um
-from ._zarr import list_labels_zarr, read_labels_zarr, write_labels_zarr
+from ._zarr import list_labels_zarr, read_labels_pyramid, read_labels_zarr, write_labels_zarr
 
 __all__ = [
     "ImageData",
@@ -53,6 +53,7 @@ __all__ = [
     "write_ome_tiff",
     "write_labels_zarr",
     "read_labels_zarr",
+    "read_labels_pyramid",
     "list_labels_zarr",
     "MASK_COLUMNS",
     "sample_mask_specs",

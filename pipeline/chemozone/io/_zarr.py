@@ -61,8 +61,9 @@ def write_labels_zarr(
     *,
     pixel_size_um: float,
     chunk_px: int = 1024,
+    levels: int | None = None,
 ) -> Path:
-    """Write one label or mask image into ``store`` (an OME-Zarr, NGFF 0.4) at ``labels/{name}``.
+    """Write one label or mask image into ``store`` (an OME-Zarr, NGFF 0.4) at ``labels/{name}``, as a pyramid.
 
     Parameters
     ----------
@@ -74,40 +75,99 @@ def write_labels_zarr(
         ``uint32`` labels or ``uint8``/``bool`` masks (bool is stored as ``uint8``); a dask array is
         written chunk by chunk.
     pixel_size_um : float
-        Physical pixel size, stored as the scale transform.
+        Physical pixel size, stored as the scale transform of level 0.
+    chunk_px : int
+        Chunk side of every level, px.
+    levels : int, optional
+        Number of resolution levels (1 = full resolution only). Default: halve until the largest side
+        fits in one chunk (a 40,000² px section gets 7 levels, a 1,024² image one).
+
+    Returns
+    -------
+    Path
+        The label image's folder ``store/labels/{name}``.
 
     Notes
     -----
-    The array is written to a temporary name and renamed into place, so a killed write never leaves
-    a partial label image under its final name.
-    """
-    import dask.array as da
+    Level ``k`` (dataset path ``"k"``, scale ``pixel_size_um · 2**k``) is the strided (nearest)
+    downsample ``labels[::2**k, ::2**k]``: label values are kept exactly (never blended), so a viewer
+    can show a whole section's masks from a few small chunks. Each level is computed from the level
+    written before it (bounded memory). The group is written under a temporary name and renamed into
+    place, so a killed write never leaves a partial label image under its final name.
 
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> lab = np.arange(16, dtype=np.uint32).reshape(4, 4)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = write_labels_zarr(d + "/m.ome.zarr", "cells", lab, pixel_size_um=0.5, chunk_px=2)
+    ...     [a.compute().tolist() for a in read_labels_pyramid(d + "/m.ome.zarr", "cells")]
+    [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]], [[0, 2], [8, 10]]]
+    """
     store = Path(store)
-    arr = labels if hasattr(labels, "dask") else da.from_array(np.asarray(labels), chunks=(chunk_px, chunk_px))
+    arr = labels if hasattr(labels, "dask") else np.asarray(labels)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.ndim != 2:
         raise ValueError(f"labels '{name}' must be 2-D (Y, X), got shape {arr.shape}")
-    arr = arr.rechunk((chunk_px, chunk_px))
+    n_levels = _n_levels(arr.shape, chunk_px) if levels is None else int(levels)
+    if n_levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
     root = _open_ngff_root(store)
     labels_grp = root.require_group("labels")
     tmp_name = f".tmp-{name}"
     if tmp_name in labels_grp:
         del labels_grp[tmp_name]
     grp = labels_grp.create_group(tmp_name)
-    target = grp.create_array("0", shape=arr.shape, chunks=(chunk_px, chunk_px), dtype=arr.dtype,
-                              fill_value=0, **_compressor_kwargs()) if hasattr(grp, "create_array") else \
-        grp.create_dataset("0", shape=arr.shape, chunks=(chunk_px, chunk_px), dtype=arr.dtype, fill_value=0)
-    da.store(arr, target, lock=False, compute=True)
-    grp.attrs.update(_multiscale_attrs(name, pixel_size_um))
+    level = arr
+    for k in range(n_levels):
+        if k:  # the next level from the one just written (read back lazily: bounded memory)
+            level = _read_level(store / "labels" / tmp_name, k - 1)[::2, ::2]
+        _write_level(grp, str(k), level, chunk_px)
+    grp.attrs.update(_multiscale_attrs(name, pixel_size_um, n_levels))
     grp.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
-    # atomic publish: rename the group folder (local filesystem store)
-    final = store / "labels" / name
-    tmp_dir = store / "labels" / tmp_name
+    final = _publish(store, name, tmp_name)
+    labels_grp.attrs["labels"] = sorted(set(list_labels_zarr(store)) | {name})
+    return final
+
+
+def _n_levels(shape: tuple[int, ...], chunk_px: int) -> int:
+    """Levels of a pyramid halved until its largest side fits in one chunk."""
+    n, side = 1, max(shape)
+    while side > chunk_px:
+        side = -(-side // 2)
+        n += 1
+    return n
+
+
+def _read_level(group: Path, k: int):
+    import dask.array as da
+
+    return da.from_zarr(str(group), component=str(k))
+
+
+def _write_level(grp, path: str, arr, chunk_px: int) -> None:
+    """One level: a dask array chunk by chunk (``da.store``, its graph reads by path), numpy directly (no
+    graph, so no array travels to a Dask scheduler)."""
+    import dask.array as da
+
+    chunks = (min(chunk_px, max(1, arr.shape[0])), min(chunk_px, max(1, arr.shape[1])))
+    target = grp.create_array(path, shape=arr.shape, chunks=chunks, dtype=arr.dtype, fill_value=0,
+                              **_compressor_kwargs()) if hasattr(grp, "create_array") else \
+        grp.create_dataset(path, shape=arr.shape, chunks=chunks, dtype=arr.dtype, fill_value=0)
+    if hasattr(arr, "dask"):
+        da.store(arr.rechunk(chunks), target, lock=False, compute=True)
+    else:
+        target[...] = arr
+
+
+def _publish(store: Path, name: str, tmp_name: str) -> Path:
+    """Atomic publish of ``labels/{tmp_name}`` as ``labels/{name}`` (rename of the group folder)."""
     import os
     import shutil
 
+    final = store / "labels" / name
+    tmp_dir = store / "labels" / tmp_name
     if final.exists():
         old = store / "labels" / f".old-{name}"
         shutil.rmtree(old, ignore_errors=True)
@@ -116,8 +176,6 @@ def write_labels_zarr(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final)
-    names = sorted(set(list_labels_zarr(store)) | {name})
-    labels_grp.attrs["labels"] = names
     return final
 
 
@@ -134,7 +192,8 @@ def _open_ngff_root(store: Path):
     return zarr.open_group(str(store), mode="a", **kw)
 
 
-def _multiscale_attrs(name: str, pixel_size_um: float) -> dict[str, Any]:
+def _multiscale_attrs(name: str, pixel_size_um: float, n_levels: int = 1) -> dict[str, Any]:
+    px = float(pixel_size_um)
     return {
         "multiscales": [
             {
@@ -145,9 +204,11 @@ def _multiscale_attrs(name: str, pixel_size_um: float) -> dict[str, Any]:
                     {"name": "x", "type": "space", "unit": "micrometer"},
                 ],
                 "datasets": [
-                    {"path": "0", "coordinateTransformations": [
-                        {"type": "scale", "scale": [float(pixel_size_um), float(pixel_size_um)]}]}
+                    {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [px * 2**k, px * 2**k]}]}
+                    for k in range(n_levels)
                 ],
+                "type": "nearest",
+                "metadata": {"method": "numpy strided slicing labels[::2**k, ::2**k]"},
             }
         ]
     }
@@ -177,6 +238,28 @@ def read_labels_zarr(store: str | Path, name: str, *, lazy: bool = False):
         raise ImageError(f"{store}: no label image '{name}' (present: {present}); run segmentation/zones first")
     arr = da.from_zarr(str(store / "labels" / name), component="0")
     return arr if lazy else arr.compute()
+
+
+def read_labels_pyramid(store: str | Path, name: str) -> list:
+    """All resolution levels of ``labels/{name}`` as lazy dask arrays, full resolution first.
+
+    Level ``k`` is ``level0[::2**k, ::2**k]`` (:func:`write_labels_zarr`); a label image written
+    without a pyramid gives one level. Raises :class:`~chemozone.errors.ImageError` like
+    :func:`read_labels_zarr` when the label image is missing.
+    """
+    import dask.array as da
+    import zarr
+
+    store = Path(store)
+    present = list_labels_zarr(store)
+    if name not in present:
+        raise ImageError(f"{store}: no label image '{name}' (present: {present}); run segmentation/zones first")
+    grp = store / "labels" / name
+    try:
+        paths = [d["path"] for d in dict(zarr.open_group(str(grp), mode="r").attrs)["multiscales"][0]["datasets"]]
+    except (KeyError, IndexError, TypeError):
+        paths = ["0"]
+    return [da.from_zarr(str(grp), component=p) for p in paths]
 
 
 def labels_pixel_size_um(store: str | Path, name: str) -> float | None:

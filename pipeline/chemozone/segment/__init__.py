@@ -34,7 +34,9 @@ Modules
 ``_nuclei``      :func:`segment_nuclei`: watershed or cellpose, then size filters
 ``_cellpose``    the cellpose adapter (imports cellpose/torch only when a model is used)
 ``_cells``       :func:`segment_cells`, :func:`membrane_scale`
-``_tiling``      tile layout, statistics pass, per-tile dask tasks, stitching, zarr store
+``_tiling``      tile layout, the tile reader (tasks read their own pixels), statistics pass, per-tile
+                 dask tasks, stitching
+``_tile_store``  tiles segmented into a zarr store (scratch windows, then one stitch task per core)
 ``_image``       :func:`segment_image`: keywords, channels, tissue, then the tiles
 ``_provenance``  :func:`segmentation_provenance`
 ``_precomputed`` :func:`combine_masks`, :func:`load_precomputed_masks` (bring your own masks)

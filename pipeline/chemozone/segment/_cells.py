@@ -61,7 +61,7 @@ def segment_cells(
     >>> segment_cells(n, pixel_size_um=1.0, expand_um=2).tolist()
     [[0, 0, 7, 7, 7, 7, 7, 0, 0]]
     """
-    from skimage.segmentation import expand_labels, watershed
+    from skimage.segmentation import watershed
 
     nuc = _validate_2d(nuclei, "nuclei")
     if not np.issubdtype(nuc.dtype, np.integer):
@@ -74,7 +74,7 @@ def segment_cells(
     if method == "expand":
         if dist_px <= 0:
             return nuc.copy()
-        return expand_labels(nuc, distance=dist_px).astype(np.uint32, copy=False)
+        return _expand_labels(nuc, dist_px)
     if method == "membrane_watershed":
         if membrane is None:
             raise ValueError("method 'membrane_watershed' needs a membrane image (segmentation.membrane_channels)")
@@ -84,13 +84,45 @@ def segment_cells(
             mem = _validate_2d(membrane, "membrane").astype(np.float32)
         if mem.shape != nuc.shape:
             raise ValueError(f"membrane shape {mem.shape} differs from nuclei shape {nuc.shape}")
-        reach = ndi.distance_transform_edt(nuc == 0) <= dist_px
+        reach = _reach(nuc, dist_px)[0]
         mem = ndi.gaussian_filter(mem, 1.0)
         out = watershed(mem, markers=nuc.astype(np.int64), mask=reach)
         out = out.astype(np.uint32)
         out[nuc > 0] = nuc[nuc > 0]
         return out
     raise ValueError(f"method must be 'expand' or 'membrane_watershed', got {method!r}")
+
+
+def _reach(nuc: np.ndarray, dist_px: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """``ndi.distance_transform_edt(nuc == 0) <= dist_px`` (the same pixels) and the feature transform
+    (nearest nucleus pixel, shape (2, Y, X); None without nuclei), from integer squared distances: only the
+    pixels whose squared distance lies within 1 of ``dist_px**2`` need the float64 square root."""
+    bg = nuc == 0
+    if not bg.any():
+        return np.ones(nuc.shape, bool), np.indices(nuc.shape, dtype=np.int32)
+    if bg.all():
+        return np.zeros(nuc.shape, bool), None
+    ft = ndi.distance_transform_edt(bg, sampling=1, return_distances=False, return_indices=True)
+    h, w = nuc.shape
+    dy = ft[0] - np.arange(h, dtype=ft.dtype)[:, None]
+    d2 = (dy * dy).astype(np.int64)
+    dx = ft[1] - np.arange(w, dtype=ft.dtype)[None, :]
+    d2 += dx * dx
+    lo, hi = int(np.floor(dist_px**2)) - 1, int(np.ceil(dist_px**2)) + 1
+    within = d2 <= lo
+    edge = (d2 > lo) & (d2 <= hi)
+    within[edge] = np.sqrt(d2[edge].astype(np.float64)) <= dist_px
+    return within, ft
+
+
+def _expand_labels(nuc: np.ndarray, dist_px: float) -> np.ndarray:
+    """``skimage.segmentation.expand_labels(nuc, distance=dist_px)`` as uint32: the same labels (the same
+    feature transform picks each pixel's nearest nucleus pixel), without float64 distance arrays."""
+    within, ft = _reach(nuc, dist_px)
+    out = np.zeros(nuc.shape, np.uint32)
+    if ft is not None:
+        out[within] = nuc[ft[0][within], ft[1][within]]
+    return out
 
 
 def membrane_scale(membrane_cyx, *, step: int | None = None) -> np.ndarray:

@@ -7,7 +7,6 @@ sub-section's fields carry a ``cellpose_`` prefix. Error messages name the confi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,15 +15,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..grid import grid_factor
 from ._lattice import _lattice_step
-from ._tiling import (
-    _overlap_px,
-    _read_window,
-    _segment_single_tile,
-    _segment_tiles,
-    _segment_to_store,
-    _statistics_pass,
-    _tile_layout,
-)
+from ._tile_store import _segment_to_store
+from ._tiling import _overlap_px, _segment_single_tile, _segment_tiles, _statistics_pass, _tile_layout, _TileReader
 from ._validate import _validate_scale
 
 __all__ = ["segment_image"]
@@ -161,20 +153,21 @@ def segment_image(
     _, h, w = shape
     overlap = _overlap_px(seg, pixel_size_um=pixel_size_um, tile_overlap_um=tile_overlap_um)
     tiles = _tile_layout((h, w), tile_size_px=tile_size_px, overlap_px=overlap)
-    window_of = functools.partial(_read_window, image_cyx, nuclear_index=cp_idx if cp_idx else nuc_idx,
-                                  membrane_indices=mem_idx)
+    reader = _TileReader(image_cyx, cp_idx if cp_idx else nuc_idx, mem_idx)
     common = {"pixel_size_um": pixel_size_um, "seg": seg, "tissue_factor": factor, "model": model}
     sample_kw = {"step": _lattice_step((h, w)), "seg": seg, "d_px": seg["nucleus_diameter_um"] / pixel_size_um}
     if len(tiles) == 1 and store is None:
-        return _segment_single_tile(window_of, tiles[0], tissue=tissue_arr, common=common, sample_kw=sample_kw)
+        return _segment_single_tile(reader, tiles[0], tissue=tissue_arr, common=common, sample_kw=sample_kw)
 
     import dask
 
-    common["statistics"] = _statistics_pass(tiles, window_of, sample_kw)
-    tissue_d = dask.delayed(tissue_arr) if tissue_arr is not None else None
+    # the reader (and, in memory, the tissue mask) enter the graph once, as keys every tile task depends on
+    reader_d = dask.delayed(reader, traverse=False)
+    common["statistics"] = _statistics_pass(tiles, reader_d, sample_kw)
     if store is None:
-        return _segment_tiles(tiles, window_of, common, tissue_d, (h, w))
-    return _segment_to_store(store, tiles, window_of, common, tissue_d, (h, w), int(tile_size_px))
+        tissue_d = dask.delayed(tissue_arr) if tissue_arr is not None else None
+        return _segment_tiles(tiles, reader_d, common, tissue_d, (h, w))
+    return _segment_to_store(store, tiles, reader_d, common, tissue_arr, (h, w), int(tile_size_px))
 
 
 def _check_options(*, method, cell_method, nucleus_diameter_um, small_nucleus_diameter_um, min_nucleus_area_um2,

@@ -1,4 +1,4 @@
-"""Tiles and seams: the tile layout, the statistics pass, per-tile dask tasks, stitching, zarr store.
+"""Tiles and seams: the tile layout, the tile reader, the statistics pass, per-tile dask tasks, stitching.
 
 An image is cut into cores of ``tile_size_px``; each core is segmented inside a window that extends
 it by the overlap. A tile keeps the objects whose centroid pixel lies in its core, so each object is
@@ -6,15 +6,18 @@ kept by exactly one tile even when it straddles a seam. The kept objects of a co
 neighbours are then pasted into the core (own tile first, then neighbours in tile order) so that
 objects reaching across a seam stay whole. A cheap first pass gathers image-level statistics from a
 lattice of every tile's core, so that all tiles use the same parameters as a whole-image run.
+
+Every tile task reads its own window (:class:`_TileReader`, placed in the graph once): the graph carries
+the image as a small lazy graph that reads the file by path, never pixels. The zarr-store variant is in
+:mod:`._tile_store`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..progress import compute_with_progress
 from ._cells import segment_cells
@@ -62,9 +65,34 @@ def _tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[dict[str
     return tiles
 
 
-def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, tissue_factor):
+def _tissue_window(tissue, core, factor: int):
+    """The rows/columns of the tissue mask (numpy, or a :class:`_ZarrTissue` read by path) that cover
+    ``core``, and their grid origin; ``(None, (0, 0))`` without a mask."""
+    if tissue is None:
+        return None, (0, 0)
+    gh, gw = tissue.shape
+    y0, y1, x0, x1 = core
+    gy0, gx0 = min(y0 // factor, gh - 1), min(x0 // factor, gw - 1)
+    gy1, gx1 = min((y1 - 1) // factor + 1, gh), min((x1 - 1) // factor + 1, gw)
+    return np.asarray(tissue[gy0:gy1, gx0:gx1]).astype(bool), (gy0, gx0)
+
+
+class _ZarrTissue:
+    """The tissue mask as a zarr array on disk, read crop by crop by the tile tasks (pickles as a path)."""
+
+    def __init__(self, path: str, shape: tuple[int, int]):
+        self.path, self.shape = path, tuple(shape)
+
+    def __getitem__(self, key):
+        import zarr
+
+        return zarr.open_array(self.path, mode="r")[key]
+
+
+def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, tissue_factor, tissue_origin=(0, 0)):
     """Keep the objects whose centroid lies in the core (and in the tissue); renumber them 1..n.
 
+    ``tissue``: the mask's part that covers the core, starting at grid cell ``tissue_origin``.
     Returns window-sized ``(nuclei, cells, n)`` holding only the kept objects.
     """
     n_obj = int(nuc.max()) if nuc.size else 0
@@ -72,13 +100,14 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
         return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
     # centroid pixel from exact integer sums (global coordinates), so that two tiles always agree on
     # which core holds an object: floor(sum / n + 1/2) >= y0  <=>  2 sum + n >= 2 y0 n
-    idx = np.arange(1, n_obj + 1)
-    n = np.bincount(nuc.ravel(), minlength=n_obj + 1)[1:].astype(np.int64)
-    cy, cx = (np.nan_to_num(np.asarray(v, dtype=np.float64))
-              for v in zip(*ndi.center_of_mass(np.ones_like(nuc, np.uint8), nuc, idx)))
-    # local coordinate sums are integers well below 2**53: rounding n * centroid recovers them exactly
-    sy = np.rint(cy * n).astype(np.int64) + int(win[0]) * n
-    sx = np.rint(cx * n).astype(np.int64) + int(win[2]) * n
+    flat = nuc.ravel()
+    n = np.bincount(flat, minlength=n_obj + 1)[1:].astype(np.int64)
+    # local coordinate sums are integers well below 2**53: exact in float64
+    h, w = nuc.shape
+    rows = np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w)).ravel()
+    cols = np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)).ravel()
+    sy = np.rint(np.bincount(flat, weights=rows, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[0]) * n
+    sx = np.rint(np.bincount(flat, weights=cols, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[2]) * n
     nz = np.maximum(n, 1)
     y0, y1, x0, x1 = core
     keep = ((n > 0) & (2 * sy + n >= 2 * y0 * n) & (2 * sy + n < 2 * y1 * n)
@@ -86,8 +115,8 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
     py = (2 * sy + n) // (2 * nz)
     px = (2 * sx + n) // (2 * nz)
     if tissue is not None:
-        ty = np.clip((py // tissue_factor).astype(np.int64), 0, tissue.shape[0] - 1)
-        tx = np.clip((px // tissue_factor).astype(np.int64), 0, tissue.shape[1] - 1)
+        ty = np.clip((py // tissue_factor).astype(np.int64) - tissue_origin[0], 0, tissue.shape[0] - 1)
+        tx = np.clip((px // tissue_factor).astype(np.int64) - tissue_origin[1], 0, tissue.shape[1] - 1)
         keep &= tissue[ty, tx].astype(bool)
     keep_lut = np.concatenate([[False], keep])
     nuc_k = _relabel(nuc, keep_lut)
@@ -100,13 +129,15 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
     return nuc_k, cells_k, int(nuc_k.max()) if nuc_k.size else 0
 
 
-def _segment_window(nuclear, membrane, *, win, core, pixel_size_um, seg: dict[str, Any], tissue, tissue_factor,
+def _segment_window(reader, tile: dict[str, Any], *, pixel_size_um, seg: dict[str, Any], tissue, tissue_factor,
                     model, statistics=None):
-    """Segment one window (numpy) and keep its core's objects.
+    """One tile's task: read its window (``reader.read(tile)``), segment it, keep its core's objects.
 
-    ``statistics``: image-level ``{"nuclei": ..., "membrane_scales": ...}`` shared by all tiles.
+    ``statistics``: image-level ``{"nuclei": ..., "membrane_scales": ...}`` shared by all tiles;
+    ``tissue``: None, a numpy mask or a :class:`_ZarrTissue` (only the part over the core is read).
     """
-    nuclear = np.asarray(nuclear)
+    win, core = tile["window"], tile["core"]
+    nuclear, mem = reader.read(tile)
     statistics = statistics or {}
     opts = dict(seg["nuclei_options"])
     if seg["method"] == "cellpose":
@@ -115,28 +146,33 @@ def _segment_window(nuclear, membrane, *, win, core, pixel_size_um, seg: dict[st
         opts["origin_px"] = (int(win[0]), int(win[2]))
     nuc = segment_nuclei(nuclear, pixel_size_um=pixel_size_um, nucleus_diameter_um=seg["nucleus_diameter_um"],
                          method=seg["method"], statistics=statistics.get("nuclei"), **opts)
-    mem = None if membrane is None else np.asarray(membrane, dtype=np.float32)
     cells = segment_cells(nuc, pixel_size_um=pixel_size_um, expand_um=seg["expand_um"], method=seg["cell_method"],
                           membrane=mem, membrane_scales=statistics.get("membrane_scales"))
-    return _keep_core_objects(nuc, cells, win, core, tissue, tissue_factor)
+    t_arr, t_origin = _tissue_window(tissue, core, tissue_factor)
+    return _keep_core_objects(nuc, cells, win, core, t_arr, tissue_factor, t_origin)
 
 
-def _window_samples(nuclear, membrane, *, win, core, step, seg: dict[str, Any], d_px: float, nuclei: bool = True):
-    """First pass of a tile: lattice samples of its core for the image-level statistics."""
+def _window_samples(reader, tile: dict[str, Any], *, step, seg: dict[str, Any], d_px: float, nuclei: bool = True,
+                    window=None):
+    """First pass of a tile (its own task): lattice samples of its core for the image-level statistics.
+
+    ``window``: the tile's ``(nuclear, membrane)`` pixels when already read (else ``reader.read(tile)``).
+    """
+    win, core = tile["window"], tile["core"]
+    nuclear, membrane = window if window is not None else reader.read(tile)
     origin = (int(win[0]), int(win[2]))
     out: dict[str, Any] = {}
     if not nuclei:
         pass
     elif seg["method"] == "watershed":
-        out["nuclei"] = _nuclear_samples(np.asarray(nuclear), d_px, _watershed_options(seg["nuclei_options"]),
+        out["nuclei"] = _nuclear_samples(nuclear, d_px, _watershed_options(seg["nuclei_options"]),
                                          origin=origin, region=core, step=step)
     else:  # cellpose: raw values of the channels it reads (for its normalisation)
         arr = np.asarray(nuclear, dtype=np.float32)
         arr = arr if arr.ndim == 3 else arr[None]
         out["raw"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
     if membrane is not None:
-        arr = np.asarray(membrane, dtype=np.float32)
-        out["membrane"] = _lattice(arr, origin, core, step).reshape(arr.shape[0], -1)
+        out["membrane"] = _lattice(membrane, origin, core, step).reshape(membrane.shape[0], -1)
     return out
 
 
@@ -187,56 +223,69 @@ def _stitch_core(i: int, tiles, offsets, get_result) -> tuple[np.ndarray, np.nda
     return nuc, cell
 
 
-def _read_window(image_cyx, tile: dict[str, Any], *, nuclear_index, membrane_indices: list[int]):
-    """The nuclear (or cellpose) channel(s) and the membrane channels of a tile's window; numpy
-    (membranes float32) for a numpy image, lazy dask slices for a dask image."""
-    wy0, wy1, wx0, wx1 = tile["window"]
-    nucw = image_cyx[nuclear_index, wy0:wy1, wx0:wx1]
-    memw = image_cyx[membrane_indices, wy0:wy1, wx0:wx1] if membrane_indices else None
-    if not hasattr(image_cyx, "dask"):
-        nucw = np.asarray(nucw)
-        memw = None if memw is None else np.asarray(memw, dtype=np.float32)
-    return nucw, memw
+class _TileReader:
+    """Reads a tile's window inside the tile's own task: the nuclear (or cellpose) channel(s) as stored and
+    the membrane channels as float32, numpy.
+
+    Pickles as the image itself: a lazy dask image from :func:`chemozone.io.read_image` is a small graph
+    that reads the file by path (no pixels), so the tile tasks carry no arrays; a numpy image is placed
+    in the graph once, as one key that every tile task depends on.
+    """
+
+    def __init__(self, image_cyx, nuclear_index, membrane_indices: list[int]):
+        self.image, self.nuclear_index, self.membrane_indices = image_cyx, nuclear_index, list(membrane_indices)
+
+    def read(self, tile: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(nuclear, membrane or None)`` of ``tile``'s window."""
+        wy0, wy1, wx0, wx1 = tile["window"]
+        nucw = self.image[self.nuclear_index, wy0:wy1, wx0:wx1]
+        memw = self.image[self.membrane_indices, wy0:wy1, wx0:wx1] if self.membrane_indices else None
+        if hasattr(nucw, "dask"):  # read here, whatever scheduler runs this task
+            import dask
+
+            nucw, memw = dask.compute(nucw, memw, scheduler="synchronous")
+        return np.asarray(nucw), None if memw is None else np.asarray(memw, dtype=np.float32)
 
 
-def _segment_single_tile(window_of: Callable, tile: dict[str, Any], *, tissue, common: dict[str, Any],
+class _Preread:
+    """A reader of one window already in memory."""
+
+    def __init__(self, window):
+        self.window = window
+
+    def read(self, tile):
+        return self.window
+
+
+def _segment_single_tile(reader: _TileReader, tile: dict[str, Any], *, tissue, common: dict[str, Any],
                          sample_kw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """An image of one tile, without a store: segmented in this process, numpy labels."""
-    nucw, memw = window_of(tile)
-    if hasattr(nucw, "dask"):
-        nucw = nucw.compute()
-        memw = None if memw is None else np.asarray(memw, dtype=np.float32)
+    window = reader.read(tile)
     seg = common["seg"]
     stats = {}
     need_nuc = seg["method"] == "cellpose"  # the classical segmenter computes its own, identically
-    if need_nuc or memw is not None:
-        part = _window_samples(nucw, memw, win=tile["window"], core=tile["core"], nuclei=need_nuc, **sample_kw)
+    if need_nuc or window[1] is not None:
+        part = _window_samples(reader, tile, nuclei=need_nuc, window=window, **sample_kw)
         stats = _image_statistics([part], seg, nuclei=need_nuc)
-    nuc, cell, _ = _segment_window(nucw, memw, win=tile["window"], core=tile["core"], tissue=tissue,
-                                   statistics=stats, **common)
+    nuc, cell, _ = _segment_window(_Preread(window), tile, tissue=tissue, statistics=stats, **common)
     return nuc, cell
 
 
-def _statistics_pass(tiles: list[dict], window_of: Callable, sample_kw: dict[str, Any]) -> dict[str, Any]:
+def _statistics_pass(tiles: list[dict], reader_d, sample_kw: dict[str, Any]) -> dict[str, Any]:
     """First pass: image-level statistics from a lattice of every tile's core (small results)."""
     import dask
 
-    parts = compute_with_progress([dask.delayed(_window_samples, pure=True)(*window_of(t), win=t["window"],
-                                                                           core=t["core"], **sample_kw)
+    parts = compute_with_progress([dask.delayed(_window_samples, pure=True)(reader_d, t, **sample_kw)
                                    for t in tiles], "tiles: statistics")
     return _image_statistics(list(parts), sample_kw["seg"])
 
 
-def _segment_tiles(tiles: list[dict], window_of: Callable, common: dict[str, Any], tissue_d,
+def _segment_tiles(tiles: list[dict], reader_d, common: dict[str, Any], tissue_d,
                    shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Second pass in memory: one dask task per tile, then each core stitched from its neighbours."""
     import dask
 
-    tasks = []
-    for t in tiles:
-        nucw, memw = window_of(t)
-        tasks.append(dask.delayed(_segment_window, pure=True)(
-            nucw, memw, win=t["window"], core=t["core"], tissue=tissue_d, **common))
+    tasks = [dask.delayed(_segment_window, pure=True)(reader_d, t, tissue=tissue_d, **common) for t in tiles]
     results = compute_with_progress(tasks, "tiles: segment")
     counts = [r[2] for r in results]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -254,72 +303,3 @@ def _segment_tiles(tiles: list[dict], window_of: Callable, common: dict[str, Any
 def _check_id_range(n: int) -> None:
     if n >= 2**32 - 1:
         raise ValueError(f"{n} objects do not fit in uint32 labels")
-
-
-def _segment_to_store(store, tiles, window_of, common, tissue_d, shape, tile):
-    """Two passes over the tiles, both as dask tasks: segment windows into a scratch zarr array, then
-    stitch each core from its neighbours' windows into ``store/nuclei`` and ``store/cells``."""
-    import shutil
-    from pathlib import Path
-
-    import dask
-    import dask.array as da
-    import zarr
-
-    store = Path(store)
-    store.mkdir(parents=True, exist_ok=True)
-    root = zarr.open_group(str(store), mode="a")
-    win_h = max(t["window"][1] - t["window"][0] for t in tiles)
-    win_w = max(t["window"][3] - t["window"][2] for t in tiles)
-    scratch_name = ".tiles"
-    if scratch_name in root:
-        del root[scratch_name]
-    root.create_array(scratch_name, shape=(len(tiles), 2, win_h, win_w), chunks=(1, 2, win_h, win_w),
-                                dtype=np.uint32, fill_value=0, overwrite=True)
-    chunk = (min(tile, shape[0]), min(tile, shape[1]))
-    outs = {}
-    for name in ("nuclei", "cells"):
-        if name in root:
-            del root[name]
-        outs[name] = root.create_array(name, shape=shape, chunks=chunk, dtype=np.uint32, fill_value=0,
-                                       overwrite=True)
-    scratch_path = str(store / scratch_name)
-
-    def segment_and_park(nucw, memw, *, index, win, core, tissue, **kw):
-        nuc, cell, n = _segment_window(nucw, memw, win=win, core=core, tissue=tissue, **kw)
-        arr = zarr.open_array(scratch_path, mode="r+")
-        buf = np.zeros((1, 2, win_h, win_w), np.uint32)
-        buf[0, 0, : nuc.shape[0], : nuc.shape[1]] = nuc
-        buf[0, 1, : nuc.shape[0], : nuc.shape[1]] = cell
-        arr[index : index + 1] = buf
-        return n
-
-    tasks = []
-    for t in tiles:
-        nucw, memw = window_of(t)
-        tasks.append(dask.delayed(segment_and_park, pure=False)(
-            nucw, memw, index=t["index"], win=t["window"], core=t["core"], tissue=tissue_d, **common))
-    counts = compute_with_progress(tasks, "tiles: segment")
-    _check_id_range(int(np.sum(counts)))
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    nuc_path, cell_path = str(store / "nuclei"), str(store / "cells")
-
-    def stitch_and_write(i):
-        arr = zarr.open_array(scratch_path, mode="r")
-
-        def get(j):
-            wy0, wy1, wx0, wx1 = tiles[j]["window"]
-            block = arr[j]
-            return block[0, : wy1 - wy0, : wx1 - wx0], block[1, : wy1 - wy0, : wx1 - wx0]
-
-        n_c, c_c = _stitch_core(i, tiles, offsets, get)
-        y0, y1, x0, x1 = tiles[i]["core"]
-        zarr.open_array(nuc_path, mode="r+")[y0:y1, x0:x1] = n_c
-        zarr.open_array(cell_path, mode="r+")[y0:y1, x0:x1] = c_c
-        return True
-
-    compute_with_progress([dask.delayed(stitch_and_write, pure=False)(i) for i in range(len(tiles))], "tiles: stitch")
-    del root[scratch_name]
-    shutil.rmtree(store / scratch_name, ignore_errors=True)
-    return da.from_zarr(nuc_path), da.from_zarr(cell_path)
-
