@@ -13,6 +13,24 @@ Usage::
     # without the runner: a fabricated run folder (chemozone.testing.fabricate_run) with known truth
     python benchmarks/eval_stats.py --fabricated
 
+    # the independent stress generator (co-localised modules), with the config a user writes
+    python -m chemozone.stress COHORT --preset stats
+    chemozone run COHORT --config benchmarks/configs/stress_user.yaml --out RUN --workers 1
+    python benchmarks/eval_stats.py --run RUN --truth COHORT/truth/cohort.json
+    python benchmarks/eval_stats.py --truth COHORT/truth/cohort.json --truth-only
+
+The generator is read from ``truth/cohort.json`` (``"generator": "chemozone.stress"``). The stress truth is
+mapped to the same checks (:func:`truth_parameters`): the cognate receptors are ``chemozone.stress.MODULES``
+(CXCL10 → CXCR3, CCL5 → CCR5), the true ED50 is the producer fraction's (``modules.*.ed50_gy``, 4 Gy; the
+zone area saturates earlier, about 3.5 Gy, and is not what check 3 compares with), effectiveness and
+conservation come from its ``radiation`` table (carbon 2.5; CXCL10 0.5, CCL5 1.0). One definition differs,
+beside the synth one rather than instead of it: receptor− in check 4 means negative for **every** receptor
+of the run, because that generator recruits into each zone cells that carry its receptor and gives them the
+other receptor by lineage, so with co-localised zones a CCR5+ CXCR3− cell drawn into a CCL5 zone sits in the
+CXCL10 zone too (a real dose trend of "CXCR3−" cells; the cognate-only definition is kept as info rows).
+A run whose ``stats.effectiveness`` names only some of its radiation types (``stress_user.yaml``: photon)
+gets the package default for the others (:func:`complete_effectiveness`, carbon 2.5), never the generator's.
+
 Every check is computed twice with the same code: on the pipeline's tables (``estimate``) and on tables
 built from the generator's truth cells (truth cell type, receptor flags, ``in_{zone}``) and truth zone masks
 (``truth`` column; for ED50 the true ED50). A check that fails in both columns is a property of the
