@@ -13,6 +13,24 @@ Usage::
     # without the runner: a fabricated run folder (chemozone.testing.fabricate_run) with known truth
     python benchmarks/eval_stats.py --fabricated
 
+    # the independent stress generator (co-localised modules), with the config a user writes
+    python -m chemozone.stress COHORT --preset stats
+    chemozone run COHORT --config benchmarks/configs/stress_user.yaml --out RUN --workers 1
+    python benchmarks/eval_stats.py --run RUN --truth COHORT/truth/cohort.json
+    python benchmarks/eval_stats.py --truth COHORT/truth/cohort.json --truth-only
+
+The generator is read from ``truth/cohort.json`` (``"generator": "chemozone.stress"``). The stress truth is
+mapped to the same checks (:func:`truth_parameters`): the cognate receptors are ``chemozone.stress.MODULES``
+(CXCL10 → CXCR3, CCL5 → CCR5), the true ED50 is the producer fraction's (``modules.*.ed50_gy``, 4 Gy; the
+zone area saturates earlier, about 3.5 Gy, and is not what check 3 compares with), effectiveness and
+conservation come from its ``radiation`` table (carbon 2.5; CXCL10 0.5, CCL5 1.0). One definition differs,
+beside the synth one rather than instead of it: receptor− in check 4 means negative for **every** receptor
+of the run, because that generator recruits into each zone cells that carry its receptor and gives them the
+other receptor by lineage, so with co-localised zones a CCR5+ CXCR3− cell drawn into a CCL5 zone sits in the
+CXCL10 zone too (a real dose trend of "CXCR3−" cells; the cognate-only definition is kept as info rows).
+A run whose ``stats.effectiveness`` names only some of its radiation types (``stress_user.yaml``: photon)
+gets the package default for the others (:func:`complete_effectiveness`, carbon 2.5), never the generator's.
+
 Every check is computed twice with the same code: on the pipeline's tables (``estimate``) and on tables
 built from the generator's truth cells (truth cell type, receptor flags, ``in_{zone}``) and truth zone masks
 (``truth`` column; for ED50 the true ED50). A check that fails in both columns is a property of the
@@ -65,13 +83,45 @@ PLATEAU_DELTA_AIC = 2.0  # Emax must beat the line and the log-linear curve by t
 EQUIVALENCE_MARGIN_LOG2_PER_GY = float(np.log2(1.5) / 20)  # receptor−: < 1.5-fold change over 0-20 Gy
 
 
+def is_stress_truth(truth: dict) -> bool:
+    """True for a ``truth/cohort.json`` written by :mod:`chemozone.stress` (else :mod:`chemozone.synth`)."""
+    return truth.get("generator") == "chemozone.stress"
+
+
+def truth_parameters(truth: dict) -> dict:
+    """The truth parameters of either generator in the synth layout.
+
+    ``modules`` {chemokine: {receptor, ed50_gy, conservation {radiation: factor}, ...}}, ``effectiveness``
+    {radiation: factor}, ``pixel_size_um``. The synth truth is returned unchanged. The stress truth keeps
+    effectiveness and conservation per radiation (``radiation`` {name: {effectiveness, conservation
+    {chemokine: factor}}}) and does not record the cognate receptors (they are :data:`chemozone.stress.MODULES`):
+    both are mapped here, so every check reads the same keys.
+    """
+    par = truth.get("parameters", truth)
+    if not is_stress_truth(truth):
+        return par
+    from chemozone.stress import MODULES as STRESS_RECEPTOR  # chemokine -> cognate receptor
+
+    rad = par["radiation"]
+    modules = {m: {**spec, "receptor": STRESS_RECEPTOR[m],
+                   "conservation": {"sham": 1.0, **{r: float(v["conservation"][m]) for r, v in rad.items()}}}
+               for m, spec in par["modules"].items()}
+    eff = {"sham": 1.0, **{r: float(v["effectiveness"]) for r, v in rad.items()}}
+    return {**par, "modules": modules, "effectiveness": eff}
+
+
 def truth_run(truth_json: Path) -> dict:
-    """A ``load_run``-like dict built from the generator's truth (cells.parquet + zone/tissue masks)."""
+    """A ``load_run``-like dict built from the generator's truth (cells.parquet + zone/tissue masks).
+
+    Reads the truth of :mod:`chemozone.synth` and of :mod:`chemozone.stress` (both write
+    ``truth/{sample_id}/cells.parquet`` with ``cell_type``, ``{marker}_pos``, ``in_{chemokine}``, and
+    ``tissue.tif``, ``zone_{chemokine}.tif``); their parameters are read by :func:`truth_parameters`.
+    """
     import tifffile
 
     root = truth_json.parent
     j = json.loads(truth_json.read_text())
-    par = j.get("parameters", j)
+    par = truth_parameters(j)
     px = float(par["pixel_size_um"])
     modules = list(par["modules"])
     recs = [r for r in RECEPTORS if any(par["modules"][m].get("receptor") == r for m in modules)] or list(RECEPTORS)
@@ -126,6 +176,31 @@ def truth_run(truth_json: Path) -> dict:
     return run
 
 
+def complete_effectiveness(run: dict) -> list[str]:
+    """Give irradiated radiation types without a factor in the run's ``stats.effectiveness`` the package default.
+
+    A config that names only ``photon`` (as ``benchmarks/configs/stress_user.yaml``) leaves the carbon samples
+    without an effective dose. The factor filled in is :class:`chemozone.config.StatsConfig`'s default (the
+    one ``configs/example.yaml`` documents: proton 1.1, carbon 2.5), never the generator's; every table's
+    ``effective_dose_gy`` is recomputed. Returns ``["carbon 2.5", ...]`` (empty when nothing was missing).
+    """
+    from chemozone.config import StatsConfig
+
+    eff = dict(run.get("effectiveness") or {})
+    s = run["samples"]
+    irradiated = set(s.loc[s["dose_gy"].astype(float) > 0, "radiation"].astype(str))
+    default = StatsConfig().effectiveness
+    filled = [r for r in sorted(irradiated - set(eff)) if r in default]
+    if not filled:
+        return []
+    eff.update({r: default[r] for r in filled})
+    run["effectiveness"] = eff
+    for k, t in run.items():
+        if isinstance(t, pd.DataFrame) and {"dose_gy", "radiation"} <= set(t.columns):
+            run[k] = stats.add_effective_dose(t.drop(columns="effective_dose_gy", errors="ignore"), eff, strict=False)
+    return [f"{r} {default[r]:g}" for r in filled]
+
+
 def _ci(lo, hi, fmt="{:+.3f}"):
     return f"[{fmt.format(lo)}, {fmt.format(hi)}]"
 
@@ -164,18 +239,66 @@ def _plateau_checks(chk: _Checks, run: dict, areas: pd.DataFrame, zone_of: dict,
         add("2 plateau: receptor+ in zone per mm² tissue", c, f[(f["group"] == "photon") & (f["model"] == "emax")].iloc[0])
 
 
-def _equivalence_checks(chk: _Checks, run: dict, pairs) -> None:
-    """Check 4: receptor− cells show no dose effect — TOST with the declared margin, power reported."""
-    plain = stats.receptor_count_table(run, pairs=pairs, pool=True)
-    tests = [(plain, False, ("4a no dose effect: receptor− log2 enrichment in/out",
-                             "4b no dose effect: receptor− cells/mm² of zone"))]
-    ovl = run.get("zone_overlap")
-    if ovl is not None and len(ovl):  # a run folder with zone_overlap.parquet: adjust for the other zones
-        adjusted = stats.receptor_overlap_counts(run, pairs=pairs, pool=True)
-        tests = [(adjusted, False, ("4a no dose effect: receptor− log2 enrichment in/out, adjusted for other zones",
-                                    "4b no dose effect: receptor− cells/mm² of zone, adjusted for other zones")),
-                 (plain, True, ("4c (info) receptor− log2 enrichment in/out, unadjusted",
-                                "4d (info) receptor− cells/mm² of zone, unadjusted"))]
+def _without_other_receptors(run: dict, receptor: str) -> dict:
+    """A shallow copy of ``run`` whose phenotype populations carrying any receptor but ``receptor`` are removed.
+
+    The count tables then hold only cells negative for every other receptor of the run, so their ``neg``
+    status is "negative for every receptor" (and ``pos`` "carries only ``receptor``"). Areas are unchanged:
+    every region keeps its receptor-free populations (tumor, stroma, ...).
+    """
+    inf = run["infiltration"]
+    ph = inf.loc[inf["population_type"] == "phenotype", "population"].unique()
+    flags = {f for p in ph for f in stats.split_phenotype(p)[1]}
+    others = {f for f in flags if f.endswith("+") and f != f"{receptor}+"}
+    out = dict(run)
+    for key in ("infiltration", "zone_overlap"):
+        t = run.get(key)
+        if t is None or not len(t):
+            continue
+        carries = t["population"].map(lambda p: bool(stats.split_phenotype(p)[1] & others))
+        out[key] = t[~(carries & (t["population_type"] == "phenotype"))]
+    return out
+
+
+def _every_negative_counts(run: dict, pairs, adjusted: bool) -> pd.DataFrame:
+    """Count tables of each pair in which ``neg`` = negative for EVERY receptor (:func:`_without_other_receptors`)."""
+    parts = []
+    for pair in pairs:
+        sub = _without_other_receptors(run, pair["receptor"] if isinstance(pair, dict) else pair[1])
+        parts.append(stats.receptor_overlap_counts(sub, pairs=[pair], pool=True) if adjusted
+                     else stats.receptor_count_table(sub, pairs=[pair], pool=True))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _equivalence_checks(chk: _Checks, run: dict, pairs, every_receptor: bool = False) -> None:
+    """Check 4: receptor− cells show no dose effect — TOST with the declared margin, power reported.
+
+    ``every_receptor`` (the stress generator): receptor− = negative for every receptor of the run. That
+    generator recruits into each zone cells that carry the zone's receptor, and gives them the other receptor
+    with their lineage's probability; with co-localised zones a CCL5-recruited CXCR3− CCR5+ cell sits in the
+    CXCL10 zone too, so "CXCR3−" cells have a real dose trend there (counted rows 4a, 4b use the stricter
+    definition; the cognate-only definition is shown as info rows 4c, 4d).
+    """
+    adjust = run.get("zone_overlap") is not None and len(run["zone_overlap"]) > 0
+    if every_receptor:
+        cognate = (stats.receptor_overlap_counts(run, pairs=pairs, pool=True) if adjust
+                   else stats.receptor_count_table(run, pairs=pairs, pool=True))
+        how = ", adjusted for other zones" if adjust else ""
+        tests = [(_every_negative_counts(run, pairs, adjust), False,
+                  (f"4a no dose effect: receptor− (every receptor) log2 enrichment in/out{how}",
+                   f"4b no dose effect: receptor− (every receptor) cells/mm² of zone{how}")),
+                 (cognate, True, (f"4c (info) cognate-receptor− only log2 enrichment in/out{how}",
+                                  f"4d (info) cognate-receptor− only cells/mm² of zone{how}"))]
+    else:
+        plain = stats.receptor_count_table(run, pairs=pairs, pool=True)
+        tests = [(plain, False, ("4a no dose effect: receptor− log2 enrichment in/out",
+                                 "4b no dose effect: receptor− cells/mm² of zone"))]
+        if adjust:  # a run folder with zone_overlap.parquet: adjust for the other zones
+            adjusted = stats.receptor_overlap_counts(run, pairs=pairs, pool=True)
+            tests = [(adjusted, False, ("4a no dose effect: receptor− log2 enrichment in/out, adjusted for other zones",
+                                        "4b no dose effect: receptor− cells/mm² of zone, adjusted for other zones")),
+                     (plain, True, ("4c (info) receptor− log2 enrichment in/out, unadjusted",
+                                    "4d (info) receptor− cells/mm² of zone, unadjusted"))]
     target = f"TOST |β| < {EQUIVALENCE_MARGIN_LOG2_PER_GY:.4f} log2/Gy, p < 0.05"
     for counts, info, (la, lb) in tests:
         counts = counts[counts["status"] == "neg"]
@@ -242,8 +365,12 @@ def _ed50_and_carbon_checks(chk: _Checks, run: dict, modules: dict, areas: pd.Da
 
 
 def evaluate(run: dict, modules: dict, *, pairs, n_bootstrap: int, fabricated: bool,
-             ed50_gm: float | None = None) -> pd.DataFrame:
-    """Rows: check, kind, metric, estimate, CI, target, pass, met."""
+             ed50_gm: float | None = None, every_receptor: bool = False) -> pd.DataFrame:
+    """Rows: check, kind, metric, estimate, CI, target, pass, met.
+
+    ``every_receptor``: receptor− means negative for every receptor (the stress generator, see
+    :func:`_equivalence_checks`).
+    """
     chk = _Checks()
     areas = stats.metric_table(run, "zone_area")
     if "effective_dose_gy" not in areas:
@@ -251,7 +378,7 @@ def evaluate(run: dict, modules: dict, *, pairs, n_bootstrap: int, fabricated: b
     zone_of = {z: f"area_fraction_{z}" for z in modules if f"area_fraction_{z}" in areas}
     _plateau_checks(chk, run, areas, zone_of, pairs)
     if pairs:
-        _equivalence_checks(chk, run, pairs)
+        _equivalence_checks(chk, run, pairs, every_receptor=every_receptor)
         _direction_checks(chk, run, pairs)
     _ed50_and_carbon_checks(chk, run, modules, areas, zone_of, n_bootstrap=n_bootstrap, fabricated=fabricated,
                             ed50_gm=ed50_gm)
@@ -261,18 +388,8 @@ def evaluate(run: dict, modules: dict, *, pairs, n_bootstrap: int, fabricated: b
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, help="run folder of the stats cohort")
-    ap.add_argument("--truth", type=Path, help="COHORT/truth/cohort.json")
-    ap.add_argument("--fabricated", action="store_true", help="fabricate a run folder (no runner needed)")
-    ap.add_argument("--no-truth-cells", action="store_true", help="skip the truth-cell column (faster)")
-    ap.add_argument("--truth-only", action="store_true",
-                    help="evaluate on the generator's truth cells and zone masks only (needs --truth, no --run)")
-    ap.add_argument("--n-bootstrap", type=int, default=100)
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    truth_tab = None
+def _load(a, ap) -> tuple[dict, dict, str, dict | None]:
+    """The run (pipeline folder, truth cells or fabricated), the true module parameters, a label, the truth json."""
     if a.fabricated:
         import tempfile
 
@@ -283,34 +400,60 @@ def main(argv=None) -> int:
         modules = {z: {"ed50_gy": t["ed50"], "conservation": t["cons"]} for z, t in TRUTH.items()}
         run = stats.load_run(out)
         run["effectiveness"] = run["effectiveness"] or EFFECTIVENESS
-        label = "fabricated"
-    elif a.truth_only:
+        return run, modules, "fabricated", None
+    if a.truth_only:
         if not a.truth:
             ap.error("--truth-only needs --truth COHORT/truth/cohort.json")
         tj = json.loads(a.truth.read_text())
-        modules = tj.get("parameters", tj)["modules"]
-        run = truth_run(a.truth)
-        label = f"truth cells of {a.truth}"
-    else:
-        if not (a.run and a.truth):
-            ap.error("give --run and --truth, --truth with --truth-only, or --fabricated")
-        tj = json.loads(a.truth.read_text())
-        modules = tj.get("parameters", tj)["modules"]
-        run = stats.load_run(a.run)
-        run["effectiveness"] = run["effectiveness"] or tj.get("parameters", tj).get("effectiveness")
-        label = str(a.run)
+        return truth_run(a.truth), truth_parameters(tj)["modules"], f"truth cells of {a.truth}", tj
+    if not (a.run and a.truth):
+        ap.error("give --run and --truth, --truth with --truth-only, or --fabricated")
+    tj = json.loads(a.truth.read_text())
+    run = stats.load_run(a.run)
+    run["effectiveness"] = run["effectiveness"] or truth_parameters(tj).get("effectiveness")
+    filled = complete_effectiveness(run)
+    if filled:
+        print("stats.effectiveness of the run has no factor for " + ", ".join(filled)
+              + ": the package default (configs/example.yaml) is used, not the generator's value")
+    return run, truth_parameters(tj)["modules"], str(a.run), tj
+
+
+def _kinds(tab: pd.DataFrame) -> str:
+    """``plateau 2/8, estimation 2/2, ...``: passes / counted checks of each kind (info rows left out)."""
+    c = tab[tab["pass"].notna() & ~tab["pass"].astype(str).str.startswith("info")]
+    ok = c["pass"].isin([True, "PASS"])
+    return ", ".join(f"{k} {int(ok[g.index].sum())}/{len(g)}" for k, g in c.groupby("kind", sort=False))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, help="run folder of the stats cohort")
+    ap.add_argument("--truth", type=Path, help="COHORT/truth/cohort.json of chemozone.synth or chemozone.stress "
+                                               "(detected from the file)")
+    ap.add_argument("--fabricated", action="store_true", help="fabricate a run folder (no runner needed)")
+    ap.add_argument("--no-truth-cells", action="store_true", help="skip the truth-cell column (faster)")
+    ap.add_argument("--truth-only", action="store_true",
+                    help="evaluate on the generator's truth cells and zone masks only (needs --truth, no --run)")
+    ap.add_argument("--n-bootstrap", type=int, default=100)
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    truth_tab = None
+    run, modules, label, tj = _load(a, ap)
+    stress = tj is not None and is_stress_truth(tj)
+    if stress:
+        print(f"stress generator truth ({tj.get('preset')} preset): receptor− = negative for every receptor")
     pairs = (run["run"]["config"].get("spatial") or {}).get("cognate_pairs") or []
     ed50_gm = None
-    if not a.fabricated:
-        pats = tj.get("patients") or {}
-        mult = [v["ed50_mult"] for v in pats.values() if "ed50_mult" in v]
+    if tj is not None:
+        mult = [v["ed50_mult"] for v in (tj.get("patients") or {}).values() if "ed50_mult" in v]
         ed50_gm = float(np.exp(np.mean(np.log(mult)))) if mult else None
-    table = evaluate(run, modules, pairs=pairs, n_bootstrap=a.n_bootstrap, fabricated=a.fabricated, ed50_gm=ed50_gm)
+    table = evaluate(run, modules, pairs=pairs, n_bootstrap=a.n_bootstrap, fabricated=a.fabricated, ed50_gm=ed50_gm,
+                     every_receptor=stress)
     raw_counts, truth_raw = table.attrs.get("raw95", (0, 0)), None
     if not a.fabricated and not a.no_truth_cells and not a.truth_only:
         tr = truth_run(a.truth)
         truth_tab = evaluate(tr, modules, pairs=pairs, n_bootstrap=min(a.n_bootstrap, 50), fabricated=False,
-                             ed50_gm=ed50_gm)
+                             ed50_gm=ed50_gm, every_receptor=stress)
         truth_raw = truth_tab.attrs.get("raw95")
         truth_tab["truth"] = (truth_tab["estimate"] + " " + truth_tab["CI"]).str.strip() + np.where(
             truth_tab["met"], " ✓", " ✗")
@@ -325,8 +468,7 @@ def main(argv=None) -> int:
         print(table.to_string(index=False))
     print(f"\n{int(ok.sum())}/{int(counted.sum())} checks pass ({time.perf_counter() - t0:.0f} s, {label}; "
           f"{int((~counted).sum())} info rows not counted)")
-    kinds = table[counted].groupby("kind", sort=False)["pass"].agg(lambda v: f"{int((v == 'PASS').sum())}/{len(v)}")
-    print("checks by kind (pass/count): " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+    print("checks by kind (pass/count): " + _kinds(table))
     n_ok, n_all = raw_counts
     if n_all:
         print(f"receptor− tests (4a, 4b) whose per-test 95 % CI contains 0 (the former criterion, for comparison): "
@@ -334,7 +476,8 @@ def main(argv=None) -> int:
     if truth_tab is not None:
         tc = truth_tab["pass"].notna()
         print(f"same checks on the generator's truth cells: {int(truth_tab['pass'].eq(True).sum())}/{int(tc.sum())} "
-              f"pass (truth column: same metric and test on truth cell types, receptor flags and zone masks)")
+              f"pass (truth column: same metric and test on truth cell types, receptor flags and zone masks); "
+              f"by kind: {_kinds(truth_tab)}")
     return 0 if ok[counted].all() else 1
 
 
