@@ -114,6 +114,12 @@ class RunLayout:
         return self.root / "samples"
 
     @property
+    def classifier_metrics(self) -> Path:
+        """Cross-validated metrics of the run's cell classifiers: JSON ``{marker: {"balanced_accuracy": float,
+        "f1": float, "n_labels": int}}`` (written by the classifier's training; shown by the report)."""
+        return self.root / "classifier" / "metrics.json"
+
+    @property
     def reviewed_gates(self) -> Path:
         """Default destination of napari's gate review (a gates YAML; set ``phenotypes.gates_file`` to it)."""
         return self.root / "gates_reviewed.yaml"
