@@ -154,7 +154,7 @@ def test_classifier_widget_label_train_preview_suggest_save_and_replay(make_napa
     labels_before = w.session.labels("CXCR3")
     w.close()
     w2 = CellClassifierWidget(viewer)
-    assert w2.sample_id == "s3"  # the sample on show
+    assert w2.sample_id == "s3" and "20 labels saved" in w2.run_info.text()  # the sample on show
     pd.testing.assert_frame_equal(w2.session.labels("CXCR3"), labels_before)
     assert w2.metrics.text() == format_metrics(clf)
     np.testing.assert_array_equal(w2.preview(), shown)

@@ -60,10 +60,13 @@ class ClassifierSession:
         self.layout = RunLayout(run_dir)
         self.cells = load_run_cells(self.layout)
         self.store = cl.LabelStore.for_run(self.layout.root)
+        self.n_saved = len(self.store.labels())  # labels in the run folder
         self.classifiers: dict[str, cl.CellClassifier] = {}
         self.note = ""
         self._features: pd.DataFrame | None = None
         self._proba: dict[str, np.ndarray] = {}
+        self.yx = self.cells[["y_um", "x_um"]].to_numpy(float) if len(self.cells) else np.zeros((0, 2))
+        """``(n_cells, 2)`` ``(y_um, x_um)``: world coordinates of the viewer."""
         sid = self.cells["sample_id"].astype(str).to_numpy()
         self._rows = {s: np.flatnonzero(sid == s) for s in pd.unique(sid)}
         self._ids = {s: pd.Index(self.cells["cell_id"].to_numpy(np.int64)[r]) for s, r in self._rows.items()}
@@ -109,7 +112,7 @@ class ClassifierSession:
 
     def coords_um(self, sample_id: str) -> np.ndarray:
         """``(n, 2)`` ``(y_um, x_um)`` of a sample's cells (world coordinates of the viewer)."""
-        return self.cells[["y_um", "x_um"]].to_numpy(float)[self.rows(sample_id)]
+        return self.yx[self.rows(sample_id)]
 
     # ------------------------------------------------------------------ labels
     def kind(self, target: str) -> str:
@@ -129,7 +132,9 @@ class ClassifierSession:
         return lab if sample_id is None else lab[lab["sample_id"] == str(sample_id)].reset_index(drop=True)
 
     def save_labels(self) -> Path:
-        return self.store.save()
+        path = self.store.save()
+        self.n_saved = len(self.store.labels())
+        return path
 
     # ------------------------------------------------------------------ classifiers
     def train(self, target: str):

@@ -169,13 +169,16 @@ class CellClassifierWidget(QWidget):
         set_items(self.target_box, list(dict.fromkeys(targets + extra + chans)) + [CELL_TYPE_ITEM])
         classes = sorted(set(s.labels(CELL_TYPE_TARGET)["label"]) | set(_column_values(s.cells, "cell_type")))
         self.classes_edit.setText(", ".join(classes))
-        n_lab = len(s.store.labels())
-        self.run_info.setText(f"run {s.layout.root.name}: {len(s.sample_ids)} samples, {len(s.cells)} cells, "
-                              f"{n_lab} saved labels" + (f"; {s.note}" if s.note else ""))
+        self._update_info()
         self.set_target(self.target_box.currentText())
         shown = layer_meta(layers[0]).get("sample_id") if layers else None
         self.show_sample(shown if shown in s.sample_ids else (s.sample_ids[0] if s.sample_ids else None))
         return s
+
+    def _update_info(self) -> None:
+        s = self.session
+        self.run_info.setText(f"run {s.layout.root.name}: {len(s.sample_ids)} samples, {len(s.cells)} cells, "
+                              f"{s.n_saved} labels saved" + (f"; {s.note}" if s.note else ""))
 
     @property
     def target(self) -> str:
@@ -243,7 +246,7 @@ class CellClassifierWidget(QWidget):
         if sample_id is None or self.session is None:
             return None
         if sample_id == self.sample_id and self.cells_layer(sample_id) is not None:
-            self._update_overlays()
+            self._update_suggestion_rings()
             return self.cells_layer(sample_id)
         if self.cells_layer(sample_id) is None:
             self.viewer.open(str(self.session.layout.sample_dir(sample_id)), plugin="chemozone")
@@ -311,7 +314,7 @@ class CellClassifierWidget(QWidget):
         ids = np.atleast_1d(np.asarray(cell_ids, dtype=np.int64))
         if len(ids):
             self.session.label(sid, ids, target=self.target, label=self._label_value(label))
-            self._update_overlays()
+            self._update_label_rings()
         shown = label if label is not None else self.label_box.currentText()
         self.status.setText(f"{len(ids)} cell(s) of {sid} labelled {shown}")
         return len(ids)
@@ -327,7 +330,7 @@ class CellClassifierWidget(QWidget):
         text = ("pos" if value else "neg") if isinstance(value, bool) else value
         if old == [text]:
             self.session.unlabel(self.sample_id, [cid], target=self.target)
-            self._update_overlays()
+            self._update_label_rings()
             self.status.setText(f"cell {cid}: label removed")
         else:
             self.label_cells([cid], value)
@@ -379,15 +382,17 @@ class CellClassifierWidget(QWidget):
         return float(np.max(layer.size)) if layer is not None and np.size(layer.size) else 6.0
 
     def _update_overlays(self) -> None:
-        """Rings on the shown sample's labelled cells (green positive, magenta negative / class colours) and on
-        the suggested cells (yellow; the shown one larger)."""
+        self._update_label_rings()
+        self._update_suggestion_rings()
+
+    def _update_label_rings(self) -> None:
+        """Rings on the shown sample's labelled cells (green positive, magenta negative; cell types: class colours)."""
         if self.session is None or self.sample_id is None:
             return
-        s, sid, size = self.session, self.sample_id, self._point_size()
+        s, sid = self.session, self.sample_id
         lab = s.labels(self.target, sid)
         rows = s.rows(sid, lab["cell_id"].to_numpy())
         ok = rows >= 0
-        coords = s.cells[["y_um", "x_um"]].to_numpy(float)[rows[ok]]
         names = lab["label"].to_numpy()[ok]
         if self.target == CELL_TYPE_TARGET:
             from ._colors import category_colors
@@ -395,16 +400,21 @@ class CellClassifierWidget(QWidget):
             colors = category_colors(names, category_color_map(self.classes))
         else:
             colors = np.where((names == "pos")[:, None], [[0.2, 1.0, 0.2, 1.0]], [[1.0, 0.2, 1.0, 1.0]])
-        self._set_overlay(LABELS_LAYER, coords, colors, 1.8 * size)
+        self._set_overlay(LABELS_LAYER, s.yx[rows[ok]], colors, 1.5 * self._point_size())
+
+    def _update_suggestion_rings(self) -> None:
+        """Yellow rings on the shown sample's suggested cells (the one on show larger)."""
+        if self.session is None or self.sample_id is None:
+            return
+        s, sid, size = self.session, self.sample_id, self._point_size()
         sug = self.suggestions[self.suggestions["sample_id"] == sid] if self.suggestions is not None else None
         if sug is None or not len(sug):
             self._set_overlay(SUGGEST_LAYER, np.zeros((0, 2)), np.zeros((0, 4)), size)
             return
-        srows = s.rows(sid, sug["cell_id"].to_numpy())
         focus = self.focused is not None and self.focused[0] == sid
         big = (sug["cell_id"].to_numpy() == self.focused[1]) if focus else np.zeros(len(sug), bool)
-        self._set_overlay(SUGGEST_LAYER, s.cells[["y_um", "x_um"]].to_numpy(float)[srows],
-                          np.tile([1.0, 0.9, 0.0, 1.0], (len(sug), 1)), np.where(big, 4.0, 2.5) * size)
+        self._set_overlay(SUGGEST_LAYER, s.yx[s.rows(sid, sug["cell_id"].to_numpy())],
+                          np.tile([1.0, 0.9, 0.0, 1.0], (len(sug), 1)), np.where(big, 2.6, 1.8) * size)
 
     # ------------------------------------------------------------------ train, preview, suggest
     def train(self):
@@ -412,6 +422,7 @@ class CellClassifierWidget(QWidget):
         from chemozone.classify import format_metrics
 
         self.session.save_labels()
+        self._update_info()
         clf = self.session.train(self.target)
         self.metrics.setText(format_metrics(clf))
         self.preview()
@@ -462,14 +473,14 @@ class CellClassifierWidget(QWidget):
             if (sid, int(cid)) not in done:
                 self.focused = (str(sid), int(cid))
                 self.show_sample(str(sid))
-                y, x = self.session.cells[["y_um", "x_um"]].to_numpy(float)[self.session.rows(sid, [cid])[0]]
+                y, x = self.session.yx[self.session.rows(sid, [cid])[0]]
                 camera = _camera(self.viewer)
                 camera.center = (float(y), float(x))
                 camera.zoom = 800.0 / (FOCUS_FIELD_CELLS * self._point_size())
                 self.status.setText(f"suggestion {self._next}/{len(self.suggestions)}: cell {cid} of {sid}")
                 return self.focused
         self.focused = None
-        self._update_overlays()
+        self._update_suggestion_rings()
         self.status.setText("no suggestion left: train again and ask for more")
         return None
 
@@ -486,6 +497,7 @@ class CellClassifierWidget(QWidget):
     # ------------------------------------------------------------------ save
     def save_labels(self) -> Path:
         path = self.session.save_labels()
+        self._update_info()
         self.status.setText(f"{len(self.session.store.labels())} labels saved to {path}")
         return path
 
@@ -495,6 +507,7 @@ class CellClassifierWidget(QWidget):
             self.status.setText("train a classifier first")
             return None
         self.session.save_labels()
+        self._update_info()
         path, metrics = self.session.save_classifiers()
         markers = [t for t, c in self.session.classifiers.items() if c.kind == "marker"]
         self.status.setText(f"saved {path} and {metrics.name}; to replay it in 'chemozone run' set "

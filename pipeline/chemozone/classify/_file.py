@@ -209,10 +209,6 @@ def load_classifier(path: str | Path, *, channels: Sequence[str] | None = None) 
     return out
 
 
-METRICS_KEYS = ("balanced_accuracy", "f1", "n_labels")
-"""What :func:`write_classifier_metrics` records per classifier (the report reads these)."""
-
-
 def write_classifier_metrics(path: str | Path, classifiers: CellClassifier | Sequence[CellClassifier]) -> Path:
     """Write the classifiers' cross-validated metrics as the JSON the report reads.
 
