@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -166,8 +167,11 @@ def test_classifier_widget_cell_types_and_its_messages(make_napari_viewer, clf_r
     from chemozone_napari._classifier_widget import CellClassifierWidget
 
     viewer = make_napari_viewer()
+    w = CellClassifierWidget(viewer)  # before the run is open
+    w.train_btn.click()
+    assert "open a run folder first" in w.status.text()
     viewer.open(str(clf_run), plugin="chemozone")
-    w = CellClassifierWidget(viewer)
+    assert w.session is not None and w.sample_id == "s1"  # it attaches to the run as it opens
     assert w.label_lasso() == 0 and "Lasso first" in w.status.text()
     assert w.preview() is None and "train" in w.status.text()
     w.set_target("cell type", classes=[])
@@ -175,7 +179,20 @@ def test_classifier_widget_cell_types_and_its_messages(make_napari_viewer, clf_r
         w.label_at(_centre(1))
     w.set_target("cell type", classes=["T cell", "Tumor"])
     assert [w.label_box.itemText(k) for k in range(w.label_box.count())] == ["T cell", "Tumor"]
-    w.label_cells([1, 4], "T cell")
+    # the canvas callback: a click (press, release) labels the cell under it with the chosen class; a drag does not
+    for moves, expected in (([], ["T cell"]), ([_centre(20) + 6.0], ["T cell"])):
+        w.label_box.setCurrentText("T cell")
+        event = SimpleNamespace(type="mouse_press", button=1, position=tuple(_centre(20 if moves else 1)))
+        gen = w._on_mouse(viewer, event)
+        next(gen)
+        for pos in moves:
+            event.type, event.position = "mouse_move", tuple(pos)
+            next(gen)
+        event.type = "mouse_release"
+        next(gen, None)
+        lab = w.session.labels("cell_type")
+        assert lab["label"].tolist() == expected and lab["cell_id"].tolist() == [1]
+    w.label_cells([4], "T cell")
     w.label_cells([2, 3, 5, 6, 7, 9], "Tumor")
     w.train_btn.click()  # two T cells only: refused, said in one line
     assert "label at least 3 cells of each" in w.status.text() and "cell_type" not in w.session.classifiers

@@ -142,6 +142,9 @@ class CellClassifierWidget(QWidget):
         """Run a button's action; a chemozone error becomes the status line."""
         from chemozone.errors import ChemozoneError
 
+        if self.session is None:
+            self.status.setText("open a run folder first (File > Open Folder, or 'chemozone view run/')")
+            return None
         try:
             return func()
         except ChemozoneError as exc:
