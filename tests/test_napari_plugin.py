@@ -140,7 +140,7 @@ def test_manifest_validates_and_is_discovered():
     assert mf.name == "chemozone"  # must equal the distribution name for napari to load it
     assert {c.id for c in mf.contributions.commands} >= {"chemozone.get_reader", "chemozone.make_sample",
                                                           "chemozone.gates", "chemozone.zones"}
-    assert len(mf.contributions.widgets) == 6  # analyse, gates, zones, inspector, infiltration, regions
+    assert len(mf.contributions.widgets) == 7  # analyse, gates, zones, inspector, infiltration, regions, classifier
     assert mf.contributions.readers[0].accepts_directories
     for cmd in mf.contributions.commands:  # every python_name resolves
         module, attr = cmd.python_name.split(":")

@@ -55,3 +55,40 @@ def binary_colors(pos: np.ndarray) -> np.ndarray:
     """``(N, 4)`` RGBA: positive cells red, negative cells dim grey."""
     pos = np.asarray(pos, dtype=bool)
     return np.where(pos[:, None], POS_COLOR[None, :], NEG_COLOR[None, :])
+
+
+PROBABILITY_CMAP = "coolwarm"
+"""Colormap of a marker's probability preview: negative blue, uncertain grey-white, positive red."""
+
+
+def _probability_lut(n: int = 256) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return colormaps[PROBABILITY_CMAP](np.linspace(0.0, 1.0, n))
+
+
+_LUT: list[np.ndarray] = []
+
+
+def probability_colors(prob: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` RGBA of probabilities in [0, 1] through :data:`PROBABILITY_CMAP` (one table lookup; NaN grey)."""
+    if not _LUT:
+        _LUT.append(_probability_lut())
+    lut = _LUT[0]
+    p = np.asarray(prob, dtype=float)
+    idx = np.rint(np.nan_to_num(p, nan=0.0).clip(0.0, 1.0) * (len(lut) - 1)).astype(np.intp)
+    out = lut[idx]
+    out[~np.isfinite(p)] = GREY
+    return out
+
+
+def class_probability_colors(classes, proba: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` RGBA: the colour of each cell's most probable class, its opacity the probability (NaN rows grey)."""
+    proba = np.asarray(proba, dtype=float)
+    ok = np.isfinite(proba).all(axis=1) if proba.size else np.zeros(len(proba), bool)
+    best = np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1) if proba.size else np.zeros(0, int)
+    names = np.asarray([str(c) for c in classes], dtype=object)[best]
+    out = category_colors(names, category_color_map(classes))
+    out[:, 3] = np.where(ok, 0.25 + 0.75 * np.nan_to_num(np.max(proba, axis=1) if proba.size else 0.0), 1.0)
+    out[~ok] = GREY
+    return out

@@ -16,16 +16,25 @@ Typical use (the napari widget does the same)::
     cells = cl.predict_cells(cells, clf, features=feats)     # + CXCR3_prob, CXCR3_pos
     nxt = cl.suggest_cells(cells, clf, k=20, labelled=store.labels("CXCR3"), features=feats)
     cl.save_classifier(RunLayout(run_dir).classifier_file, [clf])
+    cl.write_classifier_metrics(RunLayout(run_dir).classifier_metrics, [clf])   # what the report shows
     # batch replay: phenotypes.classifier_file + gate method "classifier" for CXCR3
 
 Modules (one concept each): ``_features`` (:func:`cell_features`), ``_model`` (:class:`CellClassifier`),
-``_train`` (training, calibration, metrics), ``_file`` (:func:`save_classifier`, :func:`load_classifier`),
+``_train`` (training, calibration, metrics), ``_file`` (:func:`save_classifier`, :func:`load_classifier`,
+:func:`write_classifier_metrics`),
 ``_predict`` (:func:`predict_cells`), ``_replay`` (``phenotypes.classifier_file`` in a run), ``_suggest``
 (:func:`suggest_cells`), ``_labels`` (:class:`LabelStore`).
 """
 
 from ._features import FEATURE_COMPARTMENTS, MORPHOLOGY_COLUMNS, cell_features, feature_channels, neighbour_indices
-from ._file import TRUSTED_TYPES, check_panel, load_classifier, read_classifier_metadata, save_classifier
+from ._file import (
+    TRUSTED_TYPES,
+    check_panel,
+    load_classifier,
+    read_classifier_metadata,
+    save_classifier,
+    write_classifier_metrics,
+)
 from ._labels import LABEL_COLUMNS, LabelStore, merge_labels
 from ._model import CellClassifier
 from ._predict import POSITIVE_PROBABILITY, classifier_probabilities, predict_cells
@@ -56,6 +65,7 @@ __all__ = [
     "save_classifier",
     "load_classifier",
     "read_classifier_metadata",
+    "write_classifier_metrics",
     "check_panel",
     "TRUSTED_TYPES",
     "predict_cells",

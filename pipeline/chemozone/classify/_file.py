@@ -207,3 +207,43 @@ def load_classifier(path: str | Path, *, channels: Sequence[str] | None = None) 
                                   k_neighbors=int(e["k_neighbors"]), metrics=dict(e["metrics"]),
                                   chemozone_version=e.get("chemozone_version", "")))
     return out
+
+
+def write_classifier_metrics(path: str | Path, classifiers: CellClassifier | Sequence[CellClassifier]) -> Path:
+    """Write the classifiers' cross-validated metrics as the JSON the report reads.
+
+    The file (by default :attr:`chemozone.layout.RunLayout.classifier_metrics`, ``classifier/metrics.json``)
+    holds ``{target: {"balanced_accuracy": float, "f1": float, "n_labels": int}}``: one entry per classifier
+    (a marker, or the cell-type classification's name), from :attr:`CellClassifier.metrics`. Written
+    atomically; an existing file is replaced (save it beside the classifier file it describes).
+
+    Parameters
+    ----------
+    path : str or Path
+    classifiers : CellClassifier or sequence of CellClassifier
+        Distinct targets (as for :func:`save_classifier`).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ClassifierError
+        Nothing to write, or repeated targets.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> c = CellClassifier("CXCR3", "marker", [False, True], None, None, [], [], 6,
+    ...                    {"balanced_accuracy": 0.91, "f1": 0.88, "n_folds": 5, "n_labels": 120})
+    >>> p = write_classifier_metrics(Path(tempfile.mkdtemp()) / "metrics.json", [c])
+    >>> json.loads(p.read_text())
+    {'CXCR3': {'balanced_accuracy': 0.91, 'f1': 0.88, 'n_labels': 120}}
+    """
+    from ..layout import atomic_write_json
+
+    items = _as_list(classifiers)
+    data = {c.target: {"balanced_accuracy": float(c.metrics.get("balanced_accuracy", float("nan"))),
+                       "f1": float(c.metrics.get("f1", float("nan"))), "n_labels": c.n_labels} for c in items}
+    return atomic_write_json(path, data)
