@@ -87,7 +87,7 @@ def generate_cohort(out: str | Path, *, preset: str = "demo", patients: int | No
     if size < 64:
         raise ConfigError(f"synth --size must be >= 64 px, got {size}")
     ch = check_channels(channels if channels is not None else p["channels"])
-    cfg = cohort_config(ch)
+    cfg = cohort_config(ch, sham=any(d == 0 for _, d in p["design"]))
     config_from_dict(cfg, source="synth cohort_config")  # fail before any work
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def generate_cohort(out: str | Path, *, preset: str = "demo", patients: int | No
     return out
 
 
-def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
+def cohort_config(channels: Sequence[str] | None = None, *, sham: bool = True) -> dict[str, Any]:
     """A chemozone config (as a dict) that analyses a synthetic cohort with these channels.
 
     Rules name the truth's cell types (``Tumor, CD8 T, CD4 T, NK, Macrophage, Other immune, Stroma``);
@@ -139,9 +139,14 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
     effectiveness; no value that only the
     generator knows (its amplitudes, zone level or RBE factors).
 
+    ``sham=False`` (a design without 0 Gy samples, e.g. the ``large`` preset): producers keep the default (pooled)
+    gates, as README says for cohorts without a reference, and zones fall back to the pooled model with a warning.
+
     >>> from chemozone.config import config_from_dict
     >>> config_from_dict(cohort_config()).zones[0].name
     'CXCL8'
+    >>> config_from_dict(cohort_config(sham=False)).phenotypes.markers["CXCL8"].gate.method
+    'pooled'
     """
     ch = list(channels) if channels is not None else list(DEFAULT_CHANNELS)
     has = set(ch)
@@ -153,7 +158,7 @@ def cohort_config(channels: Sequence[str] | None = None) -> dict[str, Any]:
     producer_q = {"p21": 0.95, "CXCL8": 0.99, "CXCL10": 0.99, "CCL5": 0.99}
     markers = {m: {"compartment": comp.get(m, "cell"), "transform": "arcsinh"} for m in ch if m != "DAPI"}
     for m, q in producer_q.items():
-        if m in markers:
+        if m in markers and sham:
             markers[m]["gate"] = {**reference, "quantile": q}
     # lineage-specific immune markers first: immune cells inside tumor nests pick up panCK from the
     # surrounding tumor cytoplasm (blur, spillover), so "panCK+" alone must not outrank CD3/CD56/CD68, nor
