@@ -61,7 +61,7 @@ from eval_user_config import IMMUNE, load_matched  # noqa: E402
 
 
 def oracle_labelling(cells: pd.DataFrame, features: pd.DataFrame, truth: pd.Series, *, marker: str, seed: int,
-                     start: int = 20, batch: int = 20, budget: int = 200):
+                     start: int = 20, batch: int = 20, budget: int = 200, gbm_params: dict | None = None):
     """Active learning with the truth as the user: cold-start suggestions, then train / suggest / label rounds.
 
     Parameters
@@ -81,6 +81,8 @@ def oracle_labelling(cells: pd.DataFrame, features: pd.DataFrame, truth: pd.Seri
         classes have ``MIN_LABELS_PER_CLASS`` labels).
     budget : int
         Most labels (never exceeded).
+    gbm_params : dict, optional
+        Overrides of ``chemozone.classify.GBM_PARAMS`` (default: none, as the widget trains).
 
     Returns
     -------
@@ -114,7 +116,8 @@ def oracle_labelling(cells: pd.DataFrame, features: pd.DataFrame, truth: pd.Seri
         if min(n_pos, len(labels) - n_pos) < MIN_LABELS_PER_CLASS:
             continue  # not trainable yet: more cold-start suggestions
         y = pd.Series(labels)
-        clf = train_marker_classifier(features.loc[y.index], y.to_numpy(), marker=marker, seed=seed, verbose=False)
+        clf = train_marker_classifier(features.loc[y.index], y.to_numpy(), marker=marker, seed=seed, verbose=False,
+                                      gbm_params=gbm_params)
         log.append({"n_labels": len(y), "n_pos": int(y.sum()), "n_skipped": len(skipped), "cv_f1": clf.metrics["f1"]})
     if clf is None:
         raise ValueError(f"oracle_labelling: '{marker}' never had {MIN_LABELS_PER_CLASS} labels of each class")
