@@ -23,7 +23,8 @@ gates at their defaults, README zone mode; nothing from the generator), matches 
 Soft calls: ``--probs FILE`` (a parquet/CSV with ``sample_id, cell_id, {receptor}_prob``, e.g. from the cell
 classifier), else a **STAND-IN**: a logistic regression of the truth flag on ``log({receptor}_cell)`` fitted on
 ``--labels`` randomly chosen truth immune cells per receptor (not the classifier of issue 17; it only shows the
-comparison runs). F1 of the soft calls (p > 0.5) is scored on the immune cells that were not labelled.
+comparison runs; ``benchmarks/eval_classifier_dim.py`` runs the real classifier from suggested labels). F1 of
+the soft calls (p > 0.5) is scored on the immune cells that were not labelled.
 
 Measured (seed 0, 2 cores; ``--size 2048``: 9 samples, 18,233 matched cells, 7,532 truth immune cells; generate
 301 s + run 382 s): contrast pos/neg 1.82 / 2.06 / 1.95 (CXCR2 / CXCR3 / CCR5); receptor F1 of the run's default
