@@ -244,3 +244,25 @@ def test_report_on_one_condition_without_radiation_column_real_run(tmp_path, cap
             assert re.search(r"No zone area fraction vs dose figure: every sample has the same dose \(10 Gy\)", text)
         else:
             assert text.count("No zones configured (the config&#x27;s zones list is empty)") == 3
+
+
+def test_report_intervals_follow_stats_ci_method(report, tmp_path):
+    """``stats.ci_method`` of the run's config reaches the report's dose-response fits (and is shown)."""
+    import json
+    import shutil
+
+    from chemozone.config import config_from_dict
+    from chemozone.errors import ConfigError
+    from chemozone.report import render_report
+
+    info, path = report
+    out = tmp_path / "run"
+    shutil.copytree(path.parent, out)
+    rec = json.loads((out / "run.json").read_text())
+    rec.setdefault("config", {}).setdefault("stats", {})["ci_method"] = "percentile"
+    (out / "run.json").write_text(json.dumps(rec))
+    text = render_report(out)
+    assert ">percentile<" in text and ">student-t<" not in text
+    assert ">student-t<" in path.read_text(encoding="utf-8")  # the default
+    with pytest.raises(ConfigError, match=r"stats.ci_method"):
+        config_from_dict({"stats": {"ci_method": "wald"}})

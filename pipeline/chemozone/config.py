@@ -367,6 +367,9 @@ class StatsConfig(_Section):
     reference_radiation: str = "photon"
     n_bootstrap: PositiveInt = 200
     seed: int = 0
+    ci_method: Literal["student-t", "bca", "bca-expanded", "percentile"] = "student-t"
+    """Bootstrap interval of dose-response parameters in the report (student-t: estimate ± t·SD of the patient
+    bootstrap; its coverage on simulated cohorts of six patients is in README, "Statistics: intervals ...")."""
 
 
 # ----------------------------------------------------------------------------------------------- run

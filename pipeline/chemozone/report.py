@@ -213,8 +213,14 @@ def _gates(run: dict[str, Any]) -> str:
             + more + "</p>" + _figure(fig, "gate histograms", "Gate histograms"))
 
 
+def _ci_method(run: dict[str, Any]) -> str:
+    """The interval method of the run's config (``stats.ci_method``; student-t for runs written before the key)."""
+    return str(((run["run"].get("config") or {}).get("stats") or {}).get("ci_method", "student-t"))
+
+
 def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: str, n_bootstrap: int, seed: int,
-                 fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "loglinear", "emax", "hill")) -> str:
+                 fits_out: list[pd.DataFrame], models: tuple[str, ...] = ("linear", "loglinear", "emax", "hill"),
+                 ci_method: str = "student-t") -> str:
     """One panel per metric: points per sample coloured by radiation, chosen fit + 95 % band per arm.
 
     Without dose variation (one dose, or no ``dose_gy``) there is no dose response: a sentence says so and
@@ -238,7 +244,7 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
                        marker="o" if g["dose_gy"].max() > 0 else "x")
         try:
             fits, boot = stats.fit_dose_response_with_bootstrap(sub, metric=col, n_bootstrap=n_bootstrap, seed=seed,
-                                                                models=models)
+                                                                models=models, ci_method=ci_method)
         except (ChemozoneError, ValueError) as e:
             ax.set_title(f"{title}\n(no fit: {e})", fontsize=7)
             continue
@@ -277,7 +283,8 @@ def _fit_summary(fits: list[pd.DataFrame]) -> str:
     f = f[f["chosen"]]
     cols = ["metric", "group", "model", "E0", "Emax", "ED50", "ED50_ci_lo", "ED50_ci_hi", "slope", "log_slope",
             "plateau_delta_aic", "plateau_vs_loglinear_delta_aic", "plateau", "tost_p", "n_bootstrap",
-            "n_bootstrap_failed"]
+            "n_bootstrap_failed", "ci_method"]
+    cols = [c for c in cols if c in f.columns]
     return "<details><summary>Fitted parameters (chosen model per arm)</summary>" + _table(f[cols]) + "</details>"
 
 
@@ -300,7 +307,7 @@ def _zone_area(run: dict[str, Any], nb: int, seed: int) -> str:
         return _note("No zone areas or doses to plot.")
     fits: list[pd.DataFrame] = []
     fig = _dose_figure(za, [(c, c[len("area_fraction_"):]) for c in cols[:9]], ylabel="zone area fraction",
-                       n_bootstrap=nb, seed=seed, fits_out=fits)
+                       n_bootstrap=nb, seed=seed, fits_out=fits, ci_method=_ci_method(run))
     return fig + _fit_summary(fits)
 
 
@@ -404,7 +411,7 @@ def _infiltration(run: dict[str, Any], nb: int, seed: int) -> str:
     panels = [(c, c) for c in df.columns if " in " in c and c.split(" in ")[0].endswith("+")]
     fits: list[pd.DataFrame] = []
     amount = _dose_figure(df, panels[:12], ylabel="receptor+ cells inside zone per mm² tissue", n_bootstrap=nb,
-                          seed=seed, fits_out=fits, models=("linear", "loglinear", "emax"))
+                          seed=seed, fits_out=fits, models=("linear", "loglinear", "emax"), ci_method=_ci_method(run))
     return (_INFILTRATION_TEXT + "<h3>Infiltration amount (receptor+ cells in zone per mm² tissue)</h3>" + amount
             + _fit_summary(fits)
             + "<h3>Density inside the zone (per mm² of zone): receptor+ vs receptor−</h3>"
