@@ -246,7 +246,7 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
 
     sid = row["sample_id"]
     lay = RunLayout(out)
-    frames, at_cells = [], []
+    frames, at_cells, positions = [], [], None
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
@@ -260,7 +260,9 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
                 tissue=tissue_grid, **zone_signal_options(z)))
             frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
             if z.threshold.mode == "halfmax":
-                at_cells.append(signal_at_cells(sig, pd.read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"]),
+                if positions is None:  # read once per sample, whatever the number of halfmax zones
+                    positions = pd.read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
+                at_cells.append(signal_at_cells(sig, positions,
                                                 grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels))
     if at_cells:
         write_parquet(pd.concat(at_cells, ignore_index=True), lay.sample(sid).zone_cell_signal)
