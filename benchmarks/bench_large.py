@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_large.py                      # 4096² px, segmentation breakdown (~1-2 min)
     python benchmarks/bench_large.py --run                # + the whole run with one worker
     python benchmarks/bench_large.py --size 16384 --run --workers 1 2
+    python benchmarks/bench_large.py --mosaic --size 40000 --run --workers 2 --skip-segmentation  # 40k², 15 ch
 """
 
 from __future__ import annotations
@@ -277,10 +278,18 @@ def main(argv=None) -> int:
     ap.add_argument("--run", action="store_true", help="also run the whole pipeline (section 2)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1])
     ap.add_argument("--skip-segmentation", action="store_true")
+    ap.add_argument("--mosaic", action="store_true",
+                    help="a mosaic of a generated 4096² sample with the 15-channel panel (mosaic_section.py): "
+                         "minutes to build at any size instead of rendering the whole section")
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    coh = cohort(args.size, args.dir)
+    if args.mosaic:
+        from mosaic_section import mosaic_cohort
+
+        coh = mosaic_cohort(args.size, args.dir, synth_hash=_synth_hash())
+    else:
+        coh = cohort(args.size, args.dir)
     cfg_path = _bench_config(coh)
     report: dict = {"size": args.size}
     if not args.skip_segmentation:
@@ -289,7 +298,7 @@ def main(argv=None) -> int:
     if args.run:
         report["runs"] = [whole_run(coh, cfg_path, args.dir, w) for w in args.workers]
         print_runs(report["runs"])
-    out = args.dir / f"breakdown_{args.size}.json"
+    out = args.dir / f"breakdown_{'mosaic_' if args.mosaic else ''}{args.size}.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"\nbreakdown written to {out}")
     return 0

@@ -382,7 +382,7 @@ def test_cli_run_72_dpi_uses_and_records_the_config_value(dpi72_field, tmp_path,
 
     out = tmp_path / "run"
     code = main(["run", str(dpi72_field / "dpi72.tif"), "--config", str(dpi72_field / "px.yaml"), "--out", str(out),
-                 "--workers", "1", "--quiet"])
+                 "--workers", "0", "--quiet"])
     stdout = capsys.readouterr().out
     assert code == 0
     assert re.match(r"^1/1 samples done \(\d+ warnings?, see below and run\.json\)", stdout.splitlines()[0])

@@ -170,7 +170,7 @@ def _truth(tiny: Path, sid: str, name: str) -> np.ndarray:
 def _run(sheet: pd.DataFrame, cfg: Path, tmp_path: Path, *extra: str) -> tuple[int, Path]:
     sheet.to_csv(tmp_path / "samples.csv", index=False)
     out = tmp_path / "run"
-    code = main(["run", str(tmp_path / "samples.csv"), "--config", str(cfg), "--out", str(out), "--workers", "1",
+    code = main(["run", str(tmp_path / "samples.csv"), "--config", str(cfg), "--out", str(out), "--workers", "0",
                  "--quiet", "--no-report", *extra])
     return code, out
 

@@ -217,7 +217,7 @@ def cohort_with_empty_sample(tmp_path_factory):
 def test_empty_sample_is_done_but_warned_everywhere(cohort_with_empty_sample, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", str(cohort_with_empty_sample), "--config", str(cohort_with_empty_sample / "config.yaml"),
-                 "--out", str(out), "--workers", "1", "--quiet"])
+                 "--out", str(out), "--workers", "0", "--quiet"])
     stdout = capsys.readouterr().out
     assert code == 0
     empty = "P02_sham_0Gy_r1"

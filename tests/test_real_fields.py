@@ -41,7 +41,7 @@ def _run(shared_data, tmp_path, name):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config)
     out = tmp_path / "run"
-    assert main(["run", str(sheet), "--config", str(cfg), "--out", str(out), "--workers", "1"]) == 0
+    assert main(["run", str(sheet), "--config", str(cfg), "--out", str(out), "--workers", "0"]) == 0
     run = json.loads((out / "run.json").read_text())
     return run["samples"][name]
 

@@ -213,7 +213,7 @@ def region_run(tiny, tmp_path_factory):
     (tmp / "config.yaml").write_text(cfg)
     out = tmp / "run"
     code = main(["run", str(tmp / "samples.csv"), "--config", str(tmp / "config.yaml"), "--out", str(out),
-                 "--workers", "1", "--quiet", "--no-report", "--on-error", "skip"])
+                 "--workers", "0", "--quiet", "--no-report", "--on-error", "skip"])
     return {"code": code, "out": out, "sheet": sheet, "tmp": tmp, "s_reg": s_reg}
 
 

@@ -235,7 +235,7 @@ def test_report_on_one_condition_without_radiation_column_real_run(tmp_path, cap
     (cohort / "nozones.yaml").write_text(yaml.safe_dump(cfg))
     for name, config in (("zones", "config.yaml"), ("nozones", "nozones.yaml")):
         out = tmp_path / name
-        assert main(["run", str(cohort), "--config", str(cohort / config), "--out", str(out), "--workers", "1",
+        assert main(["run", str(cohort), "--config", str(cohort / config), "--out", str(out), "--workers", "0",
                      "--quiet"]) == 0
         assert capsys.readouterr().out.splitlines()[0].startswith("4/4 samples done")
         text = (out / "report.html").read_text(encoding="utf-8")

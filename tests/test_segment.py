@@ -596,6 +596,21 @@ def test_estimate_nucleus_diameter_on_the_synthetic_explant_and_lazily_on_crops(
     assert all(y1 - y0 <= 160 * rec["working_factor"] for y0, _, y1, _ in rec["crops"])
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (97, 130), (256, 200)])
+def test_fft_log_stack_equals_scipy_gaussian_laplace(shape):
+    """The auto diameter's FFT scale space is scipy's ``gaussian_laplace`` (same truncated kernels, same
+    reflect boundary, kernels nearly as wide as the image) to rounding."""
+    from scipy import ndimage as ndi
+
+    from chemozone.segment._scale import _normalised_log_stack
+
+    img = np.random.default_rng(shape[0]).gamma(2.0, size=shape)
+    img[10:20, 5:40] += 5.0  # an edge and a bright block near the border
+    sigmas = np.geomspace(0.7, min(shape) / 8.5, 9)
+    want = np.stack([-(s ** 2) * ndi.gaussian_laplace(img, s) for s in sigmas])
+    np.testing.assert_allclose(_normalised_log_stack(img, sigmas), want, rtol=0, atol=1e-12)
+
+
 def test_estimate_nucleus_diameter_errors():
     from chemozone.segment import estimate_nucleus_diameter_um
 

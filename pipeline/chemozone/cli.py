@@ -112,8 +112,21 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-column", default=None, help="column naming each cell's sample")
 
 
+def _workers(text: str) -> int:
+    """``--workers``: a whole number >= 0 (0 = no cluster, samples run in this process)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number >= 0 (0: no Dask cluster), got {text!r}")
+    return n
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help="local Dask workers (default: config run.workers)")
+    p.add_argument("--workers", type=_workers, default=None,
+                   help="local Dask workers (default: config run.workers); 0 runs every sample in this process, "
+                        "without a Dask cluster (small cohorts, debugging)")
     p.add_argument("--memory-limit", default=None, help="memory limit per local worker, e.g. 4GB")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--resume", action="store_true", help="skip samples whose inputs and config are unchanged")
@@ -238,8 +251,8 @@ def cli_demo(args: argparse.Namespace) -> int:
         print(f"generating the synthetic '{args.preset}' cohort in {cohort} ...")
         generate_cohort(cohort, preset=args.preset)
     run_dir = out / "run"
-    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=args.workers or min(2, os.cpu_count() or 1),
-                    **_run_options(args))
+    workers = min(2, os.cpu_count() or 1) if args.workers is None else args.workers
+    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=workers, **_run_options(args))
     from .report import write_report
 
     report = write_report(run_dir)

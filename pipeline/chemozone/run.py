@@ -39,7 +39,7 @@ from . import _run_record as record
 from ._run_record import Ledger as _Ledger
 from ._run_record import RunResult
 from .config import Config, load_config
-from .errors import ChemozoneError, RunError
+from .errors import ChemozoneError, ConfigError, RunError
 from .layout import RunLayout, atomic_write_json, new_provenance, write_parquet
 from .options import (
     classifier_options,
@@ -436,13 +436,15 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     out : path
         Run folder.
     workers, scheduler, memory_limit : optional
-        Local cluster size and per-worker memory, or the address of an existing scheduler.
+        Local cluster size and per-worker memory, or the address of an existing scheduler. ``workers=0``
+        runs in this process (as ``in_process``).
     resume : bool
         Skip step A of samples whose input and step-A config are unchanged.
     on_error : {"raise", "skip"}, optional
         Default from ``config.run.on_error``.
     in_process : bool
-        Run without a Dask cluster (synchronous, for debugging and fast tests).
+        Run without a Dask cluster (synchronous, in this process: small cohorts, debugging; a crash in one
+        sample's native code then stops the run, and ``memory_limit`` does not apply).
 
     Returns
     -------
@@ -456,6 +458,9 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     """
     from .validate import runnable_inputs
 
+    if workers is not None and workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: no Dask cluster), got {workers}")
+    in_process = in_process or workers == 0
     cfg = config if isinstance(config, Config) else load_config(config)
     on_error = on_error or cfg.run.on_error
     lay = RunLayout(out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -168,12 +169,57 @@ def _noise_sigma(img: np.ndarray) -> float:
     return math.sqrt(math.pi / 2) * float(np.mean(np.abs(c))) / 6.0 if c.size else 0.0
 
 
+@lru_cache(maxsize=512)
 def _log_gain(sigma: float) -> float:
     """Standard deviation of the normalised LoG response to unit white noise at ``sigma``."""
     n = 2 * int(math.ceil(4 * sigma)) + 1
     delta = np.zeros((n, n))
     delta[n // 2, n // 2] = 1.0
     return sigma ** 2 * float(np.sqrt((ndi.gaussian_laplace(delta, sigma) ** 2).sum()))
+
+
+def _normalised_log_stack(img: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """``-(s**2) * ndi.gaussian_laplace(img, s)`` for every ``s`` in ``sigmas``, shape (S, Y, X), by FFT.
+
+    The same truncated kernels and the same ``reflect`` boundary as :func:`scipy.ndimage.gaussian_laplace`
+    (the image is padded by reflection by the largest kernel radius and convolved circularly, which is the
+    linear convolution on the kept part), so the result equals scipy's up to floating-point rounding
+    (``benchmarks/bench_scale_log.py`` compares both); one forward transform serves every scale, which is
+    what makes the large scales cheap (direct filtering costs grow with the kernel).
+    """
+    from scipy import fft
+
+    h, w = img.shape
+    radii = [int(4.0 * float(s) + 0.5) for s in sigmas]  # scipy's truncate=4.0 radius
+    pad = max(radii)
+    ny, nx = fft.next_fast_len(h + 2 * pad, real=True), fft.next_fast_len(w + 2 * pad, real=True)
+    padded = np.pad(img, ((pad, ny - h - pad), (pad, nx - w - pad)), mode="symmetric")
+    spec = fft.rfft2(padded)
+    out = np.empty((len(sigmas), h, w))
+    for i, (s, r) in enumerate(zip(sigmas, radii)):
+        k0y, k2y = _kernel_spectra(float(s), r, ny, real=False)
+        k0x, k2x = _kernel_spectra(float(s), r, nx, real=True)
+        kern = np.outer(k2y, k0x) + np.outer(k0y, k2x)
+        out[i] = fft.irfft2(spec * kern, s=(ny, nx))[pad:pad + h, pad:pad + w]
+        out[i] *= -(float(s) ** 2)
+    return out
+
+
+def _kernel_spectra(sigma: float, radius: int, n: int, *, real: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier transforms (length ``n``, centred at index 0) of scipy's order-0 and order-2 Gaussian kernels."""
+    from scipy import fft
+
+    delta = np.zeros(2 * radius + 1)
+    delta[radius] = 1.0
+    spectra = []
+    for order in (0, 2):
+        k = ndi.gaussian_filter1d(delta, sigma, order=order, mode="constant", truncate=4.0)
+        line = np.zeros(n)
+        line[: radius + 1] = k[radius:]
+        if radius:
+            line[-radius:] = k[:radius]
+        spectra.append(fft.rfft(line) if real else fft.fft(line))
+    return spectra[0], spectra[1]
 
 
 def _blobs(img: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -186,8 +232,8 @@ def _blobs(img: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, ...]:
     if hi <= lo:
         return (np.zeros(0, int),) * 2 + (np.zeros(0),) * 2
     img = (img - lo) / (hi - lo)
-    stack = np.stack([-(s ** 2) * ndi.gaussian_laplace(img, s) for s in sigmas])
-    noise = _noise_sigma(img) * np.array([_log_gain(s) for s in sigmas])
+    stack = _normalised_log_stack(img, sigmas)
+    noise = _noise_sigma(img) * np.array([_log_gain(float(s)) for s in sigmas])
     sm = ndi.gaussian_filter(img, sigmas[0])
     bg = sm <= threshold_otsu(sm) if sm.max() > sm.min() else np.ones(sm.shape, bool)
     if bg.mean() > 0.05:  # spread of the response over background pixels: correlated and count noise
