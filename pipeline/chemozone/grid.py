@@ -141,14 +141,25 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
         import dask.array as da  # noqa: PLC0415
 
         arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=(1, factor * 512, factor * 512))
-        sub = arr[idx].astype(np.float64)
+        sub = arr[idx]
         if pad[1][1] or pad[2][1]:
             sub = da.pad(sub, pad, mode="constant")
-        step = factor * max(1, 1024 // factor)
-        sums = da.coarsen(np.sum, sub.rechunk((1, step, step)), {1: factor, 2: factor}).compute()
+        if not all(c % factor == 0 for ax in sub.chunks[1:] for c in ax):  # blocks must not straddle chunks
+            step = factor * max(1, 1024 // factor)
+            sub = sub.rechunk((1, step, step))
+        # integer images are summed as int64 (exact, like float64 sums of integers, without a float copy)
+        acc = np.int64 if np.issubdtype(sub.dtype, np.integer) else np.float64
+        out_chunks = (sub.chunks[0],) + tuple(tuple(c // factor for c in ax) for ax in sub.chunks[1:])
+        sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc).compute()
     rows = np.minimum(factor, h - np.arange(gh) * factor)
     cols = np.minimum(factor, w - np.arange(gw) * factor)
     return (sums / np.outer(rows, cols)).astype(dtype)
+
+
+def _block_sums(block: np.ndarray, factor: int, acc) -> np.ndarray:
+    """Sums of the ``factor × factor`` blocks of a (C, Y, X) chunk whose sides are multiples of ``factor``."""
+    c, h, w = block.shape
+    return block.reshape(c, h // factor, factor, w // factor, factor).sum(axis=(2, 4), dtype=acc)
 
 
 def cell_grid_index(cells: Any, *, grid_um: float, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
