@@ -152,3 +152,15 @@ def test_lymphoid_panel_without_cd45_takes_the_t_cell_rule_marker():
     assert opts["leukocyte_markers"][:2] == ["CD4", "FOXP3"]
     chosen = choose_qc_channels(["DAPI", "CD4", "CD8", "FOXP3", "BCL6"], **opts)
     assert _names(chosen) == [("DAPI", "nuclear", "blue"), ("CD4", "leukocyte", "red")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 6, 8, 12])
+def test_strided_labels_reads_the_same_pixels_from_a_pyramid_level(tmp_path, step):
+    """The QC outline's ``labels[::step, ::step]`` comes from the coarsest pyramid level holding exactly those
+    pixels: equal to striding the full-resolution labels, for steps that are and are not powers of two."""
+    from chemozone.io import write_labels_zarr
+    from chemozone.qc import strided_labels
+
+    lab = np.random.default_rng(step).integers(0, 2**32 - 1, size=(203, 150), dtype=np.uint32)
+    write_labels_zarr(tmp_path / "m.zarr", "cells", lab, pixel_size_um=0.5, levels=4)
+    np.testing.assert_array_equal(strided_labels(tmp_path / "m.zarr", "cells", step), lab[::step, ::step])

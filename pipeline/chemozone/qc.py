@@ -229,9 +229,34 @@ def qc_figure(img, masks_store: str | Path, zone_masks: dict[str, np.ndarray], *
     rgb, factor, scales = composite_rgb(img, channels=chosen, tissue=tissue, max_side=max_side)
     if "cells" in stored:
         step = max(1, int(round(factor)))
-        rgb = _outline(rgb, read_labels_zarr(masks_store, "cells", lazy=True)[::step, ::step].compute())
+        rgb = _outline(rgb, strided_labels(masks_store, "cells", step))
     grid_um = (labels_pixel_size_um(masks_store, "tissue") or img.pixel_size_um) if tissue is not None else None
     return _figure(rgb, img, tissue, grid_um, zone_masks, scales)
+
+
+def strided_labels(masks_store: str | Path, name: str, step: int) -> np.ndarray:
+    """``labels[::step, ::step]`` of a stored label image, read from the coarsest pyramid level that holds
+    exactly those pixels (level ``k`` is ``labels[::2**k, ::2**k]``, so level ``k`` with ``2**k`` dividing
+    ``step``, strided by ``step / 2**k``): a whole section's outline costs a small level, not the full one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from chemozone.io import write_labels_zarr
+    >>> lab = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64)
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_labels_zarr(f"{d}/m.zarr", "cells", lab, pixel_size_um=1.0)
+    >>> bool(np.array_equal(strided_labels(f"{d}/m.zarr", "cells", 6), lab[::6, ::6]))
+    True
+    """
+    from .io import read_labels_pyramid
+
+    levels = read_labels_pyramid(masks_store, name)
+    k = 0
+    while k + 1 < len(levels) and step % (2 ** (k + 1)) == 0:
+        k += 1
+    sub = step // 2 ** k
+    return np.asarray(levels[k][::sub, ::sub].compute())
 
 
 def write_qc(path: str | Path, img, masks_store: str | Path, zone_masks: dict[str, np.ndarray],
