@@ -121,3 +121,46 @@ def test_one_producer_per_footprint():
     r = producer_levels([0, 12], [0, 0], [50, 20], background=0.0, smooth_um=10.0)
     w = 1 + np.exp(-144 / 200)
     np.testing.assert_allclose(r, [50 / w, 20 / w])
+
+
+@pytest.mark.slow
+def test_halfmax_counts_the_producers_of_a_saved_classifier(tmp_path):
+    """A producer marker gated by a saved cell classifier (``phenotypes.classifier_file``, gate method
+    ``classifier``) in an image run: the cohort step gates producers with the classifier's calls (it stopped
+    with "run chemozone.classify.predict_cells" before); the producers counted are those calls, one per footprint."""
+    import yaml
+
+    from chemozone import classify as cl
+    from chemozone.run import run_batch
+    from chemozone.synth import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", preset="tiny", seed=3)
+    assert run_batch(cohort, cohort / "config.yaml", tmp_path / "gated", in_process=True, progress=False).exit_code == 0
+    meas = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "gated" / "samples").glob("*/measurements.parquet"))],
+                     ignore_index=True)
+    gated = pd.read_parquet(tmp_path / "gated" / "cells.parquet")
+    labels = meas[["sample_id", "cell_id"]].merge(gated[["sample_id", "cell_id", "CXCL10_pos"]], how="left")["CXCL10_pos"]
+    feats = cl.cell_features(meas)
+    clf = cl.train_marker_classifier(feats, labels.fillna(False).to_numpy(bool), marker="CXCL10", verbose=False)
+    model = cl.save_classifier(tmp_path / "cxcl10.czclf", clf)
+    cfg = yaml.safe_load((cohort / "config.yaml").read_text())
+    cfg["phenotypes"]["classifier_file"] = str(model)
+    cfg["phenotypes"]["markers"]["CXCL10"]["gate"] = {"method": "classifier"}
+    (tmp_path / "clf.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = run_batch(cohort, tmp_path / "clf.yaml", tmp_path / "clf", in_process=True, progress=False)
+    assert res.exit_code == 0
+    thr = pd.read_parquet(tmp_path / "clf" / "zone_thresholds.parquet")
+    row = thr[thr["zone"] == "CXCL10"].iloc[0]
+    assert row["mode"].startswith("halfmax")
+    # the count the cohort step reports = the classifier's producers in irradiated samples, one per footprint
+    calls = cl.predict_cells(meas, cl.load_classifier(model))[["sample_id", "cell_id", "CXCL10_pos"]]
+    samples = pd.read_csv(cohort / "samples.csv")
+    smooth = next(z for z in cfg["zones"] if z["name"] == "CXCL10").get("smooth_um", 10.0)
+    n = 0
+    for sid in samples.loc[samples["dose_gy"] > 0, "sample_id"]:
+        sig = pd.read_parquet(tmp_path / "clf" / "samples" / sid / "zone_cell_signal.parquet")
+        sig = sig[sig["zone"] == "CXCL10"].merge(calls, on=["sample_id", "cell_id"])
+        p = sig[sig["CXCL10_pos"]]
+        n += int(np.isfinite(producer_levels(p["x_um"], p["y_um"], p["signal"], background=0.0, smooth_um=smooth)).sum())
+    assert 0 < n < MIN_PRODUCERS
+    assert f"only {n} producer cells" in row["warning"]

@@ -305,6 +305,10 @@ def _producer_cell_signals(cfg: Config, cells, gates, samples, lay: RunLayout):
         return None
     at = pd.concat([pd.read_parquet(lay.sample(s).zone_cell_signal) for s in samples["sample_id"].astype(str)],
                    ignore_index=True)
+    if cfg.phenotypes.classifier_file is not None:  # classifier-gated markers: {marker}_pos as step B will have them
+        from .classify import apply_classifier_file
+
+        cells = apply_classifier_file(cells, cfg.phenotypes.classifier_file)
     pos = phenotype.apply_gates(cells, gates, markers=cfg.phenotypes.markers)
     frames = []
     for (zone, ch), marker in wanted.items():
