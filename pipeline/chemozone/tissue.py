@@ -149,26 +149,33 @@ def _auto_threshold(values: np.ndarray, method) -> float:
     return float(fn[method](values))
 
 
-def _scaled_signal(means: np.ndarray, counts: list[bool], block_px: np.ndarray) -> np.ndarray:
+def _scaled_signal(means, counts: list[bool], block_px: np.ndarray) -> np.ndarray:
     """Steps 1-3 before smoothing: Anscombe for count channels, robust range per channel, mean.
 
-    The mean (not the maximum) over channels: one channel bright on glass (a MIBI ``Background`` mass
-    channel on the bare slide) must not make the glass tissue.
+    ``means`` yields one channel's block means (grid shape, float64) per entry of ``counts`` (a (C, y, x)
+    array or a generator: only one channel is held at a time). The mean (not the maximum) over channels: one
+    channel bright on glass (a MIBI ``Background`` mass channel on the bare slide) must not make the glass tissue.
     """
-    signal = np.zeros(means.shape[1:], np.float64)
+    signal = np.zeros(block_px.shape, np.float64)
     for ch, is_count in zip(means, counts):
-        ch = np.where(np.isfinite(ch), ch, np.nan)
+        ok = np.isfinite(ch)
+        whole = bool(ok.all())  # the usual case: no copies of the finite values (memory of whole sections)
+        if not whole:
+            ch = np.where(ok, ch, np.nan)
         if is_count:
             ch = 2.0 * np.sqrt(np.clip(ch, 0, None) * block_px + 0.375)
-        finite = ch[np.isfinite(ch)]
+        finite = ch if whole else ch[ok]
         if finite.size == 0:
             continue
         lo, hi = np.percentile(finite, [1, 99])
         if hi <= lo:
             hi = float(finite.max())  # a sparse channel: counts on under 1 % of the field
+        del finite
         if hi > lo:
-            signal += np.clip((np.nan_to_num(ch, nan=lo) - lo) / (hi - lo), 0, None)
-    return signal / max(1, len(means))
+            x = (ch - lo) if whole else (np.nan_to_num(ch, nan=lo) - lo)
+            x /= hi - lo
+            signal += np.clip(x, 0, None, out=x)
+    return signal / max(1, len(counts))
 
 
 def _glass_level(lower: np.ndarray) -> float:
@@ -278,9 +285,11 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     grid_um = f * float(pixel_size_um)
     idx = list(range(image_cyx.shape[0])) if channel_indices is None else [int(i) for i in channel_indices]
     is_count = set(count_channels(image_cyx, idx)) if counts is None else (set(idx) if counts else set())
-    means = block_means(image_cyx, f, idx)
     _, h, w = image_cyx.shape
-    block_px = np.outer(np.minimum(f, h - np.arange(means.shape[1]) * f), np.minimum(f, w - np.arange(means.shape[2]) * f))
+    gh, gw = grid_shape((h, w), f)
+    block_px = np.outer(np.minimum(f, h - np.arange(gh) * f), np.minimum(f, w - np.arange(gw) * f))
+    # one channel's block means at a time: a 40k² section's 15 channels on a 2 µm grid would be 12 GB at once
+    means = (block_means(image_cyx, f, [i])[0] for i in idx)
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
     smooth = ndi.gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
     thr = _auto_threshold(smooth, threshold)
