@@ -153,7 +153,11 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
         sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc).compute()
     rows = np.minimum(factor, h - np.arange(gh) * factor)
     cols = np.minimum(factor, w - np.arange(gw) * factor)
-    return (sums / np.outer(rows, cols)).astype(dtype)
+    out = sums.astype(np.float64, copy=False)
+    del sums
+    for r0 in range(0, gh, 1024):  # in place, a band of rows at a time: no grid-sized temporaries (whole sections)
+        out[:, r0:r0 + 1024] /= np.outer(rows[r0:r0 + 1024], cols)
+    return out.astype(dtype, copy=False)
 
 
 def _block_sums(block: np.ndarray, factor: int, acc) -> np.ndarray:
