@@ -149,21 +149,23 @@ def _auto_threshold(values: np.ndarray, method) -> float:
     return float(fn[method](values))
 
 
-def _scaled_signal(means, counts: list[bool], block_px: np.ndarray) -> np.ndarray:
+def _scaled_signal(means, counts: list[bool], block_px: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Steps 1-3 before smoothing: Anscombe for count channels, robust range per channel, mean.
 
     ``means`` yields one channel's block means (grid shape, float64) per entry of ``counts`` (a (C, y, x)
     array or a generator: only one channel is held at a time). The mean (not the maximum) over channels: one
     channel bright on glass (a MIBI ``Background`` mass channel on the bare slide) must not make the glass tissue.
+    ``block_px``: the pixels per block of each grid row and column (edge blocks are partial).
     """
-    signal = np.zeros(block_px.shape, np.float64)
+    rows, cols = block_px
+    signal = np.zeros((rows.size, cols.size), np.float64)
     for ch, is_count in zip(means, counts):
         ok = np.isfinite(ch)
         whole = bool(ok.all())  # the usual case: no copies of the finite values (memory of whole sections)
         if not whole:
             ch = np.where(ok, ch, np.nan)
         if is_count:
-            ch = 2.0 * np.sqrt(np.clip(ch, 0, None) * block_px + 0.375)
+            ch = 2.0 * np.sqrt(np.clip(ch, 0, None) * np.outer(rows, cols) + 0.375)
         finite = ch if whole else ch[ok]
         if finite.size == 0:
             continue
@@ -287,7 +289,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     is_count = set(count_channels(image_cyx, idx)) if counts is None else (set(idx) if counts else set())
     _, h, w = image_cyx.shape
     gh, gw = grid_shape((h, w), f)
-    block_px = np.outer(np.minimum(f, h - np.arange(gh) * f), np.minimum(f, w - np.arange(gw) * f))
+    block_px = (np.minimum(f, h - np.arange(gh) * f), np.minimum(f, w - np.arange(gw) * f))  # rows, cols
     # one channel's block means at a time: a 40k² section's 15 channels on a 2 µm grid would be 12 GB at once
     means = (block_means(image_cyx, f, [i])[0] for i in idx)
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
