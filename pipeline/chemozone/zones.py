@@ -118,10 +118,33 @@ def downsample_to_grid(image_yx: Any, factor: int) -> np.ndarray:
     return block_mean(image_yx, factor, dtype=np.float32)
 
 
-def _smooth_in_tissue(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float) -> np.ndarray:
-    """Gaussian smoothing normalised to the tissue (pixels outside tissue neither give nor take signal)."""
+_SMOOTH_BAND_ROWS = 1024
+"""Grid rows smoothed at a time by :func:`_smooth_in_tissue` (plus a halo of the kernel's radius)."""
+
+
+def _smooth_in_tissue(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Gaussian smoothing normalised to the tissue (pixels outside tissue neither give nor take signal).
+
+    Works in bands of rows with a halo of the kernel's radius, so the float64 temporaries stay small on a whole
+    section's grid; the result is bit-identical to smoothing the whole grid at once (scipy's kernel, truncated
+    at 4 sigma, never reaches past the halo).
+    """
+    out = np.empty(grid.shape, np.float32) if out is None else out
     if sigma_px <= 0:
-        return grid.astype(np.float32)
+        out[...] = grid
+        return out
+    halo = int(4.0 * float(sigma_px) + 0.5) + 1  # scipy's radius is int(truncate * sigma + 0.5)
+    n = grid.shape[0]
+    for r0 in range(0, n, _SMOOTH_BAND_ROWS):
+        r1 = min(n, r0 + _SMOOTH_BAND_ROWS)
+        a0, a1 = max(0, r0 - halo), min(n, r1 + halo)
+        band = _smooth_rows(grid[a0:a1], None if tissue is None else tissue[a0:a1], sigma_px)
+        out[r0:r1] = band[r0 - a0:r1 - a0]
+    return out
+
+
+def _smooth_rows(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float) -> np.ndarray:
     if tissue is None:
         return ndi.gaussian_filter(grid.astype(np.float64), sigma_px, mode="nearest").astype(np.float32)
     w = tissue.astype(np.float64)
@@ -188,25 +211,26 @@ def zone_signal(
     sigma_px = float(smooth_um) / g
     if background is not None and len(background) != len(idx):
         raise ValueError(f"background has {len(background)} values for {len(idx)} channels")
-    out = []
-    tis = None
+    out, tis = None, None
     for k, ci in enumerate(idx):
         grid = downsample_to_grid(image_cyx[ci], factor)
         if k == 0:
             tis = _check_tissue(tissue, grid.shape)
-        sm = _smooth_in_tissue(grid, tis, sigma_px)
+            out = np.empty((len(idx),) + grid.shape, np.float32)
+        sm = _smooth_in_tissue(grid, tis, sigma_px, out=out[k])
+        del grid
         if background is not None:
             bg = float(background[k])
         elif background_quantile > 0:
-            vals = sm[tis] if tis is not None else sm.ravel()
-            bg = float(np.quantile(vals, background_quantile)) if vals.size else 0.0
+            vals = sm[tis] if tis is not None else sm.ravel().copy()  # a copy: quantile may reorder it
+            bg = float(np.quantile(vals, background_quantile, overwrite_input=True)) if vals.size else 0.0
+            del vals
         else:
             bg = 0.0
-        sm = sm - np.float32(bg)
+        sm -= np.float32(bg)
         if tis is not None:
             sm[~tis] = 0.0
-        out.append(sm.astype(np.float32))
-    return np.stack(out)
+    return out
 
 
 def signal_summary(
@@ -253,8 +277,8 @@ def signal_summary(
     tis = _check_tissue(tissue, sig.shape[1:])
     rows = []
     for k in range(sig.shape[0]):
-        vals = sig[k][tis] if tis is not None else sig[k].ravel()
-        q = np.quantile(vals, _LEVELS) if vals.size else np.full(N_QUANTILES, np.nan)
+        vals = sig[k][tis] if tis is not None else sig[k].ravel().copy()  # a copy: quantile reorders it
+        q = np.quantile(vals, _LEVELS, overwrite_input=True) if vals.size else np.full(N_QUANTILES, np.nan)
         rows.append(
             {
                 "sample_id": str(sample_id),
