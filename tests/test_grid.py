@@ -72,6 +72,39 @@ def test_signed_distance_equals_brute_force(seed, g):
         assert d[i, j] == pytest.approx(-nearest if m else nearest)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), shape=st.sampled_from([(1, 9), (9, 1), (13, 17), (40, 23)]),
+       p=st.sampled_from([0.02, 0.3, 0.9]), g=st.sampled_from([1.0, 2.0, 0.65]))
+def test_banded_distances_are_scipys_bit_for_bit(monkeypatch_bands, seed, shape, p, g):
+    """distance_um / signed_distance turn the feature transform into distances a few rows at a time (a whole
+    section's grid is 10⁸ pixels): the values must be exactly scipy's ``distance_transform_edt``."""
+    from scipy import ndimage as ndi
+
+    from chemozone.grid import distance_um
+
+    mask = np.random.default_rng(seed).random(shape) < p
+    assert np.array_equal(distance_um(mask, grid_um=g), ndi.distance_transform_edt(mask, sampling=g))
+    if mask.any() and not mask.all():
+        d_out, d_in = ndi.distance_transform_edt(~mask, sampling=g), ndi.distance_transform_edt(mask, sampling=g)
+        assert np.array_equal(signed_distance(mask, grid_um=g), np.where(mask, -(d_in - g / 2), d_out - g / 2))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_bands():
+    from chemozone import grid
+
+    old, grid._EDT_BAND_ROWS = grid._EDT_BAND_ROWS, 4  # several bands even on small masks
+    yield
+    grid._EDT_BAND_ROWS = old
+
+
+def test_distance_um_rejects_other_shapes():
+    from chemozone.grid import distance_um
+
+    with pytest.raises(ValueError, match="2-D"):
+        distance_um(np.zeros((2, 2, 2), bool), grid_um=1.0)
+
+
 def test_signed_distance_empty_and_full():
     assert np.isposinf(signed_distance(np.zeros((2, 2), bool), grid_um=2.0)).all()
     assert np.isneginf(signed_distance(np.ones((2, 2), bool), grid_um=2.0)).all()

@@ -164,3 +164,25 @@ def test_strided_labels_reads_the_same_pixels_from_a_pyramid_level(tmp_path, ste
     lab = np.random.default_rng(step).integers(0, 2**32 - 1, size=(203, 150), dtype=np.uint32)
     write_labels_zarr(tmp_path / "m.zarr", "cells", lab, pixel_size_um=0.5, levels=4)
     np.testing.assert_array_equal(strided_labels(tmp_path / "m.zarr", "cells", step), lab[::step, ::step])
+
+
+@pytest.mark.parametrize("max_side", [100, 10_000])
+def test_zone_contour_of_a_whole_section_grid_is_reduced_and_stays_on_the_edge(max_side):
+    """A 40k² section's grid is 10⁸ pixels: its contours are drawn from k × k block fractions (k = 30 here),
+    and the reduced contour still lies on the zone's edge to within one block."""
+    from matplotlib.figure import Figure
+
+    from chemozone.qc import _contour
+
+    grid_um, r_px = 2.0, 1100.0
+    yy, xx = np.ogrid[:3000, :2400]
+    disc = (yy - 1500.0) ** 2 + (xx - 1200.0) ** 2 <= r_px ** 2
+    ax = Figure().add_subplot()
+    cs = _contour(ax, disc, grid_um, "white", 1.0, max_side=max_side)
+    z = cs.allsegs[0]
+    k = 1 if max_side >= 3000 else int(np.ceil(3000 / max_side))
+    assert sum(len(seg) for seg in z) <= 8 * (3000 // k + 2400 // k)  # vertices scale with the reduced grid
+    pts = np.concatenate(z)  # (x_um, y_um)
+    r_um = np.hypot(pts[:, 0] - 1200.5 * grid_um, pts[:, 1] - 1500.5 * grid_um)
+    assert np.abs(r_um - r_px * grid_um).max() <= k * grid_um
+    assert _contour(ax, np.zeros((5, 5), bool), grid_um, "white", 1.0, max_side=max_side) is None

@@ -96,6 +96,11 @@ def test_annotate_cells_values_and_input_untouched():
     assert out["in_Z"].tolist() == [True, False, False]
     np.testing.assert_allclose(out["dist_Z_um"], [-3.0, 3.0, 7.0])
     np.testing.assert_allclose(out["dist_tissue_edge_um"], [9.0, 3.0, -1.0])  # image border is not an edge
+    # annotating again (columns that exist already) must not write into the first result either
+    first = out.copy()
+    again = annotate_cells(out, {"Z": ~zone}, tissue, grid_um=2.0)
+    pd.testing.assert_frame_equal(out, first)
+    assert again["in_Z"].tolist() == [False, True, True]
 
 
 # --------------------------------------------------------------------------- infiltration

@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .errors import MissingStepError
-from .grid import cell_grid_index
+from .grid import cell_grid_index, distance_um
 
 __all__ = ["module_score", "threshold_zone_signal", "producer_zone", "tumor_compartments"]
 
@@ -174,7 +174,7 @@ def producer_zone(
         seeds[r, c] = True
     if not seeds.any():
         return np.zeros_like(tissue)
-    d = ndi.distance_transform_edt(~seeds, sampling=grid_um)
+    d = distance_um(~seeds, grid_um=grid_um)  # scipy's EDT, bit for bit, in less memory
     return (d <= radius_um) & tissue
 
 
@@ -214,7 +214,7 @@ def tumor_compartments(
     tissue = np.asarray(tissue, bool)
     epi = np.asarray(epithelium, bool) & tissue
     if epi.any():
-        d = ndi.distance_transform_edt(~epi, sampling=grid_um)
+        d = distance_um(~epi, grid_um=grid_um)
     else:
         d = np.full(tissue.shape, np.inf)
     b0, b1 = float(bands_um[0]), float(bands_um[-1])

@@ -251,6 +251,78 @@ def grid_pixel_centres_um(shape: Sequence[int], grid_um: float) -> tuple[np.ndar
     return (np.arange(int(shape[0])) + 0.5) * g, (np.arange(int(shape[1])) + 0.5) * g
 
 
+_EDT_BAND_ROWS = 512
+"""Rows turned from feature transform into distances at a time by :func:`distance_um`."""
+
+
+def distance_um(mask: np.ndarray, *, grid_um: float, where: np.ndarray | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(mask, sampling=grid_um)``, bit for bit, in a fraction of its memory.
+
+    scipy builds the distances from its feature transform with several image-sized int32 and float64
+    temporaries (about 40 bytes per pixel: 4 GB on a whole section's 10⁸-pixel grid). Here the feature
+    transform (8 bytes per pixel) is turned into distances a band of rows at a time, with scipy's own
+    arithmetic, so the values are identical.
+
+    Parameters
+    ----------
+    mask : ndarray (Y, X)
+        Distances are from each nonzero pixel to the nearest zero pixel (0 on zero pixels).
+    grid_um : float
+        Pixel size (µm).
+    where : bool ndarray (Y, X), optional
+        Only these pixels of ``out`` are written (the others keep their values).
+    out : float64 ndarray (Y, X), optional
+        Written in place and returned (a new array when None).
+
+    Returns
+    -------
+    float64 ndarray (Y, X)
+
+    Examples
+    --------
+    >>> distance_um(np.array([[0, 1, 1, 1]]), grid_um=2.0).tolist()
+    [[0.0, 2.0, 4.0, 6.0]]
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"distance_um expects a 2-D (Y, X) mask, got shape {mask.shape}")
+    ft = _feature_transform(mask, grid_um)
+    out = np.empty(mask.shape, np.float64) if out is None else out
+    for r0, r1 in _bands(mask.shape[0]):
+        d = _band_distances(ft, grid_um, r0, r1)
+        if where is None:
+            out[r0:r1] = d
+        else:
+            sel = where[r0:r1]
+            out[r0:r1][sel] = d[sel]
+    return out
+
+
+def _feature_transform(mask: np.ndarray, grid_um: float) -> np.ndarray:
+    from scipy import ndimage as ndi  # noqa: PLC0415
+
+    return ndi.distance_transform_edt(mask, sampling=grid_um, return_distances=False, return_indices=True)
+
+
+def _bands(n_rows: int):
+    for r0 in range(0, n_rows, _EDT_BAND_ROWS):
+        yield r0, min(n_rows, r0 + _EDT_BAND_ROWS)
+
+
+def _band_distances(ft: np.ndarray, grid_um: float, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of the distances, with scipy's arithmetic: (ft - indices) as float64, * sampling,
+    squared in place, summed over the axes, square root."""
+    s = float(grid_um)
+    dy = (ft[0, r0:r1] - np.arange(r0, r1, dtype=ft.dtype)[:, None]).astype(np.float64)
+    dx = (ft[1, r0:r1] - np.arange(ft.shape[2], dtype=ft.dtype)[None, :]).astype(np.float64)
+    dy *= s
+    dx *= s
+    np.multiply(dy, dy, dy)
+    np.multiply(dx, dx, dx)
+    return np.sqrt(dy + dx)
+
+
 def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
     """Signed distance to the edge of ``mask`` (µm): negative inside, positive outside.
 
@@ -273,14 +345,23 @@ def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
     >>> signed_distance(m, grid_um=2.0).tolist()
     [[-3.0, -1.0, 1.0, 3.0, 5.0]]
     """
-    from scipy import ndimage as ndi  # noqa: PLC0415
-
     mask = np.asarray(mask, bool)
     half = 0.5 * float(grid_um)
     if not mask.any():
         return np.full(mask.shape, np.inf)
     if mask.all():
         return np.full(mask.shape, -np.inf)
-    d_out = ndi.distance_transform_edt(~mask, sampling=grid_um)
-    d_in = ndi.distance_transform_edt(mask, sampling=grid_um)
-    return np.where(mask, -(d_in - half), d_out - half)
+    # np.where(mask, -(d_in - half), d_out - half) with the same arithmetic, one class and one band of rows at a
+    # time (see distance_um: scipy's own distance step needs ~40 bytes per pixel, this ~17)
+    out = np.empty(mask.shape, np.float64)
+    for cls, sign in ((~mask, 1.0), (mask, -1.0)):
+        ft = _feature_transform(cls, grid_um)
+        for r0, r1 in _bands(mask.shape[0]):
+            d = _band_distances(ft, grid_um, r0, r1)
+            d -= half
+            if sign < 0:
+                np.negative(d, out=d)
+            sel = cls[r0:r1]
+            out[r0:r1][sel] = d[sel]
+        del ft
+    return out

@@ -293,15 +293,16 @@ def _figure(rgb, img, tissue, grid_um, zone_masks, scales):
     fig = Figure(figsize=(8, 8 * h / max(w, 1) + 0.6), dpi=110)
     ax = fig.add_axes([0.02, 0.02, 0.96, 0.9])
     ax.imshow(rgb, extent=extent_um, interpolation="nearest")
+    contour_side = 2 * max(h, w)  # contours need no more detail than twice the composite's pixels
     if tissue is not None:
-        _contour(ax, tissue.astype(float), grid_um, "white", 0.8)
+        _contour(ax, tissue, grid_um, "white", 0.8, max_side=contour_side)
     palette = ["#ff4fd8", "#00e5ff", "#ffa600", "#7cff4f", "#ff5e5e", "#b18cff"]
     handles = []
     for i, (name, m) in enumerate(sorted(zone_masks.items())):
         if not np.any(m) or name.endswith(("_distal", "_margin", "_peritumoral")):
             continue
         colour = palette[i % len(palette)]
-        _contour(ax, np.asarray(m, float), grid_um or px, colour, 1.2)
+        _contour(ax, m, grid_um or px, colour, 1.2, max_side=contour_side)
         handles.append(Line2D([0], [0], color=colour, label=f"zone {name}"))
     channel_handles = [Patch(color=QC_COLOURS.get(s["colour"], (0.8, 0.8, 0.8)),
                              label=_legend_label(s)) for s in scales]
@@ -325,9 +326,21 @@ def _legend_label(s: dict[str, Any]) -> str:
     return f"{s['channel']}{role}: {s['colour']}{empty}"
 
 
-def _contour(ax, mask: np.ndarray, grid_um: float, colour: str, lw: float) -> None:
-    if mask.size == 0 or mask.min() == mask.max():
-        return
-    ys = (np.arange(mask.shape[0]) + 0.5) * grid_um
-    xs = (np.arange(mask.shape[1]) + 0.5) * grid_um
-    ax.contour(xs, ys, mask, levels=[0.5], colors=[colour], linewidths=lw)
+def _contour(ax, mask: np.ndarray, grid_um: float, colour: str, lw: float, *, max_side: int):
+    """The 0.5 contour of a bool grid mask; a mask longer than ``max_side`` is first reduced to the fraction of
+    each k × k block (a whole section's 10⁸-pixel grid would otherwise cost gigabytes inside matplotlib)."""
+    mask = np.asarray(mask, bool)
+    if mask.size == 0 or not mask.any() or mask.all():
+        return None
+    k = max(1, int(np.ceil(max(mask.shape) / max(int(max_side), 1))))
+    if k == 1:
+        frac = mask.astype(np.float32)
+    else:
+        import dask.array as da
+
+        from .grid import block_mean
+
+        frac = block_mean(da.from_array(mask.view(np.uint8), chunks=k * 512), k, dtype=np.float32)
+    ys = (np.arange(frac.shape[0]) * k + 0.5 * k) * grid_um
+    xs = (np.arange(frac.shape[1]) * k + 0.5 * k) * grid_um
+    return ax.contour(xs, ys, frac, levels=[0.5], colors=[colour], linewidths=lw)

@@ -64,7 +64,8 @@ PSEUDOCOUNT = 1.0
 # ---------------------------------------------------------------------------------- distances
 def tissue_depth(tissue: np.ndarray, *, grid_um: float) -> np.ndarray:
     """Distance to the tissue edge (µm): positive inside the tissue, negative outside (``-signed_distance``)."""
-    return -signed_distance(tissue, grid_um=grid_um)
+    d = signed_distance(tissue, grid_um=grid_um)
+    return np.negative(d, out=d)  # in place: a whole section's grid is 800 MB per float64 copy
 
 
 def band_names(edges_um: Sequence[float]) -> list[str]:
@@ -100,7 +101,7 @@ def annotate_cells(
     """
     tissue = _check_masks(masks, tissue)
     r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
-    out = cells.copy()
+    out = cells.copy(deep=False)  # new columns go to the copy only; the input's columns are not written
     new: dict[str, Any] = {}
     for name, m in masks.items():
         m = np.asarray(m, bool)
@@ -198,18 +199,17 @@ def infiltration_metrics(
     rows: list[dict[str, Any]] = []
     for zname, m in masks.items():
         m = np.asarray(m, bool)
-        d = signed_distance(m, grid_um=grid_um)
-        regions = {"inside": keep & m, "outside": keep & ~m}
-        for bn, lo, hi in zip(bnames, edges, edges[1:]):
-            regions[bn] = keep & ~m & (d > lo) & (d <= hi)
-        # region code per grid pixel is not unique (bands overlap 'outside'), so count each region separately
-        cell_regions = {k: v[r, c] for k, v in regions.items()}
-        areas = {k: float(v.sum()) * px_mm2 for k, v in regions.items()}
+        # region code per grid pixel is not unique (bands overlap 'outside'), so count each region separately;
+        # one region's grid mask at a time (a whole section's grid is 10⁸ pixels)
+        cell_regions, areas = {}, {}
+        for k, v in _regions(m, keep, bnames, edges, grid_um=grid_um):
+            cell_regions[k] = v[r, c]
+            areas[k] = float(np.count_nonzero(v)) * px_mm2
         for ptype, pname, psel in pops:
             sel = psel & cell_keep
             counts = {k: int(np.count_nonzero(sel & v)) for k, v in cell_regions.items()}
             enr = _enrichment(counts["inside"], counts["outside"], areas["inside"], areas["outside"])
-            for k in regions:
+            for k in cell_regions:
                 rows.append(
                     dict(sample_id=str(sample_id), population_type=ptype, population=pname, zone=zname, region=k,
                          n_cells=counts[k], area_mm2=areas[k],
@@ -219,6 +219,20 @@ def infiltration_metrics(
     cols = ["sample_id", "population_type", "population", "zone", "region", "n_cells", "area_mm2", "density_per_mm2",
             "log2_enrichment"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _regions(m: np.ndarray, keep: np.ndarray, bnames: Sequence[str], edges: Sequence[float], *, grid_um: float):
+    """``(name, grid mask)`` of ``inside``, ``outside`` and each distance band of a zone, made one at a time."""
+    yield "inside", keep & m
+    outside = keep & ~m
+    yield "outside", outside
+    if bnames:
+        d = signed_distance(m, grid_um=grid_um)
+        for bn, lo, hi in zip(bnames, edges, edges[1:]):
+            band = d > lo
+            band &= d <= hi
+            band &= outside
+            yield bn, band
 
 
 def overlap_zone_names(*, overlap_zones: Sequence[str] | None, cognate_pairs: Sequence[CognatePair]) -> list[str]:
