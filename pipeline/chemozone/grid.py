@@ -150,14 +150,34 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
         # integer images are summed as int64 (exact, like float64 sums of integers, without a float copy)
         acc = np.int64 if np.issubdtype(sub.dtype, np.integer) else np.float64
         out_chunks = (sub.chunks[0],) + tuple(tuple(c // factor for c in ax) for ax in sub.chunks[1:])
-        sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc).compute()
-    rows = np.minimum(factor, h - np.arange(gh) * factor)
-    cols = np.minimum(factor, w - np.arange(gw) * factor)
+        means = sub.map_blocks(_block_means, factor, acc, (h, w), np.dtype(dtype), chunks=out_chunks, dtype=dtype)
+        out = np.empty((len(idx), gh, gw), dtype)
+        r0 = 0
+        for n in means.chunks[1]:  # one row of chunks at a time: no list of every chunk's result, no concatenation
+            out[:, r0:r0 + n] = means[:, r0:r0 + n].compute()
+            r0 += n
+        return out
+    return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
+
+
+def _divide_by_counts(sums: np.ndarray, factor: int, shape_yx: tuple[int, int], r0: int, c0: int, dtype) -> np.ndarray:
+    """Block sums (C, y, x) whose first block is grid ``(r0, c0)`` → means: float64 division by the number of
+    image pixels each block holds (partial blocks at the image's edges), then ``dtype``."""
+    h, w = shape_yx
+    rows = np.minimum(factor, h - np.arange(r0, r0 + sums.shape[1]) * factor)
+    cols = np.minimum(factor, w - np.arange(c0, c0 + sums.shape[2]) * factor)
     out = sums.astype(np.float64, copy=False)
     del sums
-    for r0 in range(0, gh, 1024):  # in place, a band of rows at a time: no grid-sized temporaries (whole sections)
-        out[:, r0:r0 + 1024] /= np.outer(rows[r0:r0 + 1024], cols)
+    for b0 in range(0, out.shape[1], 1024):  # in place, a band of rows at a time: no grid-sized temporaries
+        out[:, b0:b0 + 1024] /= np.outer(rows[b0:b0 + 1024], cols)
     return out.astype(dtype, copy=False)
+
+
+def _block_means(block: np.ndarray, factor: int, acc, shape_yx: tuple[int, int], dtype, block_info=None) -> np.ndarray:
+    """:func:`_block_sums` of a chunk divided by the pixel counts of its blocks (the chunk's place from dask)."""
+    loc = block_info[0]["array-location"]
+    return _divide_by_counts(_block_sums(block, factor, acc), factor, shape_yx, loc[1][0] // factor,
+                             loc[2][0] // factor, dtype)
 
 
 def _block_sums(block: np.ndarray, factor: int, acc) -> np.ndarray:
