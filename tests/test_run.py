@@ -358,3 +358,52 @@ def test_config_names_reach_the_tables_through_panel_aliases(tiny_cohort, tmp_pa
     cells = pd.read_parquet(tmp_path / "run" / "cells.parquet")
     assert {"CD8a_cell", "CD8a_pos"} <= set(cells.columns) and not any(c.startswith("CD8_") for c in cells.columns)
     assert (cells["cell_type"] == "CD8 T").sum() > 0
+
+
+def test_step_b_reuses_pass_a_zone_signals_and_removes_them(tiny_cohort, tmp_path, monkeypatch):
+    """Step B thresholds the zone signals pass A computed (a whole section's image is not read again): each
+    pixel zone's signal is computed once per sample, the tables are the same as recomputing them, and the
+    temporary signals are gone after the run; a cached signal of other settings is not used."""
+    from chemozone import run as run_mod
+    from chemozone import zones
+    from chemozone.config import load_config
+
+    calls = []
+    real = zones.zone_signal
+    monkeypatch.setattr(zones, "zone_signal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = load_config(tiny_cohort / "config.yaml")
+    out = tmp_path / "cached"
+    assert run_batch_quiet(tiny_cohort, cfg, out) == 0
+    n_pixel_zones = sum(z.source in ("pixels", "tumor") for z in cfg.zones)
+    n_samples = len(pd.read_csv(tiny_cohort / "samples.csv"))
+    assert n_pixel_zones and len(calls) == n_pixel_zones * n_samples
+    assert not list(out.glob("samples/*/.zone_signals.zarr"))
+
+    calls.clear()
+    monkeypatch.setattr(run_mod, "_cached_signals", lambda *a, **k: {})
+    fresh = tmp_path / "recomputed"
+    assert run_batch_quiet(tiny_cohort, cfg, fresh) == 0
+    assert len(calls) == 2 * n_pixel_zones * n_samples
+    for name in ("cells", "zones", "infiltration"):
+        pd.testing.assert_frame_equal(_tables(out)[name], _tables(fresh)[name])
+
+
+def test_a_cached_zone_signal_of_other_settings_is_ignored(tmp_path):
+    from chemozone.config import ZoneConfig
+    from chemozone.run import _cache_signal, _cached_signals
+
+    z = ZoneConfig(name="C", channels=["C"], smooth_um=4.0)
+    sig = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    _cache_signal(tmp_path / "c.zarr", z, sig, grid_um=2.0)
+    got = _cached_signals(tmp_path / "c.zarr", [z], (3, 4), grid_um=2.0)
+    assert np.array_equal(np.asarray(got["C"]), sig)
+    assert _cached_signals(tmp_path / "c.zarr", [z.model_copy(update={"smooth_um": 5.0})], (3, 4), grid_um=2.0) == {}
+    assert _cached_signals(tmp_path / "c.zarr", [z], (3, 4), grid_um=1.0) == {}
+    assert _cached_signals(tmp_path / "c.zarr", [z], (4, 4), grid_um=2.0) == {}
+    assert _cached_signals(tmp_path / "missing.zarr", [z], (3, 4), grid_um=2.0) == {}
+
+
+def run_batch_quiet(cohort, cfg, out) -> int:
+    from chemozone.run import run_batch
+
+    return run_batch(cohort, cfg, out, in_process=True, progress=False).exit_code

@@ -96,7 +96,7 @@ def threshold_zone_signal(
     -------
     bool ndarray (Ygrid, Xgrid)
     """
-    sig = np.asarray(signal, dtype=np.float64)
+    sig = np.asarray(signal)  # no float64 copy of the grid: comparisons with float64 thresholds promote exactly
     if sig.ndim == 2:
         sig = sig[None]
     thr = np.asarray(thresholds, dtype=np.float64)

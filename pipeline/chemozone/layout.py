@@ -327,6 +327,12 @@ class SampleLayout:
         return self.root / "zone_cell_signal.parquet"
 
     @property
+    def zone_signal_cache(self) -> Path:
+        """Pass A's zone signals on the grid (one float32 array per pixel or tumor zone), read again by step B
+        instead of the image; temporary: removed when the sample's step B has finished."""
+        return self.root / ".zone_signals.zarr"
+
+    @property
     def step_a_stamp(self) -> Path:
         """Step A's resume stamp (input hash + step-A config hash), written last."""
         return self.root / "step_a.json"

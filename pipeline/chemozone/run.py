@@ -247,6 +247,8 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     sid = row["sample_id"]
     lay = RunLayout(out)
     frames, at_cells, positions = [], [], None
+    cache = lay.sample(sid).zone_signal_cache
+    shutil.rmtree(cache, ignore_errors=True)  # never a signal of an earlier run
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
@@ -259,6 +261,7 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
                 img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
                 tissue=tissue_grid, **zone_signal_options(z)))
             frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
+            _cache_signal(cache, z, sig, grid_um=grid_um)
             if z.threshold.mode == "halfmax":
                 if positions is None:  # read once per sample, whatever the number of halfmax zones
                     positions = pd.read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
@@ -267,6 +270,41 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     if at_cells:
         write_parquet(pd.concat(at_cells, ignore_index=True), lay.sample(sid).zone_cell_signal)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _signal_key(z, grid_um: float) -> dict[str, Any]:
+    """What a cached zone signal was computed from (step B re-reads the image when any of it differs)."""
+    return {"channels": list(z.channels), "smooth_um": z.smooth_um, "background_quantile": z.background_quantile,
+            "grid_um": float(grid_um)}
+
+
+def _cache_signal(path: Path, z, sig, *, grid_um: float) -> None:
+    """Keep pass A's signal of zone ``z`` for step B (float32, exact; chunked like the masks)."""
+    import zarr
+
+    chunks = (1,) + tuple(max(1, min(2048, n)) for n in sig.shape[1:])
+    arr = zarr.open_group(str(path), mode="a").create_array(z.name, shape=sig.shape, dtype=sig.dtype, chunks=chunks,
+                                                           overwrite=True)
+    arr[...] = sig
+    arr.attrs.update(_signal_key(z, grid_um))
+
+
+def _cached_signals(path: Path, zone_cfgs, tissue_shape, *, grid_um: float) -> dict[str, Any]:
+    """Pass A's signals still valid for these zones (lazy zarr arrays; a missing or different one is left out
+    and computed again from the image)."""
+    if not path.is_dir():
+        return {}
+    import zarr
+
+    grp = zarr.open_group(str(path), mode="r")
+    names = set(grp.array_keys())
+    out = {}
+    for z in zone_cfgs:
+        if z.name in names:
+            arr = grp[z.name]
+            if dict(arr.attrs) == _signal_key(z, grid_um) and tuple(arr.shape[1:]) == tuple(tissue_shape):
+                out[z.name] = arr
+    return out
 
 
 def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path) -> dict[str, Any]:
@@ -367,10 +405,12 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             zt = zone_thresholds
             if zt is not None and len(zt):
                 zt = zt[zt["sample_id"] == sid]
+            cache = lay.sample(sid).zone_signal_cache
+            signals = _cached_signals(cache, cfg.zones, tissue_grid.shape, grid_um=grid_um)
             masks, zones_df = _stage(sid, "zones", lambda: zones.build_zones(
                 img.data, cells, tissue_grid, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
                 zones=[z for z in cfg.zones if z.source != "regions"], thresholds=zt, sample_id=sid,
-                channels=img.channels, aliases=cfg.panel.aliases))
+                channels=img.channels, aliases=cfg.panel.aliases, signals=signals))
             masks, zones_df = _stage(sid, "zones", lambda: add_region_zones(  # annotated regions as zones
                 masks, zones_df, row, tissue_grid, zones=cfg.zones, sample_id=sid, shape_yx=img.data.shape[1:],
                 pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
@@ -399,6 +439,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 from .qc import write_qc
 
                 _stage(sid, "qc", lambda: write_qc(lay.qc(sid), img, lay.masks(sid), masks, **qc_options(cfg)))
+    shutil.rmtree(lay.sample(sid).zone_signal_cache, ignore_errors=True)  # step B done: the signals are not kept
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
             "positive_counts": counts}
 
