@@ -407,3 +407,23 @@ def run_batch_quiet(cohort, cfg, out) -> int:
     from chemozone.run import run_batch
 
     return run_batch(cohort, cfg, out, in_process=True, progress=False).exit_code
+
+
+def _kill_own_worker(row):
+    os._exit(1)  # as the nanny does to a worker over its memory limit
+
+
+def test_a_sample_whose_worker_dies_gets_a_memory_hint():
+    """A worker killed mid-task (by the nanny, for memory) used to surface as 'FutureCancelledError: ...
+    already forgotten'; the error now says what most likely happened and what to change."""
+    import dask
+    from rich.console import Console
+
+    from chemozone.scheduler import StageError, dask_client, map_samples
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), dask_client(
+            address=None, n_workers=1, threads_per_worker=1, memory_limit="1.5GB", console=Console(quiet=True)) as c:
+        [(row, out)] = list(map_samples(c, _kill_own_worker, [{"sample_id": "s1"}], (), "step B"))
+    assert isinstance(out, StageError) and out.stage == "step B (worker)"
+    assert "its Dask worker died, most often by going over its memory limit of 1.5 GB" in out.message
+    assert "--memory-limit" in out.message

@@ -73,13 +73,42 @@ def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], 
                  for a in args]
     futures = {client.submit(call_safely, fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
                for r in rows}
+    limit = _worker_memory_limit(client)
     for fut in as_completed(futures):
         r = futures[fut]
         try:
             yield r, fut.result()
         except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by its memory limit
-            yield r, StageError(r["sample_id"], f"{label} (worker)", " ".join(f"{type(exc).__name__}: {exc}".split()),
-                                traceback.format_exc())
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            if type(exc).__name__ in LOST_WORKER_ERRORS:
+                msg += lost_worker_hint(limit)
+            yield r, StageError(r["sample_id"], f"{label} (worker)", msg, traceback.format_exc())
+
+
+LOST_WORKER_ERRORS = ("FutureCancelledError", "CancelledError", "KilledWorker", "CommClosedError")
+"""Exception types of a task whose Dask worker process died (most often: killed by its nanny for memory)."""
+
+
+def lost_worker_hint(limit_bytes: float | None) -> str:
+    """What to tell the user when a sample's worker died.
+
+    Examples
+    --------
+    >>> lost_worker_hint(4e9).split(";")[0]
+    ' (its Dask worker died, most often by going over its memory limit of 4.0 GB'
+    """
+    size = f" of {limit_bytes / 1e9:.1f} GB" if limit_bytes else ""
+    return (f" (its Dask worker died, most often by going over its memory limit{size}; give each worker more with "
+            "--memory-limit / run.memory_limit, or use fewer workers)")
+
+
+def _worker_memory_limit(client) -> float | None:
+    try:
+        limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
+    except Exception:  # noqa: BLE001 - only for a hint in an error message
+        return None
+    limits = [x for x in limits if x]
+    return float(min(limits)) if limits else None
 
 
 @contextmanager
