@@ -238,11 +238,13 @@ def print_breakdown(b: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------- whole run
-def whole_run(coh: Path, cfg_path: Path, work: Path, workers: int) -> dict:
+def whole_run(coh: Path, cfg_path: Path, work: Path, workers: int, memory_limit: str | None = None) -> dict:
     out = work / f"run_w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "chemozone.cli", "run", str(coh), "--config", str(cfg_path),
            "--out", str(out), "--workers", str(workers), "--quiet", "--no-report"]
+    if memory_limit:
+        cmd += ["--memory-limit", memory_limit]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "pipeline"), os.environ.get("PYTHONPATH", "")])}
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -278,6 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", action="store_true", help="also run the whole pipeline (section 2)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1])
     ap.add_argument("--skip-segmentation", action="store_true")
+    ap.add_argument("--memory-limit", default=None, help="per-worker limit of the whole run (default: the config's)")
     ap.add_argument("--mosaic", action="store_true",
                     help="a mosaic of a generated 4096² sample with the 15-channel panel (mosaic_section.py): "
                          "minutes to build at any size instead of rendering the whole section")
@@ -296,7 +299,7 @@ def main(argv=None) -> int:
         report["segmentation"] = segmentation_breakdown(coh, cfg_path, args.dir)
         print_breakdown(report["segmentation"])
     if args.run:
-        report["runs"] = [whole_run(coh, cfg_path, args.dir, w) for w in args.workers]
+        report["runs"] = [whole_run(coh, cfg_path, args.dir, w, args.memory_limit) for w in args.workers]
         print_runs(report["runs"])
     out = args.dir / f"breakdown_{'mosaic_' if args.mosaic else ''}{args.size}.json"
     out.write_text(json.dumps(report, indent=1))

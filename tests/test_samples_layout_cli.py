@@ -186,3 +186,12 @@ def test_console_script_one_line_error(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and "config file not found" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_parquet_helpers_round_trip_and_select_columns(tmp_path):
+    from chemozone.layout import read_parquet, write_parquet
+
+    df = pd.DataFrame({"cell_id": np.arange(5, dtype=np.uint32), "x_um": np.linspace(0, 1, 5), "ph": list("abcde")})
+    write_parquet(df, tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "t.parquet"), df)
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "t.parquet", columns=["x_um"]), df[["x_um"]])

@@ -403,7 +403,24 @@ def write_parquet(df, path: str | os.PathLike) -> Path:
     """Write a pandas DataFrame to Parquet atomically (pyarrow, no index)."""
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False, engine="pyarrow")
+    _release_arrow_memory()
     return Path(path)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """``pandas.read_parquet`` that hands pyarrow's freed buffers back to the system: its allocator otherwise keeps
+    them (about the table's size again: 0.5 GB for a million-cell section, per reading process)."""
+    import pandas as pd
+
+    df = pd.read_parquet(path, columns=columns)
+    _release_arrow_memory()
+    return df
+
+
+def _release_arrow_memory() -> None:
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # ------------------------------------------------------------------------------------- provenance

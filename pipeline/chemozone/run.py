@@ -40,7 +40,7 @@ from ._run_record import Ledger as _Ledger
 from ._run_record import RunResult
 from .config import Config, load_config
 from .errors import ChemozoneError, ConfigError, RunError
-from .layout import RunLayout, atomic_write_json, new_provenance, write_parquet
+from .layout import RunLayout, atomic_write_json, new_provenance, read_parquet, write_parquet
 from .options import (
     classifier_options,
     cognate_options,
@@ -264,7 +264,7 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
             _cache_signal(cache, z, sig, grid_um=grid_um)
             if z.threshold.mode == "halfmax":
                 if positions is None:  # read once per sample, whatever the number of halfmax zones
-                    positions = pd.read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
+                    positions = read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
                 at_cells.append(signal_at_cells(sig, positions,
                                                 grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels))
     if at_cells:
@@ -389,7 +389,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
     timings: dict[str, float] = {}
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
-        cells = pd.read_parquet(lay.measurements(sid))
+        cells = read_parquet(lay.measurements(sid))
         with _timed(timings, "phenotype"):
             clf_file = cfg.phenotypes.classifier_file
             if clf_file is not None:  # saved cell classifiers: {marker}_prob / _pos before the gates and rules
@@ -643,7 +643,6 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
 
     Returns the rows of the samples that passed both, and :func:`cohort_step`'s tables.
     """
-    import pandas as pd
 
     t0 = time.perf_counter()
     summaries, failed_z = [], set()
@@ -654,7 +653,7 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
         else:
             summaries.append(outcome)
     ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
-    measurements = {r["sample_id"]: pd.read_parquet(lay.measurements(r["sample_id"])) for r in ok_a}
+    measurements = {r["sample_id"]: read_parquet(lay.measurements(r["sample_id"])) for r in ok_a}
     ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
     summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
     with ledger.stopping("cohort step"):  # e.g. no reference sample at all: run.json says so
