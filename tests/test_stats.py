@@ -147,6 +147,15 @@ def test_fabricated_cohort_dose_response(run, fab):
     pd.testing.assert_frame_equal(fits, again)
 
 
+def _boot_curves(fits, boot, grid, group):
+    """The chosen model's curve of every bootstrap draw, by hand from the model formulas."""
+    from chemozone.stats._dose_response import _PARAMS, _curve
+
+    ch = fits[(fits["group"] == group) & fits["chosen"]].iloc[0]
+    b = boot[(boot["group"].astype(str) == group) & (boot["model"] == ch["model"]) & (boot["metric"] == ch["metric"])]
+    return np.stack([_curve(ch["model"], grid, row) for row in b[_PARAMS[ch["model"]]].to_numpy(float)])
+
+
 def test_predict_dose_response_bands(run):
     za = stats.metric_table(run, "zone_area")
     fits, boot = stats.fit_dose_response_with_bootstrap(za, metric="area_fraction_CXCL8", models=("linear", "emax"),
@@ -158,6 +167,14 @@ def test_predict_dose_response_bands(run):
     assert cur["fit"].is_monotonic_increasing
     with pytest.raises(ValueError, match="expected one fit"):
         stats.predict_dose_response(fits, grid, group="helium")
+    # the simultaneous (sup-t) band holds >= 95 % of the bootstrap curves whole; the pointwise one need not
+    sim = stats.predict_dose_response(fits, grid, boot=boot, group="photon", band="simultaneous")
+    curves = _boot_curves(fits, boot, grid, "photon")
+    inside = ((curves >= sim["lo"].to_numpy() - 1e-12) & (curves <= sim["hi"].to_numpy() + 1e-12)).all(axis=1)
+    assert inside.mean() >= 0.95
+    assert (sim["lo"] <= sim["fit"]).all() and (sim["fit"] <= sim["hi"]).all()
+    with pytest.raises(ValueError, match="band must be one of"):
+        stats.predict_dose_response(fits, grid, boot=boot, group="photon", band="pointwize")
 
 
 def test_tost_hand_computed():

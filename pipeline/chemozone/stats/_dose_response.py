@@ -456,19 +456,31 @@ def _add_bootstrap_cis(fits_df: pd.DataFrame, boot_df: pd.DataFrame, jack_df: pd
     return fits_df
 
 
+BANDS = ("pointwise", "simultaneous")
+"""Kinds of bootstrap band of :func:`predict_dose_response`."""
+
+
 def predict_dose_response(fits: pd.DataFrame, doses: np.ndarray, *, boot: pd.DataFrame | None = None,
                           metric: str | None = None, group: str | None = None, model: str | None = None,
-                          alpha: float = 0.05) -> pd.DataFrame:
+                          alpha: float = 0.05, band: str = "pointwise") -> pd.DataFrame:
     """Fitted curve (population, patient offsets at 0) on a dose grid, with bootstrap bands when ``boot`` is given.
 
     Selects the row of ``fits`` by ``metric``/``group`` and ``model`` (default: the chosen model). ``fits`` and
     ``boot`` come from :func:`fit_dose_response_with_bootstrap` (or ``fits`` alone from :func:`fit_dose_response`).
+
+    ``band="pointwise"``: at each dose the ``alpha/2`` and ``1 - alpha/2`` quantiles of the bootstrap curves (each
+    dose covered on its own; the whole curve is covered less often). ``band="simultaneous"``: a sup-t band,
+    ``fit ± c · sd(dose)`` with ``sd`` the bootstrap SD at each dose and ``c`` the ``1 - alpha`` quantile over the
+    bootstrap curves of ``max over doses |curve - fit| / sd``: at least ``1 - alpha`` of the bootstrap curves lie
+    inside it at every dose (Montiel Olea & Plagborg-Møller 2019). Read a curve's shape against this one.
 
     Returns
     -------
     DataFrame
         ``dose, fit`` (+ ``lo, hi``).
     """
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
     sel = fits
     if metric is not None:
         sel = sel[sel["metric"] == metric]
@@ -486,8 +498,23 @@ def predict_dose_response(fits: pd.DataFrame, doses: np.ndarray, *, boot: pd.Dat
                  & (boot["model"] == mod)]
         if len(b):
             curves = np.stack([_curve(mod, doses, row) for row in b[_PARAMS[mod]].to_numpy(float)])
-            out["lo"] = np.nanquantile(curves, alpha / 2, axis=0)
-            out["hi"] = np.nanquantile(curves, 1 - alpha / 2, axis=0)
+            if band == "pointwise":
+                out["lo"] = np.nanquantile(curves, alpha / 2, axis=0)
+                out["hi"] = np.nanquantile(curves, 1 - alpha / 2, axis=0)
+            else:
+                out["lo"], out["hi"] = _sup_t_band(curves, out["fit"].to_numpy(float), alpha)
     return out
+
+
+def _sup_t_band(curves: np.ndarray, fit: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Simultaneous bootstrap band ``fit ± c · sd`` (sup-t; doses where the bootstrap SD is 0 get the fit)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.nanstd(curves, axis=0, ddof=1)
+        z = np.abs(curves - fit) / np.where(sd > 0, sd, np.nan)
+    sup = np.nanmax(np.where(np.isfinite(z), z, -np.inf), axis=1)
+    sup = sup[np.isfinite(sup)]
+    c = float(np.quantile(sup, 1 - alpha)) if sup.size else 0.0
+    half = np.where(sd > 0, c * sd, 0.0)
+    return fit - half, fit + half
 
 
