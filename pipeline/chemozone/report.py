@@ -259,7 +259,7 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
             ch = chosen.iloc[0]
             dmax = float(sub.loc[sub["radiation"].astype(str) == grp, "dose_gy"].max())
             grid = np.linspace(0, dmax, 60)
-            cur = stats.predict_dose_response(fits, grid, boot=boot, metric=col, group=grp, band="simultaneous")
+            cur = stats.predict_dose_response(fits, grid, boot=boot, metric=col, group=grp)
             ax.plot(cur["dose"], cur["fit"], color=_color(grp), lw=1.8,
                     label=f"{grp}: {ch['model']}" + (f", ED50 {ch['ED50']:.1f} Gy" if np.isfinite(ch["ED50"]) else ""))
             if "lo" in cur:
@@ -272,8 +272,8 @@ def _dose_figure(df: pd.DataFrame, metrics: list[tuple[str, str]], *, ylabel: st
             ax.legend(fontsize=6, frameon=False)
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
-    return _figure(fig, f"{ylabel} vs dose", f"{ylabel} vs dose, fitted curve (chosen by AIC) and simultaneous "
-                                             f"95% patient-bootstrap band (sup-t, the whole curve) per radiation type")
+    return _figure(fig, f"{ylabel} vs dose", f"{ylabel} vs dose, fitted curve (chosen by AIC) and pointwise "
+                                             f"95% patient-bootstrap band per radiation type")
 
 
 def _fit_summary(fits: list[pd.DataFrame]) -> str:
