@@ -643,7 +643,6 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
 
     Returns the rows of the samples that passed both, and :func:`cohort_step`'s tables.
     """
-
     t0 = time.perf_counter()
     summaries, failed_z = [], set()
     for r, outcome in map_samples(client, zone_summaries, ok_a, (cfg, str(lay.root)), "zone signals"):
@@ -670,6 +669,7 @@ def _run_step_b(client, bar, ok_a, cfg: Config, lay: RunLayout, cohort, ledger: 
     for r, outcome in map_samples(client, process_sample_b, ok_a, args_b, "step B"):
         if isinstance(outcome, StageError):
             ledger.fail(outcome)
+            shutil.rmtree(lay.sample(r["sample_id"]).zone_signal_cache, ignore_errors=True)  # not left behind
         else:
             ledger.record(r["sample_id"], status="done", step_b=outcome)
             log.info("%s: done (%d cells) %s", r["sample_id"], outcome["n_cells"], outcome["timings_s"])
