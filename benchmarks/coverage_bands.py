@@ -18,9 +18,7 @@ doses: what a reader of a curve's shape relies on), the mean per-dose coverage, 
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage_stats import TRUTH, simulate_cohort  # noqa: E402
+from coverage_stats import TRUTH, cohort_arguments, run_cohorts, simulate_cohort  # noqa: E402
 
 from chemozone import stats  # noqa: E402
 
@@ -75,27 +73,12 @@ def summarise(results: list[dict]) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-cohorts", type=int, default=200)
-    ap.add_argument("--n-bootstrap", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="30 cohorts, 60 bootstrap draws")
-    a = ap.parse_args(argv)
-    n_coh, n_boot = (30, 60) if a.quick else (a.n_cohorts, a.n_bootstrap)
-    rng = np.random.default_rng(a.seed)
-    t0 = time.perf_counter()
-    results, skipped = [], 0
-    for i in range(n_coh):
-        r = one_cohort(rng, n_boot)
-        if r is None:
-            skipped += 1
-        else:
-            results.append(r)
-        if (i + 1) % max(n_coh // 10, 1) == 0:
-            print(f"  {i + 1}/{n_coh} cohorts ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    a = cohort_arguments(__doc__).parse_args(argv)
+    results, skipped, seconds = run_cohorts(one_cohort, a)
     print(summarise(results).to_string(index=False))
-    print(f"\n{len(results)} cohorts of 6 patients ({skipped} without a fit or band), {n_boot} bootstrap draws each, "
-          f"seed {a.seed}, nominal 95 %, 41 doses 0-20 Gy; {time.perf_counter() - t0:.0f} s on one core")
+    print(f"\n{len(results)} cohorts of 6 patients ({skipped} without a fit or band), "
+          f"{60 if a.quick else a.n_bootstrap} bootstrap draws each, seed {a.seed}, nominal 95 %, 41 doses 0-20 Gy; "
+          f"{seconds:.0f} s on one core")
     return 0
 
 

@@ -164,26 +164,44 @@ def summarise(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cohort_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line shared by the coverage benchmarks (cohorts, bootstrap draws, seed, --quick)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-cohorts", type=int, default=200)
     ap.add_argument("--n-bootstrap", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="30 cohorts, 60 bootstrap draws")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def run_cohorts(one, a: argparse.Namespace) -> tuple[list, int, float]:
+    """``one(rng, n_bootstrap)`` for every simulated cohort, with progress on stderr.
+
+    Returns the results that are not None, the number of None results and the seconds taken.
+    """
     n_coh, n_boot = (30, 60) if a.quick else (a.n_cohorts, a.n_bootstrap)
     rng = np.random.default_rng(a.seed)
     t0 = time.perf_counter()
-    results = []
+    results, skipped = [], 0
     for i in range(n_coh):
-        results.append(one_cohort(rng, n_boot))
+        r = one(rng, n_boot)
+        if r is None:
+            skipped += 1
+        else:
+            results.append(r)
         if (i + 1) % max(n_coh // 10, 1) == 0:
             print(f"  {i + 1}/{n_coh} cohorts ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return results, skipped, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    a = cohort_arguments(__doc__).parse_args(argv)
+    results, _, seconds = run_cohorts(one_cohort, a)
     table = summarise(results)
     with pd.option_context("display.width", 250, "display.max_colwidth", 40):
         print(table.to_string(index=False))
-    print(f"\n{n_coh} cohorts of 6 patients, {n_boot} bootstrap draws each, seed {a.seed}, nominal 95 %; "
-          f"{time.perf_counter() - t0:.0f} s on one core")
+    print(f"\n{len(results)} cohorts of 6 patients, {60 if a.quick else a.n_bootstrap} bootstrap draws each, "
+          f"seed {a.seed}, nominal 95 %; {seconds:.0f} s on one core")
     return 0
 
 

@@ -160,12 +160,23 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
     return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
 
 
+def block_sizes(n_px: int, factor: int, start: int = 0, n: int | None = None) -> np.ndarray:
+    """Image pixels along one axis of grid blocks ``start .. start + n`` (``factor``, less for the last, partial one).
+
+    Examples
+    --------
+    >>> block_sizes(10, 4).tolist(), block_sizes(10, 4, start=2, n=1).tolist()
+    ([4, 4, 2], [2])
+    """
+    n = -(-int(n_px) // int(factor)) - start if n is None else n
+    return np.minimum(factor, n_px - np.arange(start, start + n) * factor)
+
+
 def _divide_by_counts(sums: np.ndarray, factor: int, shape_yx: tuple[int, int], r0: int, c0: int, dtype) -> np.ndarray:
     """Block sums (C, y, x) whose first block is grid ``(r0, c0)`` → means: float64 division by the number of
     image pixels each block holds (partial blocks at the image's edges), then ``dtype``."""
-    h, w = shape_yx
-    rows = np.minimum(factor, h - np.arange(r0, r0 + sums.shape[1]) * factor)
-    cols = np.minimum(factor, w - np.arange(c0, c0 + sums.shape[2]) * factor)
+    rows = block_sizes(shape_yx[0], factor, r0, sums.shape[1])
+    cols = block_sizes(shape_yx[1], factor, c0, sums.shape[2])
     out = sums.astype(np.float64, copy=False)
     del sums
     for b0 in range(0, out.shape[1], 1024):  # in place, a band of rows at a time: no grid-sized temporaries

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .grid import block_mean, grid_factor, grid_shape
+from .grid import block_mean, block_sizes, grid_factor, grid_shape
 
 __all__ = ["grid_factor", "grid_shape", "block_means", "tissue_mask", "TissueResult", "count_channels",
            "TISSUE_OUTCOMES"]
@@ -288,8 +288,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     idx = list(range(image_cyx.shape[0])) if channel_indices is None else [int(i) for i in channel_indices]
     is_count = set(count_channels(image_cyx, idx)) if counts is None else (set(idx) if counts else set())
     _, h, w = image_cyx.shape
-    gh, gw = grid_shape((h, w), f)
-    block_px = (np.minimum(f, h - np.arange(gh) * f), np.minimum(f, w - np.arange(gw) * f))  # rows, cols
+    block_px = (block_sizes(h, f), block_sizes(w, f))  # pixels per block of each grid row, column
     # one channel's block means at a time: a 40k² section's 15 channels on a 2 µm grid would be 12 GB at once
     means = (block_means(image_cyx, f, [i])[0] for i in idx)
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
