@@ -36,6 +36,30 @@ def test_block_mean_equals_brute_force_numpy_dask_and_2d(h, w, f, seed):
     assert out32.dtype == np.float32 and np.array_equal(out32, brute[0].astype(np.float32))
 
 
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32"]),
+       f=st.integers(1, 20), nby=st.integers(1, 4), nbx=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_block_sums_equal_numpys_reduction_at_the_extremes_of_each_dtype(dtype, f, nby, nbx, seed):
+    """The strided integer sums (uint32 rows where they fit) equal numpy's int64 reduction, also at each dtype's
+    extreme values (uint16 65535 × 20² blocks would overflow a uint32 row sum if the accumulator were chosen wrong)."""
+    from chemozone.grid import _block_sums
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        img = rng.normal(0, 1e3, (2, nby * f, nbx * f)).astype(dt)
+        acc = np.float64
+    else:
+        info = np.iinfo(dt)
+        lo, hi = max(info.min, -2**40), min(info.max, 2**40)
+        img = rng.choice(np.array([lo, hi, 0, 1], dtype=dt), (2, nby * f, nbx * f))
+        acc = np.int64
+    ref = img.reshape(2, nby, f, nbx, f).sum(axis=(2, 4), dtype=acc)
+    got = _block_sums(img, f, acc)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_block_mean_rejects_other_shapes():
     with pytest.raises(ValueError, match=r"\(Y, X\) or \(C, Y, X\)"):
         block_mean(np.zeros(5), 2)

@@ -147,17 +147,53 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
         if not all(c % factor == 0 for ax in sub.chunks[1:] for c in ax):  # blocks must not straddle chunks
             step = factor * max(1, 1024 // factor)
             sub = sub.rechunk((1, step, step))
-        # integer images are summed as int64 (exact, like float64 sums of integers, without a float copy)
-        acc = np.int64 if np.issubdtype(sub.dtype, np.integer) else np.float64
+        # Tasks return exact block sums in the smallest accumulator that holds them (uint32 for 16-bit pixels: half
+        # the bytes of float64 means to move from a worker); the driver divides by the pixel counts, as before.
+        integer = np.issubdtype(sub.dtype, np.integer)
+        acc = (_row_accumulator(sub.dtype, factor) if sub.dtype.itemsize < 8 else np.int64) if integer else np.float64
         out_chunks = (sub.chunks[0],) + tuple(tuple(c // factor for c in ax) for ax in sub.chunks[1:])
-        means = sub.map_blocks(_block_means, factor, acc, (h, w), np.dtype(dtype), chunks=out_chunks, dtype=dtype)
-        out = np.empty((len(idx), gh, gw), dtype)
-        r0 = 0
-        for n in means.chunks[1]:  # one row of chunks at a time: no list of every chunk's result, no concatenation
-            out[:, r0:r0 + n] = means[:, r0:r0 + n].compute()
-            r0 += n
-        return out
+        sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc)
+        return _gather_band_means(sums, factor, (h, w), dtype)
     return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
+
+
+_BAND_BYTES = 256 * 2**20
+"""About how many bytes of block sums :func:`block_mean` gathers per ``compute`` from a lazy image."""
+
+
+class _LazySums:
+    """The lazy block sums of an image; a task reads one band of chunk rows of them itself (see
+    :func:`_gather_band_means`). Pickles as the sums' graph, which reads the file by path: no pixels."""
+
+    def __init__(self, sums):
+        self.sums = sums
+
+    def band(self, r0: int, n: int) -> np.ndarray:
+        return self.sums[:, r0:r0 + n].compute(scheduler="synchronous")
+
+
+def _band_sums(src: _LazySums, r0: int, n: int) -> np.ndarray:
+    return src.band(r0, n)
+
+
+def _gather_band_means(sums, factor: int, shape_yx: tuple[int, int], dtype) -> np.ndarray:
+    """Block means from lazy block sums ``(C, gh, gw)``: one task per row of chunks, which reads and sums its chunks
+    inside the task (no task per chunk: a distributed scheduler's per-task cost was most of the time), gathered
+    about :data:`_BAND_BYTES` at a time into one preallocated result and divided by the pixel counts there."""
+    import dask  # noqa: PLC0415
+
+    c, gh, gw = sums.shape
+    out = np.empty((c, gh, gw), dtype)
+    src = dask.delayed(_LazySums(sums), traverse=False)  # one key every band task depends on
+    starts = np.concatenate([[0], np.cumsum(sums.chunks[1])[:-1]]).astype(int)
+    rows = list(zip(starts.tolist(), sums.chunks[1]))
+    per_compute = max(1, _BAND_BYTES // max(1, c * gw * sums.dtype.itemsize * max(sums.chunks[1])))
+    for k in range(0, len(rows), per_compute):
+        group = rows[k:k + per_compute]
+        parts = dask.compute(*[dask.delayed(_band_sums, pure=True)(src, r0, n) for r0, n in group])
+        for (r0, n), part in zip(group, parts):
+            out[:, r0:r0 + n] = _divide_by_counts(part, factor, shape_yx, r0, 0, dtype)
+    return out
 
 
 def block_sizes(n_px: int, factor: int, start: int = 0, n: int | None = None) -> np.ndarray:
@@ -184,17 +220,32 @@ def _divide_by_counts(sums: np.ndarray, factor: int, shape_yx: tuple[int, int], 
     return out.astype(dtype, copy=False)
 
 
-def _block_means(block: np.ndarray, factor: int, acc, shape_yx: tuple[int, int], dtype, block_info=None) -> np.ndarray:
-    """:func:`_block_sums` of a chunk divided by the pixel counts of its blocks (the chunk's place from dask)."""
-    loc = block_info[0]["array-location"]
-    return _divide_by_counts(_block_sums(block, factor, acc), factor, shape_yx, loc[1][0] // factor,
-                             loc[2][0] // factor, dtype)
-
-
 def _block_sums(block: np.ndarray, factor: int, acc) -> np.ndarray:
-    """Sums of the ``factor × factor`` blocks of a (C, Y, X) chunk whose sides are multiples of ``factor``."""
+    """Sums of the ``factor × factor`` blocks of a (C, Y, X) chunk whose sides are multiples of ``factor``.
+
+    Integer chunks are summed as ``factor`` strided slices along each axis (exact in any order; ~10× faster than
+    numpy's reduction over the reshaped block axes); rows go through :func:`_row_accumulator` (uint32 for 8- and
+    16-bit unsigned pixels when ``factor² · max`` fits). Float and 64-bit chunks keep numpy's reduction (float: its
+    summation order).
+    """
     c, h, w = block.shape
-    return block.reshape(c, h // factor, factor, w // factor, factor).sum(axis=(2, 4), dtype=acc)
+    if not np.issubdtype(block.dtype, np.integer) or block.dtype.itemsize >= 8:
+        return block.reshape(c, h // factor, factor, w // factor, factor).sum(axis=(2, 4), dtype=acc)
+    rows = block[:, 0::factor].astype(_row_accumulator(block.dtype, factor))
+    for i in range(1, factor):
+        rows += block[:, i::factor]
+    out = rows[:, :, 0::factor].astype(acc)
+    for i in range(1, factor):
+        out += rows[:, :, i::factor]
+    return out
+
+
+def _row_accumulator(dtype, factor: int):
+    """A dtype that holds the sum of ``factor²`` values of integer ``dtype`` exactly (uint32 when it can, else int64)."""
+    info = np.iinfo(dtype)
+    if info.min >= 0 and info.max * factor * factor <= np.iinfo(np.uint32).max:
+        return np.uint32
+    return np.int64
 
 
 def cell_grid_index(cells: Any, *, grid_um: float, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
