@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chemozone.layout import RunLayout, SampleLayout
 
@@ -218,6 +220,20 @@ def test_contrast_limits_sample_chunks_of_a_large_level(monkeypatch):
     arr = da.ones((1, 400, 400), chunks=(1, 50, 50), dtype=np.uint16) * 7
     arr = da.concatenate([arr, arr * 3], axis=0)
     assert rd.contrast_limits([arr], 1) == (21.0, 22.0)  # constant channel -> hi = lo + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["uint8", "int8", "uint16", "int16", "int32", "float32"]), n=st.integers(1, 3000),
+       seed=st.integers(0, 2**16), q=st.lists(st.floats(0, 100), min_size=1, max_size=3))
+def test_display_percentiles_equal_numpys(dtype, n, seed, q):
+    """The histogram percentiles of 8- and 16-bit pixels are numpy's (linear interpolation), extremes included."""
+    from chemozone_napari._reader import _percentiles
+
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    lo, hi = (np.iinfo(dt).min, np.iinfo(dt).max) if dt.kind in "ui" else (-1e3, 1e3)
+    vals = rng.choice(np.array([lo, hi, 0, 1], dt), n) if seed % 2 else rng.integers(lo, hi, n, endpoint=True).astype(dt)
+    np.testing.assert_allclose(_percentiles(vals, q), np.percentile(vals, q), rtol=1e-12, atol=1e-9)
 
 
 def test_reader_run_folder_layers_and_scales(run_folder):

@@ -391,7 +391,7 @@ def test_step_b_reuses_pass_a_zone_signals_and_removes_them(tiny_cohort, tmp_pat
     from chemozone import spatial
     from chemozone.run import run_batch
 
-    monkeypatch.setattr(spatial, "infiltration_metrics", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(spatial, "annotate_and_infiltrate", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
     failed = run_batch(tiny_cohort, cfg, tmp_path / "failed", in_process=True, progress=False, on_error="skip")
     assert failed.exit_code == 3 and all(s == "failed" for s in failed.statuses.values())
     assert not list((tmp_path / "failed").glob("samples/*/.zone_signals.zarr"))

@@ -17,6 +17,7 @@ from chemozone.config import CognatePair, SpatialConfig
 from chemozone.errors import ConfigError, MissingStepError
 from chemozone.spatial import (
     PSEUDOCOUNT,
+    annotate_and_infiltrate,
     annotate_cells,
     band_names,
     cognate_specificity,
@@ -230,6 +231,27 @@ def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
             assert (a["n_cells"].reindex(b.index, fill_value=0) == b["n_cells"]).all()
             areas = ov[(ov[f"in_{z}"] == flag) & (ov.population_type == "all")]["area_mm2"].sum()
             assert areas == pytest.approx(b["area_mm2"].iloc[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 15.0), st.sampled_from([[], [0.0, 10.0], DEFAULT_BANDS_UM]))
+def test_annotate_and_infiltrate_equals_the_two_steps(seed, edge_um, bands):
+    """The one-pass function (one distance map per zone) gives exactly annotate_cells + infiltration_metrics."""
+    rng = np.random.default_rng(seed)
+    g = 5.0
+    tissue = np.zeros((30, 30), bool)
+    tissue[2:28, 3:27] = True
+    masks = {n: rng.random((30, 30)) < p for n, p in (("A", 0.3), ("B", 0.02), ("C", 0.0))}
+    n = 200
+    cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
+                          "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
+    before = cells.copy()
+    ann, inf = annotate_and_infiltrate(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=bands,
+                                       edge_exclusion_um=edge_um)
+    pd.testing.assert_frame_equal(ann, annotate_cells(cells, masks, tissue, grid_um=g))
+    pd.testing.assert_frame_equal(inf, infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s",
+                                                            distance_bands_um=bands, edge_exclusion_um=edge_um))
+    pd.testing.assert_frame_equal(cells, before)
 
 
 def test_infiltration_missing_population_column():

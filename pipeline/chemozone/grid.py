@@ -146,7 +146,7 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
             sub = da.pad(sub, pad, mode="constant")
         if not all(c % factor == 0 for ax in sub.chunks[1:] for c in ax):  # blocks must not straddle chunks
             step = factor * max(1, 1024 // factor)
-            sub = sub.rechunk((1, step, step))
+            sub = sub.rechunk((1, _aligned_rows(sub.chunks[1][0], factor, step), step))
         # Tasks return exact block sums in the smallest accumulator that holds them (uint32 for 16-bit pixels: half
         # the bytes of float64 means to move from a worker); the driver divides by the pixel counts, as before.
         integer = np.issubdtype(sub.dtype, np.integer)
@@ -155,6 +155,20 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
         sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc)
         return _gather_band_means(sums, factor, (h, w), dtype)
     return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
+
+
+def _aligned_rows(chunk_rows: int, factor: int, fallback: int) -> int:
+    """Rows of a rechunked image whose chunk boundaries fall on both ``factor`` and the stored chunks' rows
+    (their least common multiple), so that each task of :func:`_gather_band_means` reads its own stored rows
+    and no others; ``fallback`` when that would exceed 16 stored chunk rows.
+
+    Examples
+    --------
+    >>> _aligned_rows(1024, 40, 1000), _aligned_rows(1000, 17, 1020)
+    (5120, 1020)
+    """
+    lcm = math.lcm(int(chunk_rows), int(factor))
+    return lcm if lcm <= 16 * int(chunk_rows) else int(fallback)
 
 
 _BAND_BYTES = 256 * 2**20

@@ -415,8 +415,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 masks, zones_df, row, tissue_grid, zones=cfg.zones, sample_id=sid, shape_yx=img.data.shape[1:],
                 pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
         with _timed(timings, "spatial"):
-            cells = _stage(sid, "spatial", lambda: spatial.annotate_cells(cells, masks, tissue_grid, grid_um=grid_um))
-            infil = _stage(sid, "spatial", lambda: spatial.infiltration_metrics(
+            cells, infil = _stage(sid, "spatial", lambda: spatial.annotate_and_infiltrate(  # one distance map per zone
                 cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg)))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
                 infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg)))

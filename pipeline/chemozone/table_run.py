@@ -295,8 +295,8 @@ def _step_b(sid: str, cfg: Config, lay: RunLayout, gates, row: dict[str, Any]) -
     tissue = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
     g = float(cfg.analysis_grid.pixel_size_um)
     masks, zones_df, zrec = _zones(cells, tissue, cfg, sid, g, row)
-    cells = spatial.annotate_cells(cells, masks, tissue, grid_um=g)
-    infil = spatial.infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id=sid, **infiltration_options(cfg))
+    cells, infil = spatial.annotate_and_infiltrate(cells, masks, tissue, grid_um=g, sample_id=sid,
+                                                   **infiltration_options(cfg))
     cognate = spatial.cognate_specificity(infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg))
     overlap = spatial.zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id=sid, **overlap_options(cfg))
     for name, m in masks.items():

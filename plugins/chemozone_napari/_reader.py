@@ -109,12 +109,35 @@ def contrast_limits(levels: list, channel: int) -> tuple[float, float]:
     vals = vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals
     if vals.size == 0:
         return (0.0, 1.0)
-    lo, hi = (float(v) for v in np.percentile(vals, [0.5, 99.8]))
+    lo, hi = _percentiles(vals, [0.5, 99.8])
     if hi <= lo:
         hi = float(vals.max())
         if hi <= lo:
             hi = lo + 1.0
     return (lo, hi)
+
+
+def _percentiles(vals: np.ndarray, q: list[float]) -> list[float]:
+    """``np.percentile(vals, q)`` (linear interpolation); 8- and 16-bit integers through a histogram of the values,
+    which gives the same numbers without copying and partitioning millions of pixels.
+
+    Examples
+    --------
+    >>> v = np.random.default_rng(0).integers(0, 4000, 10_001).astype(np.uint16)
+    >>> _percentiles(v, [0.5, 99.8]) == [float(x) for x in np.percentile(v, [0.5, 99.8])]
+    True
+    """
+    if vals.dtype.kind not in "ui" or vals.dtype.itemsize > 2:
+        return [float(v) for v in np.percentile(vals, q)]
+    offset = int(np.iinfo(vals.dtype).min)
+    cum = np.cumsum(np.bincount(vals.ravel() if offset == 0 else vals.ravel().astype(np.int32) - offset))
+    out = []
+    for p in q:
+        pos = p / 100.0 * (vals.size - 1)
+        i = int(np.floor(pos))
+        a, b = (int(np.searchsorted(cum, k, side="right")) + offset for k in (i, min(i + 1, vals.size - 1)))
+        out.append(float(a + (b - a) * (pos - i)))
+    return out
 
 
 def image_layers(path: str | Path, *, channels=None, pixel_size_um=None, img=None,

@@ -59,8 +59,10 @@ def merge_reviewed(cells, sample_dir: str | Path | None):
     """``cells`` plus ``phenotype_reviewed`` (None where not reviewed) and ``phenotype_display``."""
     import pandas as pd
 
-    out = cells.copy()
-    out = out.drop(columns=[c for c in ("phenotype_reviewed", "phenotype_display") if c in out.columns])
+    out = cells.copy(deep=False)  # new and dropped columns change the copy only (a million-cell table: no data copy)
+    for c in ("phenotype_reviewed", "phenotype_display"):
+        if c in out.columns:
+            del out[c]
     rev = load_reviewed(sample_dir) if sample_dir is not None else None
     if rev is not None and len(rev) and "cell_id" in out.columns:
         mapping = dict(zip(rev["cell_id"].astype(np.int64), rev["phenotype_reviewed"].astype(str)))
