@@ -100,6 +100,20 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"x": 3}
 
 
+def test_read_parquet_split_blocks_gives_the_same_frame(tmp_path):
+    from chemozone.layout import read_parquet
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"cell_id": np.arange(1, 501, dtype=np.uint32), "x_um": rng.random(500),
+                       "phenotype": rng.choice(["NK", "T", "other"], 500), "in_CXCL10": rng.random(500) < 0.3,
+                       "n": rng.integers(0, 9, 500)})
+    path = write_parquet(df, tmp_path / "cells.parquet")
+    plain, split = read_parquet(path), read_parquet(path, split_blocks=True)
+    pd.testing.assert_frame_equal(split, plain)
+    pd.testing.assert_frame_equal(split, df)
+    pd.testing.assert_frame_equal(read_parquet(path, ["x_um", "phenotype"], split_blocks=True), df[["x_um", "phenotype"]])
+
+
 def test_layout_paths_and_fingerprint(tmp_path):
     lay = RunLayout(tmp_path)
     assert lay.cells("s1") == tmp_path / "samples" / "s1" / "cells.parquet"

@@ -150,8 +150,17 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 resolve_channels(img.channels, cfg.tissue.channels, aliases=cfg.panel.aliases, source=img.path)
                 if cfg.tissue.channels else None
             )
-            tres = _stage(sid, "tissue", lambda: tissue.tissue_mask(
-                img.data, pixel_size_um=px, channel_indices=tissue_idx, **tissue_options(cfg)))
+            ov = _overview_writer(img, cfg, lay.sample(sid).overview, tissue_idx)
+            try:
+                tres = _stage(sid, "tissue", lambda: tissue.tissue_mask(
+                    img.data, pixel_size_um=px, channel_indices=tissue_idx, channel_means_callback=ov,
+                    **tissue_options(cfg)))
+            except BaseException:
+                if ov is not None:
+                    ov.abort()
+                raise
+            if ov is not None:
+                ov.finish()
             tmask, grid_um = tres.mask, tres.grid_um
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
@@ -208,6 +217,23 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     if pre is not None:  # where the masks came from (paths, pages, object counts) instead of a segmenter
         info.update(segmentation=pre[2], nucleus_diameter_um=None)
     return info
+
+
+def _overview_writer(img, cfg: Config, path: Path, tissue_idx):
+    """An :class:`~chemozone.overview.OverviewWriter` for a large image without a pyramid whose tissue pass reads
+    every channel (else None: the QC figure and napari then read the image's own pixels or levels)."""
+    from .grid import grid_factor
+    from .overview import OverviewWriter, overview_blocks
+
+    n = img.data.shape[0]
+    if len(img.levels or [img.data]) > 1 or (tissue_idx is not None and sorted(tissue_idx) != list(range(n))):
+        return None
+    f = grid_factor(img.pixel_size_um, cfg.analysis_grid.pixel_size_um)
+    k = overview_blocks(img.data.shape[1:], f)
+    if k is None:
+        return None
+    return OverviewWriter(path, shape_cyx=img.data.shape, grid_factor=f, blocks=k, channels=img.channels,
+                          pixel_size_um=img.pixel_size_um)
 
 
 def _apply_regions(sid: str, regs, tmask, table, img, grid_um: float):
@@ -435,9 +461,11 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             write_parquet(overlap, lay.zone_overlap(sid))
         if cfg.run.write_qc:
             with _timed(timings, "qc"):
+                from .overview import with_overview
                 from .qc import write_qc
 
-                _stage(sid, "qc", lambda: write_qc(lay.qc(sid), img, lay.masks(sid), masks, **qc_options(cfg)))
+                shown = with_overview(img, lay.sample(sid).overview)  # a large image's overview: no second full read
+                _stage(sid, "qc", lambda: write_qc(lay.qc(sid), shown, lay.masks(sid), masks, **qc_options(cfg)))
     shutil.rmtree(lay.sample(sid).zone_signal_cache, ignore_errors=True)  # step B done: the signals are not kept
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
             "positive_counts": counts}

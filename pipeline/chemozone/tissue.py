@@ -149,6 +149,12 @@ def _auto_threshold(values: np.ndarray, method) -> float:
     return float(fn[method](values))
 
 
+def _tap(i: int, means: np.ndarray, callback) -> np.ndarray:
+    if callback is not None:
+        callback(i, means)
+    return means
+
+
 def _scaled_signal(means, counts: list[bool], block_px: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Steps 1-3 before smoothing: Anscombe for count channels, robust range per channel, mean.
 
@@ -233,7 +239,7 @@ def _clean(mask: np.ndarray, grid_um: float, min_area_um2: float, fill_holes_um2
 def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth_um: float = 12.0,
                 threshold: str | float = "otsu", glass_contrast: float = 3.0, glass_fraction: float = 0.5,
                 min_area_um2: float = 20000.0, fill_holes_um2: float = 2000.0, channel_indices=None,
-                counts: bool | None = None) -> TissueResult:
+                counts: bool | None = None, channel_means_callback=None) -> TissueResult:
     """The explant's tissue on the analysis grid, and whether the field has glass, is all tissue, or is empty.
 
     Parameters
@@ -262,6 +268,11 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     counts : bool, optional
         Treat every channel as ion counts (True) or none (False); default: judged per channel by
         :func:`count_channels`.
+    channel_means_callback : callable, optional
+        Called as ``callback(channel_index, grid_means)`` with each channel's block means on the grid (float64,
+        the mask's shape) as they are computed, before they are used (e.g. a
+        :class:`chemozone.overview.OverviewWriter`): whatever else needs every channel at a coarse scale gets it
+        without reading the image again.
 
     Returns
     -------
@@ -290,7 +301,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     _, h, w = image_cyx.shape
     block_px = (block_sizes(h, f), block_sizes(w, f))  # pixels per block of each grid row, column
     # one channel's block means at a time: a 40k² section's 15 channels on a 2 µm grid would be 12 GB at once
-    means = (block_means(image_cyx, f, [i])[0] for i in idx)
+    means = (_tap(i, block_means(image_cyx, f, [i])[0], channel_means_callback) for i in idx)
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
     smooth = ndi.gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
     thr = _auto_threshold(smooth, threshold)

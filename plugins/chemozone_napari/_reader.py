@@ -29,6 +29,7 @@ from ._colors import ZONE_COLORS, category_colors, channel_colormap
 LABEL_NAMES = ("nuclei", "cells")
 CONTRAST_MAX_PX = 2**22  # pixels of a level small enough to take percentiles on directly
 CONTRAST_SAMPLE_CHUNKS = 9
+CONTRAST_WINDOW_PX = 512  # side of the window read at each sampled chunk's corner (one tile of a tiled TIFF)
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
@@ -85,27 +86,43 @@ def read_paths(path: str | list[str]) -> list[LayerData] | None:
 
 # --------------------------------------------------------------------------------------------- images
 def contrast_limits(levels: list, channel: int) -> tuple[float, float]:
-    """Display range (0.5th and 99.8th percentiles) of one channel, from a cheap subset of pixels.
+    """Display range (0.5th and 99.8th percentiles) of one channel, from a cheap subset of pixels
+    (:func:`contrast_limits_all` for one channel)."""
+    return contrast_limits_all(levels, [channel])[0]
+
+
+def contrast_limits_all(levels: list, channels: list[int]) -> list[tuple[float, float]]:
+    """Display ranges (0.5th and 99.8th percentiles) of these channels, from a cheap subset of pixels.
 
     The smallest pyramid level is used whole when it has at most ``CONTRAST_MAX_PX`` pixels;
-    otherwise a few chunks spread over it are read (never the whole image).
+    otherwise the corners (``CONTRAST_WINDOW_PX`` square) of a few chunks spread over it are read (never the
+    whole image), every channel's in one ``compute`` (one pass over a whole section's graph, not one per channel).
     """
     lvl = min(levels, key=lambda a: a.shape[-1] * a.shape[-2])
-    arr = lvl[channel]
-    if arr.shape[0] * arr.shape[1] <= CONTRAST_MAX_PX:
-        vals = np.asarray(arr).ravel()
-    elif hasattr(arr, "blocks"):
-        ny, nx = arr.numblocks
-        k = int(np.ceil(np.sqrt(CONTRAST_SAMPLE_CHUNKS)))
-        iy = np.unique(np.linspace(0, ny - 1, k).round().astype(int))
-        ix = np.unique(np.linspace(0, nx - 1, k).round().astype(int))
+    ny_px, nx_px = lvl.shape[-2:]
+    if ny_px * nx_px <= CONTRAST_MAX_PX:
+        samples = [np.asarray(lvl[c]).ravel() for c in channels]
+    elif hasattr(lvl, "blocks"):
         import dask
 
-        blocks = dask.compute(*[arr.blocks[a, b] for a in iy for b in ix])
-        vals = np.concatenate([np.asarray(b).ravel() for b in blocks])
+        sub = lvl[channels] if list(channels) != list(range(lvl.shape[0])) else lvl
+        ey, ex = (np.concatenate([[0], np.cumsum(ch)]) for ch in sub.chunks[1:])
+        k = int(np.ceil(np.sqrt(CONTRAST_SAMPLE_CHUNKS)))
+        iy = np.unique(np.linspace(0, len(ey) - 2, k).round().astype(int))
+        ix = np.unique(np.linspace(0, len(ex) - 2, k).round().astype(int))
+        # one slice per sampled chunk position, all channels at once (a slice per channel and chunk costs more
+        # than the reading on a whole section's graph)
+        w = CONTRAST_WINDOW_PX  # the corner of each sampled chunk (a stored tile), not the whole chunk
+        blocks = dask.compute(*[sub[:, ey[a]:min(ey[a + 1], ey[a] + w), ex[b]:min(ex[b + 1], ex[b] + w)]
+                                for a in iy for b in ix])
+        samples = [np.concatenate([np.asarray(b[i]).ravel() for b in blocks]) for i in range(len(channels))]
     else:  # numpy, large
-        step = int(np.ceil(np.sqrt(arr.shape[0] * arr.shape[1] / CONTRAST_MAX_PX)))
-        vals = np.asarray(arr[::step, ::step]).ravel()
+        step = int(np.ceil(np.sqrt(ny_px * nx_px / CONTRAST_MAX_PX)))
+        samples = [np.asarray(lvl[c][::step, ::step]).ravel() for c in channels]
+    return [_display_range(v) for v in samples]
+
+
+def _display_range(vals: np.ndarray) -> tuple[float, float]:
     vals = vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals
     if vals.size == 0:
         return (0.0, 1.0)
@@ -164,6 +181,7 @@ def image_layers(path: str | Path, *, channels=None, pixel_size_um=None, img=Non
     px = float(img.pixel_size_um)
     out: list[LayerData] = []
     others = 0
+    limits = contrast_limits_all(levels, list(range(len(img.channels))))
     for c, name in enumerate(img.channels):
         cmap = channel_colormap(name, others)
         if cmap != "blue":
@@ -172,7 +190,7 @@ def image_layers(path: str | Path, *, channels=None, pixel_size_um=None, img=Non
         meta = {"chemozone": {"kind": "image", "path": str(img.path), "channel": name, "channel_index": c,
                               "channels": list(img.channels), "pixel_size_um": px, "format": img.format}}
         kwargs = dict(
-            name=str(name), colormap=cmap, blending="additive", contrast_limits=contrast_limits(levels, c),
+            name=str(name), colormap=cmap, blending="additive", contrast_limits=limits[c],
             scale=(px, px), translate=(px / 2, px / 2), multiscale=multiscale, metadata=meta,
             visible=visible_channels is None or c < visible_channels,
         )
@@ -250,9 +268,9 @@ def load_cells(sample_dir: Path):
     path = SampleLayout(sample_dir).cells
     if not path.is_file():
         return None
-    import pandas as pd
+    from chemozone.layout import read_parquet
 
-    return merge_reviewed(pd.read_parquet(path), sample_dir)
+    return merge_reviewed(read_parquet(path, split_blocks=True), sample_dir)  # read-only display: no consolidation
 
 
 def display_category(cells) -> str | None:
@@ -279,7 +297,10 @@ def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None 
     colors = category_colors(cells[col].to_numpy()) if col is not None else np.tile([1.0, 1.0, 1.0, 1.0], (len(cells), 1))
     meta = {"chemozone": {"kind": "cells", "sample_dir": str(sample_dir) if sample_dir else None,
                           "sample_id": sample_id, "color_by": col}}
-    kwargs = dict(name=name, features=cells.reset_index(drop=True), border_width=0,
+    import pandas as pd
+
+    plain = isinstance(cells.index, pd.RangeIndex) and cells.index.start == 0 and cells.index.step == 1
+    kwargs = dict(name=name, features=cells if plain else cells.reset_index(drop=True), border_width=0,
                   size=cell_point_size_um(cells), metadata=meta, opacity=0.9)
     if len(cells):  # napari cannot take an empty colour array
         kwargs["face_color"] = colors
@@ -300,8 +321,13 @@ def sample_layers(sample_dir: str | Path) -> list[LayerData]:
     img_path = sample_image_path(sample_dir, sample_id)
     px = None
     if img_path is not None:
-        layers = image_layers(img_path, channels=cfg.panel.channels, pixel_size_um=cfg.panel.pixel_size_um,
-                              visible_channels=4)
+        from chemozone.io import read_image
+        from chemozone.overview import with_overview
+
+        # an image without a pyramid shows the run's overview when zoomed out (never its every pixel at once)
+        img = with_overview(read_image(img_path, channels=cfg.panel.channels, pixel_size_um=cfg.panel.pixel_size_um),
+                            SampleLayout(sample_dir).overview)
+        layers = image_layers(img_path, img=img, visible_channels=4)
         for _, kw, _ in layers:
             kw["metadata"]["chemozone"].update(common)
             px = kw["metadata"]["chemozone"]["pixel_size_um"]
