@@ -171,7 +171,7 @@ def _aligned_rows(chunk_rows: int, factor: int, fallback: int) -> int:
     return lcm if lcm <= 16 * int(chunk_rows) else int(fallback)
 
 
-_BAND_BYTES = 256 * 2**20
+_BAND_BYTES = 32 * 2**20
 """About how many bytes of block sums :func:`block_mean` gathers per ``compute`` from a lazy image."""
 
 

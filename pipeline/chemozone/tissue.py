@@ -158,8 +158,8 @@ def _tap(i: int, means: np.ndarray, callback) -> np.ndarray:
 def _scaled_signal(means, counts: list[bool], block_px: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Steps 1-3 before smoothing: Anscombe for count channels, robust range per channel, mean.
 
-    ``means`` yields one channel's block means (grid shape, float64) per entry of ``counts`` (a (C, y, x)
-    array or a generator: only one channel is held at a time). The mean (not the maximum) over channels: one
+    ``means`` yields one channel's block means (grid shape, float64) per entry of ``counts`` (a generator: only
+    one channel is held at a time; each grid is consumed, i.e. changed in place). The mean (not the maximum) over channels: one
     channel bright on glass (a MIBI ``Background`` mass channel on the bare slide) must not make the glass tissue.
     ``block_px``: the pixels per block of each grid row and column (edge blocks are partial).
     """
@@ -180,9 +180,15 @@ def _scaled_signal(means, counts: list[bool], block_px: tuple[np.ndarray, np.nda
             hi = float(finite.max())  # a sparse channel: counts on under 1 % of the field
         del finite
         if hi > lo:
-            x = (ch - lo) if whole else (np.nan_to_num(ch, nan=lo) - lo)
+            if whole:  # in place: each grid of ``means`` is this loop's own (no third grid-sized array)
+                x = ch
+                x -= lo
+            else:
+                x = np.nan_to_num(ch, nan=lo) - lo
             x /= hi - lo
             signal += np.clip(x, 0, None, out=x)
+            del x
+        del ch, ok  # before the next channel's means are made: one channel grid at a time, not three
     return signal / max(1, len(counts))
 
 
