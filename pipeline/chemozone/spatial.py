@@ -255,6 +255,8 @@ def annotate_and_infiltrate(
     keep = tissue.copy()
     if edge_exclusion_um > 0:
         keep &= depth >= edge_exclusion_um
+    cell_depth = depth[r, c]
+    del depth  # the zone loop holds one distance map at a time, not the tissue depth besides
     edges = list(distance_bands_um)
     pops = _populations(cells, populations)
     new: dict[str, Any] = {}
@@ -265,7 +267,7 @@ def annotate_and_infiltrate(
         new.update(_zone_columns(zname, m, d, r, c))
         rows += _zone_infiltration(str(sample_id), zname, m, d, keep, r, c, pops, edges, grid_um=grid_um)
         del d
-    new["dist_tissue_edge_um"] = depth[r, c]
+    new["dist_tissue_edge_um"] = cell_depth
     return _with_columns(cells, new), pd.DataFrame(rows, columns=INFILTRATION_COLUMNS)
 
 
