@@ -171,8 +171,9 @@ def _aligned_rows(chunk_rows: int, factor: int, fallback: int) -> int:
     return lcm if lcm <= 16 * int(chunk_rows) else int(fallback)
 
 
-_BAND_BYTES = 32 * 2**20
-"""About how many bytes of block sums :func:`block_mean` gathers per ``compute`` from a lazy image."""
+_BAND_BYTES = 128 * 2**20
+"""About how many bytes of block sums :func:`block_mean` gathers per ``compute`` from a lazy image (a 40k² channel:
+12 band tasks per compute, enough to keep workers busy)."""
 
 
 class _LazySums:
@@ -198,7 +199,9 @@ def _gather_band_means(sums, factor: int, shape_yx: tuple[int, int], dtype) -> n
 
     c, gh, gw = sums.shape
     out = np.empty((c, gh, gw), dtype)
-    src = dask.delayed(_LazySums(sums), traverse=False)  # one key every band task depends on
+    # each task carries the (small, ~100 kB) lazy sums itself: a shared dependency key would pull every band task
+    # to the worker that holds it (one busy worker, one idle)
+    src = _LazySums(sums)
     starts = np.concatenate([[0], np.cumsum(sums.chunks[1])[:-1]]).astype(int)
     rows = list(zip(starts.tolist(), sums.chunks[1]))
     per_compute = max(1, _BAND_BYTES // max(1, c * gw * sums.dtype.itemsize * max(sums.chunks[1])))
