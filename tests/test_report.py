@@ -201,6 +201,19 @@ def test_a_failing_section_becomes_a_sentence(report, monkeypatch, tmp_path):
     assert "id='gates'" in text and "id='modules'" in text
 
 
+def test_report_in_two_processes_is_the_same_report(report):
+    """Heavy sections rendered in spawned worker processes (as after a 2-worker run) give the same HTML, figures and
+    bootstrap intervals included, as one process; only the time stamp differs."""
+    import chemozone.report as rep
+
+    info, _ = report
+    stamp = re.compile(r"written \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    one = stamp.sub("", rep.render_report(info["out"]))
+    two = stamp.sub("", rep.render_report(info["out"], processes=2))
+    assert "id='infiltration'" in two and "could not be drawn" not in two
+    assert two == one
+
+
 def test_old_run_json_without_warnings_says_so(report):
     info, path = report
     text = path.read_text(encoding="utf-8")

@@ -183,6 +183,16 @@ def _run_options(args: argparse.Namespace) -> dict:
                 progress=not args.quiet, command=sys.argv)
 
 
+def _report_processes(args: argparse.Namespace, out) -> int:
+    """Worker processes for the report after a run: the run's local Dask workers (one with a remote scheduler)."""
+    from .layout import read_run_json
+
+    run_cfg = ((read_run_json(out).get("config") or {}).get("run") or {})
+    if getattr(args, "scheduler", None) or run_cfg.get("scheduler"):
+        return 1
+    return max(1, int(args.workers if args.workers is not None else (run_cfg.get("workers") or 1)))
+
+
 def cli_run(args: argparse.Namespace) -> int:
     """``chemozone run INPUT --config CFG --out OUT ...``"""
     from .run import run_batch
@@ -197,7 +207,8 @@ def cli_run(args: argparse.Namespace) -> int:
     if not args.no_report and any(s == "done" for s in res.statuses.values()):
         from .report import write_report
 
-        print(f"report: {write_report(res.out)}")
+        procs = 1 if args.cells is not None else _report_processes(args, res.out)
+        print(f"report: {write_report(res.out, processes=procs)}")
     return res.exit_code
 
 
@@ -255,7 +266,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=workers, **_run_options(args))
     from .report import write_report
 
-    report = write_report(run_dir)
+    report = write_report(run_dir, processes=max(1, workers))
     _print_summary(res)
     print(f"report: {report}")
     print(f"cohort tables: {run_dir / 'cells.parquet'}, {run_dir / 'infiltration.parquet'}")

@@ -489,24 +489,78 @@ nav a{margin-right:12px}
 """
 
 
-def render_report(out: str | os.PathLike) -> str:
-    """The report's HTML text for a run folder (see :func:`write_report`)."""
-    out = Path(out)
+_SECTIONS = (("warnings", "Warnings"), ("summary", "Cohort summary"), ("failures", "Failures"),
+             ("qc", "Per-sample QC"), ("gates", "Gates"), ("zones", "Zone area vs dose"),
+             ("infiltration", "Infiltration vs dose"), ("cognate", "Cognate specificity"),
+             ("modules", "Chemokine modules"))
+_HEAVY = ("zones", "infiltration", "gates", "cognate", "modules")
+"""Sections that fit models or draw many figures: worker processes render them when ``processes > 1`` (largest
+first)."""
+
+
+def _section(key: str, run: dict[str, Any], out: Path, nb: int, seed: int) -> str:
+    """One section's HTML (a failing section becomes a sentence: :func:`_guarded`)."""
+    if key == "warnings":
+        return _guarded(_warnings, run)
+    if key == "summary":
+        return _guarded(_summary, run)
+    if key == "failures":
+        return _guarded(_failures, run)
+    if key == "qc":
+        return _guarded(_qc, out, run)
+    if key == "gates":
+        return _guarded(_gates, run)
+    if key == "zones":
+        return _guarded(_zone_area, run, nb, seed)
+    if key == "infiltration":
+        return _guarded(_infiltration, run, nb, seed)
+    if key == "cognate":
+        return _guarded(_cognate, run) + _guarded(soft_calls_section, run, out, nb, seed)
+    return _guarded(_modules, run)
+
+
+def _load(out: Path) -> tuple[dict[str, Any], int, int]:
     run = _with_arms(stats.load_run(out, missing="empty"))
     st = ((run["run"].get("config") or {}).get("stats") or {})
-    nb = int(min(st.get("n_bootstrap", 200), _MAX_BOOTSTRAP))
-    seed = int(st.get("seed", 0))
-    sections = [
-        ("warnings", "Warnings", _guarded(_warnings, run)),
-        ("summary", "Cohort summary", _guarded(_summary, run)),
-        ("failures", "Failures", _guarded(_failures, run)),
-        ("qc", "Per-sample QC", _guarded(_qc, out, run)),
-        ("gates", "Gates", _guarded(_gates, run)),
-        ("zones", "Zone area vs dose", _guarded(_zone_area, run, nb, seed)),
-        ("infiltration", "Infiltration vs dose", _guarded(_infiltration, run, nb, seed)),
-        ("cognate", "Cognate specificity", _guarded(_cognate, run) + _guarded(soft_calls_section, run, out, nb, seed)),
-        ("modules", "Chemokine modules", _guarded(_modules, run)),
-    ]
+    return run, int(min(st.get("n_bootstrap", 200), _MAX_BOOTSTRAP)), int(st.get("seed", 0))
+
+
+def _section_from_folder(out: str, key: str) -> str:
+    """A worker process's task: load the run folder itself (no tables pickled across) and render one section."""
+    run, nb, seed = _load(Path(out))
+    return _section(key, run, Path(out), nb, seed)
+
+
+def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int) -> dict[str, str]:
+    """Every section's HTML; with ``processes > 1`` the heavy ones in that many spawned worker processes (each
+    section's statistics are seeded, so the text is the same as in one process), the light ones here meanwhile."""
+    if processes <= 1:
+        return {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS}
+    import concurrent.futures as cf
+    import logging
+    import multiprocessing
+
+    done: dict[str, str] = {}
+    try:
+        with cf.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = {k: ex.submit(_section_from_folder, str(out), k) for k in _HEAVY}
+            for k, _ in _SECTIONS:
+                if k not in futures:
+                    done[k] = _section(k, run, out, nb, seed)
+            for k, f in futures.items():
+                done[k] = f.result()
+    except (OSError, cf.process.BrokenProcessPool) as exc:  # no worker processes here: the same sections in one
+        logging.getLogger("chemozone").warning("report: worker processes failed (%s); rendering in one process", exc)
+        done.update({k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in done})
+    return done
+
+
+def render_report(out: str | os.PathLike, *, processes: int = 1) -> str:
+    """The report's HTML text for a run folder (see :func:`write_report`)."""
+    out = Path(out)
+    run, nb, seed = _load(out)
+    html_by_key = _sections(out, run, nb, seed, int(processes))
+    sections = [(k, t, html_by_key[k]) for k, t in _SECTIONS]
     ver = (run["run"].get("versions") or {}).get("chemozone", "?")
     nav = "".join(f"<a href='#{k}'>{html.escape(t)}</a>" for k, t, _ in sections)
     body = "".join(f"<section id='{k}'><h2>{html.escape(t)}</h2>{b}</section>" for k, t, b in sections)
@@ -517,8 +571,11 @@ def render_report(out: str | os.PathLike) -> str:
             f"written {now}</p><nav>{nav}</nav>{body}</body></html>")
 
 
-def write_report(out: str | os.PathLike) -> Path:
+def write_report(out: str | os.PathLike, *, processes: int = 1) -> Path:
     """Write ``OUT/report.html`` (self-contained: figures are embedded PNGs) and return its path.
+
+    ``processes``: render the sections that fit models or draw many figures in that many worker processes (the
+    CLI passes the run's local worker count); the same report as with one.
 
     Raises
     ------
@@ -537,4 +594,4 @@ def write_report(out: str | os.PathLike) -> Path:
         from .errors import MissingStepError
 
         raise MissingStepError(f"{RunLayout(out).cohort_samples}: no sample table; run 'chemozone run' into {out} first")
-    return atomic_write_text(RunLayout(out).report, render_report(out))
+    return atomic_write_text(RunLayout(out).report, render_report(out, processes=processes))
