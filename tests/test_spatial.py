@@ -48,6 +48,19 @@ def _brute_signed(mask: np.ndarray, g: float) -> np.ndarray:
     return out.reshape(mask.shape)
 
 
+def _random_sample(seed: int, zone_fractions) -> tuple[np.ndarray, dict[str, np.ndarray], pd.DataFrame]:
+    """A 30 × 30 grid (5 µm pixels) with a tissue block, random zone masks of the given pixel fractions and 200
+    random cells of two types and three phenotypes."""
+    rng = np.random.default_rng(seed)
+    tissue = np.zeros((30, 30), bool)
+    tissue[2:28, 3:27] = True
+    masks = {name: rng.random((30, 30)) < p for name, p in zone_fractions}
+    n = 200
+    cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
+                          "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
+    return tissue, masks, cells
+
+
 def _phenoptr(shared_data):
     df = pd.read_csv(shared_data / "vectra_phenoptr" / "sample_cell_seg_data.csv")
     return df.rename(columns={"Cell X Position": "x_um", "Cell Y Position": "y_um", "Cell ID": "cell_id"})
@@ -212,14 +225,8 @@ def test_zone_overlap_by_hand():
 @given(st.integers(0, 2**32 - 1), st.floats(0.0, 15.0))
 def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
     """Summing the combination rows with in_{zone} true gives infiltration_metrics' inside counts and areas."""
-    rng = np.random.default_rng(seed)
     g = 5.0
-    tissue = np.zeros((30, 30), bool)
-    tissue[2:28, 3:27] = True
-    masks = {n: rng.random((30, 30)) < p for n, p in (("A", 0.3), ("B", 0.5), ("C", 0.1))}
-    n = 200
-    cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
-                          "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
+    tissue, masks, cells = _random_sample(seed, (("A", 0.3), ("B", 0.5), ("C", 0.1)))
     ov = zone_overlap_metrics(cells, masks, tissue, grid_um=g, sample_id="s", zones=["A", "B", "C"],
                               edge_exclusion_um=edge_um)
     inf = infiltration_metrics(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=DEFAULT_BANDS_UM,
@@ -237,14 +244,8 @@ def test_zone_overlap_margins_equal_infiltration(seed, edge_um):
 @given(st.integers(0, 2**32 - 1), st.floats(0.0, 15.0), st.sampled_from([[], [0.0, 10.0], DEFAULT_BANDS_UM]))
 def test_annotate_and_infiltrate_equals_the_two_steps(seed, edge_um, bands):
     """The one-pass function (one distance map per zone) gives exactly annotate_cells + infiltration_metrics."""
-    rng = np.random.default_rng(seed)
     g = 5.0
-    tissue = np.zeros((30, 30), bool)
-    tissue[2:28, 3:27] = True
-    masks = {n: rng.random((30, 30)) < p for n, p in (("A", 0.3), ("B", 0.02), ("C", 0.0))}
-    n = 200
-    cells = pd.DataFrame({"x_um": rng.uniform(0, 150, n), "y_um": rng.uniform(0, 150, n),
-                          "cell_type": rng.choice(["NK", "T"], n), "phenotype": rng.choice(["NK", "NK CXCR2+", "T"], n)})
+    tissue, masks, cells = _random_sample(seed, (("A", 0.3), ("B", 0.02), ("C", 0.0)))
     before = cells.copy()
     ann, inf = annotate_and_infiltrate(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=bands,
                                        edge_exclusion_um=edge_um)

@@ -187,10 +187,6 @@ class _LazySums:
         return self.sums[:, r0:r0 + n].compute(scheduler="synchronous")
 
 
-def _band_sums(src: _LazySums, r0: int, n: int) -> np.ndarray:
-    return src.band(r0, n)
-
-
 def _gather_band_means(sums, factor: int, shape_yx: tuple[int, int], dtype) -> np.ndarray:
     """Block means from lazy block sums ``(C, gh, gw)``: one task per row of chunks, which reads and sums its chunks
     inside the task (no task per chunk: a distributed scheduler's per-task cost was most of the time), gathered
@@ -207,7 +203,7 @@ def _gather_band_means(sums, factor: int, shape_yx: tuple[int, int], dtype) -> n
     per_compute = max(1, _BAND_BYTES // max(1, c * gw * sums.dtype.itemsize * max(sums.chunks[1])))
     for k in range(0, len(rows), per_compute):
         group = rows[k:k + per_compute]
-        parts = dask.compute(*[dask.delayed(_band_sums, pure=True)(src, r0, n) for r0, n in group])
+        parts = dask.compute(*[dask.delayed(_LazySums.band, pure=True)(src, r0, n) for r0, n in group])
         for (r0, n), part in zip(group, parts):
             out[:, r0:r0 + n] = _divide_by_counts(part, factor, shape_yx, r0, 0, dtype)
     return out

@@ -17,15 +17,14 @@ levels (for images without a pyramid), which is how the QC figure and the napari
 
 from __future__ import annotations
 
-import os
-import shutil
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .grid import block_mean, block_sizes
+from .grid import block_mean, block_sizes, grid_shape
 
 __all__ = ["OVERVIEW_SIDE_PX", "MIN_IMAGE_SIDE_PX", "overview_blocks", "OverviewWriter", "read_overview",
            "with_overview"]
@@ -81,17 +80,17 @@ class OverviewWriter:
                  channels: Sequence[str], pixel_size_um: float) -> None:
         import zarr
 
+        from .layout import atomic_path
+
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".tmp-{self.path.name}")
+        self._publish = ExitStack()  # atomic_path: written beside, renamed into place by finish(), removed by abort()
+        tmp = self._publish.enter_context(atomic_path(self.path))
         c, h, w = (int(s) for s in shape_cyx)
         self.shape_yx, self.f, self.k = (h, w), int(grid_factor), int(blocks)
         self.channels, self.px = [str(x) for x in channels], float(pixel_size_um)
-        gh, gw = -(-h // self.f), -(-w // self.f)
-        self.grid_shape = (gh, gw)
-        oh, ow = -(-gh // self.k), -(-gw // self.k)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        kw = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
-        self.root = zarr.open_group(str(self.tmp), mode="w", **kw)
+        self.grid_shape = grid_shape((h, w), self.f)
+        oh, ow = grid_shape(self.grid_shape, self.k)
+        self.root = zarr.open_group(str(tmp), mode="w")
         self.level0 = self.root.create_array("0", shape=(c, oh, ow), chunks=(1, _CHUNK_PX, _CHUNK_PX),
                                              dtype=np.float32, fill_value=np.nan)
         self.done: set[int] = set()
@@ -123,16 +122,13 @@ class OverviewWriter:
                                    "shape_yx": list(self.shape_yx), "pixel_size_um": self.px,
                                    "method": "block means of factor x factor image pixels; level k: 2x2 means of k-1"},
         })
-        old = self.path.with_name(f".old-{self.path.name}")
-        if self.path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        self._publish.close()
         return self.path
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """Remove the partial write (the previous overview, if any, stays)."""
+        err = RuntimeError("overview aborted")
+        self._publish.__exit__(type(err), err, None)  # atomic_path publishes only on a clean exit
 
 
 def coarsen_means(grid_means: np.ndarray, shape_yx: Sequence[int], grid_factor: int, blocks: int) -> np.ndarray:
@@ -168,8 +164,8 @@ def read_overview(path: str | Path) -> tuple[list[Any], dict[str, Any]] | None:
     """The overview's levels (lazy dask arrays, shape (C, y, x), largest first) and its attributes
     (``factor``: image pixels per level-0 pixel, ``channels``, ``shape_yx``), or None when there is none."""
     path = Path(path)
-    if not (path / ".zattrs").is_file() and not (path / "zarr.json").is_file():
-        return None
+    if not (path / "zarr.json").is_file() and not (path / ".zattrs").is_file():
+        return None  # no overview (or not a zarr group)
     import dask.array as da
     import zarr
 

@@ -141,11 +141,13 @@ def _populations(cells: pd.DataFrame, populations: Sequence[str]) -> list[tuple[
     return pops
 
 
-def _kept_tissue(tissue: np.ndarray, *, grid_um: float, edge_exclusion_um: float) -> np.ndarray:
-    """Tissue without the rim of depth ``< edge_exclusion_um`` (all tissue when 0)."""
+def _kept_tissue(tissue: np.ndarray, *, grid_um: float, edge_exclusion_um: float,
+                 depth: np.ndarray | None = None) -> np.ndarray:
+    """Tissue without the rim of depth ``< edge_exclusion_um`` (all tissue when 0); ``depth``: the tissue depth
+    when already computed."""
     keep = tissue.copy()
     if edge_exclusion_um > 0:
-        keep &= tissue_depth(tissue, grid_um=grid_um) >= edge_exclusion_um
+        keep &= (tissue_depth(tissue, grid_um=grid_um) if depth is None else depth) >= edge_exclusion_um
     return keep
 
 
@@ -252,9 +254,7 @@ def annotate_and_infiltrate(
     tissue = _check_masks(masks, tissue)
     r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
     depth = tissue_depth(tissue, grid_um=grid_um)
-    keep = tissue.copy()
-    if edge_exclusion_um > 0:
-        keep &= depth >= edge_exclusion_um
+    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um, depth=depth)
     cell_depth = depth[r, c]
     del depth  # the zone loop holds one distance map at a time, not the tissue depth besides
     edges = list(distance_bands_um)
