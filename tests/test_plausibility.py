@@ -229,14 +229,18 @@ def test_empty_sample_is_done_but_warned_everywhere(cohort_with_empty_sample, tm
     # run.json: machine-readable, per sample and for the run
     prov = json.loads(RunLayout(out).run_json.read_text())
     assert prov["samples"][empty]["status"] == "done"
-    assert {w["code"] for w in prov["samples"][empty]["warnings"]} == {"no_cells", "low_tissue"}
+    assert {w["code"] for w in prov["samples"][empty]["warnings"]} == {"no_cells", "low_tissue", "zone_threshold_warning"}
     for w in prov["warnings"]:
         assert set(w) == {"code", "sample", "message", "value"}
     # the synthetic samples themselves are plausible: no density, tissue or marker warning (rare markers like
     # CD4 at ~1 % and chemokines absent from sham samples stay quiet); a gate fallback may be reported, and the
     # blanked sham was P02's reference for the producer gates: P02's samples say their reference is missing
     # halfmax zones: with P02's sham blank, only P01's ~10 producers per chemokine set the level (a true warning)
-    others = {w["code"] for w in prov["warnings"] if w["sample"] != empty
+    # and every P02 zone threshold says that P02's sham has no tissue and the other shams were used
+    borrowed = [w for w in prov["warnings"] if w["code"] == "zone_threshold_warning" and "no tissue pixels" in w["message"]]
+    assert {w["sample"] for w in borrowed} == {s for s in prov["samples"] if s.startswith("P02_")}, borrowed
+    assert all(f"patient=P02 ({empty}) have no tissue pixels; used all reference samples" in w["message"] for w in borrowed)
+    others = {w["code"] for w in prov["warnings"] if w["sample"] != empty and w not in borrowed
               and not (w["code"] == "zone_threshold_warning" and "producer cells (< 30) set the level" in w["message"])}
     assert others <= {"gate_warning", "missing_reference"}, prov["warnings"]
     missing = [w for w in prov["warnings"] if w["code"] == "missing_reference"]

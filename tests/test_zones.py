@@ -193,6 +193,26 @@ def test_reference_fallback_and_errors():
         compute_zone_thresholds(_summ({"a": vals["a"]}, z), samples, zones=[z])
 
 
+def test_a_patients_sham_without_tissue_borrows_the_other_shams_with_a_warning():
+    """Seen on a synthetic cohort: one sham's tissue mask came out empty and every zone of that patient was
+    silently empty (threshold NaN). Now its samples use all reference samples and say so; with no reference
+    tissue at all the threshold is NaN and the warning says why."""
+    rng = np.random.default_rng(3)
+    vals = {"p1_0": np.zeros(0), "p1_8": rng.uniform(0, 50, 5000), "p2_0": rng.uniform(0, 20, 5000),
+            "p2_8": rng.uniform(0, 50, 5000)}
+    samples = pd.DataFrame({"sample_id": list(vals), "patient": ["p1", "p1", "p2", "p2"], "dose_gy": [0, 8, 0, 8]})
+    for mode in ("reference", "background"):
+        z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode=mode, quantile=0.9))
+        t = compute_zone_thresholds(_summ(vals, z), samples, zones=[z]).set_index("sample_id")
+        assert t.loc["p1_8", "threshold"] == t.loc["p2_8", "threshold"] and np.isfinite(t.loc["p1_8", "threshold"])
+        assert t.loc["p1_8", "warning"].startswith("the reference samples of patient=p1 (p1_0) have no tissue pixels")
+        assert t.loc["p2_8", "warning"] == ""
+    none = {k: (np.zeros(0) if k.endswith("_0") else v) for k, v in vals.items()}
+    t = compute_zone_thresholds(_summ(none, z), samples, zones=[z]).set_index("sample_id")
+    assert t["threshold"].isna().all()
+    assert t["warning"].str.match(r"no tissue pixels in any reference sample \{'dose_gy': 0\}: no threshold").all()
+
+
 def test_pooled_otsu_separates_two_populations_and_absolute():
     z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="pooled", method="otsu"))
     rng = np.random.default_rng(1)

@@ -136,6 +136,14 @@ def _reference_thresholds(
                     warn = f"no reference sample with {tc.group_by}={key}; used all reference samples"
             refs = [sids[j] for j in np.flatnonzero(sel)]
             pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs)])
+            if not pooled.size and tc.group_by is not None:  # e.g. the patient's sham has no tissue
+                refs_all = [sids[j] for j in np.flatnonzero(is_ref)]
+                pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs_all)])
+                warn = (f"the reference samples of {tc.group_by}={key} ({', '.join(refs)}) have no tissue pixels; "
+                        "used all reference samples")
+            if not pooled.size:
+                warn = (f"no tissue pixels in any reference sample {dict(tc.reference)}: no threshold, the zone is "
+                        "empty; check the reference samples' tissue masks")
             t = stat(pooled) if pooled.size else float("nan")
             cache[key] = (t, warn)
         out.append(cache[key])

@@ -186,7 +186,8 @@ def _scaled_signal(means, counts: list[bool], block_px: tuple[np.ndarray, np.nda
             else:
                 x = np.nan_to_num(ch, nan=lo) - lo
             x /= hi - lo
-            signal += np.clip(x, 0, None, out=x)
+            signal += np.clip(x, 0, 1, out=x)  # a few blocks far above the 99th percentile (a sham's rare bright
+            # producers in a chemokine channel: 100x its range) must not outweigh every other channel
             del x
         del ch, ok  # before the next channel's means are made: one channel grid at a time, not three
     return signal / max(1, len(counts))
