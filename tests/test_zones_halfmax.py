@@ -87,16 +87,19 @@ def test_halfmax_without_producers_falls_back_to_the_background_mode_with_a_warn
     assert t["warning"].str.contains("the median signal of 6 producer cells is not above the reference").all()
 
 
-def test_halfmax_skips_samples_whose_reference_background_is_unknown():
-    """An empty sham (no tissue: NaN background) leaves its patient's producers out of the level; that patient's
-    thresholds stay NaN, as in the reference mode."""
+def test_halfmax_borrows_the_other_shams_when_a_patients_sham_has_no_tissue():
+    """An empty sham (no tissue) used to leave its patient's thresholds NaN, i.e. every zone of that patient
+    silently empty. Now that patient's background is the median of all reference samples (here p1's sham, 10),
+    with a warning, and its producers count towards the level: [50, 50, 50] of p1 and 90 - 10, 50 - 10 of p2."""
     z = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="halfmax"))
     summ, cells = _inputs(z)
     empty = _summ({"p2_0": np.array([])}, z)
     summ = pd.concat([summ[summ["sample_id"] != "p2_0"], empty], ignore_index=True)
     t = compute_zone_thresholds(summ, SAMPLES, zones=[z], cell_signals=cells).set_index("sample_id")
-    assert t.loc["p1_8", "threshold"] == pytest.approx(10 + 0.5 * 50)  # p1's three producers only
-    assert np.isnan(t.loc["p2_8", "threshold"])
+    assert t.loc["p1_8", "threshold"] == pytest.approx(10 + 0.5 * 50)
+    assert t.loc["p2_8", "threshold"] == pytest.approx(10 + 0.5 * 50)
+    assert t.loc["p2_8", "warning"].startswith("the reference samples of patient=p2 (p2_0) have no tissue pixels")
+    assert "have no tissue" not in t.loc["p1_8", "warning"]
 
 
 def test_halfmax_errors_name_the_missing_step_and_config_key():

@@ -51,7 +51,9 @@ class ZoneConfig(_Section):
     """pixels/tumor: this quantile of the sample's smoothed tissue pixels is subtracted per channel as
     background (0 = off)."""
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
-    """Default: reference quantile of the sham samples (pixels); pooled Otsu for source 'tumor'."""
+    """Default for source 'pixels': ``halfmax`` when the zone's producer marker(s) are in ``phenotypes.markers``,
+    else the reference quantile of the sham samples (chosen by the whole config: :class:`chemozone.config.Config`);
+    pooled Otsu for source 'tumor'."""
     min_area_um2: float = Field(200.0, ge=0)
     fill_holes: bool = True
     producer_marker: str | None = None

@@ -396,6 +396,21 @@ class RunConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------ top level
+def _default_pixel_threshold(zone: ZoneConfig, markers: dict[str, Any]) -> None:
+    """A pixel zone without a ``threshold`` key gets the recommended ``halfmax`` mode when its producer marker(s)
+    are gated (in ``phenotypes.markers``), else the ``reference`` mode (q 0.99 of the same patient's sham).
+
+    ``halfmax`` was the most accurate mode on both synthetic generators (README, "How good are the zones"), and it
+    needs producer cells; the mode used is written to the run's config record and ``zone_thresholds.parquet``.
+    """
+    if zone.source != "pixels" or "threshold" in zone.model_fields_set:
+        return
+    halfmax = ThresholdConfig(mode="halfmax")
+    wanted = halfmax_producer_markers(zone.model_copy(update={"threshold": halfmax}))
+    if set(wanted.values()) <= set(markers):
+        object.__setattr__(zone, "threshold", halfmax)
+
+
 class Config(_Section):
     """A whole experiment."""
 
@@ -420,6 +435,8 @@ class Config(_Section):
         if dupes:
             raise ValueError(f"zone names must be unique, repeated: {dupes}")
         check_region_zones(self.zones, self.regions)
+        for z in self.zones:
+            _default_pixel_threshold(z, self.phenotypes.markers)
         for i, z in enumerate(self.zones):
             missing = sorted(set(halfmax_producer_markers(z).values()) - set(self.phenotypes.markers))
             if missing:
