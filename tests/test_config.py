@@ -134,3 +134,21 @@ def test_analysis_grid_has_its_own_section_and_old_key_still_loads():
         config_from_dict({"tissue": {"grid_um": 3.0}, "analysis_grid": {"pixel_size_um": 2.0}})
     with pytest.raises(ConfigError, match=r"analysis_grid.pixel_size_um: must be > 0"):
         config_from_dict({"analysis_grid": {"pixel_size_um": -1}})
+
+
+def test_pixel_zone_default_threshold_is_halfmax_when_its_producers_are_gated():
+    """The README's recommended mode is the default wherever it can run: a pixel zone without a threshold key gets
+    halfmax when its producer marker (its channel, or producer_marker) is gated, else reference q 0.99; an explicit
+    threshold is kept, and the choice survives a round trip through the run's config record."""
+    cfg = config_from_dict({
+        "phenotypes": {"markers": {"CXCL10": {"compartment": "cytoplasm"}, "CXCL8": {}}},
+        "zones": [{"name": "CXCL10", "channels": ["CXCL10"]},
+                  {"name": "CCL5", "channels": ["CCL5"]},
+                  {"name": "IL8", "channels": ["IL8"], "producer_marker": "CXCL8"},
+                  {"name": "Q", "channels": ["CXCL10"], "threshold": {"quantile": 0.95}},
+                  {"name": "T", "source": "tumor", "channels": ["panCK"]}]})
+    modes = {z.name: z.threshold.mode for z in cfg.zones}
+    assert modes == {"CXCL10": "halfmax", "CCL5": "reference", "IL8": "halfmax", "Q": "reference", "T": "pooled"}
+    assert cfg.zones[1].threshold.quantile == 0.99 and cfg.zones[3].threshold.quantile == 0.95
+    again = config_from_dict(cfg.model_dump(mode="json"))
+    assert [z.threshold.mode for z in again.zones] == list(modes.values())
