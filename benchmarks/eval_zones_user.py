@@ -12,7 +12,8 @@ phenotypes, for every mode below and several smoothing scales, and scores it aga
 * ``halfmax f0.5``: the same patient's sham median + half the signal of one producer cell (the run's gates for the
   chemokine; median over the cohort's irradiated producers, neighbours' share taken out);
 * ``pooled otsu`` / ``pooled triangle``: one threshold over the cohort's pooled tissue pixels;
-* ``producers r15`` / ``r20``: tissue within r µm of a cell the run gated positive for the chemokine.
+* ``producers r15`` / ``r20``: tissue within r µm of a cell the run gated positive for the chemokine;
+  ``producers r20 n2`` ...: producer milieus, tissue with at least n such cells within r µm (Hoch et al. 2022).
 
 Nothing comes from a generator: thresholds are computed from the images by the library; the truth is used
 only to score. Criteria of issue 15 (irradiated samples): median IoU >= 0.8, minimum >= 0.7; sham zone fraction
@@ -58,7 +59,8 @@ MODES = {
     "pooled otsu": {"mode": "pooled", "method": "otsu"},
     "pooled triangle": {"mode": "pooled", "method": "triangle"},
 }
-PRODUCER_RADII_UM = [15.0, 20.0]
+PRODUCER_MILIEUS = [(15.0, 1), (20.0, 1), (20.0, 2), (20.0, 3), (30.0, 3)]
+"""Producer zones: (radius_um, min_producers); min_producers > 1 is a producer milieu (Hoch et al. 2022)."""
 
 
 def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataFrame, dict]:
@@ -126,12 +128,13 @@ def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) ->
     return rows
 
 
-def producer_rows(samples: pd.DataFrame, data: dict, radius_um: float) -> list[dict]:
+def producer_rows(samples: pd.DataFrame, data: dict, radius_um: float, min_producers: int = 1) -> list[dict]:
     rows = []
     for s in samples.itertuples():
         d = data[s.sample_id]
         for c in d["chems"]:
-            m = producer_zone(d["cells"], d["tissue"], grid_um=d["grid_um"], producer_marker=c, radius_um=radius_um)
+            m = producer_zone(d["cells"], d["tissue"], grid_um=d["grid_um"], producer_marker=c, radius_um=radius_um,
+                              min_producers=min_producers)
             rows.append(_row(s, c, m, d))
     return rows
 
@@ -142,9 +145,9 @@ def evaluate(name: str, cohort: Path, run: Path, smooths: list[float]) -> pd.Dat
     for label, mode in MODES.items():
         for sm in smooths:
             out.append({"generator": name, "mode": label, "smooth_um": sm, **_scores(pixel_mode_rows(samples, data, mode, sm))})
-    for r in PRODUCER_RADII_UM:
-        out.append({"generator": name, "mode": f"producers r{r:g}", "smooth_um": float("nan"),
-                    **_scores(producer_rows(samples, data, r))})
+    for r, n in PRODUCER_MILIEUS:
+        out.append({"generator": name, "mode": f"producers r{r:g}" + (f" n{n}" if n > 1 else ""),
+                    "smooth_um": float("nan"), **_scores(producer_rows(samples, data, r, n))})
     return pd.DataFrame(out)
 
 

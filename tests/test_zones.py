@@ -424,3 +424,35 @@ def test_synthetic_zones_match_truth_and_cognate_direction():
         assert a[0] < a[2] and ta[0] < ta[2]  # rises with dose
         assert abs(a[-1] - a[-2]) < 0.5 * a[-2] + 0.02  # plateau: 10 -> 20 Gy changes little
         np.testing.assert_allclose(a, ta, atol=0.04)  # and tracks the truth
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.5, 12.0), st.integers(1, 4))
+def test_producer_milieu_counts_producers_within_the_radius(seed, radius_um, n_min):
+    """min_producers = 1 is the distance-transform zone bit for bit; for any N, a pixel is zone exactly when at
+    least N producers (each cell, several per grid pixel allowed) lie within radius_um of its centre (brute force)."""
+    rng = np.random.default_rng(seed)
+    shape, g = (23, 31), 2.0
+    cells = pd.DataFrame({"x_um": rng.uniform(0, shape[1] * g, 12), "y_um": rng.uniform(0, shape[0] * g, 12)})
+    cells["P_pos"] = rng.random(12) < 0.7
+    tissue = rng.random(shape) < 0.9
+    got = producer_zone(cells, tissue, grid_um=g, producer_marker="P", radius_um=radius_um, min_producers=n_min)
+    p = cells[cells["P_pos"]]
+    r, c = np.floor(p["y_um"].to_numpy() / g).astype(int), np.floor(p["x_um"].to_numpy() / g).astype(int)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d2 = ((yy[..., None] - r) ** 2 + (xx[..., None] - c) ** 2) * g * g
+    want = ((d2 <= radius_um**2).sum(axis=-1) >= n_min) & tissue
+    np.testing.assert_array_equal(got, want)
+    if n_min == 1:
+        np.testing.assert_array_equal(got, producer_zone(cells, tissue, grid_um=g, producer_marker="P",
+                                                         radius_um=radius_um))
+
+
+def test_min_producers_needs_source_producers_and_a_positive_count():
+    with pytest.raises(ConfigError, match="min_producers goes with source 'producers'"):
+        config_from_dict({"zones": [{"name": "C", "channels": ["C"], "min_producers": 3}]})
+    with pytest.raises(ConfigError, match="min_producers"):
+        config_from_dict({"zones": [{"name": "C", "source": "producers", "producer_marker": "C", "min_producers": 0}]})
+    with pytest.raises(ValueError, match="min_producers must be >= 1"):
+        producer_zone(pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "P_pos": [True]}), np.ones((2, 2), bool),
+                      grid_um=2.0, producer_marker="P", radius_um=2.0, min_producers=0)

@@ -63,6 +63,9 @@ class ZoneConfig(_Section):
     """producers: restrict to these cell types (e.g. [Tumor])."""
     radius_um: float = Field(20.0, ge=0)
     """producers: zone = tissue within this distance of a producer cell, µm."""
+    min_producers: int = Field(1, ge=1)
+    """producers: at least this many producer cells within ``radius_um`` of a pixel (a producer milieu as in
+    Hoch et al. 2022: a lone producer makes no zone); 1 = within ``radius_um`` of any producer."""
     bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
     """tumor / tumor_cells: margin/peritumoral band edges outside the epithelium, µm."""
     tumor_column: str = "cell_type"
@@ -90,6 +93,8 @@ class ZoneConfig(_Section):
             raise ValueError(f"zone '{self.name}' with source 'tumor_cells' needs 'tumor_values' (e.g. [Tumor])")
         if self.threshold.mode == "halfmax" and self.source != "pixels":
             raise ValueError(f"zone '{self.name}': threshold mode 'halfmax' needs producer cells (source 'pixels')")
+        if self.min_producers > 1 and self.source != "producers":
+            raise ValueError(f"zone '{self.name}': min_producers goes with source 'producers'")
         if self.source == "producers" and not self.producer_marker:
             raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
         if (self.source == "regions") != (self.region_class is not None):

@@ -450,7 +450,8 @@ def build_zones(
             if cells is None:
                 raise MissingStepError(f"zones '{zone.name}': producer zones need the phenotyped cells table")
             zm = {zone.name: producer_zone(cells, tissue, grid_um=g, producer_marker=zone.producer_marker,
-                                           radius_um=zone.radius_um, producer_cell_types=zone.producer_cell_types)}
+                                           radius_um=zone.radius_um, producer_cell_types=zone.producer_cell_types,
+                                           min_producers=zone.min_producers)}
         else:
             thr = _sample_channel_thresholds(thresholds, zone, sample_id)
             zm = _pixel_zone_masks(image_cyx, tissue, zone, thr, pixel_size_um=pixel_size_um, grid_um=grid_um,
