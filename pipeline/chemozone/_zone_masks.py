@@ -198,19 +198,19 @@ def producer_zone(
 def _producers_within(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], radius_px: float,
                       chunk: int = 20_000) -> np.ndarray:
     """Per grid pixel, the number of producers (grid positions ``rows, cols``, one per cell) whose pixel centre
-    lies within ``radius_px`` of it (the disc of every producer stamped with ``bincount``, ``chunk`` producers
-    at a time: memory ~ chunk × disc area, not the grid times the disc)."""
+    lies within ``radius_px`` of it: the disc of every producer added into a uint16 grid (2 bytes per pixel),
+    ``chunk`` producers at a time (index memory ~ chunk × disc area, whatever the grid)."""
     k = int(np.floor(radius_px))
     dy, dx = np.mgrid[-k:k + 1, -k:k + 1]
     disc = dy**2 + dx**2 <= radius_px**2
     dy, dx = dy[disc], dx[disc]
     h, w = shape
-    count = np.zeros(h * w, np.int64)
+    count = np.zeros(h * w, np.uint16)
     for i in range(0, len(rows), chunk):
         yy = rows[i:i + chunk, None] + dy[None]
         xx = cols[i:i + chunk, None] + dx[None]
         ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        count += np.bincount((yy[ok] * w + xx[ok]).astype(np.int64), minlength=h * w)
+        np.add.at(count, (yy[ok] * w + xx[ok]).astype(np.int64), np.uint16(1))
     return count.reshape(shape)
 
 
