@@ -56,7 +56,11 @@ Criteria, fixed before looking at the results (module constants below)
    the power to show equivalence at a true slope of 0 is printed. Each equivalence claim is its own
    test (intersection-union: no multiplicity correction is needed to claim all of them). The same tests
    without the adjustment are info rows (4c, 4d): co-localised modules give a receptor− cell that carries
-   another module's receptor a real (truth-column) dose trend there;
+   another module's receptor a real (truth-column) dose trend there. When the overlap table also holds a
+   compartment (the run's ``spatial.overlap_zones`` names ``tumor_intraepithelial``; the truth's tumor mask),
+   4a-4d are computed without it and rows 4e, 4f (kind ``equivalence, compartment-adjusted``, added in a later
+   session beside the declared rows, same margin) with it: producers are tumor cells, so zones grow from the
+   nests into the stroma with dose;
 5. [discrimination] the module weakened after carbon: lowest carbon/photon amplitude ratio at equal
    effective dose is the true weakest module, with its CI (student-t, log scale) below 1;
 6. [effect direction] cognate receptor+ cells are more enriched in their zone than receptor− cells of the
@@ -142,17 +146,22 @@ def truth_run(truth_json: Path) -> dict:
         c = c.assign(population=pop)
         cells.append(c[["sample_id", "cell_type"] + [f"{m}_pos" for m in modules if f"{m}_pos" in c]])
         zmasks = {m: (tifffile.imread(d / f"zone_{m}.tif") > 0) & tis for m in modules}
+        ov_masks, ov_cells = dict(zmasks), {m: c[f"in_{m}"].to_numpy(bool) for m in modules}
+        if (d / "tumor.tif").is_file() and "in_tumor" in c:  # the tumor compartment: an adjustment, not a zone
+            ov_masks["tumor"] = (tifffile.imread(d / "tumor.tif") > 0) & tis
+            ov_cells["tumor"] = c["in_tumor"].to_numpy(bool)
+        names = list(ov_masks)
         code = np.zeros(tis.shape, np.int64)
         ccode = np.zeros(len(c), np.int64)
-        for i, m in enumerate(modules):
-            code |= zmasks[m].astype(np.int64) << i
-            ccode |= c[f"in_{m}"].to_numpy(bool).astype(np.int64) << i
-        area = np.bincount(code[tis], minlength=1 << len(modules)) * px * px / 1e6
+        for i, m in enumerate(names):
+            code |= ov_masks[m].astype(np.int64) << i
+            ccode |= ov_cells[m].astype(np.int64) << i
+        area = np.bincount(code[tis], minlength=1 << len(names)) * px * px / 1e6
         for k in np.nonzero(area > 0)[0]:
-            fl = {f"in_{m}": bool(k >> i & 1) for i, m in enumerate(modules)}
+            fl = {f"in_{m}": bool(k >> i & 1) for i, m in enumerate(names)}
             n = c.loc[ccode == k].groupby("population").size().reindex(pop.unique(), fill_value=0)
             ovl.append(pd.DataFrame({"sample_id": sid, "population_type": "phenotype", "population": n.index,
-                                     "region": overlap_region_name([fl[f"in_{m}"] for m in modules], modules),
+                                     "region": overlap_region_name([fl[f"in_{m}"] for m in names], names),
                                      **fl, "n_cells": n.to_numpy(), "area_mm2": area[k]}))
         for m in modules:
             zm = zmasks[m]
@@ -270,6 +279,32 @@ def _every_negative_counts(run: dict, pairs, adjusted: bool) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _compartments(run: dict, pairs) -> list[str]:
+    """Overlap flags of the run that are not a cognate pair's zone (e.g. ``tumor_intraepithelial`` when the config's
+    ``spatial.overlap_zones`` names it; ``tumor`` in a truth run): compartments the receptor− tests can adjust for."""
+    ov = run.get("zone_overlap")
+    if ov is None or not len(ov):
+        return []
+    zones = {p["zone"] if isinstance(p, dict) else p[0] for p in pairs}
+    return [c[3:] for c in ov.columns if c.startswith("in_") and c[3:] not in zones]
+
+
+def _without_overlap_flags(run: dict, drop: list[str]) -> dict:
+    """A shallow copy of ``run`` whose ``zone_overlap`` regions are merged over the ``drop`` flags (cells and areas
+    summed), i.e. the table the run would have written without those overlap zones."""
+    ov = run["zone_overlap"]
+    keep = [c for c in ov.columns if c.startswith("in_") and c[3:] not in drop]
+    names = [c[3:] for c in keep]
+    areas = (ov.drop_duplicates(["sample_id", "region"]).groupby(["sample_id"] + keep, as_index=False)["area_mm2"].sum())
+    counts = ov.groupby(["sample_id", "population_type", "population"] + keep, as_index=False)["n_cells"].sum()
+    out = counts.merge(areas, on=["sample_id"] + keep, how="left")
+    out["region"] = [overlap_region_name(list(f), names) for f in out[keep].itertuples(index=False)]
+    meta = [c for c in ov.columns if c not in out.columns and not c.startswith("in_")]
+    if meta:  # sample metadata merged by load_run
+        out = out.merge(ov.drop_duplicates("sample_id")[["sample_id"] + meta], on="sample_id", how="left")
+    return {**run, "zone_overlap": out}
+
+
 def _equivalence_checks(chk: _Checks, run: dict, pairs, every_receptor: bool = False) -> None:
     """Check 4: receptor− cells show no dose effect — TOST with the declared margin, power reported.
 
@@ -278,8 +313,17 @@ def _equivalence_checks(chk: _Checks, run: dict, pairs, every_receptor: bool = F
     with their lineage's probability; with co-localised zones a CCL5-recruited CXCR3− CCR5+ cell sits in the
     CXCL10 zone too, so "CXCR3−" cells have a real dose trend there (counted rows 4a, 4b use the stricter
     definition; the cognate-only definition is shown as info rows 4c, 4d).
+
+    When the run's overlap table also holds a compartment (``spatial.overlap_zones`` with ``tumor_intraepithelial``;
+    the truth's tumor mask), rows 4a-4d are computed without it, as before, and rows 4e, 4f (kind ``equivalence,
+    compartment-adjusted``) with it: producers are tumor cells, so a zone grows from tumor nests into stroma with
+    dose, and a receptor− population that is denser in stroma gains density "in the zone" without being attracted.
     """
     adjust = run.get("zone_overlap") is not None and len(run["zone_overlap"]) > 0
+    comp = _compartments(run, pairs) if adjust else []
+    full = run
+    if comp:
+        run = _without_overlap_flags(run, comp)
     if every_receptor:
         cognate = (stats.receptor_overlap_counts(run, pairs=pairs, pool=True) if adjust
                    else stats.receptor_count_table(run, pairs=pairs, pool=True))
@@ -299,15 +343,24 @@ def _equivalence_checks(chk: _Checks, run: dict, pairs, every_receptor: bool = F
                                         "4b no dose effect: receptor− cells/mm² of zone, adjusted for other zones")),
                      (plain, True, ("4c (info) receptor− log2 enrichment in/out, unadjusted",
                                     "4d (info) receptor− cells/mm² of zone, unadjusted"))]
+    tests = [(*t, "equivalence") for t in tests]
+    if comp:
+        how = f"adjusted for other zones and the {', '.join(comp)} compartment"
+        counts = (_every_negative_counts(full, pairs, True) if every_receptor
+                  else stats.receptor_overlap_counts(full, pairs=pairs, pool=True))
+        who = "receptor− (every receptor)" if every_receptor else "receptor−"
+        tests.append((counts, False, (f"4e no dose effect: {who} log2 enrichment in/out, {how}",
+                                      f"4f no dose effect: {who} cells/mm² of zone, {how}"),
+                      "equivalence, compartment-adjusted"))
     target = f"TOST |β| < {EQUIVALENCE_MARGIN_LOG2_PER_GY:.4f} log2/Gy, p < 0.05"
-    for counts, info, (la, lb) in tests:
+    for counts, info, (la, lb), kind in tests:
         counts = counts[counts["status"] == "neg"]
         for contrast, label in (("enrichment", la), ("density", lb)):
             t = stats.dose_rate_test(counts, contrast=contrast, equivalence_margin=EQUIVALENCE_MARGIN_LOG2_PER_GY)
             for _, r in t[t["arm"] == "photon"].iterrows():
                 chk.raw95.append((info, bool(r["ci_lo"] <= 0 <= r["ci_hi"])))
                 q = float(np.nan_to_num(r["se"]) * sst.t.ppf(0.95, r["df"])) if np.isfinite(r["df"]) else np.nan
-                chk.add(label, "equivalence", f"{r['cell_type']} {r['receptor']}- in {r['zone']}",
+                chk.add(label, kind, f"{r['cell_type']} {r['receptor']}- in {r['zone']}",
                         f"{r['estimate']:+.3f} log2/Gy, p_TOST {r['tost_p']:.3f}, power {r['tost_power']:.2f}",
                         _ci(r["estimate"] - q, r["estimate"] + q) + " (90 %)", None if info else r["equivalent"],
                         target + (" (info)" if info else ""), shown=r["equivalent"])

@@ -127,3 +127,33 @@ def test_complete_effectiveness_fills_the_package_default_not_the_generators(ev)
     assert run["samples"]["effective_dose_gy"].tolist() == [0.0, 2.0, 5.0]
     assert run["zones"]["effective_dose_gy"].tolist() == [0.0, 2.0, 5.0]
     assert ev.complete_effectiveness(run) == []  # nothing missing any more
+
+
+def test_tumor_compartment_in_the_truth_overlap_and_merged_away_exactly(ev, cohorts):
+    """The truth's overlap table carries the tumor compartment; merging it away gives, region by region, the cells
+    and areas counted without it (by hand from the truth cells and masks), so rows 4a/4b are what they were before
+    the compartment was added and 4e/4f are the only ones that see it."""
+    import tifffile
+
+    for tj in cohorts:
+        run = ev.truth_run(tj)
+        pairs = run["run"]["config"]["spatial"]["cognate_pairs"]
+        assert ev._compartments(run, pairs) == ["tumor"]
+        merged = ev._without_overlap_flags(run, ["tumor"])["zone_overlap"]
+        assert "in_tumor" not in merged and ev._compartments({"zone_overlap": merged}, pairs) == []
+        zones = [p["zone"] for p in pairs]
+        sid = run["samples"]["sample_id"].iloc[-1]
+        d = tj.parent / sid
+        cells = pd.read_parquet(d / "cells.parquet")
+        tis = tifffile.imread(d / "tissue.tif") > 0
+        px = ev.truth_parameters(json.loads(tj.read_text()))["pixel_size_um"]
+        m = merged[merged["sample_id"] == sid]
+        for flags, g in m.groupby([f"in_{z}" for z in zones]):
+            inside = np.ones(len(cells), bool)
+            area = tis.copy()
+            for z, f in zip(zones, flags):
+                inside &= cells[f"in_{z}"].to_numpy(bool) == f
+                area &= (tifffile.imread(d / f"zone_{z}.tif") > 0) == f
+            assert g["n_cells"].sum() == inside.sum()
+            assert g["area_mm2"].iloc[0] == pytest.approx(area.sum() * px * px / 1e6)
+            assert g["area_mm2"].nunique() == 1
