@@ -524,7 +524,8 @@ def main(argv=None) -> int:
     print("checks by kind (pass/count): " + _kinds(table))
     n_ok, n_all = raw_counts
     if n_all:
-        print(f"receptor− tests (4a, 4b; 4e, 4f when present) whose per-test 95 % CI contains 0 (the former criterion, for comparison): "
+        print("receptor− tests (4a, 4b; 4e, 4f when present) whose per-test 95 % CI contains 0 "
+              "(the former criterion, for comparison): "
               f"{n_ok}/{n_all}" + (f"; truth cells: {truth_raw[0]}/{truth_raw[1]}" if truth_raw else ""))
     if truth_tab is not None:
         tc = truth_tab["pass"].notna()
