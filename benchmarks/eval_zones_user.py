@@ -21,6 +21,9 @@ within 2 percentage points of the truth; Spearman(zone fraction, dose) >= 0.9 ov
 zone; ``spearman_truth`` is the same statistic on the truth zones: patients differ, so the truth itself can miss it).
 
     python benchmarks/eval_zones_user.py --work /tmp/evaluser          # after eval_user_config.py --work /tmp/evaluser
+    python benchmarks/eval_zones_user.py --work H --seed 2 --smooth 10 # eval_user_config.py --work H --seed 2, plus
+        # python -m chemozone.stress H/sz --preset zones --seed 2 and chemozone run H/sz --config
+        # benchmarks/configs/stress_user.yaml --out H/szrun (the README's seed-2 rows)
     python benchmarks/eval_zones_user.py --cohort synth=COHORT,RUN --cohort stress=COHORT,RUN --smooth 4 10
 
 Measured: see README, "How good are the zones".
@@ -153,14 +156,18 @@ def evaluate(name: str, cohort: Path, run: Path, smooths: list[float]) -> pd.Dat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, help="folder of eval_user_config.py --work (synth-full-s0, stress-full-s0, runs)")
+    ap.add_argument("--work", type=Path, help="folder of eval_user_config.py --work (synth-full-sS, stress-full-sS, runs; "
+                    "plus sz/ and szrun/ when present: the stress zones preset and its run)")
+    ap.add_argument("--seed", type=int, default=0, help="the --seed of eval_user_config.py (folder names; default 0)")
     ap.add_argument("--cohort", action="append", default=[], help="NAME=COHORT,RUN (repeatable)")
     ap.add_argument("--smooth", type=float, nargs="+", default=[4.0, 6.0, 10.0])
     a = ap.parse_args(argv)
     sets = [(c.split("=")[0], *map(Path, c.split("=")[1].split(","))) for c in a.cohort]
     if a.work:
         for gen, cfg in (("synth", "synth_user"), ("stress", "stress_user")):
-            sets.append((gen, a.work / f"{gen}-full-s0", a.work / f"run-{gen}-full-s0-{cfg}"))
+            sets.append((gen, a.work / f"{gen}-full-s{a.seed}", a.work / f"run-{gen}-full-s{a.seed}-{cfg}"))
+        if (a.work / "sz" / "samples.csv").is_file() and (a.work / "szrun" / "run.json").is_file():
+            sets.append(("stress_zones", a.work / "sz", a.work / "szrun"))
     if not sets:
         ap.error("give --work or --cohort")
     table = pd.concat([evaluate(*s, a.smooth) for s in sets], ignore_index=True)
