@@ -235,7 +235,7 @@ def test_empty_sample_is_done_but_warned_everywhere(cohort_with_empty_sample, tm
     # the synthetic samples themselves are plausible: no density, tissue or marker warning (rare markers like
     # CD4 at ~1 % and chemokines absent from sham samples stay quiet); a gate fallback may be reported, and the
     # blanked sham was P02's reference for the producer gates: P02's samples say their reference is missing
-    # halfmax zones: with P02's sham blank, only P01's ~10 producers per chemokine set the level (a true warning)
+    # halfmax zones: the tiny cohort has fewer than 30 producers per chemokine to set the level (a true warning)
     # and every P02 zone threshold says that P02's sham has no tissue and the other shams were used
     borrowed = [w for w in prov["warnings"] if w["code"] == "zone_threshold_warning" and "no tissue pixels" in w["message"]]
     assert {w["sample"] for w in borrowed} == {s for s in prov["samples"] if s.startswith("P02_")}, borrowed
