@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chemozone.config import PhenotypesConfig, config_from_dict, load_gates_file
+from chemozone.config import MarkerConfig, PhenotypesConfig, config_from_dict, load_gates_file, save_gates_file
 from chemozone.errors import ConfigError, MissingStepError
 from chemozone.phenotype import (
     GATE_COLUMNS,
@@ -627,3 +627,60 @@ def test_synthetic_cohort_accuracy_demo_design_readme_default_gates():
     assert res["n_matched"] > 0.9 * res["n_truth"]
     assert res["balanced_accuracy"] >= 0.95, res["confusion"]
     assert res["receptor_accuracy"] >= 0.90
+
+
+def _gating_table(seed: int = 0, n_samples: int = 6, n: int = 3000):
+    rng = np.random.default_rng(seed)
+    sid = np.repeat([f"s{i}" for i in range(n_samples)], n)
+    cells = pd.DataFrame({"sample_id": sid, "cell_id": np.tile(np.arange(1, n + 1), n_samples)})
+    for k, frac in enumerate([0.05, 0.3, 0.01]):
+        pos = rng.random(len(cells)) < frac
+        cells[f"M{k}_cell"] = np.where(pos, rng.lognormal(7, 0.3, len(cells)), rng.lognormal(5, 0.4, len(cells)))
+    cells["P_cytoplasm"] = rng.lognormal(5, 0.5, len(cells))
+    cells["V_vendor"] = rng.random(len(cells)) < 0.2
+    samples = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n_samples)],
+                            "patient": [f"p{i // 3}" for i in range(n_samples)],
+                            "dose_gy": [0, 2, 10] * (n_samples // 3)})
+    markers = {f"M{k}": MarkerConfig(compartment="cell") for k in range(3)}
+    markers["P"] = MarkerConfig(compartment="cytoplasm", gate={"method": "reference", "reference": {"dose_gy": 0},
+                                                                "group_by": "patient", "quantile": 0.99})
+    return cells, samples, markers
+
+
+def test_gates_fitted_as_parallel_tasks_equal_the_serial_ones(tmp_path):
+    """One task per marker (a thread pool, a process pool, or the run's Dask client through
+    scheduler.task_executor) gives the same gates table as the serial loop, reviewed gates included; a missing
+    column is still reported by the caller, with the step to run."""
+    import concurrent.futures as cf
+
+    cells, samples, markers = _gating_table()
+    gates_file = save_gates_file({"M1": {"s2": 1234.5}}, tmp_path / "gates.yaml")
+    serial = compute_gates(cells, samples, markers=markers, gates_file=gates_file, seed=3)
+    assert (serial["method"] == "file").sum() == 1 and (serial["method"] == "reference").sum() == 6
+    with cf.ThreadPoolExecutor(2) as ex:
+        threads = compute_gates(cells, samples, markers=markers, gates_file=gates_file, seed=3, executor=ex)
+    pd.testing.assert_frame_equal(threads, serial)
+    with cf.ThreadPoolExecutor(2) as ex, pytest.raises(MissingStepError, match="no column 'M9_cell' for marker 'M9'"):
+        compute_gates(cells, samples, markers={"M9": MarkerConfig(compartment="cell")}, executor=ex)
+
+
+def test_gates_as_dask_tasks_carry_no_table_in_the_graph():
+    import pickle
+    import warnings
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from chemozone.scheduler import task_executor
+
+    cells, samples, markers = _gating_table(n=20_000)
+    serial = compute_gates(cells, samples, markers=markers)
+    threshold = 100_000
+    assert len(pickle.dumps(cells[["sample_id", "M0_cell"]])) > threshold  # embedding a column would warn
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": f"{threshold}B"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        tasks = compute_gates(cells, samples, markers=markers, executor=task_executor(client))
+    assert [str(w.message) for w in seen if "large graph" in str(w.message)] == []
+    pd.testing.assert_frame_equal(tasks, serial)

@@ -56,7 +56,16 @@ from .options import (
     zone_signal_options,
 )
 from .regions import REGIONS_COLUMN, add_region_zones, apply_regions, load_sample_regions
-from .scheduler import StageError, call_safely, dask_client, map_samples, progress_bars, run_log, tile_progress
+from .scheduler import (
+    StageError,
+    call_safely,
+    dask_client,
+    map_samples,
+    progress_bars,
+    run_log,
+    task_executor,
+    tile_progress,
+)
 
 __all__ = [
     "run_batch",
@@ -333,10 +342,12 @@ def _cached_signals(path: Path, zone_cfgs, tissue_shape, *, grid_um: float) -> d
     return out
 
 
-def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path) -> dict[str, Any]:
+def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: list[Any], out: str | Path,
+                executor: Any = None) -> dict[str, Any]:
     """Cohort-wide decisions between the per-sample steps: gates and zone thresholds.
 
-    Returns ``{"gates": DataFrame, "zone_thresholds": DataFrame}`` and writes both to the run folder.
+    Returns ``{"gates": DataFrame, "zone_thresholds": DataFrame}`` and writes both to the run folder. ``executor``
+    (:func:`chemozone.scheduler.task_executor` of the run's client) fits the markers' gates as parallel tasks.
     """
     import pandas as pd
 
@@ -344,7 +355,7 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
 
     lay = RunLayout(out)
     cells = pd.concat(list(measurements.values()), ignore_index=True) if measurements else pd.DataFrame()
-    gates = phenotype.compute_gates(cells, samples, **gate_options(cfg))
+    gates = phenotype.compute_gates(cells, samples, **gate_options(cfg), executor=executor)
     write_parquet(gates, lay.gates)
     pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
     frames = [f for f in summaries if len(f)]
@@ -683,7 +694,7 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
     ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
     summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")
     with ledger.stopping("cohort step"):  # e.g. no reference sample at all: run.json says so
-        cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root)
+        cohort = cohort_step(cfg, ok_samples, measurements, summaries, lay.root, executor=task_executor(client))
     log.info("cohort step (zone signals, gates, zone thresholds) in %.1f s", time.perf_counter() - t0)
     ledger.prov["cohort_step_s"] = round(time.perf_counter() - t0, 3)
     return ok_a, cohort

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["StageError", "call_safely", "map_samples", "dask_client", "progress_bars", "tile_progress", "run_log"]
+__all__ = ["StageError", "call_safely", "map_samples", "task_executor", "dask_client", "progress_bars", "tile_progress",
+           "run_log"]
 
 log = logging.getLogger("chemozone")
 
@@ -83,6 +84,38 @@ def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], 
             if type(exc).__name__ in LOST_WORKER_ERRORS:
                 msg += lost_worker_hint(limit)
             yield r, StageError(r["sample_id"], f"{label} (worker)", msg, traceback.format_exc())
+
+
+class _DaskExecutor:
+    """``submit(fn, *args, **kwargs)`` as Dask tasks; table and array arguments are scattered first (data travels
+    to the workers, never inside the task graph: no "Sending large graph" warning), small ones go as they are."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        import numpy as np
+        import pandas as pd
+
+        def put(a):
+            if isinstance(a, (pd.DataFrame, pd.Series, np.ndarray)):
+                return self.client.scatter(a, hash=False)
+            return a
+
+        return self.client.submit(fn, *[put(a) for a in args], **{k: put(v) for k, v in kwargs.items()}, pure=False)
+
+
+def task_executor(client):
+    """An executor for cohort-wide work that splits into independent tasks (e.g. one gate fit per marker): ``None``
+    without a client (the work runs in this process), else an object whose ``submit(fn, *args, **kwargs)`` returns
+    a Dask future (``.result()`` gives the value or raises the task's exception).
+
+    Examples
+    --------
+    >>> task_executor(None) is None
+    True
+    """
+    return None if client is None else _DaskExecutor(client)
 
 
 LOST_WORKER_ERRORS = ("FutureCancelledError", "CancelledError", "KilledWorker", "CommClosedError")
