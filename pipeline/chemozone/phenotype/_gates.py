@@ -193,8 +193,8 @@ def compute_gates(
     >>> g[["sample_id", "marker", "threshold_raw", "method"]].to_dict("records")
     [{'sample_id': 's1', 'marker': 'CD3', 'threshold_raw': 100.0, 'method': 'manual'}]
     """
-    sid = _sample_ids(cells)
-    sample_list = sorted(sid.unique())
+    sid = _sample_ids(cells).astype("category")  # per-sample masks compare integer codes, not one string per cell
+    sample_list = sorted(str(s) for s in sid.unique())
     file_gates = _reviewed_gates(gates_file, markers)
     rows: list[dict[str, Any]] = []
     jobs = []
@@ -204,7 +204,8 @@ def compute_gates(
         if executor is None or mc.gate.method in ("vendor", "classifier"):
             jobs.append(_marker_gates(cells, sid, sample_list, samples, **kw))
         else:  # the marker's column only (a name error is raised here, as without an executor)
-            one = pd.DataFrame({"_sid": sid.to_numpy(), "_value": cells[marker_column(cells, marker, mc.compartment)]})
+            one = pd.DataFrame({"_sid": sid.array,  # categorical: codes travel, not one string per cell
+                                "_value": cells[marker_column(cells, marker, mc.compartment)].to_numpy()})
             jobs.append(executor.submit(_marker_gates_task, one, sample_list, samples, **kw))
     for job in jobs:
         rows += job if isinstance(job, list) else job.result()
