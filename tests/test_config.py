@@ -5,6 +5,7 @@ import yaml
 
 from chemozone.config import (
     Config,
+    ZoneConfig,
     config_from_dict,
     config_hash,
     dump_config,
@@ -152,3 +153,11 @@ def test_pixel_zone_default_threshold_is_halfmax_when_its_producers_are_gated():
     assert cfg.zones[1].threshold.quantile == 0.99 and cfg.zones[3].threshold.quantile == 0.95
     again = config_from_dict(cfg.model_dump(mode="json"))
     assert [z.threshold.mode for z in again.zones] == list(modes.values())
+
+
+def test_default_threshold_never_changes_a_zone_shared_with_another_config():
+    zone = ZoneConfig(name="CXCL10", channels=["CXCL10"])
+    gated = Config(phenotypes={"markers": {"CXCL10": {}}}, zones=[zone])
+    plain = Config(zones=[zone])
+    assert gated.zones[0].threshold.mode == "halfmax" and plain.zones[0].threshold.mode == "reference"
+    assert zone.threshold.mode == "reference" and "threshold" not in zone.model_fields_set

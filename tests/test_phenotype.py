@@ -684,3 +684,36 @@ def test_gates_as_dask_tasks_carry_no_table_in_the_graph():
         tasks = compute_gates(cells, samples, markers=markers, executor=task_executor(client))
     assert [str(w.message) for w in seen if "large graph" in str(w.message)] == []
     pd.testing.assert_frame_equal(tasks, serial)
+
+
+def test_task_executor_scatters_each_table_once_and_keeps_none_alive():
+    """The sample sheet goes to every marker's task: scattered once; a per-task table is not kept by the executor
+    (it is freed with the caller's last reference); small arguments are passed as they are."""
+    import gc
+
+    from chemozone.scheduler import task_executor
+
+    class FakeClient:
+        def __init__(self):
+            self.scattered, self.submitted = [], []
+
+        def scatter(self, a, hash=True):
+            self.scattered.append(type(a).__name__)
+            return f"future-{len(self.scattered)}"
+
+        def submit(self, fn, *args, pure=True, **kwargs):
+            self.submitted.append((args, kwargs))
+            return None
+
+    client = FakeClient()
+    ex = task_executor(client)
+    sheet = pd.DataFrame({"sample_id": ["a"]})
+    for k in range(3):
+        col = pd.DataFrame({"_value": [float(k)]})
+        ex.submit(print, col, ["a"], sheet, marker=f"M{k}")
+        del col
+        gc.collect()
+    assert client.scattered == ["DataFrame"] * 4  # three columns + the sheet once
+    assert [a[2] for a, _ in client.submitted] == ["future-2"] * 3  # the sheet's one future every time
+    assert [a[1] for a, _ in client.submitted] == [["a"]] * 3 and client.submitted[2][1] == {"marker": "M2"}
+    assert len(ex._scattered) == 1  # only the sheet, still alive here

@@ -396,19 +396,18 @@ class RunConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------ top level
-def _default_pixel_threshold(zone: ZoneConfig, markers: dict[str, Any]) -> None:
+def _default_pixel_threshold(zone: ZoneConfig, markers: dict[str, Any]) -> ZoneConfig:
     """A pixel zone without a ``threshold`` key gets the recommended ``halfmax`` mode when its producer marker(s)
-    are gated (in ``phenotypes.markers``), else the ``reference`` mode (q 0.99 of the same patient's sham).
+    are gated (in ``phenotypes.markers``), else keeps the ``reference`` mode (q 0.99 of the same patient's sham).
 
     ``halfmax`` was the most accurate mode on both synthetic generators (README, "How good are the zones"), and it
     needs producer cells; the mode used is written to the run's config record and ``zone_thresholds.parquet``.
+    Returns ``zone`` itself or a copy (a zone object shared with another config is never changed).
     """
     if zone.source != "pixels" or "threshold" in zone.model_fields_set:
-        return
-    halfmax = ThresholdConfig(mode="halfmax")
-    wanted = halfmax_producer_markers(zone.model_copy(update={"threshold": halfmax}))
-    if set(wanted.values()) <= set(markers):
-        object.__setattr__(zone, "threshold", halfmax)
+        return zone
+    halfmax = zone.model_copy(update={"threshold": ThresholdConfig(mode="halfmax")})
+    return halfmax if set(halfmax_producer_markers(halfmax).values()) <= set(markers) else zone
 
 
 class Config(_Section):
@@ -435,8 +434,7 @@ class Config(_Section):
         if dupes:
             raise ValueError(f"zone names must be unique, repeated: {dupes}")
         check_region_zones(self.zones, self.regions)
-        for z in self.zones:
-            _default_pixel_threshold(z, self.phenotypes.markers)
+        object.__setattr__(self, "zones", [_default_pixel_threshold(z, self.phenotypes.markers) for z in self.zones])
         for i, z in enumerate(self.zones):
             missing = sorted(set(halfmax_producer_markers(z).values()) - set(self.phenotypes.markers))
             if missing:

@@ -88,19 +88,26 @@ def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], 
 
 class _DaskExecutor:
     """``submit(fn, *args, **kwargs)`` as Dask tasks; table and array arguments are scattered first (data travels
-    to the workers, never inside the task graph: no "Sending large graph" warning), small ones go as they are."""
+    to the workers, never inside the task graph: no "Sending large graph" warning), each object once however many
+    tasks it goes to (e.g. the sample sheet of every marker's gate fit); small arguments go as they are."""
 
     def __init__(self, client) -> None:
         self.client = client
+        self._scattered: dict[int, Any] = {}  # id(object) -> future, dropped when the object is freed
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        import weakref
+
         import numpy as np
         import pandas as pd
 
         def put(a):
-            if isinstance(a, (pd.DataFrame, pd.Series, np.ndarray)):
-                return self.client.scatter(a, hash=False)
-            return a
+            if not isinstance(a, (pd.DataFrame, pd.Series, np.ndarray)):
+                return a
+            if id(a) not in self._scattered:  # not kept alive here: a per-task table is freed after its submit
+                self._scattered[id(a)] = self.client.scatter(a, hash=False)
+                weakref.finalize(a, self._scattered.pop, id(a), None)
+            return self._scattered[id(a)]
 
         return self.client.submit(fn, *[put(a) for a in args], **{k: put(v) for k, v in kwargs.items()}, pure=False)
 
