@@ -6,7 +6,7 @@ serially that is the driver's work while the workers wait. ``chemozone run`` now
 This script times both on the same simulated table (the tasks twice: the first call waits for the workers to import
 scikit-learn), checks that the gates are identical, and prints the ratio of the serial time to the warm one.
 
-Measured on 2 vCPUs (defaults): serial 10.3-10.4 s, tasks 8.4 s warm / 9.4 s cold, 1.24x; the fits are numpy
+Measured on 2 vCPUs (defaults), two runs: serial 9.6-10.4 s, tasks 8.1-8.4 s warm / 8.7-9.4 s cold, 1.18-1.24x; the fits are numpy
 reductions over 800k values per marker, which two processes on that machine barely run faster than one.
 
     python benchmarks/bench_cohort_gates.py [--samples 40] [--cells 20000] [--markers 12] [--workers 2]
