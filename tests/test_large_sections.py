@@ -9,6 +9,8 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_segment import _seam_image
 
 from chemozone.io import read_labels_pyramid, read_labels_zarr, write_labels_zarr
@@ -167,10 +169,12 @@ def test_label_cleanup_steps_equal_the_sort_based_references(seed):
 
     from chemozone.segment._cells import _expand_labels, _reach
     from chemozone.segment._labels import (
+        _dilate_cross,
         _distance_capped,
         _fill_holes_labels,
         _fill_small_holes,
         _largest_piece,
+        _open3,
         _relabel,
     )
 
@@ -182,16 +186,23 @@ def test_label_cleanup_steps_equal_the_sort_based_references(seed):
     ids, first = np.unique(lab.ravel(), return_index=True)
     keep = np.zeros(int(lab.max()) + 1, bool)
     keep[::3] = True
+    keep[0] = False  # background stays 0
     sel = keep[ids]
     ref = np.zeros(int(lab.max()) + 1, np.uint32)
     ref[ids[sel][np.argsort(first[sel], kind="stable")]] = np.arange(1, sel.sum() + 1)
-    np.testing.assert_array_equal(_relabel(lab, keep), ref[lab])
+    relabelled, lut = _relabel(lab, keep)
+    np.testing.assert_array_equal(relabelled, ref[lab])
+    np.testing.assert_array_equal(lut, ref)
     fg = lab > 0
     holes = ndi.binary_fill_holes(fg) & ~fg
     hl, _ = ndi.label(holes)
     small = np.bincount(hl.ravel()) < 20
     small[0] = False
     np.testing.assert_array_equal(_fill_small_holes(fg, 20), fg | small[hl])
+    for structure in (None, np.ones((3, 3), bool)):
+        opened = ndi.binary_opening(fg, structure=structure)
+        np.testing.assert_array_equal(_open3(fg) if structure is not None else _dilate_cross(fg),
+                                      opened if structure is not None else ndi.binary_dilation(fg))
     for cap in (None, 3.5, 6.0):
         ref_d = ndi.distance_transform_edt(fg).astype(np.float32)
         np.testing.assert_array_equal(_distance_capped(fg, cap), ref_d if cap is None else np.minimum(ref_d, cap))
@@ -218,3 +229,44 @@ def test_component_peaks_equal_peak_local_max():
         got = _component_peaks(seed_map, comp, md)
         assert len(ref) > 10
         np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 48), w=st.integers(1, 48), density=st.floats(0.2, 0.99), opened=st.booleans(),
+       cap=st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0001, 4.5, 9.0, 12.7, 31.9, 32.0]), seed=st.integers(0, 2**16))
+def test_capped_distance_by_the_separable_transform_equals_scipys(h, w, density, opened, cap, seed):
+    """The small-cap path of ``_distance_capped`` (uint8/uint16 shifted minima) gives scipy's float32
+    Euclidean distances, clipped at the cap, bit for bit: borders are not background, any aspect ratio."""
+    from scipy import ndimage as ndi
+
+    from chemozone.segment._labels import _SEPARABLE_MAX_CAP, _distance_capped, _distance_capped_separable
+
+    fg = np.random.default_rng(seed).random((h, w)) < density
+    if opened:
+        fg = ndi.binary_opening(fg)
+    ref = np.minimum(ndi.distance_transform_edt(fg).astype(np.float32), cap)
+    if fg.any() and not fg.all():
+        assert cap <= _SEPARABLE_MAX_CAP
+        np.testing.assert_array_equal(_distance_capped_separable(fg, cap), ref)
+    np.testing.assert_array_equal(_distance_capped(fg, cap), ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), h=st.integers(2, 90), w=st.integers(2, 90))
+def test_label_cleanup_equals_the_references_on_any_shape(seed, h, w):
+    """Largest piece, hole filling, opening and relabelling on messy labels of any shape (pieces joined
+    through neighbours, rings, holes at the border) equal the sort-based / scipy references."""
+    from scipy import ndimage as ndi
+
+    from chemozone.segment._labels import _fill_holes_labels, _largest_piece, _open3, _size_filter
+
+    lab = _messy_labels(seed, shape=(h, w))
+    np.testing.assert_array_equal(_largest_piece(lab), _ref_largest_piece(lab))
+    np.testing.assert_array_equal(_fill_holes_labels(lab), _ref_fill_holes_labels(lab))
+    np.testing.assert_array_equal(_open3(lab > 0), ndi.binary_opening(lab > 0, structure=np.ones((3, 3), bool)))
+    sizes = np.bincount(lab.ravel())
+    ids, first = np.unique(lab.ravel(), return_index=True)
+    kept = [i for i in ids[np.argsort(first, kind="stable")] if i and 20 <= sizes[i] <= 200]
+    ref = np.zeros(int(lab.max()) + 1, np.uint32)
+    ref[kept] = np.arange(1, len(kept) + 1)
+    np.testing.assert_array_equal(_size_filter(lab, 20, 200), ref[lab])

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..progress import compute_with_progress
 from ._cells import segment_cells
-from ._labels import _relabel
+from ._labels import _nonzero, _relabel
 from ._lattice import _lattice, _merge_samples, _robust_ranges
 from ._nuclei import segment_nuclei
 from ._preprocess import _context_px
@@ -100,14 +100,14 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
         return np.zeros(nuc.shape, np.uint32), np.zeros(nuc.shape, np.uint32), 0
     # centroid pixel from exact integer sums (global coordinates), so that two tiles always agree on
     # which core holds an object: floor(sum / n + 1/2) >= y0  <=>  2 sum + n >= 2 y0 n
-    flat = nuc.ravel()
-    n = np.bincount(flat, minlength=n_obj + 1)[1:].astype(np.int64)
+    idx, v = _nonzero(nuc)
+    n = np.bincount(v, minlength=n_obj + 1)[1:].astype(np.int64)
     # local coordinate sums are integers well below 2**53: exact in float64
-    h, w = nuc.shape
-    rows = np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w)).ravel()
-    cols = np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)).ravel()
-    sy = np.rint(np.bincount(flat, weights=rows, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[0]) * n
-    sx = np.rint(np.bincount(flat, weights=cols, minlength=n_obj + 1)[1:]).astype(np.int64) + int(win[2]) * n
+    w = nuc.shape[1]
+    sy = np.rint(np.bincount(v, weights=(idx // w).astype(np.float64), minlength=n_obj + 1)[1:]).astype(np.int64)
+    sx = np.rint(np.bincount(v, weights=(idx % w).astype(np.float64), minlength=n_obj + 1)[1:]).astype(np.int64)
+    sy += int(win[0]) * n
+    sx += int(win[2]) * n
     nz = np.maximum(n, 1)
     y0, y1, x0, x1 = core
     keep = ((n > 0) & (2 * sy + n >= 2 * y0 * n) & (2 * sy + n < 2 * y1 * n)
@@ -119,12 +119,8 @@ def _keep_core_objects(nuc: np.ndarray, cells: np.ndarray, win, core, tissue, ti
         tx = np.clip((px // tissue_factor).astype(np.int64) - tissue_origin[1], 0, tissue.shape[1] - 1)
         keep &= tissue[ty, tx].astype(bool)
     keep_lut = np.concatenate([[False], keep])
-    nuc_k = _relabel(nuc, keep_lut)
-    # the same renumbering for cells (cell id == nucleus id before renumbering)
-    # map old id -> new id through the pixels (a kept id sits at the same pixels in nuc and nuc_k)
-    lut = np.zeros(n_obj + 1, np.uint32)
-    m = nuc_k > 0
-    lut[nuc[m]] = nuc_k[m]
+    # cells carry their nucleus's id: the same lookup renumbers both
+    nuc_k, lut = _relabel(nuc, keep_lut, nonzero=(idx, v))
     cells_k = lut[cells]
     return nuc_k, cells_k, int(nuc_k.max()) if nuc_k.size else 0
 

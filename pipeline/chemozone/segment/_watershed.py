@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._labels import _distance_capped, _fill_holes_labels, _fill_small_holes, _largest_piece, _size_filter
+from ._labels import _distance_capped, _fill_holes_labels, _fill_small_holes, _largest_piece, _open3, _size_filter
 from ._lattice import _lattice, _lattice_step
 from ._preprocess import _finite_fill, _local_threshold, _preprocess
 from ._validate import _validate_2d, _validate_scale
@@ -242,7 +242,7 @@ def _foreground(smooth: np.ndarray, d_px: float, opts: dict[str, Any], statistic
         t = _local_threshold(smooth, d_px) if opts["threshold"] == "local" else float(statistics["threshold"])
         thr = np.maximum(bg_level + opts["detect_fraction"] * (t - bg_level), float(statistics["noise_floor"]))
     fg = smooth > thr
-    fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool)) if d_px >= 6 else fg
+    fg = _open3(fg) if d_px >= 6 else fg
     return _fill_small_holes(fg, math.pi * (d_px / 2) ** 2)
 
 
