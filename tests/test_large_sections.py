@@ -270,3 +270,25 @@ def test_label_cleanup_equals_the_references_on_any_shape(seed, h, w):
     ref = np.zeros(int(lab.max()) + 1, np.uint32)
     ref[kept] = np.arange(1, len(kept) + 1)
     np.testing.assert_array_equal(_size_filter(lab, 20, 200), ref[lab])
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**16), h=st.integers(1, 70), w=st.integers(1, 70), blur=st.floats(0.5, 4),
+       level=st.floats(0.45, 0.56), rounded=st.booleans(), md=st.integers(1, 8))
+def test_component_peaks_equal_peak_local_max_on_any_map(seed, h, w, blur, level, rounded, md):
+    """Plateaus (rounded maps), flat components, one-pixel components and components closer than
+    ``min_distance``: the same peaks in the same order as scikit-image."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from chemozone.segment._watershed import _component_peaks
+
+    rng = np.random.default_rng(seed)
+    fg = ndi.gaussian_filter(rng.random((h, w)), blur) > level
+    comp, n = ndi.label(fg)
+    seed_map = ndi.gaussian_filter(rng.random((h, w)).astype(np.float32), blur / 2)
+    seed_map = np.where(fg, np.round(seed_map, 2) if rounded else seed_map, 0).astype(np.float32)
+    if n:
+        seed_map[comp == n] = 0.25  # a flat component
+    ref = peak_local_max(seed_map, min_distance=md, labels=comp, exclude_border=False)
+    np.testing.assert_array_equal(_component_peaks(seed_map, comp, md), ref.reshape(-1, 2))

@@ -314,29 +314,79 @@ def _refine_objects(labels: np.ndarray, inten: np.ndarray, frac: float) -> np.nd
 
 def _component_peaks(seed_map: np.ndarray, comp: np.ndarray, min_dist: int) -> np.ndarray:
     """``skimage.feature.peak_local_max(seed_map, min_distance=min_dist, labels=comp, exclude_border=False)``:
-    scikit-image's per-component steps (maxima inside each component's box with the other pixels at the
-    dtype's minimum, its flat-component rule, the image-minimum threshold, highest first), except that
-    ``ensure_spacing`` (a KD-tree per component) runs only where a component has two or more candidates
-    (for one it returns that point): the same coordinates in the same order, at about half the cost."""
-    from skimage._shared.coord import ensure_spacing
+    the same coordinates in the same order, without a loop over components.
 
-    size = 2 * min_dist + 1
+    scikit-image looks at each component in its box with the other pixels at the dtype's minimum: a
+    candidate equals the maximum of its own component's pixels within ``min_dist`` (Chebyshev); a flat
+    component gives its isolated pixels instead; candidates must exceed the image minimum; each component's
+    candidates go highest first (raster order on ties) and are thinned greedily to ``min_dist`` apart. Here
+    the window maxima are checked only at pixels >= their 4-neighbours (a component's own pixels, so every
+    candidate is one), by gathering the window's own-component pixels; the greedy thinning runs on the
+    conflicting pairs within a component (``ensure_spacing``'s rule: a point is dropped when an earlier kept
+    point of its component lies closer than ``min_dist``).
+    """
     threshold = seed_map.min()
     floor = np.finfo(seed_map.dtype).min if np.issubdtype(seed_map.dtype, np.floating) else np.iinfo(seed_map.dtype).min
-    out = []
-    for k, roi in enumerate(ndi.find_objects(comp), start=1):
-        if roi is None:
-            continue
-        own = comp[roi] == k
-        obj = np.where(own, seed_map[roi], floor)
-        cand = obj == ndi.maximum_filter(obj, size=size, mode="nearest")
-        if np.all(cand[own]):  # a flat component: its isolated pixels (scikit-image's rule)
-            cand[:] = False
-            cand[np.logical_xor(own, ndi.binary_opening(own))] = True
-        cand &= obj > threshold
-        coord = np.nonzero(cand)
-        coord = np.transpose(coord)[np.argsort(-obj[coord], kind="stable")]
-        if min_dist > 1 and len(coord) > 1:
-            coord = ensure_spacing(coord, spacing=min_dist, p_norm=np.inf)
-        out.append(coord + np.array([roi[0].start, roi[1].start]))
-    return np.vstack(out) if out else np.empty((0, 2), dtype=int)
+    w = comp.shape[1]
+    fg = comp > 0
+    obj = np.where(fg, seed_map, floor)
+    loc = fg.copy()
+    loc[1:] &= obj[1:] >= obj[:-1]
+    loc[:-1] &= obj[:-1] >= obj[1:]
+    loc[:, 1:] &= obj[:, 1:] >= obj[:, :-1]
+    loc[:, :-1] &= obj[:, :-1] >= obj[:, 1:]
+    idx = np.flatnonzero(loc)
+    k = comp.ravel()[idx]
+    own = obj.ravel()[idx]
+    r = min_dist
+    pw = w + 2 * r
+    pc = np.pad(comp, r).ravel()
+    po = np.pad(obj, r, constant_values=floor).ravel()
+    pidx = idx + (idx // w) * 2 * r + r * pw + r  # the same pixel in the padded images
+    best = own.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            q = pidx + dy * pw + dx
+            np.maximum(best, np.where(pc[q] == k, po[q], floor), out=best)
+    cand = np.zeros(comp.shape, bool)
+    cand.ravel()[idx[own >= best]] = True
+    # flat components (no pixel below a 4-neighbour): their isolated pixels (scikit-image's rule)
+    varied = np.zeros(int(comp.max()) + 1, bool)
+    varied[comp[fg & ~loc]] = True
+    flat = np.flatnonzero(~varied[1:]) + 1
+    if flat.size:
+        boxes = ndi.find_objects(comp)
+        for kk in flat:
+            roi = boxes[kk - 1]
+            own_k = comp[roi] == kk
+            c = cand[roi]
+            c[own_k] = False
+            c[np.logical_xor(own_k, ndi.binary_opening(own_k))] = True
+    cand &= obj > threshold
+    pos = np.flatnonzero(cand)
+    cid = comp.ravel()[pos]
+    order = np.lexsort((-obj.ravel()[pos], cid))  # by component, highest first, raster order on ties
+    pos, cid = pos[order], cid[order]
+    coord = np.stack([pos // w, pos % w], axis=1)
+    if min_dist > 1 and len(pos) > 1:
+        coord = coord[_greedy_spacing(coord, cid, min_dist)]
+    return coord
+
+
+def _greedy_spacing(coord: np.ndarray, cid: np.ndarray, min_dist: int) -> np.ndarray:
+    """Which points of ``coord`` (in priority order) to keep: a point is dropped when an earlier kept point
+    with the same ``cid`` lies within Chebyshev distance < ``min_dist`` (integer coordinates)."""
+    from scipy.spatial import cKDTree
+
+    keep = np.ones(len(coord), bool)
+    pairs = cKDTree(coord).query_pairs(min_dist - 1, p=np.inf, output_type="ndarray")
+    pairs = pairs[cid[pairs[:, 0]] == cid[pairs[:, 1]]] if len(pairs) else pairs
+    if len(pairs) == 0:
+        return keep
+    pairs.sort(axis=1)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    starts = np.searchsorted(pairs[:, 0], np.arange(len(coord) + 1))
+    for i in np.unique(pairs[:, 0]):
+        if keep[i]:
+            keep[pairs[starts[i]:starts[i + 1], 1]] = False
+    return keep
