@@ -292,3 +292,16 @@ def test_component_peaks_equal_peak_local_max_on_any_map(seed, h, w, blur, level
         seed_map[comp == n] = 0.25  # a flat component
     ref = peak_local_max(seed_map, min_distance=md, labels=comp, exclude_border=False)
     np.testing.assert_array_equal(_component_peaks(seed_map, comp, md), ref.reshape(-1, 2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), f=st.integers(1, 9), oy=st.integers(0, 8), ox=st.integers(0, 8),
+       seed=st.integers(0, 2**16))
+def test_block_minima_equal_those_of_the_edge_padded_image(h, w, f, oy, ox, seed):
+    from chemozone.segment._preprocess import _block_min_rows
+
+    by, bx = oy % f, ox % f
+    img = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    padded = np.pad(img, ((by, (-(h + by)) % f), (bx, (-(w + bx)) % f)), mode="edge")
+    ref = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).min(axis=(1, 3))
+    np.testing.assert_array_equal(_block_min_rows(_block_min_rows(img, by, f).T, bx, f).T, ref)

@@ -46,6 +46,22 @@ def _background_geometry(size_px: float) -> tuple[int, int, int]:
     return f, k, u
 
 
+def _block_min_rows(a: np.ndarray, offset: int, f: int) -> np.ndarray:
+    """Minimum over blocks of ``f`` rows of the global grid, ``a[0]`` being row ``offset`` of its block (so
+    the first block has ``f - offset`` rows and the last may be partial): the block minima of an image
+    padded with its edge values to whole blocks, without the padded copy."""
+    h = a.shape[0]
+    first = min(h, f - offset) if offset else 0
+    n_full = (h - first) // f
+    rest = h - first - n_full * f
+    parts = [a[:first].min(axis=0, keepdims=True)] if first else []
+    if n_full:
+        parts.append(a[first : first + n_full * f].reshape(n_full, f, *a.shape[1:]).min(axis=1))
+    if rest:
+        parts.append(a[h - rest :].min(axis=0, keepdims=True))
+    return np.concatenate(parts, axis=0)
+
+
 def _background(img: np.ndarray, size_px: float, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Smooth estimate of the background: grey opening with a square of side ``size_px``.
 
@@ -57,11 +73,8 @@ def _background(img: np.ndarray, size_px: float, origin: tuple[int, int] = (0, 0
     """
     f, k, u = _background_geometry(size_px)
     if f > 1:
-        h, w = img.shape
         by, bx = origin[0] % f, origin[1] % f
-        ay, ax = (-(h + by)) % f, (-(w + bx)) % f
-        padded = np.pad(img, ((by, ay), (bx, ax)), mode="edge")
-        small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).min(axis=(1, 3))
+        small = _block_min_rows(_block_min_rows(img, by, f).T, bx, f).T
     else:
         small = img
     opened = ndi.grey_opening(small, size=(k, k), mode="nearest")
