@@ -281,6 +281,39 @@ def test_reader_lone_sample_folder(run_folder, tmp_path):
     assert len(by_name["cell points"][0]) == len(CENTRES)
 
 
+
+def test_reader_masks_store_opens_only_the_masks(run_folder, monkeypatch):
+    """A sample's masks store dropped into napari opens its label images and masks, the same layers as the sample's
+    (scales, metadata), without reading the image, the cells table or the run config."""
+    import chemozone_napari._reader as reader_mod
+
+    sample = RunLayout(run_folder).sample_dir("s1")
+    store = SampleLayout(sample).masks
+    assert reader_mod.path_kind(store) == "masks"
+    from_sample = {kw["name"]: (kw, kind) for _, kw, kind in reader_mod.sample_layers(sample) if kind == "labels"}
+
+    def forbidden(*a, **k):
+        raise AssertionError("the masks store must not read this")
+
+    monkeypatch.setattr(reader_mod, "load_cells", forbidden)
+    monkeypatch.setattr(reader_mod, "run_config", forbidden)
+    monkeypatch.setattr(reader_mod, "image_layers", forbidden)
+    layers = reader_mod.napari_get_reader(str(store))(str(store))
+    assert [kind for _, _, kind in layers] == ["labels"] * len(from_sample)
+    by_name = {kw["name"]: kw for _, kw, _ in layers}
+    assert list(by_name) == list(from_sample) == ["cells", "nuclei", "tissue", "zone_CXCL10"]
+    for name, kw in by_name.items():
+        assert kw == from_sample[name][0]
+    assert by_name["tissue"]["scale"] == (GRID_UM, GRID_UM) and by_name["nuclei"]["scale"] == (PX, PX)
+    # masks: 0 transparent, every nonzero value one colour (white tissue, the first zone colour)
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from chemozone_napari._colors import ZONE_COLORS
+
+    for name, colour in (("tissue", "white"), ("zone_CXCL10", ZONE_COLORS[0])):
+        rgba = by_name[name]["colormap"].map(np.array([0, 1, 2], np.uint8))
+        np.testing.assert_allclose(rgba, [[0, 0, 0, 0], transform_color(colour)[0], transform_color(colour)[0]])
+
 # ------------------------------------------------------------------------------------ review files
 def test_reviewed_phenotypes_merge_and_clear(run_folder):
     from chemozone_napari._reader import load_cells

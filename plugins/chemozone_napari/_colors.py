@@ -92,3 +92,13 @@ def class_probability_colors(classes, proba: np.ndarray) -> np.ndarray:
     out[:, 3] = np.where(ok, 0.25 + 0.75 * np.nan_to_num(np.max(proba, axis=1) if proba.size else 0.0), 1.0)
     out[~ok] = GREY
     return out
+
+
+def mask_colormap(color):
+    """One colour for every nonzero value of a 0/1 mask, transparent 0: a two-colour cyclic labels colormap (napari
+    maps it with its cached modulo kernel; a direct ``{1: colour}`` map recompiles a numba kernel in every new
+    process, about 1 s per napari session)."""
+    from napari.utils.colormaps import CyclicLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return CyclicLabelColormap(colors=[[0.0, 0.0, 0.0, 0.0], transform_color(color)[0]], name="chemozone mask")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._colors import ZONE_COLORS, category_colors, channel_colormap
+from ._colors import ZONE_COLORS, category_colors, channel_colormap, mask_colormap
 
 LABEL_NAMES = ("nuclei", "cells")
 CONTRAST_MAX_PX = 2**22  # pixels of a level small enough to take percentiles on directly
@@ -51,7 +51,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
 
 
 def path_kind(path: str | Path) -> str | None:
-    """``"image"``, ``"sample"``, ``"run"`` or ``None`` (not something chemozone reads)."""
+    """``"image"``, ``"sample"``, ``"run"``, ``"masks"`` (a sample's masks store: its label images and masks
+    only) or ``None`` (not something chemozone reads)."""
     p = Path(path)
     if not p.exists():
         return None
@@ -63,6 +64,8 @@ def path_kind(path: str | Path) -> str | None:
             return "run"
         if sample.cells.is_file() or sample.masks.is_dir():
             return "sample"
+        if SampleLayout(p.parent).masks == p:
+            return "masks"
     from chemozone.io import is_image_path
 
     return "image" if is_image_path(p) else None
@@ -78,6 +81,8 @@ def read_paths(path: str | list[str]) -> list[LayerData] | None:
             return None
         if kind == "image":
             out += image_layers(p)
+        elif kind == "masks":
+            out += mask_layers(Path(p).parent)
         else:
             sample_dir = sample_dir_of(p) if kind == "sample" else first_sample_dir(p)
             out += sample_layers(sample_dir)
@@ -307,9 +312,43 @@ def cells_layer(cells, *, sample_dir: Path | None = None, sample_id: str | None 
     return (coords, kwargs, "points")
 
 
+def mask_layers(sample_dir: str | Path, *, pixel_size_um: float | None = None, run_dir: Path | None = None
+                ) -> list[LayerData]:
+    """The label images (nuclei, cells) and masks (tissue, zones) of a sample's masks store, as lazy (multiscale)
+    labels layers at their stored scales; nothing else of the sample is read (its image, cells table and run
+    config are not needed), so a whole section's masks open from their small pyramid levels at once."""
+    from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_pyramid
+    from chemozone.layout import SampleLayout
+
+    sample_dir = Path(sample_dir)
+    run_dir = run_dir_of(sample_dir) if run_dir is None else run_dir
+    common = {"sample_dir": str(sample_dir), "sample_id": sample_dir.name, "run_dir": str(run_dir) if run_dir else None}
+    store = SampleLayout(sample_dir).masks
+    names = list_labels_zarr(store) if store.is_dir() else []
+    out: list[LayerData] = []
+    zone_i = 0
+    for name in sorted(names, key=lambda n: (n not in LABEL_NAMES, n != "tissue", n)):
+        s = labels_pixel_size_um(store, name) or pixel_size_um or 1.0
+        levels = read_labels_pyramid(store, name)  # lazy; a whole section opens from its small levels
+        arr = levels if len(levels) > 1 else levels[0]
+        meta = {"chemozone": {"kind": "labels" if name in LABEL_NAMES else "mask", "label": name,
+                              "pixel_size_um": s, **common}}
+        kw: dict[str, Any] = dict(name=name, scale=(s, s), translate=(s / 2, s / 2), metadata=meta,
+                                  multiscale=len(levels) > 1)
+        if name in LABEL_NAMES:
+            kw.update(opacity=0.5, visible=(name == "cells"))
+        elif name == "tissue":
+            kw.update(opacity=0.2, colormap=mask_colormap("white"))
+        else:
+            color = ZONE_COLORS[zone_i % len(ZONE_COLORS)]
+            zone_i += 1
+            kw.update(opacity=0.35, colormap=mask_colormap(color), visible=zone_i <= 2)
+        out.append((arr, kw, "labels"))
+    return out
+
+
 def sample_layers(sample_dir: str | Path) -> list[LayerData]:
     """Layers of one sample folder: image channels, labels, masks and cells."""
-    from chemozone.io import labels_pixel_size_um, list_labels_zarr, read_labels_pyramid
     from chemozone.layout import SampleLayout
 
     sample_dir = Path(sample_dir)
@@ -332,26 +371,7 @@ def sample_layers(sample_dir: str | Path) -> list[LayerData]:
             kw["metadata"]["chemozone"].update(common)
             px = kw["metadata"]["chemozone"]["pixel_size_um"]
         out += layers
-    store = SampleLayout(sample_dir).masks
-    names = list_labels_zarr(store) if store.is_dir() else []
-    zone_i = 0
-    for name in sorted(names, key=lambda n: (n not in LABEL_NAMES, n != "tissue", n)):
-        s = labels_pixel_size_um(store, name) or px or 1.0
-        levels = read_labels_pyramid(store, name)  # lazy; a whole section opens from its small levels
-        arr = levels if len(levels) > 1 else levels[0]
-        meta = {"chemozone": {"kind": "labels" if name in LABEL_NAMES else "mask", "label": name,
-                              "pixel_size_um": s, **common}}
-        kw: dict[str, Any] = dict(name=name, scale=(s, s), translate=(s / 2, s / 2), metadata=meta,
-                                  multiscale=len(levels) > 1)
-        if name in LABEL_NAMES:
-            kw.update(opacity=0.5, visible=(name == "cells"))
-        elif name == "tissue":
-            kw.update(opacity=0.2, colormap={1: "white", None: "transparent"})
-        else:
-            color = ZONE_COLORS[zone_i % len(ZONE_COLORS)]
-            zone_i += 1
-            kw.update(opacity=0.35, colormap={1: color, None: "transparent"}, visible=zone_i <= 2)
-        out.append((arr, kw, "labels"))
+    out += mask_layers(sample_dir, pixel_size_um=px, run_dir=run_dir)
     regions = ((_run_json(run_dir).get("inputs") or {}).get(sample_id) or {}).get("regions") or {}
     if px is not None and regions.get("path") and Path(regions["path"]).is_file():  # the sample's region annotations
         from ._regions import regions_layer

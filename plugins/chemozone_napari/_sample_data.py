@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._colors import ZONE_COLORS, mask_colormap
+
 SAMPLE_SIZE_PX = 512
 SAMPLE_DOSE_GY = 10.0
 SAMPLE_SEED = 0
@@ -35,12 +37,11 @@ def make_sample_data(size_px: int = SAMPLE_SIZE_PX) -> list[tuple]:
     layers.append((s["nuclei"], {"name": "nuclei (truth)", "opacity": 0.5, "visible": False, **common}, "labels"))
     layers.append((s["cells"], {"name": "cells (truth)", "opacity": 0.5, **common}, "labels"))
     layers.append((s["tissue"], {"name": "tissue (truth)", "opacity": 0.2, "visible": False,
-                                 "colormap": {1: "white", None: "transparent"}, **common}, "labels"))
+                                 "colormap": mask_colormap("white"), **common}, "labels"))
     for i, (module, mask) in enumerate(s["zones"].items()):
-        from ._colors import ZONE_COLORS
 
         layers.append((np.asarray(mask), {"name": f"zone {module} (truth)", "opacity": 0.35, "visible": i == 0,
-                                          "colormap": {1: ZONE_COLORS[i % len(ZONE_COLORS)], None: "transparent"},
+                                          "colormap": mask_colormap(ZONE_COLORS[i % len(ZONE_COLORS)]),
                                           **common}, "labels"))
     truth = s["truth"]
     if {"x_um", "y_um"} <= set(truth.columns):

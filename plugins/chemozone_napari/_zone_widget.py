@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._colors import mask_colormap
 from ._layers import current_cells_layer, layer_meta, layer_run_config, layer_sample
 from ._qt import file_row, horizontal_slider, set_items, slider_step, slider_value
 
@@ -251,7 +252,7 @@ class ZoneReviewWidget(QWidget):
             self.viewer.layers[name].data = mask
         else:
             self.viewer.add_labels(mask, name=name, scale=(s, s), translate=(s / 2, s / 2), opacity=0.45,
-                                   colormap={1: "yellow", None: "transparent"},
+                                   colormap=mask_colormap("yellow"),
                                    metadata={"chemozone": {"kind": "zone_preview"}})
 
     def save(self, path: str | Path | None = None) -> Path:
