@@ -397,6 +397,35 @@ def test_step_b_reuses_pass_a_zone_signals_and_removes_them(tiny_cohort, tmp_pat
     assert not list((tmp_path / "failed").glob("samples/*/.zone_signals.zarr"))
 
 
+def test_the_zone_pass_reads_the_tissue_pass_grid_means_not_the_image(tiny_cohort, tmp_path, monkeypatch):
+    """Step A's tissue pass keeps the zone channels' grid means (``.grid_means.zarr``, one array per zone channel);
+    the zone pass builds every signal from them without reading a pixel, and the tables equal a run that reads the
+    image again."""
+    import zarr
+
+    from chemozone import grid_means, zones
+    from chemozone.config import load_config
+    from chemozone.layout import SampleLayout
+
+    calls = []
+    real = zones.downsample_to_grid
+    monkeypatch.setattr(zones, "downsample_to_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = load_config(tiny_cohort / "config.yaml")
+    out = tmp_path / "kept"
+    assert run_batch_quiet(tiny_cohort, cfg, out) == 0
+    assert calls == []
+    zone_channels = {c for z in cfg.zones if z.source in ("pixels", "tumor") for c in z.channels}
+    for sdir in RunLayout(out).samples_dir.iterdir():
+        grp = zarr.open_group(str(SampleLayout(sdir).grid_means), mode="r")
+        assert {grp[k].attrs["channel"] for k in grp.array_keys()} == zone_channels
+
+    monkeypatch.setattr(grid_means, "read_grid_means", lambda *a, **k: {})
+    fresh = tmp_path / "read"
+    assert run_batch_quiet(tiny_cohort, cfg, fresh) == 0
+    assert len(calls) > 0
+    for name in ("cells", "zones", "infiltration"):
+        pd.testing.assert_frame_equal(_tables(out)[name], _tables(fresh)[name])
+
 def test_a_cached_zone_signal_of_other_settings_is_ignored(tmp_path):
     from chemozone.config import ZoneConfig
     from chemozone.run import _cache_signal, _cached_signals

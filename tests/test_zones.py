@@ -456,3 +456,56 @@ def test_min_producers_needs_source_producers_and_a_positive_count():
     with pytest.raises(ValueError, match="min_producers must be >= 1"):
         producer_zone(pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "P_pos": [True]}), np.ones((2, 2), bool),
                       grid_um=2.0, producer_marker="P", radius_um=2.0, min_producers=0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_zone_signal_from_the_tissue_pass_grid_means_equals_the_one_from_the_image(tmp_path, dtype):
+    """The zone channels' grid means kept by the tissue pass (GridMeansWriter as its callback) give the zone signal
+    bit for bit (integer and float images, lazy image, tissue-normalised smoothing, a background quantile)."""
+    import dask.array as da
+
+    from chemozone import zones
+    from chemozone.grid_means import GridMeansWriter, read_grid_means, tee
+    from chemozone.tissue import tissue_mask
+
+    rng = np.random.default_rng(0)
+    img = (rng.gamma(2.0, 300.0, (4, 203, 181))).astype(dtype)
+    lazy = da.from_array(img, chunks=(1, 64, 64))
+    names = ["DAPI", "CXCL10", "CCL5", "panCK"]
+    store = tmp_path / ".grid_means.zarr"
+    writer = GridMeansWriter(store, channels={1: "CXCL10", 2: "CCL5"}, shape_yx=img.shape[1:], grid_factor=4)
+    seen = []
+    res = tissue_mask(lazy, pixel_size_um=0.5, grid_um=2.0, min_area_um2=0, channel_means_callback=tee(
+        writer, None, lambda i, m: seen.append(i)))
+    assert writer.finish() == store and seen == [0, 1, 2, 3]
+    kept = read_grid_means(store, channels=names, shape_yx=img.shape[1:], grid_factor=4)
+    assert sorted(kept) == [1, 2]
+    kw = dict(channel_indices=[2, 1], pixel_size_um=0.5, grid_um=2.0, smooth_um=6.0, background_quantile=0.2,
+              tissue=res.mask)
+    np.testing.assert_array_equal(zones.zone_signal(lazy, grid_means=[kept[2], kept[1]], **kw),
+                                  zones.zone_signal(lazy, **kw))
+    # kept for another image (other channel names, shape or grid): not used
+    assert sorted(read_grid_means(store, channels=["DAPI", "CXCL9", "CCL5"], shape_yx=img.shape[1:],
+                                  grid_factor=4)) == [2]
+    assert read_grid_means(store, channels=names, shape_yx=(200, 181), grid_factor=4) == {}
+    assert read_grid_means(store, channels=names, shape_yx=img.shape[1:], grid_factor=2) == {}
+    assert read_grid_means(tmp_path / "absent.zarr", channels=names, shape_yx=img.shape[1:], grid_factor=4) == {}
+    with pytest.raises(ValueError, match="grid_means has 1 arrays for 2 channels"):
+        zones.zone_signal(lazy, grid_means=[kept[2]], **kw)
+    with pytest.raises(ValueError, match=r"grid_means has shape \(51, 46\), but the image's grid is \(26, 23\)"):
+        zones.zone_signal(lazy[:, :101, :90], grid_means=[kept[2], kept[1]], **{**kw, "tissue": None})
+
+
+def test_grid_means_writer_keeps_nothing_on_abort_or_without_its_channels(tmp_path):
+    from chemozone.grid_means import GridMeansWriter
+
+    store = tmp_path / "g.zarr"
+    w = GridMeansWriter(store, channels={3: "CCL5"}, shape_yx=(40, 40), grid_factor=4)
+    w(0, np.zeros((10, 10)))  # not a kept channel
+    assert w.finish() is None and not store.exists()
+    w = GridMeansWriter(store, channels={0: "CCL5"}, shape_yx=(40, 40), grid_factor=4)
+    with pytest.raises(ValueError, match=r"channel 0 has shape \(9, 10\), expected \(10, 10\)"):
+        w(0, np.zeros((9, 10)))
+    w(0, np.ones((10, 10)))
+    w.abort()
+    assert not store.exists() and not list(tmp_path.iterdir())

@@ -332,6 +332,12 @@ class SampleLayout:
         return self.root / "overview.zarr"
 
     @property
+    def grid_means(self) -> Path:
+        """The zone channels' block means on the analysis grid, kept by step A's tissue pass for the zone pass
+        (:mod:`chemozone.grid_means`)."""
+        return self.root / ".grid_means.zarr"
+
+    @property
     def zone_signal_cache(self) -> Path:
         """Pass A's zone signals on the grid (one float32 array per pixel or tumor zone), read again by step B
         instead of the image; temporary: removed when the sample's step B has finished."""

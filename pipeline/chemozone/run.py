@@ -140,6 +140,7 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     import dask
 
     from . import quantify, segment, tissue
+    from .grid_means import tee
     from .io import canonical_channel_names, resolve_channels, write_labels_zarr
 
     sid = row["sample_id"]
@@ -160,16 +161,19 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
                 if cfg.tissue.channels else None
             )
             ov = _overview_writer(img, cfg, lay.sample(sid).overview, tissue_idx)
+            gm = _grid_means_writer(img, cfg, lay.sample(sid).grid_means)
             try:
                 tres = _stage(sid, "tissue", lambda: tissue.tissue_mask(
-                    img.data, pixel_size_um=px, channel_indices=tissue_idx, channel_means_callback=ov,
+                    img.data, pixel_size_um=px, channel_indices=tissue_idx, channel_means_callback=tee(ov, gm),
                     **tissue_options(cfg)))
             except BaseException:
-                if ov is not None:
-                    ov.abort()
+                for w in (ov, gm):
+                    if w is not None:
+                        w.abort()
                 raise
-            if ov is not None:
-                ov.finish()
+            for w in (ov, gm):
+                if w is not None:
+                    w.finish()
             tmask, grid_um = tres.mask, tres.grid_um
         tmp_store = sdir / ".tmp-labels.zarr"
         large = max(img.data.shape[1:]) > cfg.segmentation.tile_size_px
@@ -228,6 +232,35 @@ def process_sample_a(row: dict[str, Any], cfg: Config, out: str | Path, *, local
     return info
 
 
+def _zone_channel_indices(img, cfg: Config) -> dict[int, str]:
+    """Image channel index -> name of every channel a pixel or tumor zone builds its signal from."""
+    from .io import resolve_channels
+
+    out: dict[int, str] = {}
+    for z in cfg.zones:
+        if z.source in ("pixels", "tumor"):
+            try:
+                idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
+            except ChemozoneError:  # the zone pass names the missing channel; step A has no use for it
+                continue
+            out.update({int(i): str(img.channels[i]) for i in idx})
+    return out
+
+
+def _grid_means_writer(img, cfg: Config, path: Path):
+    """A :class:`~chemozone.grid_means.GridMeansWriter` that keeps the zone channels' grid means from the tissue
+    pass for the zone pass (None without pixel or tumor zones)."""
+    from .grid import grid_factor
+    from .grid_means import GridMeansWriter
+
+    shutil.rmtree(path, ignore_errors=True)  # never the means of an earlier image
+    channels = _zone_channel_indices(img, cfg)
+    if not channels:
+        return None
+    return GridMeansWriter(path, channels=channels, shape_yx=img.data.shape[1:],
+                           grid_factor=grid_factor(img.pixel_size_um, cfg.analysis_grid.pixel_size_um))
+
+
 def _overview_writer(img, cfg: Config, path: Path, tissue_idx):
     """An :class:`~chemozone.overview.OverviewWriter` for a large image without a pyramid whose tissue pass reads
     every channel (else None: the QC figure and napari then read the image's own pixels or levels)."""
@@ -277,6 +310,8 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
 
     from . import zones
     from ._zone_halfmax import signal_at_cells
+    from .grid import grid_factor
+    from .grid_means import read_grid_means
     from .io import read_labels_zarr, resolve_channels
 
     sid = row["sample_id"]
@@ -288,13 +323,16 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
         grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
+        kept = read_grid_means(lay.sample(sid).grid_means, channels=img.channels, shape_yx=img.data.shape[1:],
+                               grid_factor=grid_factor(img.pixel_size_um, grid_um))
         for z in cfg.zones:
             if z.source not in ("pixels", "tumor"):
                 continue
             idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
+            means = [kept[i] for i in idx] if all(i in kept for i in idx) else None  # else: read the image
             sig = _stage(sid, "zones", lambda: zones.zone_signal(
                 img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
-                tissue=tissue_grid, **zone_signal_options(z)))
+                tissue=tissue_grid, grid_means=means, **zone_signal_options(z)))
             frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
             _cache_signal(cache, z, sig, grid_um=grid_um)
             if z.threshold.mode == "halfmax":

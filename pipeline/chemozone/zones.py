@@ -77,7 +77,7 @@ from ._zone_masks import _check_tissue, module_score, producer_zone, threshold_z
 from ._zone_thresholds import background_threshold, compute_zone_thresholds
 from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
-from .grid import block_mean, cell_grid_index, grid_factor
+from .grid import block_mean, cell_grid_index, grid_factor, grid_shape
 
 __all__ = [
     "N_QUANTILES",
@@ -120,6 +120,14 @@ def downsample_to_grid(image_yx: Any, factor: int) -> np.ndarray:
 
 _SMOOTH_BAND_ROWS = 1024
 """Grid rows smoothed at a time by :func:`_smooth_in_tissue` (plus a halo of the kernel's radius)."""
+
+
+def _grid_of(means: Any, shape_yx: Sequence[int], factor: int) -> np.ndarray:
+    """Kept grid means of one channel as float32, checked against the grid of the image."""
+    shape = grid_shape(tuple(shape_yx), factor)
+    if tuple(means.shape) != shape:
+        raise ValueError(f"grid_means has shape {tuple(means.shape)}, but the image's grid is {shape}")
+    return np.asarray(means[...], dtype=np.float32)
 
 
 def _smooth_in_tissue(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float,
@@ -166,6 +174,7 @@ def zone_signal(
     background_quantile: float,
     tissue: np.ndarray | None = None,
     background: Sequence[float] | None = None,
+    grid_means: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """Background-corrected, smoothed chemokine signal of each channel of a zone, on the analysis grid.
 
@@ -187,6 +196,10 @@ def zone_signal(
     background : sequence of float, optional
         Fixed per-channel background (image units, one per channel) to subtract instead of the tissue
         percentile.
+    grid_means : sequence of array-like (Ygrid, Xgrid), optional
+        The channels' float32 block means on the grid, one per channel index (e.g. kept by the tissue pass,
+        :mod:`chemozone.grid_means`), used instead of reading ``image_cyx``: the same values as its
+        ``downsample_to_grid``.
 
     Returns
     -------
@@ -211,9 +224,12 @@ def zone_signal(
     sigma_px = float(smooth_um) / g
     if background is not None and len(background) != len(idx):
         raise ValueError(f"background has {len(background)} values for {len(idx)} channels")
+    if grid_means is not None and len(grid_means) != len(idx):
+        raise ValueError(f"grid_means has {len(grid_means)} arrays for {len(idx)} channels")
     out, tis = None, None
     for k, ci in enumerate(idx):
-        grid = downsample_to_grid(image_cyx[ci], factor)
+        grid = (downsample_to_grid(image_cyx[ci], factor) if grid_means is None
+                else _grid_of(grid_means[k], image_cyx.shape[1:], factor))
         if k == 0:
             tis = _check_tissue(tissue, grid.shape)
             out = np.empty((len(idx),) + grid.shape, np.float32)
