@@ -212,6 +212,20 @@ def test_report_in_two_processes_is_the_same_report(report):
     two = stamp.sub("", rep.render_report(info["out"], processes=2))
     assert "id='infiltration'" in two and "could not be drawn" not in two
     assert two == one
+    # as tasks of an executor (a run's Dask workers through task_executor; here threads with the same contract)
+    from concurrent.futures import ThreadPoolExecutor
+
+    submitted = []
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(args[1])
+            return super().submit(fn, *args, **kwargs)
+
+    with Recording(max_workers=2) as ex:
+        tasks = stamp.sub("", rep.render_report(info["out"], executor=ex))
+    assert sorted(submitted) == sorted(rep._HEAVY)
+    assert tasks == one
 
 
 def test_old_run_json_without_warnings_says_so(report):

@@ -51,6 +51,9 @@ def test_run_folder_has_design_files_and_columns(tiny_run, tiny_cohort):
     for p in [lay.run_json, lay.run_log, lay.cohort_cells, lay.cohort_infiltration, lay.cohort_zones, lay.gates,
               lay.cohort_samples, lay.report]:
         assert p.is_file(), p
+    # the CLI's run wrote its report on the run's Dask worker (heavy sections as tasks): every section drawn
+    text = lay.report.read_text(encoding="utf-8")
+    assert "id='infiltration'" in text and "could not be drawn" not in text
     prov = json.loads(lay.run_json.read_text())
     assert prov["status"] == "done"
     assert prov["segmentation"]["method"] == "watershed" and "nuclei_defaults" in prov["segmentation"]

@@ -44,6 +44,7 @@ class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
     exit_code: int = 0
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
 
 
 UM_DIGITS = 12

@@ -183,16 +183,6 @@ def _run_options(args: argparse.Namespace) -> dict:
                 progress=not args.quiet, command=sys.argv)
 
 
-def _report_processes(args: argparse.Namespace, out) -> int:
-    """Worker processes for the report after a run: the run's local Dask workers (one with a remote scheduler)."""
-    from .layout import read_run_json
-
-    run_cfg = ((read_run_json(out).get("config") or {}).get("run") or {})
-    if getattr(args, "scheduler", None) or run_cfg.get("scheduler"):
-        return 1
-    return max(1, int(args.workers if args.workers is not None else (run_cfg.get("workers") or 1)))
-
-
 def cli_run(args: argparse.Namespace) -> int:
     """``chemozone run INPUT --config CFG --out OUT ...``"""
     from .run import run_batch
@@ -201,14 +191,16 @@ def cli_run(args: argparse.Namespace) -> int:
         from .table_run import run_cell_tables
 
         res = run_cell_tables(args.input, _table_config(args), args.out, on_error=args.on_error, command=sys.argv)
-    else:
-        res = run_batch(args.input, args.config, args.out, workers=args.workers, **_run_options(args))
+    else:  # the run writes its report itself, on its Dask workers before they close
+        res = run_batch(args.input, args.config, args.out, workers=args.workers, report=not args.no_report,
+                        **_run_options(args))
     _print_summary(res)
-    if not args.no_report and any(s == "done" for s in res.statuses.values()):
+    if res.report is not None:
+        print(f"report: {res.report}")
+    elif not args.no_report and any(s == "done" for s in res.statuses.values()):
         from .report import write_report
 
-        procs = 1 if args.cells is not None else _report_processes(args, res.out)
-        print(f"report: {write_report(res.out, processes=procs)}")
+        print(f"report: {write_report(res.out)}")
     return res.exit_code
 
 
@@ -263,10 +255,12 @@ def cli_demo(args: argparse.Namespace) -> int:
         generate_cohort(cohort, preset=args.preset)
     run_dir = out / "run"
     workers = min(2, os.cpu_count() or 1) if args.workers is None else args.workers
-    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=workers, **_run_options(args))
-    from .report import write_report
+    res = run_batch(cohort, cohort / "config.yaml", run_dir, workers=workers, report=True, **_run_options(args))
+    if res.report is None:  # no sample done: the report says why
+        from .report import write_report
 
-    report = write_report(run_dir, processes=max(1, workers))
+        res.report = write_report(run_dir)
+    report = res.report
     _print_summary(res)
     print(f"report: {report}")
     print(f"cohort tables: {run_dir / 'cells.parquet'}, {run_dir / 'infiltration.parquet'}")

@@ -531,9 +531,16 @@ def _section_from_folder(out: str, key: str) -> str:
     return _section(key, run, Path(out), nb, seed)
 
 
-def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int) -> dict[str, str]:
-    """Every section's HTML; with ``processes > 1`` the heavy ones in that many spawned worker processes (each
-    section's statistics are seeded, so the text is the same as in one process), the light ones here meanwhile."""
+def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int, executor: Any = None
+              ) -> dict[str, str]:
+    """Every section's HTML; the heavy ones as tasks of ``executor`` (a run's Dask workers, already warm) or, with
+    ``processes > 1``, in that many spawned worker processes (each section's statistics are seeded, so the text is
+    the same as in one process), the light ones here meanwhile."""
+    if executor is not None:
+        futures = {k: executor.submit(_section_from_folder, str(out), k) for k in _HEAVY}
+        done = {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in futures}
+        done.update({k: f.result() for k, f in futures.items()})
+        return done
     if processes <= 1:
         return {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS}
     import concurrent.futures as cf
@@ -555,11 +562,11 @@ def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int
     return done
 
 
-def render_report(out: str | os.PathLike, *, processes: int = 1) -> str:
+def render_report(out: str | os.PathLike, *, processes: int = 1, executor: Any = None) -> str:
     """The report's HTML text for a run folder (see :func:`write_report`)."""
     out = Path(out)
     run, nb, seed = _load(out)
-    html_by_key = _sections(out, run, nb, seed, int(processes))
+    html_by_key = _sections(out, run, nb, seed, int(processes), executor)
     sections = [(k, t, html_by_key[k]) for k, t in _SECTIONS]
     ver = (run["run"].get("versions") or {}).get("chemozone", "?")
     nav = "".join(f"<a href='#{k}'>{html.escape(t)}</a>" for k, t, _ in sections)
@@ -571,11 +578,13 @@ def render_report(out: str | os.PathLike, *, processes: int = 1) -> str:
             f"written {now}</p><nav>{nav}</nav>{body}</body></html>")
 
 
-def write_report(out: str | os.PathLike, *, processes: int = 1) -> Path:
+def write_report(out: str | os.PathLike, *, processes: int = 1, executor: Any = None) -> Path:
     """Write ``OUT/report.html`` (self-contained: figures are embedded PNGs) and return its path.
 
     ``processes``: render the sections that fit models or draw many figures in that many worker processes (the
-    CLI passes the run's local worker count); the same report as with one.
+    CLI passes the run's local worker count); the same report as with one. ``executor``: render them as its tasks
+    instead (``submit(fn, *args)`` returning a future; :func:`chemozone.scheduler.task_executor` of a run's Dask
+    client, whose workers have the libraries imported already); the same report too.
 
     Raises
     ------
@@ -594,4 +603,4 @@ def write_report(out: str | os.PathLike, *, processes: int = 1) -> Path:
         from .errors import MissingStepError
 
         raise MissingStepError(f"{RunLayout(out).cohort_samples}: no sample table; run 'chemozone run' into {out} first")
-    return atomic_write_text(RunLayout(out).report, render_report(out, processes=processes))
+    return atomic_write_text(RunLayout(out).report, render_report(out, processes=processes, executor=executor))

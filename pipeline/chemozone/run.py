@@ -546,7 +546,7 @@ def merge_cohort(out: str | Path, samples, ok_ids: list[str]) -> None:
 def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Path, *, workers: int | None = None,
               scheduler: str | None = None, memory_limit: str | None = None, resume: bool = False,
               on_error: str | None = None, progress: bool = True, in_process: bool = False,
-              command: list[str] | None = None) -> RunResult:
+              command: list[str] | None = None, report: bool = False) -> RunResult:
     """Run every sample through all stages and write the run folder.
 
     Parameters
@@ -566,11 +566,15 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     in_process : bool
         Run without a Dask cluster (synchronous, in this process: small cohorts, debugging; a crash in one
         sample's native code then stops the run, and ``memory_limit`` does not apply).
+    report : bool
+        Also write ``report.html`` when a sample is done (:func:`chemozone.report.write_report`), its heavy sections
+        as tasks of the run's Dask workers before the cluster closes (they have the libraries imported already).
 
     Returns
     -------
     RunResult
-        ``exit_code`` is 0, or 3 when samples failed under ``on_error="skip"``.
+        ``exit_code`` is 0, or 3 when samples failed under ``on_error="skip"``; ``report`` the report's path (None
+        when none was written).
 
     Raises
     ------
@@ -579,6 +583,7 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     """
     from .validate import runnable_inputs
 
+    want_report = report
     if workers is not None and workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: no Dask cluster), got {workers}")
     in_process = in_process or workers == 0
@@ -590,7 +595,7 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     with run_log(lay.run_log):
         return _run(report.samples, cfg, lay, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
                     resume=resume, on_error=on_error, progress=progress, in_process=in_process,
-                    command=command, images=report.images, unreadable=unreadable)
+                    command=command, images=report.images, unreadable=unreadable, report=want_report)
 
 
 def _validate_stage_config(cfg: Config, report) -> None:
@@ -610,7 +615,7 @@ def _validate_stage_config(cfg: Config, report) -> None:
 
 
 def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_limit, resume, on_error,
-         progress, in_process, command, images, unreadable) -> RunResult:
+         progress, in_process, command, images, unreadable, report: bool = False) -> RunResult:
     """The run once its inputs are valid: step A, the cohort step, step B, then the cohort tables."""
     from rich.console import Console
 
@@ -624,20 +629,32 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
         address=scheduler or cfg.run.scheduler, n_workers=workers or cfg.run.workers,
         threads_per_worker=cfg.run.threads_per_worker, memory_limit=memory_limit or cfg.run.memory_limit,
         console=console)
-    with ledger.stopping(), progress_bars(console, enabled=progress) as bar, client_ctx as client:
-        _run_step_a(client, bar, todo, cfg, lay, stamps, ledger, images)
-        ok_a = [r for r in rows if ledger.status(r["sample_id"]) == "step_a_done"]
-        for r in ok_a:  # plausibility of step A (resumed samples too): cells, tissue, density
-            sid = r["sample_id"]
-            ledger.warn(record.step_a_warnings(sid, ledger.prov["samples"][sid].get("step_a"), images[sid],
-                                               cfg.segmentation, lay))
-        ok_a, cohort = _run_cohort_step(client, ok_a, samples, cfg, lay, ledger)
-        ledger.warn(record.cohort_warnings(cohort))
-        _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
-        ledger.warn(record.marker_warnings({sid: s.get("step_b") for sid, s in ledger.prov["samples"].items()
-                                            if s["status"] == "done"}))
-    with ledger.stopping("cohort tables"):
-        return _finish(rows, samples, lay, ledger)
+    with client_ctx as client:
+        with ledger.stopping(), progress_bars(console, enabled=progress) as bar:
+            _run_samples(client, bar, rows, todo, samples, cfg, lay, stamps, ledger, images)
+        with ledger.stopping("cohort tables"):
+            result = _finish(rows, samples, lay, ledger)
+        if report and any(s == "done" for s in result.statuses.values()):
+            from .report import write_report
+
+            result.report = write_report(lay.root, executor=task_executor(client))  # before the workers go
+    return result
+
+
+def _run_samples(client, bar, rows, todo, samples, cfg: Config, lay: RunLayout, stamps, ledger: _Ledger, images
+                 ) -> None:
+    """Step A, the cohort step and step B of the run's samples, with their plausibility warnings."""
+    _run_step_a(client, bar, todo, cfg, lay, stamps, ledger, images)
+    ok_a = [r for r in rows if ledger.status(r["sample_id"]) == "step_a_done"]
+    for r in ok_a:  # plausibility of step A (resumed samples too): cells, tissue, density
+        sid = r["sample_id"]
+        ledger.warn(record.step_a_warnings(sid, ledger.prov["samples"][sid].get("step_a"), images[sid],
+                                           cfg.segmentation, lay))
+    ok_a, cohort = _run_cohort_step(client, ok_a, samples, cfg, lay, ledger)
+    ledger.warn(record.cohort_warnings(cohort))
+    _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
+    ledger.warn(record.marker_warnings({sid: s.get("step_b") for sid, s in ledger.prov["samples"].items()
+                                        if s["status"] == "done"}))
 
 
 def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, images, unreadable
