@@ -583,19 +583,18 @@ def run_batch(input_path: str | Path, config: Config | str | Path, out: str | Pa
     """
     from .validate import runnable_inputs
 
-    want_report = report
     if workers is not None and workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: no Dask cluster), got {workers}")
     in_process = in_process or workers == 0
     cfg = config if isinstance(config, Config) else load_config(config)
     on_error = on_error or cfg.run.on_error
     lay = RunLayout(out)
-    report, unreadable = runnable_inputs(input_path, cfg, skip_unreadable=on_error == "skip")
-    _validate_stage_config(cfg, report)
+    inputs, unreadable = runnable_inputs(input_path, cfg, skip_unreadable=on_error == "skip")
+    _validate_stage_config(cfg, inputs)
     with run_log(lay.run_log):
-        return _run(report.samples, cfg, lay, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
+        return _run(inputs.samples, cfg, lay, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
                     resume=resume, on_error=on_error, progress=progress, in_process=in_process,
-                    command=command, images=report.images, unreadable=unreadable, report=want_report)
+                    command=command, images=inputs.images, unreadable=unreadable, report=report)
 
 
 def _validate_stage_config(cfg: Config, report) -> None:
