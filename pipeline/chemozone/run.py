@@ -30,7 +30,7 @@ import resource
 import shutil
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextlib import nullcontext as _nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -628,15 +628,17 @@ def _run(samples, cfg: Config, lay: RunLayout, *, workers, scheduler, memory_lim
         address=scheduler or cfg.run.scheduler, n_workers=workers or cfg.run.workers,
         threads_per_worker=cfg.run.threads_per_worker, memory_limit=memory_limit or cfg.run.memory_limit,
         console=console)
-    with client_ctx as client:
-        with ledger.stopping(), progress_bars(console, enabled=progress) as bar:
-            _run_samples(client, bar, rows, todo, samples, cfg, lay, stamps, ledger, images)
+    with ExitStack() as cluster:  # open until the report is written (its heavy sections run on the workers)
+        with ledger.stopping():  # a cluster that does not start fails the run, as a sample's error does
+            client = cluster.enter_context(client_ctx)
+            with progress_bars(console, enabled=progress) as bar:
+                _run_samples(client, bar, rows, todo, samples, cfg, lay, stamps, ledger, images)
         with ledger.stopping("cohort tables"):
             result = _finish(rows, samples, lay, ledger)
-        if report and any(s == "done" for s in result.statuses.values()):
-            from .report import write_report
+        if report and any(s == "done" for s in result.statuses.values()):  # after run.json is closed: a report
+            from .report import write_report  # error is not the run's
 
-            result.report = write_report(lay.root, executor=task_executor(client))  # before the workers go
+            result.report = write_report(lay.root, executor=task_executor(client))
     return result
 
 
