@@ -270,6 +270,10 @@ def test_label_cleanup_equals_the_references_on_any_shape(seed, h, w):
     ref = np.zeros(int(lab.max()) + 1, np.uint32)
     ref[kept] = np.arange(1, len(kept) + 1)
     np.testing.assert_array_equal(_size_filter(lab, 20, 200), ref[lab])
+    empty = np.zeros((h, w), lab.dtype)  # no object at all (e.g. cellpose with random weights)
+    for f in (_largest_piece, _fill_holes_labels):
+        np.testing.assert_array_equal(f(empty), empty)
+    assert _size_filter(empty, 20, 200).dtype == np.uint32 and not _size_filter(empty, 20, 200).any()
 
 
 @settings(max_examples=80, deadline=None)

@@ -217,7 +217,7 @@ def _fill_holes_labels(labels: np.ndarray) -> np.ndarray:
 def _size_filter(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray:
     """Drop objects outside ``[min_px, max_px]`` and renumber 1..n (raster order of first pixel)."""
     idx, v = _nonzero(labels)
-    sizes = np.bincount(v)
+    sizes = np.bincount(v, minlength=1)  # (no object at all: only the background's entry)
     keep = (sizes >= min_px) & (sizes <= max_px)
     keep[0] = False
     return _relabel(labels, keep, nonzero=(idx, v))[0]
