@@ -201,7 +201,7 @@ def test_a_failing_section_becomes_a_sentence(report, monkeypatch, tmp_path):
     assert "id='gates'" in text and "id='modules'" in text
 
 
-def test_report_in_two_processes_is_the_same_report(report):
+def test_report_in_two_processes_is_the_same_report(report, caplog):
     """Heavy sections rendered in spawned worker processes (as after a 2-worker run) give the same HTML, figures and
     bootstrap intervals included, as one process; only the time stamp differs."""
     import chemozone.report as rep
@@ -212,20 +212,33 @@ def test_report_in_two_processes_is_the_same_report(report):
     two = stamp.sub("", rep.render_report(info["out"], processes=2))
     assert "id='infiltration'" in two and "could not be drawn" not in two
     assert two == one
-    # as tasks of an executor (a run's Dask workers through task_executor; here threads with the same contract)
-    from concurrent.futures import ThreadPoolExecutor
+    # as tasks of an executor (a run's Dask workers through task_executor): here one that runs each task when it is
+    # submitted, with the same contract (submit -> future), so no two sections draw at once in this process
+    from concurrent.futures import Future
 
     submitted = []
 
-    class Recording(ThreadPoolExecutor):
+    class Inline:
+        def __init__(self, lose=()):
+            self.lose = lose
+
         def submit(self, fn, *args, **kwargs):
             submitted.append(args[1])
-            return super().submit(fn, *args, **kwargs)
+            f = Future()
+            if args[1] in self.lose:  # the worker under this task was lost
+                f.set_exception(RuntimeError("KilledWorker"))
+            else:
+                f.set_result(fn(*args, **kwargs))
+            return f
 
-    with Recording(max_workers=2) as ex:
-        tasks = stamp.sub("", rep.render_report(info["out"], executor=ex))
+    tasks = stamp.sub("", rep.render_report(info["out"], executor=Inline()))
     assert sorted(submitted) == sorted(rep._HEAVY)
     assert tasks == one
+    # a worker lost under a task: that section is rendered here instead, with a warning
+    with caplog.at_level("WARNING", logger="chemozone"):
+        lost = stamp.sub("", rep.render_report(info["out"], executor=Inline(lose=("zones",))))
+    assert lost == one
+    assert "report: section zones failed on a worker (RuntimeError: KilledWorker); rendering it here" in caplog.text
 
 
 def test_old_run_json_without_warnings_says_so(report):

@@ -539,7 +539,15 @@ def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int
     if executor is not None:
         futures = {k: executor.submit(_section_from_folder, str(out), k) for k in _HEAVY}
         done = {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in futures}
-        done.update({k: f.result() for k, f in futures.items()})
+        for k, f in futures.items():
+            try:
+                done[k] = f.result()
+            except Exception as exc:  # noqa: BLE001 - sections guard their own errors: this is a lost worker
+                import logging
+
+                logging.getLogger("chemozone").warning("report: section %s failed on a worker (%s: %s); rendering "
+                                                       "it here", k, type(exc).__name__, exc)
+                done[k] = _section(k, run, out, nb, seed)
         return done
     if processes <= 1:
         return {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS}
