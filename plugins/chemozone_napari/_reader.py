@@ -8,9 +8,10 @@ A *sample folder* (``OUT/samples/<id>``, or a lone copy of one) or a *run folder
 sample) opens the image of the sample, the label images and masks of its masks store (each at its own stored
 scale), its region annotations (the QuPath GeoJSON of the sample sheet's ``regions`` column, as a Shapes layer)
 and the cells as a Points layer whose ``features`` are the cells table (plus reviewed phenotypes, see
-:mod:`chemozone_napari._review`). Every path comes from :class:`chemozone.layout.RunLayout` /
-:class:`chemozone.layout.SampleLayout`; a lone sample folder has no run, so it opens with the default
-config and without its image.
+:mod:`chemozone_napari._review`). A sample's masks store (``samples/<id>/masks.ome.zarr``) opens as its label images
+and masks only (:func:`mask_layers`: nothing else is read, so a whole section's masks are on screen in seconds).
+Every path comes from :class:`chemozone.layout.RunLayout` / :class:`chemozone.layout.SampleLayout`; a lone sample
+folder has no run, so it opens with the default config and without its image.
 
 World coordinates are micrometres: pixel ``i`` of a raster with pixel size ``s`` covers
 ``[i*s, (i+1)*s)``, so rasters get ``translate = s/2`` and points sit at ``(y_um, x_um)``. This matches the
