@@ -309,3 +309,24 @@ def test_block_minima_equal_those_of_the_edge_padded_image(h, w, f, oy, ox, seed
     padded = np.pad(img, ((by, (-(h + by)) % f), (bx, (-(w + bx)) % f)), mode="edge")
     ref = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).min(axis=(1, 3))
     np.testing.assert_array_equal(_block_min_rows(_block_min_rows(img, by, f).T, bx, f).T, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 150), w=st.integers(1, 150), chunk=st.sampled_from([7, 16, 48, 64]), lazy=st.booleans(),
+       levels=st.one_of(st.none(), st.integers(1, 5)), seed=st.integers(0, 2**16))
+def test_labels_pyramid_written_in_one_pass_is_every_strided_level(tmp_path_factory, h, w, chunk, lazy, levels, seed):
+    """Every level of any shape, chunk size (also one that is not a multiple of 2**k) and number of levels equals
+    ``labels[::2**k, ::2**k]``, chunked ``chunk`` x ``chunk``, from numpy or from a dask array of other chunks."""
+    import zarr
+
+    lab = np.random.default_rng(seed).integers(0, 70000, (h, w)).astype(np.uint32)
+    store = tmp_path_factory.mktemp("pyr") / "masks.ome.zarr"
+    src = da.from_array(lab, chunks=(13, 29)) if lazy else lab
+    write_labels_zarr(store, "cells", src, pixel_size_um=0.5, chunk_px=chunk, levels=levels)
+    got = read_labels_pyramid(store, "cells")
+    n = levels if levels is not None else len(got)
+    assert len(got) == n
+    for k, lv in enumerate(got):
+        np.testing.assert_array_equal(lv.compute(), lab[:: 2**k, :: 2**k])
+        arr = zarr.open_array(str(store / "labels" / "cells" / str(k)), mode="r")
+        assert arr.chunks == (min(chunk, arr.shape[0]), min(chunk, arr.shape[1])) and arr.dtype == np.uint32
