@@ -363,34 +363,50 @@ def test_config_names_reach_the_tables_through_panel_aliases(tiny_cohort, tmp_pa
     assert (cells["cell_type"] == "CD8 T").sum() > 0
 
 
-def test_step_b_reuses_pass_a_zone_signals_and_removes_them(tiny_cohort, tmp_path, monkeypatch):
-    """Step B thresholds the zone signals pass A computed (a whole section's image is not read again): each
-    pixel zone's signal is computed once per sample, the tables are the same as recomputing them, and the
-    temporary signals are gone after the run; a cached signal of other settings is not used."""
-    from chemozone import run as run_mod
-    from chemozone import zones
-    from chemozone.config import load_config
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that records each call; returns the record."""
+    calls: list = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
 
-    calls = []
-    real = zones.zone_signal
-    monkeypatch.setattr(zones, "zone_signal", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+def test_zone_pass_reads_no_pixels_and_step_b_reuses_its_signals(tiny_cohort, tmp_path, monkeypatch):
+    """Step A's tissue pass keeps the zone channels' grid means (``.grid_means.zarr``, one array per zone channel), so
+    the zone pass reads no pixel; step B thresholds the zone signals the zone pass computed (each pixel zone's signal
+    once per sample) and removes them. The tables equal a run that reads the image and recomputes every signal; a
+    sample that fails in step B does not leave its signals behind either."""
+    import zarr
+
+    from chemozone import grid_means, zones
+    from chemozone import run as run_mod
+    from chemozone.config import load_config
+    from chemozone.layout import SampleLayout
+
+    signals = _count_calls(monkeypatch, zones, "zone_signal")
+    pixel_reads = _count_calls(monkeypatch, zones, "downsample_to_grid")
     cfg = load_config(tiny_cohort / "config.yaml")
     out = tmp_path / "cached"
     assert run_batch_quiet(tiny_cohort, cfg, out) == 0
     n_pixel_zones = sum(z.source in ("pixels", "tumor") for z in cfg.zones)
     n_samples = len(pd.read_csv(tiny_cohort / "samples.csv"))
-    assert n_pixel_zones and len(calls) == n_pixel_zones * n_samples
+    assert n_pixel_zones and len(signals) == n_pixel_zones * n_samples
+    assert pixel_reads == []
+    zone_channels = {c for z in cfg.zones if z.source in ("pixels", "tumor") for c in z.channels}
+    for sdir in RunLayout(out).samples_dir.iterdir():
+        grp = zarr.open_group(str(SampleLayout(sdir).grid_means), mode="r")
+        assert {grp[k].attrs["channel"] for k in grp.array_keys()} == zone_channels
     assert not list(out.glob("samples/*/.zone_signals.zarr"))
 
-    calls.clear()
+    signals.clear()
     monkeypatch.setattr(run_mod, "_cached_signals", lambda *a, **k: {})
+    monkeypatch.setattr(grid_means, "read_grid_means", lambda *a, **k: {})
     fresh = tmp_path / "recomputed"
     assert run_batch_quiet(tiny_cohort, cfg, fresh) == 0
-    assert len(calls) == 2 * n_pixel_zones * n_samples
+    assert len(signals) == 2 * n_pixel_zones * n_samples and len(pixel_reads) > 0
     for name in ("cells", "zones", "infiltration"):
         pd.testing.assert_frame_equal(_tables(out)[name], _tables(fresh)[name])
 
-    # a sample that fails in step B does not leave its signals behind either
     from chemozone import spatial
     from chemozone.run import run_batch
 
@@ -399,35 +415,6 @@ def test_step_b_reuses_pass_a_zone_signals_and_removes_them(tiny_cohort, tmp_pat
     assert failed.exit_code == 3 and all(s == "failed" for s in failed.statuses.values())
     assert not list((tmp_path / "failed").glob("samples/*/.zone_signals.zarr"))
 
-
-def test_the_zone_pass_reads_the_tissue_pass_grid_means_not_the_image(tiny_cohort, tmp_path, monkeypatch):
-    """Step A's tissue pass keeps the zone channels' grid means (``.grid_means.zarr``, one array per zone channel);
-    the zone pass builds every signal from them without reading a pixel, and the tables equal a run that reads the
-    image again."""
-    import zarr
-
-    from chemozone import grid_means, zones
-    from chemozone.config import load_config
-    from chemozone.layout import SampleLayout
-
-    calls = []
-    real = zones.downsample_to_grid
-    monkeypatch.setattr(zones, "downsample_to_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = load_config(tiny_cohort / "config.yaml")
-    out = tmp_path / "kept"
-    assert run_batch_quiet(tiny_cohort, cfg, out) == 0
-    assert calls == []
-    zone_channels = {c for z in cfg.zones if z.source in ("pixels", "tumor") for c in z.channels}
-    for sdir in RunLayout(out).samples_dir.iterdir():
-        grp = zarr.open_group(str(SampleLayout(sdir).grid_means), mode="r")
-        assert {grp[k].attrs["channel"] for k in grp.array_keys()} == zone_channels
-
-    monkeypatch.setattr(grid_means, "read_grid_means", lambda *a, **k: {})
-    fresh = tmp_path / "read"
-    assert run_batch_quiet(tiny_cohort, cfg, fresh) == 0
-    assert len(calls) > 0
-    for name in ("cells", "zones", "infiltration"):
-        pd.testing.assert_frame_equal(_tables(out)[name], _tables(fresh)[name])
 
 def test_a_cached_zone_signal_of_other_settings_is_ignored(tmp_path):
     from chemozone.config import ZoneConfig

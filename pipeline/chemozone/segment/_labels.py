@@ -58,7 +58,7 @@ def _distance_capped(fg: np.ndarray, cap: float | None = None) -> np.ndarray:
     return dist if cap is None else np.minimum(dist, cap)
 
 
-_SEPARABLE_MAX_CAP = 32.0  # beyond this the feature transform is cheaper than 2 x cap shifted minima
+_SEPARABLE_MAX_CAP = 32.0  # 2300² window: 0.24 s at cap 32, as much as scipy's feature transform alone (0.04 s at 4.5)
 
 
 def _distance_capped_separable(fg: np.ndarray, cap: float) -> np.ndarray:
