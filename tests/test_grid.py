@@ -36,6 +36,30 @@ def test_block_mean_equals_brute_force_numpy_dask_and_2d(h, w, f, seed):
     assert out32.dtype == np.float32 and np.array_equal(out32, brute[0].astype(np.float32))
 
 
+def test_channel_means_on_a_cluster_equal_block_mean_and_keep_the_workers_one_channel_ahead():
+    """Given a distributed client, the next channel's sums are on the workers (computed or queued) while the caller
+    holds this channel's means; each channel equals block_mean's; without a client, nothing is computed ahead."""
+    from distributed import Client, LocalCluster
+
+    from chemozone.grid import iter_channel_means
+
+    img = np.random.default_rng(3).integers(0, 4000, (4, 203, 190)).astype(np.uint16)
+    lazy = da.from_array(img, chunks=(1, 64, 64))
+    ref = block_mean(img, 4)
+    ahead = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        for k, (i, means) in enumerate(iter_channel_means(lazy, 4, [2, 0, 3], client=client)):
+            ahead.append(set(client.futures))  # keys of the sums this client holds while the caller works
+            assert i == [2, 0, 3][k]
+            np.testing.assert_array_equal(means, ref[i])
+    # 4 band tasks per channel: the next channel's are there at the first two steps, nothing new after the last
+    # (a released key of the channel just gathered may linger: release is asynchronous)
+    assert len(ahead[0]) >= 4 and len(ahead[1] - ahead[0]) == 4 and not ahead[2] - ahead[1]
+    got = dict(iter_channel_means(lazy, 4, [1], dtype=np.float32))  # no client: computed when asked
+    np.testing.assert_array_equal(got[1], ref[1].astype(np.float32))
+
+
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from(["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32"]),
        f=st.integers(1, 20), nby=st.integers(1, 4), nbx=st.integers(1, 4), seed=st.integers(0, 2**16))

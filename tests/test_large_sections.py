@@ -8,6 +8,7 @@ import warnings
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,6 +76,45 @@ def test_tile_tasks_carry_no_arrays_on_a_distributed_client(tmp_path):
     large = [str(w.message) for w in seen if "large graph" in str(w.message)]
     assert large == []
     assert _digest(nuc, cells) == TODAY_SEAM_TISSUE
+
+
+@pytest.mark.parametrize("with_nuclei", [True, False])
+def test_quantification_tiles_run_as_worker_tasks_that_read_their_own_pixels(tmp_path, with_nuclei):
+    """On a distributed client, a lazy image's tiles are measured by tasks on the workers (no arrays in the graph);
+    the table equals the in-process tile loop's, bit for bit."""
+    import zarr
+    from distributed import Client, LocalCluster, get_task_stream
+
+    import chemozone.quantify._cells as qc
+    from chemozone.io import read_image, write_ome_tiff
+    from chemozone.quantify import quantify_cells
+
+    img, _ = _seam_image()
+    path = tmp_path / "img.ome.tif"
+    write_ome_tiff(path, img, channels=NAMES, pixel_size_um=0.5)
+    nuclei, cells = segment_image(img, channels=NAMES, pixel_size_um=0.5, **OPTS)
+    cells = cells.copy()
+    cells[:, :96] = 0  # the first column of tiles holds no cell
+    nuclei = np.where(cells > 0, nuclei, 0).astype(np.uint32)
+    lazy = {}
+    for name, lab in (("cells", cells), ("nuclei", nuclei)):
+        z = zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="w", shape=lab.shape, chunks=(64, 64), dtype="uint32")
+        z[:] = lab
+        lazy[name] = da.from_zarr(z)
+    kw = dict(channels=NAMES, pixel_size_um=0.5, statistics=("mean", "total", "std"), morphology=True, tile_size_px=96)
+    ref = quantify_cells(img, cells, nuclei=nuclei if with_nuclei else None, **kw)
+    threshold = 16_000
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": f"{threshold}B"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, get_task_stream(client) as stream, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        got = quantify_cells(read_image(path).data, lazy["cells"], nuclei=lazy["nuclei"] if with_nuclei else None,
+                             **kw)
+    assert [str(w.message) for w in seen if "large graph" in str(w.message)] == []
+    tasks = [t for t in stream.data if str(t["key"]).startswith(qc._measure_tile_task.__name__)]
+    assert len(tasks) == 9  # one per tile (3 × 3), the empty first column included
+    assert len(ref) > 10
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
 
 
 def test_labels_pyramid_levels_are_strided_downsamples(tmp_path):

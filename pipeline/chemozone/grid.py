@@ -27,7 +27,7 @@ Examples
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "grid_pixel_um",
     "grid_shape",
     "block_mean",
+    "iter_channel_means",
     "cell_grid_index",
     "grid_pixel_centres_px",
     "grid_pixel_centres_um",
@@ -131,35 +132,87 @@ def block_mean(image: Any, factor: int, *, channel_indices: Sequence[int] | None
     gh, gw = grid_shape((h, w), factor)
     if factor == 1:
         return np.stack([np.asarray(image[i]) for i in idx]).astype(dtype) if idx else np.zeros((0, h, w), dtype)
-    pad = ((0, 0), (0, gh * factor - h), (0, gw * factor - w))
     if isinstance(image, np.ndarray):
         sub = image[idx].astype(np.float64)
-        if pad[1][1] or pad[2][1]:
-            sub = np.pad(sub, pad, mode="constant")
+        if gh * factor - h or gw * factor - w:
+            sub = np.pad(sub, ((0, 0), (0, gh * factor - h), (0, gw * factor - w)), mode="constant")
         sums = sub.reshape(len(idx), gh, factor, gw, factor).sum(axis=(2, 4))
-    else:
-        import dask.array as da  # noqa: PLC0415
+        return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
+    return _PendingMeans(_lazy_sums(image, factor, idx), factor, (h, w), dtype).result()
 
-        arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=(1, factor * 512, factor * 512))
-        sub = arr[idx]
-        if pad[1][1] or pad[2][1]:
-            sub = da.pad(sub, pad, mode="constant")
-        if not all(c % factor == 0 for ax in sub.chunks[1:] for c in ax):  # blocks must not straddle chunks
-            step = factor * max(1, 1024 // factor)
-            sub = sub.rechunk((1, _aligned_rows(sub.chunks[1][0], factor, step), step))
-        # Tasks return exact block sums in the smallest accumulator that holds them (uint32 for 16-bit pixels: half
-        # the bytes of float64 means to move from a worker); the driver divides by the pixel counts, as before.
-        integer = np.issubdtype(sub.dtype, np.integer)
-        acc = (_row_accumulator(sub.dtype, factor) if sub.dtype.itemsize < 8 else np.int64) if integer else np.float64
-        out_chunks = (sub.chunks[0],) + tuple(tuple(c // factor for c in ax) for ax in sub.chunks[1:])
-        sums = sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc)
-        return _gather_band_means(sums, factor, (h, w), dtype)
-    return _divide_by_counts(sums, factor, (h, w), 0, 0, dtype)
+
+def iter_channel_means(image: Any, factor: int, channel_indices: Sequence[int] | None = None, *,
+                       dtype: Any = np.float64, client: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(channel index, block means)`` of one channel at a time, as :func:`block_mean` gives them.
+
+    Only one channel's means are held at a time. Given a Dask distributed ``client`` and a lazy image, the next
+    channel's block sums are computed on its workers (and kept there) while the caller works on this one's, so
+    the workers do not wait for the caller between channels.
+
+    Parameters
+    ----------
+    image : numpy, zarr or dask array, shape (C, Y, X)
+    factor : int
+        Block size in image pixels (:func:`grid_factor`).
+    channel_indices : sequence of int, optional
+        The channels, in this order (default all).
+    dtype : numpy dtype
+        Dtype of each result (default float64).
+    client : distributed.Client, optional
+        The client of the active scheduler (:func:`chemozone.progress.active_client`); None: each channel is
+        computed when asked, on the active scheduler.
+
+    Yields
+    ------
+    (int, ndarray of shape (ceil(Y / factor), ceil(X / factor)))
+
+    Examples
+    --------
+    >>> [(i, m.tolist()) for i, m in iter_channel_means(np.arange(18.0).reshape(2, 3, 3), 2, [1])]
+    [(1, [[11.0, 12.5], [15.5, 17.0]])]
+    """
+    idx = list(range(image.shape[0])) if channel_indices is None else [int(i) for i in channel_indices]
+    if client is None or isinstance(image, np.ndarray) or int(factor) == 1:
+        for i in idx:
+            yield i, block_mean(image, factor, channel_indices=[i], dtype=dtype)[0]
+        return
+    h, w = image.shape[1:]
+
+    def pending(i: int) -> _PendingMeans:
+        return _PendingMeans(_lazy_sums(image, int(factor), [i]), int(factor), (h, w), dtype, client=client)
+
+    nxt = pending(idx[0]) if idx else None
+    for k, i in enumerate(idx):
+        cur, nxt = nxt, (pending(idx[k + 1]) if k + 1 < len(idx) else None)  # queued behind this channel's tasks
+        yield i, cur.result()[0]
+        del cur
+
+
+def _lazy_sums(image: Any, factor: int, idx: list[int]):
+    """Lazy exact block sums ``(C', gh, gw)`` of channels ``idx`` of a zarr or dask image (edges zero-padded)."""
+    import dask.array as da  # noqa: PLC0415
+
+    _, h, w = image.shape
+    gh, gw = grid_shape((h, w), factor)
+    pad = ((0, 0), (0, gh * factor - h), (0, gw * factor - w))
+    arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=(1, factor * 512, factor * 512))
+    sub = arr[idx]
+    if pad[1][1] or pad[2][1]:
+        sub = da.pad(sub, pad, mode="constant")
+    if not all(c % factor == 0 for ax in sub.chunks[1:] for c in ax):  # blocks must not straddle chunks
+        step = factor * max(1, 1024 // factor)
+        sub = sub.rechunk((1, _aligned_rows(sub.chunks[1][0], factor, step), step))
+    # Tasks return exact block sums in the smallest accumulator that holds them (uint32 for 16-bit pixels: half
+    # the bytes of float64 means to move from a worker); the caller divides by the pixel counts, as before.
+    integer = np.issubdtype(sub.dtype, np.integer)
+    acc = (_row_accumulator(sub.dtype, factor) if sub.dtype.itemsize < 8 else np.int64) if integer else np.float64
+    out_chunks = (sub.chunks[0],) + tuple(tuple(c // factor for c in ax) for ax in sub.chunks[1:])
+    return sub.map_blocks(_block_sums, factor, acc, chunks=out_chunks, dtype=acc)
 
 
 def _aligned_rows(chunk_rows: int, factor: int, fallback: int) -> int:
     """Rows of a rechunked image whose chunk boundaries fall on both ``factor`` and the stored chunks' rows
-    (their least common multiple), so that each task of :func:`_gather_band_means` reads its own stored rows
+    (their least common multiple), so that each band task of :class:`_PendingMeans` reads its own stored rows
     and no others; ``fallback`` when that would exceed 16 stored chunk rows.
 
     Examples
@@ -178,7 +231,7 @@ _BAND_BYTES = 128 * 2**20
 
 class _LazySums:
     """The lazy block sums of an image; a task reads one band of chunk rows of them itself (see
-    :func:`_gather_band_means`). Pickles as the sums' graph, which reads the file by path: no pixels."""
+    :class:`_PendingMeans`). Pickles as the sums' graph, which reads the file by path: no pixels."""
 
     def __init__(self, sums):
         self.sums = sums
@@ -187,26 +240,47 @@ class _LazySums:
         return self.sums[:, r0:r0 + n].compute(scheduler="synchronous")
 
 
-def _gather_band_means(sums, factor: int, shape_yx: tuple[int, int], dtype) -> np.ndarray:
+class _PendingMeans:
     """Block means from lazy block sums ``(C, gh, gw)``: one task per row of chunks, which reads and sums its chunks
     inside the task (no task per chunk: a distributed scheduler's per-task cost was most of the time), gathered
-    about :data:`_BAND_BYTES` at a time into one preallocated result and divided by the pixel counts there."""
-    import dask  # noqa: PLC0415
+    into one preallocated result and divided by the pixel counts there.
 
-    c, gh, gw = sums.shape
-    out = np.empty((c, gh, gw), dtype)
-    # each task carries the (small, ~100 kB) lazy sums itself: a shared dependency key would pull every band task
-    # to the worker that holds it (one busy worker, one idle)
-    src = _LazySums(sums)
-    starts = np.concatenate([[0], np.cumsum(sums.chunks[1])[:-1]]).astype(int)
-    rows = list(zip(starts.tolist(), sums.chunks[1]))
-    per_compute = max(1, _BAND_BYTES // max(1, c * gw * sums.dtype.itemsize * max(sums.chunks[1])))
-    for k in range(0, len(rows), per_compute):
-        group = rows[k:k + per_compute]
-        parts = dask.compute(*[dask.delayed(_LazySums.band, pure=True)(src, r0, n) for r0, n in group])
-        for (r0, n), part in zip(group, parts):
-            out[:, r0:r0 + n] = _divide_by_counts(part, factor, shape_yx, r0, 0, dtype)
-    return out
+    Given a distributed ``client``, every task goes to its workers at once, where the sums wait until
+    :meth:`result` gathers them one band at a time; otherwise :meth:`result` computes about
+    :data:`_BAND_BYTES` of sums per ``dask.compute``.
+    """
+
+    def __init__(self, sums, factor: int, shape_yx: tuple[int, int], dtype, *, client: Any = None) -> None:
+        import dask  # noqa: PLC0415
+
+        self.shape, self.factor, self.shape_yx, self.dtype = sums.shape, factor, shape_yx, dtype
+        # each task carries the (small, ~100 kB) lazy sums itself: a shared dependency key would pull every band task
+        # to the worker that holds it (one busy worker, one idle). Keys are not tokenised (pickling the sums' graph
+        # once per task cost ~50 ms each, in the caller): unique names instead.
+        src = _LazySums(sums)
+        starts = np.concatenate([[0], np.cumsum(sums.chunks[1])[:-1]]).astype(int)
+        self.rows = list(zip(starts.tolist(), sums.chunks[1]))
+        self.tasks = [dask.delayed(_LazySums.band, pure=False)(src, r0, n) for r0, n in self.rows]
+        c, _, gw = sums.shape
+        self.per_compute = max(1, _BAND_BYTES // max(1, c * gw * sums.dtype.itemsize * max(sums.chunks[1], default=1)))
+        self.futures = client.compute(self.tasks) if client is not None else None
+
+    def result(self) -> np.ndarray:
+        import dask  # noqa: PLC0415
+
+        out = np.empty(self.shape, self.dtype)
+        if self.futures is not None:
+            futures, self.futures = self.futures, None
+            for (r0, n), fut in zip(self.rows, futures):
+                out[:, r0:r0 + n] = _divide_by_counts(fut.result(), self.factor, self.shape_yx, r0, 0, self.dtype)
+                fut.release()
+            return out
+        for k in range(0, len(self.rows), self.per_compute):
+            group = slice(k, k + self.per_compute)
+            parts = dask.compute(*self.tasks[group])
+            for (r0, n), part in zip(self.rows[group], parts):
+                out[:, r0:r0 + n] = _divide_by_counts(part, self.factor, self.shape_yx, r0, 0, self.dtype)
+        return out
 
 
 def block_sizes(n_px: int, factor: int, start: int = 0, n: int | None = None) -> np.ndarray:

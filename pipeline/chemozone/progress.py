@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["compute_with_progress", "report_progress", "notify_progress"]
+__all__ = ["active_client", "compute_with_progress", "report_progress", "notify_progress"]
 
 Listener = Callable[[str, int, int], None]
 _LISTENER: contextvars.ContextVar[Listener | None] = contextvars.ContextVar("chemozone_progress", default=None)
@@ -45,7 +45,9 @@ def notify_progress(stage: str, done: int, total: int) -> None:
         listener(stage, done, total)
 
 
-def _client_or_none():
+def active_client():
+    """The Dask distributed client that ``dask.compute`` uses here, else None (no client, or a local scheduler set
+    in ``dask.config``, as inside a task whose sample runs on one worker)."""
     import dask
 
     if dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded", "threads", "processes"):
@@ -66,7 +68,7 @@ def compute_with_progress(tasks: Sequence[Any], stage: str) -> tuple:
     if listener is None or not tasks:
         return dask.compute(*tasks)
     total = len(tasks)
-    client = _client_or_none()
+    client = active_client()
     if client is not None:
         from distributed import as_completed
 

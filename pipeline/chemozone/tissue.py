@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .grid import block_mean, block_sizes, grid_factor, grid_shape
+from .grid import block_mean, block_sizes, grid_factor, grid_shape, iter_channel_means
+from .progress import active_client
 
 __all__ = ["grid_factor", "grid_shape", "block_means", "tissue_mask", "TissueResult", "count_channels",
            "TISSUE_OUTCOMES"]
@@ -308,7 +309,8 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     _, h, w = image_cyx.shape
     block_px = (block_sizes(h, f), block_sizes(w, f))  # pixels per block of each grid row, column
     # one channel's block means at a time: a 40k² section's 15 channels on a 2 µm grid would be 12 GB at once
-    means = (_tap(i, block_means(image_cyx, f, [i])[0], channel_means_callback) for i in idx)
+    # (on a cluster the workers sum the next channel meanwhile)
+    means = (_tap(i, m, channel_means_callback) for i, m in iter_channel_means(image_cyx, f, idx, client=active_client()))
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
     smooth = ndi.gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
     thr = _auto_threshold(smooth, threshold)

@@ -91,9 +91,9 @@ def write_labels_zarr(
     -----
     Level ``k`` (dataset path ``"k"``, scale ``pixel_size_um · 2**k``) is the strided (nearest)
     downsample ``labels[::2**k, ::2**k]``: label values are kept exactly (never blended), so a viewer
-    can show a whole section's masks from a few small chunks. Each level is computed from the level
-    written before it (bounded memory). The group is written under a temporary name and renamed into
-    place, so a killed write never leaves a partial label image under its final name.
+    can show a whole section's masks from a few small chunks. A dask input's levels are written in one pass:
+    each of its chunks is read once, for every level (bounded memory). The group is written under a temporary
+    name and renamed into place, so a killed write never leaves a partial label image under its final name.
 
     Examples
     --------
@@ -119,11 +119,7 @@ def write_labels_zarr(
     if tmp_name in labels_grp:
         del labels_grp[tmp_name]
     grp = labels_grp.create_group(tmp_name)
-    level = arr
-    for k in range(n_levels):
-        if k:  # the next level from the one just written (read back lazily: bounded memory)
-            level = _read_level(store / "labels" / tmp_name, k - 1)[::2, ::2]
-        _write_level(grp, str(k), level, chunk_px)
+    _write_levels(grp, arr, n_levels, chunk_px)
     grp.attrs.update(_multiscale_attrs(name, pixel_size_um, n_levels))
     grp.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
     final = _publish(store, name, tmp_name)
@@ -140,25 +136,26 @@ def _n_levels(shape: tuple[int, ...], chunk_px: int) -> int:
     return n
 
 
-def _read_level(group: Path, k: int):
+def _write_levels(grp, arr, n_levels: int, chunk_px: int) -> None:
+    """Levels ``0 .. n_levels - 1`` (``arr[::2**k, ::2**k]``) into ``grp``: from a dask array in one ``da.store``
+    (its graph reads by path; each source chunk is read once for every level, on the active scheduler's workers),
+    from numpy directly (no graph, so no array travels to a Dask scheduler)."""
     import dask.array as da
 
-    return da.from_zarr(str(group), component=str(k))
-
-
-def _write_level(grp, path: str, arr, chunk_px: int) -> None:
-    """One level: a dask array chunk by chunk (``da.store``, its graph reads by path), numpy directly (no
-    graph, so no array travels to a Dask scheduler)."""
-    import dask.array as da
-
-    chunks = (min(chunk_px, max(1, arr.shape[0])), min(chunk_px, max(1, arr.shape[1])))
-    target = grp.create_array(path, shape=arr.shape, chunks=chunks, dtype=arr.dtype, fill_value=0,
-                              **_compressor_kwargs()) if hasattr(grp, "create_array") else \
-        grp.create_dataset(path, shape=arr.shape, chunks=chunks, dtype=arr.dtype, fill_value=0)
-    if hasattr(arr, "dask"):
-        da.store(arr.rechunk(chunks), target, lock=False, compute=True)
-    else:
-        target[...] = arr
+    sources, targets = [], []
+    for k in range(n_levels):
+        level = arr[:: 2**k, :: 2**k]
+        chunks = (min(chunk_px, max(1, level.shape[0])), min(chunk_px, max(1, level.shape[1])))
+        target = grp.create_array(str(k), shape=level.shape, chunks=chunks, dtype=arr.dtype, fill_value=0,
+                                  **_compressor_kwargs()) if hasattr(grp, "create_array") else \
+            grp.create_dataset(str(k), shape=level.shape, chunks=chunks, dtype=arr.dtype, fill_value=0)
+        if hasattr(arr, "dask"):
+            sources.append(level.rechunk(chunks))
+            targets.append(target)
+        else:
+            target[...] = level
+    if sources:
+        da.store(sources, targets, lock=False, compute=True)
 
 
 def _publish(store: Path, name: str, tmp_name: str) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ChannelError, ConfigError, ImageError
-from ..progress import notify_progress
+from ..progress import active_client, compute_with_progress, notify_progress
 from ._kernels import _measure_tile_numba, _measure_tile_numpy, _numba_kernels
 from ._morphology import _row_runs
 from ._quantiles import _tile_quantiles
@@ -166,24 +166,32 @@ def quantify_cells(
     totals_lab, totals_cnt = _quantile_totals(cells, nuclei, tiles, ts) if qs else (None, None)
 
     parts = _Parts()
+    source = _TileSource(image_cyx, cells, nuclei, ts)
+    if not qs and len(tiles) > 1 and active_client() is not None and all(
+            _is_dask(a) or a is None for a in (image_cyx, cells, nuclei)):
+        # a lazy image on a cluster (a whole section driven from the run's main process): each tile is a task
+        # that reads its own pixels and labels on a worker and returns only its per-cell sums
+        import dask
+
+        source_d = dask.delayed(source, traverse=False)  # a small graph that reads by path: no arrays
+        done = compute_with_progress([dask.delayed(_measure_tile_task, pure=False)(
+            source_d, y0, x0, morphology=morphology, want_sq=want_sq) for y0, x0 in tiles], "tiles: quantify")
+        for res in done:
+            if res is not None:
+                parts.labels.append(res[0])
+                parts.blocks.append(res[1])
+                if morphology:
+                    parts.runs.append(res[2])
+        return _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, morphology,
+                         has_nuc, background or {})
     for t_done, (y0, x0) in enumerate(tiles, 1):
         if len(tiles) > 1:
             notify_progress("tiles: quantify", t_done, len(tiles))
-        key = (slice(y0, y0 + ts), slice(x0, x0 + ts))
-        lab = _read(cells, key)
-        if kernels is not None:
-            lab_range = kernels["label_range"](lab)
-            if lab_range[1] < lab_range[0]:
-                continue
-        elif not lab.any():
+        tile = source.read(y0, x0, kernels)
+        if tile is None:
             continue
-        nuc = _read(nuclei, key) if has_nuc else None
-        img = _read(image_cyx, (slice(None),) + key)
-        if kernels is not None:
-            labels_here, idx, block = _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, morphology, img,
-                                                          want_sq, bool(qs))
-        else:
-            labels_here, idx, block = _measure_tile_numpy(lab, nuc, y0, x0, morphology, img, want_sq, bool(qs))
+        lab, nuc, img, lab_range = tile
+        labels_here, idx, block = _measure(kernels, lab_range, lab, nuc, img, y0, x0, morphology, want_sq, bool(qs))
         del nuc
         parts.labels.append(labels_here)
         parts.blocks.append(block)
@@ -197,6 +205,47 @@ def quantify_cells(
 
     return _assemble(parts, channels, n_c, px, compartments, statistics, qstats, qs, morphology,
                      has_nuc, background or {})
+
+
+class _TileSource:
+    """The labels and pixels of one tile at a time, read where it is called (a Dask task reads them itself:
+    pickles as the lazy arrays, small graphs that read their files by path)."""
+
+    def __init__(self, image_cyx, cells, nuclei, tile_px: int) -> None:
+        self.image, self.cells, self.nuclei, self.ts = image_cyx, cells, nuclei, int(tile_px)
+
+    def read(self, y0: int, x0: int, kernels):
+        """``(cells, nuclei or None, image, label range)`` of the tile at ``(y0, x0)``; None when it holds no
+        cell (its pixels are then not read)."""
+        key = (slice(y0, y0 + self.ts), slice(x0, x0 + self.ts))
+        lab = _read(self.cells, key)
+        lab_range = None
+        if kernels is not None:
+            lab_range = kernels["label_range"](lab)
+            if lab_range[1] < lab_range[0]:
+                return None
+        elif not lab.any():
+            return None
+        nuc = _read(self.nuclei, key) if self.nuclei is not None else None
+        return lab, nuc, _read(self.image, (slice(None),) + key), lab_range
+
+
+def _measure(kernels, lab_range, lab, nuc, img, y0, x0, morphology, want_sq, want_idx):
+    if kernels is not None:
+        return _measure_tile_numba(kernels, lab_range, lab, nuc, y0, x0, morphology, img, want_sq, want_idx)
+    return _measure_tile_numpy(lab, nuc, y0, x0, morphology, img, want_sq, want_idx)
+
+
+def _measure_tile_task(source: _TileSource, y0: int, x0: int, *, morphology: bool, want_sq: bool):
+    """One tile's task: ``(labels present, per-label block, row runs or None)``, or None for a tile without
+    cells (no quantiles: those need the whole image's pixel counts, so they stay in the caller's loop)."""
+    kernels = _numba_kernels()
+    tile = source.read(y0, x0, kernels)
+    if tile is None:
+        return None
+    lab, nuc, img, lab_range = tile
+    labels_here, _, block = _measure(kernels, lab_range, lab, nuc, img, y0, x0, morphology, want_sq, False)
+    return labels_here, block, _row_runs(lab, y0, x0) if morphology else None
 
 
 def _quantile_totals(cells, nuclei, tiles, ts):
