@@ -255,6 +255,72 @@ def test_annotate_and_infiltrate_equals_the_two_steps(seed, edge_um, bands):
     pd.testing.assert_frame_equal(cells, before)
 
 
+def _reference_annotate_and_infiltrate(cells, masks, tissue, *, g, bands, edge_um):
+    """The definitions on whole maps (as the code computed them before the distances were streamed): the signed
+    distance map of each zone, the tissue depth map, region masks on the grid, cells looked up at their pixels."""
+    r = np.clip(np.floor(cells["y_um"].to_numpy() / g).astype(int), 0, tissue.shape[0] - 1)
+    c = np.clip(np.floor(cells["x_um"].to_numpy() / g).astype(int), 0, tissue.shape[1] - 1)
+    depth = tissue_depth(tissue, grid_um=g)
+    keep = tissue & (depth >= edge_um) if edge_um > 0 else tissue.copy()
+    cols, rows = {}, []
+    pops = [("all", "all", np.ones(len(cells), bool))] + [
+        (pt, v, cells[pt].astype(str).to_numpy() == v) for pt in ("cell_type", "phenotype")
+        for v in sorted(cells[pt].astype(str).unique())]
+    for z, m in masks.items():
+        d = signed_distance(m, grid_um=g)
+        cols[f"in_{z}"], cols[f"dist_{z}_um"] = m[r, c], d[r, c]
+        regions = {"inside": keep & m, "outside": keep & ~m}
+        for lo, hi in zip(bands, bands[1:]):
+            regions[f"band_{lo:g}_{hi:g}_um"] = (d > lo) & (d <= hi) & keep & ~m
+        areas = {k: np.count_nonzero(v) * (g * 1e-3) ** 2 for k, v in regions.items()}
+        for pt, pn, sel in pops:
+            sel = sel & keep[r, c]
+            n = {k: int(np.count_nonzero(sel & v[r, c])) for k, v in regions.items()}
+            a_in, a_out = areas["inside"], areas["outside"]
+            tot = a_in + a_out
+            enr = (np.log2(((n["inside"] + PSEUDOCOUNT * a_in / tot) / a_in) / ((n["outside"] + PSEUDOCOUNT * a_out / tot)
+                                                                              / a_out))
+                   if a_in > 0 and a_out > 0 else np.nan)
+            rows += [dict(sample_id="s", population_type=pt, population=pn, zone=z, region=k, n_cells=n[k],
+                          area_mm2=areas[k], density_per_mm2=n[k] / areas[k] if areas[k] > 0 else np.nan,
+                          log2_enrichment=enr) for k in regions]
+    cols["dist_tissue_edge_um"] = depth[r, c]
+    return cells.assign(**cols), pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def few_rows_per_band():
+    from chemozone import grid
+
+    old, grid._EDT_BAND_ROWS = grid._EDT_BAND_ROWS, 4  # several bands of rows even on a 30-row grid
+    yield
+    grid._EDT_BAND_ROWS = old
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 15.0), st.sampled_from([[], [0.0, 10.0], DEFAULT_BANDS_UM]),
+       st.sampled_from([1, 3]))
+def test_streamed_distances_equal_the_whole_map_definitions_bit_for_bit(few_rows_per_band, seed, edge_um, bands,
+                                                                      n_threads):
+    """Cells' distances, depths, region counts and band areas from one band of rows at a time (and zones on
+    threads) are exactly those of whole signed-distance maps."""
+    g = 5.0
+    tissue, masks, cells = _random_sample(seed, (("A", 0.3), ("B", 0.02), ("C", 0.0), ("D", 1.0)))
+    ann, inf = annotate_and_infiltrate(cells, masks, tissue, grid_um=g, sample_id="s", distance_bands_um=bands,
+                                       edge_exclusion_um=edge_um, n_threads=n_threads)
+    ref_ann, ref_inf = _reference_annotate_and_infiltrate(cells, masks, tissue, g=g, bands=bands, edge_um=edge_um)
+    pd.testing.assert_frame_equal(ann, ref_ann, check_exact=True)
+    pd.testing.assert_frame_equal(inf.drop(columns="log2_enrichment"), ref_inf.drop(columns="log2_enrichment"),
+                                  check_exact=True, check_dtype=False)
+    np.testing.assert_allclose(inf["log2_enrichment"], ref_inf["log2_enrichment"], rtol=1e-12)
+
+
+def test_annotate_and_infiltrate_rejects_no_threads():
+    tissue, masks, cells = _random_sample(0, (("A", 0.3),))
+    with pytest.raises(ValueError, match="n_threads must be >= 1, got 0"):
+        annotate_and_infiltrate(cells, masks, tissue, grid_um=5.0, sample_id="s", distance_bands_um=[], n_threads=0)
+
+
 def test_infiltration_missing_population_column():
     cells, masks, tissue, g = _constructed()
     with pytest.raises(MissingStepError, match="no 'phenotype' column; run phenotyping"):

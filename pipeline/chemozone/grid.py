@@ -41,6 +41,7 @@ __all__ = [
     "grid_pixel_centres_px",
     "grid_pixel_centres_um",
     "signed_distance",
+    "iter_signed_distance",
 ]
 
 
@@ -520,17 +521,44 @@ def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
         return np.full(mask.shape, np.inf)
     if mask.all():
         return np.full(mask.shape, -np.inf)
-    # np.where(mask, -(d_in - half), d_out - half) with the same arithmetic, one class and one band of rows at a
-    # time (see distance_um: scipy's own distance step needs ~40 bytes per pixel, this ~17)
     out = np.empty(mask.shape, np.float64)
-    for cls, sign in ((~mask, 1.0), (mask, -1.0)):
+    for r0, r1, _, sel, d in iter_signed_distance(mask, grid_um=grid_um):
+        out[r0:r1][sel] = d[sel]
+    return out
+
+
+def iter_signed_distance(mask: np.ndarray, *, grid_um: float
+                         ) -> Iterator[tuple[int, int, bool, np.ndarray, np.ndarray]]:
+    """:func:`signed_distance` one class of pixels and one band of rows at a time, never the whole map.
+
+    Yields ``(r0, r1, inside, sel, d)``: the signed distances ``d`` (float64, shape ``(r1 - r0, X)``) of rows
+    ``r0:r1`` hold :func:`signed_distance`'s values, bit for bit, where ``sel`` (bool, same shape) is True:
+    the pixels outside the mask (``inside`` False) in a first pass over the rows, then those inside. Only one
+    feature transform (8 bytes per pixel) is held at a time, and no float map of the whole grid (a whole
+    section's 10⁸-pixel grid: 0.8 instead of 1.6 GB).
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 5), bool); m[0, :2] = True
+    >>> [(inside, d[sel].tolist()) for _, _, inside, sel, d in iter_signed_distance(m, grid_um=2.0)]
+    [(False, [1.0, 3.0, 5.0]), (True, [-3.0, -1.0])]
+    """
+    mask = np.asarray(mask, bool)
+    half = 0.5 * float(grid_um)
+    if not mask.any() or mask.all():
+        inside = bool(mask.any())
+        for r0, r1 in _bands(mask.shape[0]):
+            shape = (r1 - r0, mask.shape[1])
+            yield r0, r1, inside, np.ones(shape, bool), np.full(shape, -np.inf if inside else np.inf)
+        return
+    # np.where(mask, -(d_in - half), d_out - half) with the same arithmetic, one class and one band of rows at a
+    # time (see distance_um: scipy's own distance step needs ~40 bytes per pixel, this ~9)
+    for cls, inside in ((~mask, False), (mask, True)):
         ft = _feature_transform(cls, grid_um)
         for r0, r1 in _bands(mask.shape[0]):
             d = _band_distances(ft, grid_um, r0, r1)
             d -= half
-            if sign < 0:
+            if inside:
                 np.negative(d, out=d)
-            sel = cls[r0:r1]
-            out[r0:r1][sel] = d[sel]
+            yield r0, r1, inside, cls[r0:r1], d
         del ft
-    return out

@@ -37,7 +37,7 @@ import pandas as pd
 from ._cell_cell import count_within, nearest_distances, neighbourhood_enrichment
 from .config import MAX_OVERLAP_ZONES, CognatePair
 from .errors import ConfigError, MissingStepError
-from .grid import cell_grid_index, signed_distance
+from .grid import cell_grid_index, iter_signed_distance, signed_distance
 
 __all__ = [
     "PSEUDOCOUNT",
@@ -102,18 +102,68 @@ def annotate_cells(
         A copy of ``cells`` with the new columns (the input is not modified).
     """
     tissue = _check_masks(masks, tissue)
-    r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
+    cg = _CellPixels(cells, grid_um=grid_um, shape=tissue.shape)
     new: dict[str, Any] = {}
     for name, m in masks.items():
         m = np.asarray(m, bool)
-        new.update(_zone_columns(name, m, signed_distance(m, grid_um=grid_um), r, c))
-    new["dist_tissue_edge_um"] = tissue_depth(tissue, grid_um=grid_um)[r, c]
+        new.update(_zone_columns(name, m, _sampled_distances(m, cg, grid_um=grid_um)[0], cg))
+    new["dist_tissue_edge_um"] = _tissue_depth_and_keep(tissue, cg, grid_um=grid_um, edge_exclusion_um=0.0)[0]
     return _with_columns(cells, new)
 
 
-def _zone_columns(name: str, m: np.ndarray, d: np.ndarray, r: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
-    """``in_{zone}`` and ``dist_{zone}_um`` of the cells at grid pixels ``(r, c)``; ``d``: the zone's signed distance."""
-    return {f"in_{name}": m[r, c], f"dist_{name}_um": d[r, c]}
+def _zone_columns(name: str, m: np.ndarray, dist: np.ndarray, cg: _CellPixels) -> dict[str, np.ndarray]:
+    """``in_{zone}`` and ``dist_{zone}_um`` of the cells; ``dist``: the zone's signed distance at each cell."""
+    return {f"in_{name}": m[cg.r, cg.c], f"dist_{name}_um": dist}
+
+
+class _CellPixels:
+    """The grid pixel ``(r, c)`` of each cell (:func:`chemozone.grid.cell_grid_index`), and the cells of any band
+    of grid rows (cells sorted by row once)."""
+
+    def __init__(self, cells: pd.DataFrame, *, grid_um: float, shape: tuple[int, int]) -> None:
+        self.r, self.c = cell_grid_index(cells, grid_um=grid_um, shape=shape)
+        self.order = np.argsort(self.r, kind="stable")
+        self.sorted_r = self.r[self.order]
+
+    def in_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Indices of the cells in grid rows ``r0:r1``."""
+        i0, i1 = np.searchsorted(self.sorted_r, [r0, r1])
+        return self.order[i0:i1]
+
+
+def _sampled_distances(m: np.ndarray, cg: _CellPixels, *, grid_um: float, where: np.ndarray | None = None,
+                       edges: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """``signed_distance(m)`` at each cell's pixel, and the number of pixels of ``where`` outside ``m`` whose
+    distance lies in each band ``(edges[k], edges[k + 1]]``, from one band of rows at a time
+    (:func:`chemozone.grid.iter_signed_distance`: bit for bit the values of the whole map, without it)."""
+    vals = np.empty(cg.r.size, np.float64)
+    counts = np.zeros(max(0, len(edges) - 1), np.int64)
+    for r0, r1, inside, sel, d in iter_signed_distance(m, grid_um=grid_um):
+        idx = cg.in_rows(r0, r1)
+        rr, cc = cg.r[idx] - r0, cg.c[idx]
+        hit = sel[rr, cc]
+        vals[idx[hit]] = d[rr[hit], cc[hit]]
+        if counts.size and not inside and where is not None:
+            dd = d[sel & where[r0:r1]]
+            for k, (lo, hi) in enumerate(zip(edges, edges[1:])):
+                counts[k] += int(np.count_nonzero((dd > lo) & (dd <= hi)))
+    return vals, counts
+
+
+def _tissue_depth_and_keep(tissue: np.ndarray, cg: _CellPixels, *, grid_um: float, edge_exclusion_um: float
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tissue_depth` at each cell, and the kept tissue (:func:`_kept_tissue`) from the same pass."""
+    keep = tissue.copy()
+    depth = np.empty(cg.r.size, np.float64)
+    for r0, r1, inside, sel, d in iter_signed_distance(tissue, grid_um=grid_um):
+        np.negative(d, out=d)  # depth = -signed distance, as tissue_depth
+        idx = cg.in_rows(r0, r1)
+        rr, cc = cg.r[idx] - r0, cg.c[idx]
+        hit = sel[rr, cc]
+        depth[idx[hit]] = d[rr[hit], cc[hit]]
+        if edge_exclusion_um > 0 and inside:
+            keep[r0:r1] &= ~sel | (d >= edge_exclusion_um)
+    return depth, keep
 
 
 def _with_columns(cells: pd.DataFrame, new: Mapping[str, Any]) -> pd.DataFrame:
@@ -200,17 +250,9 @@ def infiltration_metrics(
     >>> df[["region", "n_cells", "area_mm2"]].values.tolist()
     [['inside', 2, 2e-06], ['outside', 1, 2e-06], ['band_0_1_um', 1, 1e-06]]
     """
-    tissue = _check_masks(masks, tissue)
-    r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
-    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)
-    edges = list(distance_bands_um)
-    pops = _populations(cells, populations)
-    rows: list[dict[str, Any]] = []
-    for zname, m in masks.items():
-        m = np.asarray(m, bool)
-        d = signed_distance(m, grid_um=grid_um) if len(edges) > 1 else None
-        rows += _zone_infiltration(str(sample_id), zname, m, d, keep, r, c, pops, edges, grid_um=grid_um)
-    return pd.DataFrame(rows, columns=INFILTRATION_COLUMNS)
+    return annotate_and_infiltrate(cells, masks, tissue, grid_um=grid_um, sample_id=sample_id,
+                                   distance_bands_um=distance_bands_um, edge_exclusion_um=edge_exclusion_um,
+                                   populations=populations)[1]
 
 
 INFILTRATION_COLUMNS = ["sample_id", "population_type", "population", "zone", "region", "n_cells", "area_mm2",
@@ -228,12 +270,20 @@ def annotate_and_infiltrate(
     distance_bands_um: Sequence[float],
     edge_exclusion_um: float = 0.0,
     populations: Sequence[str] = POPULATIONS,
+    n_threads: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`annotate_cells` and :func:`infiltration_metrics` in one pass over the zones.
 
-    Each zone's signed distance map is computed once and used for both (the two functions alone compute it
-    twice: on a whole section's 10⁸-pixel grid about a minute per zone); the tissue depth likewise. Same
-    results as calling the two in turn (parameters as there).
+    Each zone's signed distances are computed once, for both, one band of rows at a time: only the cells' values
+    and the distance bands' pixel counts are kept, never a whole float map (a whole section's grid has 10⁸
+    pixels; :func:`chemozone.grid.iter_signed_distance`). Same results, bit for bit, as calling the two in turn
+    (parameters as there).
+
+    Parameters
+    ----------
+    n_threads : int
+        Zones computed at a time (scipy's feature transform releases the GIL); each holds one feature transform,
+        8 bytes per grid pixel.
 
     Returns
     -------
@@ -251,37 +301,50 @@ def annotate_and_infiltrate(
     >>> ann["dist_Z_um"].tolist(), inf["n_cells"].tolist()
     ([-1.5, -0.5, 0.5], [2, 1, 1])
     """
+    if int(n_threads) < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     tissue = _check_masks(masks, tissue)
-    r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
-    depth = tissue_depth(tissue, grid_um=grid_um)
-    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um, depth=depth)
-    cell_depth = depth[r, c]
-    del depth  # the zone loop holds one distance map at a time, not the tissue depth besides
+    cg = _CellPixels(cells, grid_um=grid_um, shape=tissue.shape)
+    cell_depth, keep = _tissue_depth_and_keep(tissue, cg, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)
     edges = list(distance_bands_um)
     pops = _populations(cells, populations)
+
+    def one_zone(item):
+        zname, m = item
+        m = np.asarray(m, bool)
+        dist, band_px = _sampled_distances(m, cg, grid_um=grid_um, where=keep, edges=edges)
+        rows = _zone_infiltration(str(sample_id), zname, m, dist, band_px, keep, cg, pops, edges, grid_um=grid_um)
+        return _zone_columns(zname, m, dist, cg), rows
+
+    items = list(masks.items())
+    if int(n_threads) > 1 and len(items) > 1:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        with ThreadPoolExecutor(min(int(n_threads), len(items))) as pool:
+            results = list(pool.map(one_zone, items))  # in the zones' order
+    else:
+        results = [one_zone(it) for it in items]
     new: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    for zname, m in masks.items():
-        m = np.asarray(m, bool)
-        d = signed_distance(m, grid_um=grid_um)
-        new.update(_zone_columns(zname, m, d, r, c))
-        rows += _zone_infiltration(str(sample_id), zname, m, d, keep, r, c, pops, edges, grid_um=grid_um)
-        del d
+    for cols, zrows in results:
+        new.update(cols)
+        rows += zrows
     new["dist_tissue_edge_um"] = cell_depth
     return _with_columns(cells, new), pd.DataFrame(rows, columns=INFILTRATION_COLUMNS)
 
 
-def _zone_infiltration(sid: str, zname: str, m: np.ndarray, d: np.ndarray | None, keep: np.ndarray, r: np.ndarray,
-                       c: np.ndarray, pops, edges: Sequence[float], *, grid_um: float) -> list[dict[str, Any]]:
-    """:func:`infiltration_metrics`'s rows of one zone; ``d``: its signed distance map (needed for bands only)."""
+def _zone_infiltration(sid: str, zname: str, m: np.ndarray, dist: np.ndarray, band_px: np.ndarray, keep: np.ndarray,
+                       cg: _CellPixels, pops, edges: Sequence[float], *, grid_um: float) -> list[dict[str, Any]]:
+    """:func:`infiltration_metrics`'s rows of one zone; ``dist``: its signed distance at each cell, ``band_px``:
+    the kept pixels outside it in each distance band."""
     px_mm2 = (float(grid_um) * 1e-3) ** 2
+    r, c = cg.r, cg.c
     cell_keep = keep[r, c]
-    # region code per grid pixel is not unique (bands overlap 'outside'), so count each region separately;
-    # one region's grid mask at a time (a whole section's grid is 10⁸ pixels)
+    # region code per grid pixel is not unique (bands overlap 'outside'), so count each region separately
     cell_regions, areas = {}, {}
-    for k, v in _regions(m, keep, band_names(edges), edges, d):
-        cell_regions[k] = v[r, c]
-        areas[k] = float(np.count_nonzero(v)) * px_mm2
+    for k, (cell_in, n_px) in _regions(m, keep, band_names(edges), edges, dist, band_px, r, c):
+        cell_regions[k] = cell_in
+        areas[k] = float(n_px) * px_mm2
     rows = []
     for ptype, pname, psel in pops:
         sel = psel & cell_keep
@@ -297,18 +360,15 @@ def _zone_infiltration(sid: str, zname: str, m: np.ndarray, d: np.ndarray | None
     return rows
 
 
-def _regions(m: np.ndarray, keep: np.ndarray, bnames: Sequence[str], edges: Sequence[float], d: np.ndarray | None):
-    """``(name, grid mask)`` of ``inside``, ``outside`` and each distance band of a zone (``d``: its signed
-    distance map), made one at a time."""
-    yield "inside", keep & m
-    outside = keep & ~m
-    yield "outside", outside
-    if bnames:
-        for bn, lo, hi in zip(bnames, edges, edges[1:]):
-            band = d > lo
-            band &= d <= hi
-            band &= outside
-            yield bn, band
+def _regions(m: np.ndarray, keep: np.ndarray, bnames: Sequence[str], edges: Sequence[float], dist: np.ndarray,
+             band_px: np.ndarray, r: np.ndarray, c: np.ndarray):
+    """``(name, (whether each cell is in it, its kept pixels))`` of ``inside``, ``outside`` and each distance band
+    of a zone (``dist``: the zone's signed distance at each cell)."""
+    in_m = m[r, c]
+    yield "inside", (in_m, np.count_nonzero(keep & m))
+    yield "outside", (~in_m, np.count_nonzero(keep & ~m))
+    for k, (bn, lo, hi) in enumerate(zip(bnames, edges, edges[1:])):
+        yield bn, ((dist > lo) & (dist <= hi) & ~in_m, band_px[k])
 
 
 def overlap_zone_names(*, overlap_zones: Sequence[str] | None, cognate_pairs: Sequence[CognatePair]) -> list[str]:
