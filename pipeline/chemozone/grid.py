@@ -516,7 +516,6 @@ def signed_distance(mask: np.ndarray, *, grid_um: float) -> np.ndarray:
     [[-3.0, -1.0, 1.0, 3.0, 5.0]]
     """
     mask = np.asarray(mask, bool)
-    half = 0.5 * float(grid_um)
     if not mask.any():
         return np.full(mask.shape, np.inf)
     if mask.all():

@@ -446,12 +446,6 @@ def _grid_um(img, cfg: Config, tissue_grid, lay: RunLayout, sid: str) -> float:
 
 
 # --------------------------------------------------------------------------------------- step B
-_SPATIAL_THREADS_LARGE = 2
-"""Zones whose distances step B computes at a time for an image larger than one tile (scipy's feature transform
-releases the GIL; each zone holds one, 8 bytes per grid pixel: 0.8 GB on a whole 40k² section's grid). Measured
-on the 40k² section, 2 cores: spatial 164 s with one zone at a time."""
-
-
 def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, zone_thresholds) -> dict[str, Any]:
     """Step B of one sample: phenotype → zones → spatial; writes the sample's tables, zone masks and qc.png.
 
@@ -497,8 +491,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
         with _timed(timings, "spatial"):
             cells, infil = _stage(sid, "spatial", lambda: spatial.annotate_and_infiltrate(  # one distance map per zone
-                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg),
-                n_threads=_SPATIAL_THREADS_LARGE if max(img.data.shape[1:]) > cfg.segmentation.tile_size_px else 1))
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg)))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
                 infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg)))
             overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
