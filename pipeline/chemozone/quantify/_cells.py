@@ -120,7 +120,9 @@ def quantify_cells(
     background : dict {channel: float}, optional
         Constant subtracted from every pixel of that channel (not clipped).
     tile_size_px : int
-        Side of the square tiles read at a time (peak memory ~ C × tile² × itemsize + a few label tiles).
+        Side of the square tiles read at a time (peak memory ~ C × tile² × itemsize + a few label tiles). With a
+        lazy image and lazy labels while a Dask distributed client is active (:func:`chemozone.progress.active_client`)
+        and no quantile statistic, each tile is a task that reads its own pixels on a worker (the same table).
 
     Returns
     -------
