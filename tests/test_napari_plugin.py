@@ -226,14 +226,31 @@ def test_contrast_limits_sample_chunks_of_a_large_level(monkeypatch):
 @given(dtype=st.sampled_from(["uint8", "int8", "uint16", "int16", "int32", "float32"]), n=st.integers(1, 3000),
        seed=st.integers(0, 2**16), q=st.lists(st.floats(0, 100), min_size=1, max_size=3))
 def test_display_percentiles_equal_numpys(dtype, n, seed, q):
-    """The histogram percentiles of 8- and 16-bit pixels are numpy's (linear interpolation), extremes included."""
+    """The histogram percentiles of 8- and 16-bit pixels are numpy's (linear interpolation), extremes included.
+
+    The reference is numpy's percentile of the values widened to float64: on integer input numpy interpolates in
+    the input's own dtype, and the difference of two order statistics more than the dtype's maximum apart wraps
+    around (pinned below), which is not what a display range should show.
+    """
     from chemozone_napari._reader import _percentiles
 
     dt = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     lo, hi = (np.iinfo(dt).min, np.iinfo(dt).max) if dt.kind in "ui" else (-1e3, 1e3)
     vals = rng.choice(np.array([lo, hi, 0, 1], dt), n) if seed % 2 else rng.integers(lo, hi, n, endpoint=True).astype(dt)
-    np.testing.assert_allclose(_percentiles(vals, q), np.percentile(vals, q), rtol=1e-12, atol=1e-9)
+    ref = np.percentile(vals.astype(np.float64), q)
+    np.testing.assert_allclose(_percentiles(vals, q), ref, rtol=1e-12, atol=1e-9)
+    if dt.kind == "f" or np.ptp(vals.astype(np.int64)) <= np.iinfo(dt).max:
+        np.testing.assert_allclose(np.percentile(vals, q), ref, rtol=1e-12, atol=1e-9)  # numpy's own, no wrap-around
+
+
+def test_numpys_narrow_signed_percentile_wraps_around_and_the_display_range_does_not():
+    """The example hypothesis found (a fresh CI run of 2026-12-01): numpy's int8 percentile is off by 2.56."""
+    from chemozone_napari._reader import _percentiles
+
+    vals = np.array([86, -62], np.int8)
+    assert np.percentile(vals, [1.0])[0] == pytest.approx(-63.08)  # -62 + 0.01 * (148 wrapped to -108)
+    assert _percentiles(vals, [1.0]) == pytest.approx([-62 + 0.01 * 148])  # -60.52
 
 
 def test_reader_run_folder_layers_and_scales(run_folder):

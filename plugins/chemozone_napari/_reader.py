@@ -142,7 +142,9 @@ def _display_range(vals: np.ndarray) -> tuple[float, float]:
 
 def _percentiles(vals: np.ndarray, q: list[float]) -> list[float]:
     """``np.percentile(vals, q)`` (linear interpolation); 8- and 16-bit integers through a histogram of the values,
-    which gives the same numbers without copying and partitioning millions of pixels.
+    which gives the same numbers without copying and partitioning millions of pixels. Integers are interpolated as
+    float64 (numpy interpolates in the input's dtype, where two values more than its maximum apart wrap around:
+    ``np.percentile(np.int8([86, -62]), 1)`` is -63.08, not -60.52).
 
     Examples
     --------
@@ -151,7 +153,7 @@ def _percentiles(vals: np.ndarray, q: list[float]) -> list[float]:
     True
     """
     if vals.dtype.kind not in "ui" or vals.dtype.itemsize > 2:
-        return [float(v) for v in np.percentile(vals, q)]
+        return [float(v) for v in np.percentile(vals.astype(np.float64) if vals.dtype.kind in "ui" else vals, q)]
     offset = int(np.iinfo(vals.dtype).min)
     cum = np.cumsum(np.bincount(vals.ravel() if offset == 0 else vals.ravel().astype(np.int32) - offset))
     out = []
