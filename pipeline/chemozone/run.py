@@ -84,6 +84,8 @@ STEP_A_SECTIONS = ("panel", "analysis_grid", "tissue", "segmentation", "quantifi
 
 # ------------------------------------------------------------------------------------------- helpers
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (``ru_maxrss``): on a Dask worker the largest of every task
+    it has run, not only this sample's step (``peak_rss_mb`` in ``run.json``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
