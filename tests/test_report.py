@@ -241,6 +241,30 @@ def test_report_in_two_processes_is_the_same_report(report, caplog):
     assert "report: section zones failed on a worker (RuntimeError: KilledWorker); rendering it here" in caplog.text
 
 
+def test_report_when_worker_processes_cannot_start_is_the_same_report(report, caplog, monkeypatch):
+    """A process pool whose processes cannot start (submit raises OSError) leaves every heavy section to this
+    process, with a warning each: the same HTML."""
+    import concurrent.futures as cf
+
+    import chemozone.report as rep
+
+    class NoProcesses(cf.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, mp_context=None):
+            super().__init__(max_workers)
+
+        def submit(self, fn, *args, **kwargs):
+            raise OSError("cannot spawn")
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", NoProcesses)
+    info, _ = report
+    stamp = re.compile(r"written \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    one = stamp.sub("", rep.render_report(info["out"]))
+    with caplog.at_level("WARNING", logger="chemozone"):
+        two = stamp.sub("", rep.render_report(info["out"], processes=2))
+    assert two == one
+    assert caplog.text.count("failed on a worker (OSError: cannot spawn); rendering it here") == len(rep._HEAVY)
+
+
 def test_old_run_json_without_warnings_says_so(report):
     info, path = report
     text = path.read_text(encoding="utf-8")

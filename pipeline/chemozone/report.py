@@ -494,8 +494,8 @@ _SECTIONS = (("warnings", "Warnings"), ("summary", "Cohort summary"), ("failures
              ("infiltration", "Infiltration vs dose"), ("cognate", "Cognate specificity"),
              ("modules", "Chemokine modules"))
 _HEAVY = ("zones", "infiltration", "gates", "cognate", "modules")
-"""Sections that fit models or draw many figures: worker processes render them when ``processes > 1`` (largest
-first)."""
+"""Sections that fit models or draw many figures: tasks of the run's workers or of a process pool when
+``processes > 1`` (largest first)."""
 
 
 def _section(key: str, run: dict[str, Any], out: Path, nb: int, seed: int) -> str:
@@ -534,40 +534,42 @@ def _section_from_folder(out: str, key: str) -> str:
 def _sections(out: Path, run: dict[str, Any], nb: int, seed: int, processes: int, executor: Any = None
               ) -> dict[str, str]:
     """Every section's HTML; the heavy ones as tasks of ``executor`` (a run's Dask workers, already warm) or, with
-    ``processes > 1``, in that many spawned worker processes (each section's statistics are seeded, so the text is
-    the same as in one process), the light ones here meanwhile."""
-    if executor is not None:
-        futures = {k: executor.submit(_section_from_folder, str(out), k) for k in _HEAVY}
-        done = {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in futures}
-        for k, f in futures.items():
-            try:
-                done[k] = f.result()
-            except Exception as exc:  # noqa: BLE001 - sections guard their own errors: this is a lost worker
-                import logging
+    ``processes > 1``, of a pool of that many spawned processes (each section's statistics are seeded, so the text
+    is the same as in one process), the light ones here meanwhile. A heavy section whose task fails (a lost worker,
+    processes that cannot start) is rendered here, with a warning."""
+    if executor is None and processes > 1:
+        import concurrent.futures as cf
+        import multiprocessing
 
-                logging.getLogger("chemozone").warning("report: section %s failed on a worker (%s: %s); rendering "
-                                                       "it here", k, type(exc).__name__, exc)
-                done[k] = _section(k, run, out, nb, seed)
-        return done
-    if processes <= 1:
+        with cf.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return _sections(out, run, nb, seed, 1, pool)
+    if executor is None:
         return {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS}
-    import concurrent.futures as cf
-    import logging
-    import multiprocessing
+    futures = {k: _submit(executor, _section_from_folder, str(out), k) for k in _HEAVY}
+    done = {k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in futures}
+    for k, f in futures.items():
+        try:
+            done[k] = f.result()
+        except Exception as exc:  # noqa: BLE001 - sections guard their own errors: this is a lost worker
+            import logging
 
-    done: dict[str, str] = {}
-    try:
-        with cf.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {k: ex.submit(_section_from_folder, str(out), k) for k in _HEAVY}
-            for k, _ in _SECTIONS:
-                if k not in futures:
-                    done[k] = _section(k, run, out, nb, seed)
-            for k, f in futures.items():
-                done[k] = f.result()
-    except (OSError, cf.process.BrokenProcessPool) as exc:  # no worker processes here: the same sections in one
-        logging.getLogger("chemozone").warning("report: worker processes failed (%s); rendering in one process", exc)
-        done.update({k: _section(k, run, out, nb, seed) for k, _ in _SECTIONS if k not in done})
+            logging.getLogger("chemozone").warning("report: section %s failed on a worker (%s: %s); rendering "
+                                                   "it here", k, type(exc).__name__, exc)
+            done[k] = _section(k, run, out, nb, seed)
     return done
+
+
+def _submit(executor: Any, fn, *args):
+    """``executor.submit(fn, *args)``; a submission that fails (e.g. a process pool that cannot start its processes:
+    ``OSError``, ``BrokenProcessPool``) becomes a future holding that error."""
+    try:
+        return executor.submit(fn, *args)
+    except Exception as exc:  # noqa: BLE001 - rendered in this process instead, with a warning
+        from concurrent.futures import Future
+
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 def render_report(out: str | os.PathLike, *, processes: int = 1, executor: Any = None) -> str:

@@ -125,10 +125,14 @@ class _CellPixels:
         self.order = np.argsort(self.r, kind="stable")
         self.sorted_r = self.r[self.order]
 
-    def in_rows(self, r0: int, r1: int) -> np.ndarray:
-        """Indices of the cells in grid rows ``r0:r1``."""
+    def take(self, r0: int, r1: int, sel: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+        """``out[i] = values[r_i - r0, c_i]`` for the cells ``i`` in grid rows ``r0:r1`` whose pixel is in ``sel``
+        (both of shape ``(r1 - r0, X)``)."""
         i0, i1 = np.searchsorted(self.sorted_r, [r0, r1])
-        return self.order[i0:i1]
+        idx = self.order[i0:i1]
+        rr, cc = self.r[idx] - r0, self.c[idx]
+        hit = sel[rr, cc]
+        out[idx[hit]] = values[rr[hit], cc[hit]]
 
 
 def _sampled_distances(m: np.ndarray, cg: _CellPixels, *, grid_um: float, where: np.ndarray | None = None,
@@ -139,10 +143,7 @@ def _sampled_distances(m: np.ndarray, cg: _CellPixels, *, grid_um: float, where:
     vals = np.empty(cg.r.size, np.float64)
     counts = np.zeros(max(0, len(edges) - 1), np.int64)
     for r0, r1, inside, sel, d in iter_signed_distance(m, grid_um=grid_um):
-        idx = cg.in_rows(r0, r1)
-        rr, cc = cg.r[idx] - r0, cg.c[idx]
-        hit = sel[rr, cc]
-        vals[idx[hit]] = d[rr[hit], cc[hit]]
+        cg.take(r0, r1, sel, d, vals)
         if counts.size and not inside and where is not None:
             dd = d[sel & where[r0:r1]]
             for k, (lo, hi) in enumerate(zip(edges, edges[1:])):
@@ -150,17 +151,18 @@ def _sampled_distances(m: np.ndarray, cg: _CellPixels, *, grid_um: float, where:
     return vals, counts
 
 
-def _tissue_depth_and_keep(tissue: np.ndarray, cg: _CellPixels, *, grid_um: float, edge_exclusion_um: float
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`tissue_depth` at each cell, and the kept tissue (:func:`_kept_tissue`) from the same pass."""
+def _tissue_depth_and_keep(tissue: np.ndarray, cg: _CellPixels | None, *, grid_um: float, edge_exclusion_um: float
+                           ) -> tuple[np.ndarray | None, np.ndarray]:
+    """:func:`tissue_depth` at each cell (None without ``cg``), and the tissue without the rim of depth
+    ``< edge_exclusion_um`` (all tissue when 0), from one pass of the tissue's distances, a band of rows at a time."""
     keep = tissue.copy()
-    depth = np.empty(cg.r.size, np.float64)
+    if cg is None and not edge_exclusion_um > 0:
+        return None, keep
+    depth = None if cg is None else np.empty(cg.r.size, np.float64)
     for r0, r1, inside, sel, d in iter_signed_distance(tissue, grid_um=grid_um):
         np.negative(d, out=d)  # depth = -signed distance, as tissue_depth
-        idx = cg.in_rows(r0, r1)
-        rr, cc = cg.r[idx] - r0, cg.c[idx]
-        hit = sel[rr, cc]
-        depth[idx[hit]] = d[rr[hit], cc[hit]]
+        if cg is not None:
+            cg.take(r0, r1, sel, d, depth)
         if edge_exclusion_um > 0 and inside:
             keep[r0:r1] &= ~sel | (d >= edge_exclusion_um)
     return depth, keep
@@ -189,16 +191,6 @@ def _populations(cells: pd.DataFrame, populations: Sequence[str]) -> list[tuple[
         for val in sorted(pd.unique(col)):
             pops.append((ptype, val, col == val))
     return pops
-
-
-def _kept_tissue(tissue: np.ndarray, *, grid_um: float, edge_exclusion_um: float,
-                 depth: np.ndarray | None = None) -> np.ndarray:
-    """Tissue without the rim of depth ``< edge_exclusion_um`` (all tissue when 0); ``depth``: the tissue depth
-    when already computed."""
-    keep = tissue.copy()
-    if edge_exclusion_um > 0:
-        keep &= (tissue_depth(tissue, grid_um=grid_um) if depth is None else depth) >= edge_exclusion_um
-    return keep
 
 
 def infiltration_metrics(
@@ -444,7 +436,7 @@ def zone_overlap_metrics(
     cols = ["sample_id", "population_type", "population", "region"] + [f"in_{z}" for z in names] + ["n_cells", "area_mm2"]
     if not names:
         return pd.DataFrame(columns=cols)
-    keep = _kept_tissue(tissue, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)
+    keep = _tissue_depth_and_keep(tissue, None, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)[1]
     code = np.zeros(tissue.shape, np.int64)
     for i, z in enumerate(names):
         code |= np.asarray(masks[z], bool).astype(np.int64) << i
