@@ -422,7 +422,136 @@ def grid_pixel_centres_um(shape: Sequence[int], grid_um: float) -> tuple[np.ndar
 
 
 _EDT_BAND_ROWS = 512
-"""Rows turned from feature transform into distances at a time by :func:`distance_um`."""
+"""Rows turned into distances at a time by :func:`distance_um` and :func:`iter_signed_distance`."""
+
+
+# ------------------------------------------------------------------ exact Euclidean distances, a band at a time
+# scipy's ``distance_transform_edt`` (Maurer et al. 2003, PAMI 25: 265) keeps a feature transform of the whole
+# image (two int32 per pixel) before any distance can be read, plus an int64 copy of the input on the way. The same
+# algorithm splits into a pass along the columns, whose result is one small integer per pixel (the row offset of the
+# nearest pixel of the other class in the column), and a pass along each row that needs only that row. Below, the
+# column pass is kept for the whole grid (2 bytes per pixel on grids under 65,535 rows) and the row pass runs one
+# band of rows at a time. The row pass makes scipy's choices with scipy's arithmetic (among equidistant candidates
+# the left-most; the Voronoi test and the distances use the same float64 operations in the same order: with a
+# pixel size that is not a power of two, two candidates at the same distance in pixels can differ in the last
+# bit), so the distances are scipy's bit for bit, for any pixel size (tests/test_grid.py).
+# benchmarks/bench_edt.py compares the two.
+def _column_offsets_kernel(mask, out, none):
+    """``out[y, x]``: rows from ``(y, x)`` to the nearest pixel of the other class in column ``x`` (ties: the one
+    above), ``none`` when the column holds no other class."""
+    n_rows, n_cols = mask.shape
+    last = np.full((2, n_cols), -1, np.int64)
+    for y in range(n_rows):
+        for x in range(n_cols):
+            c = 1 if mask[y, x] else 0
+            o = last[1 - c, x]
+            out[y, x] = y - o if o >= 0 else none
+            last[c, x] = y
+    nxt = np.full((2, n_cols), -1, np.int64)
+    for y in range(n_rows - 1, -1, -1):
+        for x in range(n_cols):
+            c = 1 if mask[y, x] else 0
+            o = nxt[1 - c, x]
+            if o >= 0 and o - y < out[y, x]:  # (a tie above and below is the same offset)
+                out[y, x] = o - y
+            nxt[c, x] = y
+    return 0
+
+
+def _row_distances_kernel(mask, col, none, feature, r0, r1, s0, s1, out, fx, fw, fdy, g):
+    """``out[y - r0, x]``: distance (µm) from ``(y, x)`` to the nearest pixel with ``mask == feature``, rows
+    ``r0:r1``; ``col`` from :func:`_column_offsets_kernel`; ``fx, fw, fdy, g``: work arrays of the row's length."""
+    n_cols = mask.shape[1]
+    for y in range(r0, r1):
+        n = 0
+        top = -1
+        for x in range(n_cols):
+            if mask[y, x] == feature:
+                dy = 0
+            else:
+                dy = col[y, x]
+                if dy == none:
+                    continue
+            tw = np.float64(dy) * s0
+            w_r = tw * tw
+            fd = np.float64(x)
+            fx[n] = x
+            fw[n] = w_r
+            fdy[n] = dy
+            while top >= 1:  # drop candidates that can no longer be nearest (scipy's _VoronoiFT test)
+                i1 = g[top]
+                i2 = g[top - 1]
+                f1 = np.float64(fx[i1])
+                a = (f1 - np.float64(fx[i2])) * s1
+                b = (fd - f1) * s1
+                c = a + b
+                if c * fw[i1] - b * fw[i2] - a * w_r - a * b * c <= 0.0:
+                    break
+                top -= 1
+            top += 1
+            g[top] = n
+            n += 1
+        k = 0
+        for x in range(n_cols):
+            i = g[k]
+            t0 = np.float64(fdy[i]) * s0
+            t1 = np.float64(fx[i] - x) * s1
+            d1 = t0 * t0 + t1 * t1
+            while k < top:
+                i = g[k + 1]
+                t0 = np.float64(fdy[i]) * s0
+                t1 = np.float64(fx[i] - x) * s1
+                d2 = t0 * t0 + t1 * t1
+                if d1 <= d2:
+                    break
+                d1 = d2
+                k += 1
+            out[y - r0, x] = np.sqrt(d1)
+    return 0
+
+
+_EDT_KERNELS: Any = None
+
+
+def _edt_kernels():
+    """The compiled column and row passes (numba, cached on disk), or None when numba is unavailable or disabled
+    (``CHEMOZONE_NO_NUMBA=1``): then scipy's feature transform is used, with the same values."""
+    import os
+
+    if os.environ.get("CHEMOZONE_NO_NUMBA", "") not in ("", "0"):
+        return None
+    global _EDT_KERNELS
+    if _EDT_KERNELS is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _EDT_KERNELS = False
+        else:
+            jit = numba.njit(cache=True, nogil=True)
+            _EDT_KERNELS = (jit(_column_offsets_kernel), jit(_row_distances_kernel))
+    return _EDT_KERNELS or None
+
+
+class _BandedEDT:
+    """Exact distances of a 2-D bool mask's pixels to the nearest pixel of the other class, one band of rows at a
+    time: the column pass is done once for both classes (2 or 4 bytes per pixel), each band's row pass on demand."""
+
+    def __init__(self, mask: np.ndarray, grid_um: float, kernels) -> None:
+        self.mask = np.ascontiguousarray(mask, dtype=bool)
+        self.s = float(grid_um)
+        self.column_pass, self.row_pass = kernels
+        dtype = np.uint16 if self.mask.shape[0] < np.iinfo(np.uint16).max else np.uint32
+        self.none = int(np.iinfo(dtype).max)
+        self.col = np.empty(self.mask.shape, dtype)
+        self.column_pass(self.mask, self.col, self.none)
+        n = self.mask.shape[1]
+        self._work = (np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.int64))
+
+    def band(self, r0: int, r1: int, *, to: bool) -> np.ndarray:
+        """float64 (r1 - r0, X): each pixel's distance to the nearest pixel whose mask value is ``to``."""
+        out = np.empty((r1 - r0, self.mask.shape[1]), np.float64)
+        self.row_pass(self.mask, self.col, self.none, bool(to), r0, r1, self.s, self.s, out, *self._work)
+        return out
 
 
 def distance_um(mask: np.ndarray, *, grid_um: float, where: np.ndarray | None = None,
@@ -430,9 +559,10 @@ def distance_um(mask: np.ndarray, *, grid_um: float, where: np.ndarray | None = 
     """``scipy.ndimage.distance_transform_edt(mask, sampling=grid_um)``, bit for bit, in a fraction of its memory.
 
     scipy builds the distances from its feature transform with several image-sized int32 and float64
-    temporaries (about 40 bytes per pixel: 4 GB on a whole section's 10⁸-pixel grid). Here the feature
-    transform (8 bytes per pixel) is turned into distances a band of rows at a time, with scipy's own
-    arithmetic, so the values are identical.
+    temporaries (about 40 bytes per pixel: 4 GB on a whole section's 10⁸-pixel grid). Here the same algorithm's
+    column pass is kept (2 bytes per pixel) and its row pass gives the distances a band of rows at a time, with
+    scipy's choices and arithmetic, so the values are identical (scipy's feature transform, turned into distances
+    band by band, when numba is unavailable).
 
     Parameters
     ----------
@@ -457,10 +587,19 @@ def distance_um(mask: np.ndarray, *, grid_um: float, where: np.ndarray | None = 
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"distance_um expects a 2-D (Y, X) mask, got shape {mask.shape}")
-    ft = _feature_transform(mask, grid_um)
+    kernels = _edt_kernels()
+    nonzero = mask != 0
+    if kernels is not None and not nonzero.all():  # (no zero pixel at all: scipy's own, undefined, values)
+        edt = _BandedEDT(nonzero, grid_um, kernels)
+        del nonzero
+        band = lambda r0, r1: edt.band(r0, r1, to=False)  # noqa: E731 - the nearest zero pixel
+    else:
+        del nonzero
+        ft = _feature_transform(mask, grid_um)
+        band = lambda r0, r1: _band_distances(ft, grid_um, r0, r1)  # noqa: E731
     out = np.empty(mask.shape, np.float64) if out is None else out
     for r0, r1 in _bands(mask.shape[0]):
-        d = _band_distances(ft, grid_um, r0, r1)
+        d = band(r0, r1)
         if where is None:
             out[r0:r1] = d
         else:
@@ -532,9 +671,9 @@ def iter_signed_distance(mask: np.ndarray, *, grid_um: float
 
     Yields ``(r0, r1, inside, sel, d)``: the signed distances ``d`` (float64, shape ``(r1 - r0, X)``) of rows
     ``r0:r1`` hold :func:`signed_distance`'s values, bit for bit, where ``sel`` (bool, same shape) is True:
-    the pixels outside the mask (``inside`` False) in a first pass over the rows, then those inside. Only one
-    feature transform (8 bytes per pixel) is held at a time, and no float map of the whole grid (a whole
-    section's 10⁸-pixel grid: 0.8 instead of 1.6 GB).
+    the pixels outside the mask (``inside`` False), then those inside, for each band of rows in turn. Only the
+    column pass of the distance transform is held (2 bytes per pixel; see :func:`distance_um`), never a float
+    map of the whole grid (a whole section's 10⁸-pixel grid: 0.2 GB instead of 1.6).
 
     Examples
     --------
@@ -551,7 +690,18 @@ def iter_signed_distance(mask: np.ndarray, *, grid_um: float
             yield r0, r1, inside, np.ones(shape, bool), np.full(shape, -np.inf if inside else np.inf)
         return
     # np.where(mask, -(d_in - half), d_out - half) with the same arithmetic, one class and one band of rows at a
-    # time (see distance_um: scipy's own distance step needs ~40 bytes per pixel, this ~9)
+    # time (see distance_um: scipy's own distance step needs ~40 bytes per pixel, this ~3)
+    kernels = _edt_kernels()
+    if kernels is not None:
+        edt = _BandedEDT(mask, grid_um, kernels)
+        for r0, r1 in _bands(mask.shape[0]):
+            for inside in (False, True):
+                d = edt.band(r0, r1, to=not inside)
+                d -= half
+                if inside:
+                    np.negative(d, out=d)
+                yield r0, r1, inside, mask[r0:r1] if inside else ~mask[r0:r1], d
+        return
     for cls, inside in ((~mask, False), (mask, True)):
         ft = _feature_transform(cls, grid_um)
         for r0, r1 in _bands(mask.shape[0]):

@@ -274,10 +274,9 @@ def annotate_and_infiltrate(
     Parameters
     ----------
     n_threads : int
-        Zones computed at a time (scipy's feature transform releases the GIL). Each adds about 12 bytes per grid
-        pixel, with transients to 17 (the transform, its int8 input, scipy's int64 copy of the mask): on a whole
-        40k² section's 10⁸-pixel grid 2 threads took 90 instead of 138 s and 5.0 instead of 4.0 GB, so the
-        runner uses 1.
+        Zones computed at a time (the distance transform releases the GIL). Each adds about 3 bytes per grid pixel
+        (:func:`chemozone.grid.iter_signed_distance`) and a band of rows; the runner uses 1 (its workers already
+        run samples in parallel).
 
     Returns
     -------
