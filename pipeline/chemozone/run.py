@@ -495,7 +495,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
             cells, infil = _stage(sid, "spatial", lambda: spatial.annotate_and_infiltrate(  # one distance map per zone
                 cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg)))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
-                infil, cells=cells.assign(sample_id=sid), **cognate_options(cfg)))
+                infil, cells=_with_sample_id(cells, sid), **cognate_options(cfg)))
             overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
                 cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **overlap_options(cfg)))
         reviewed = lay.reviewed(sid)
@@ -520,6 +520,13 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
     shutil.rmtree(lay.sample(sid).zone_signal_cache, ignore_errors=True)  # step B done: the signals are not kept
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
             "positive_counts": counts}
+
+
+def _with_sample_id(cells, sid: str):
+    """``cells.assign(sample_id=sid)`` without copying the other columns (a whole section's table: ~1 GB)."""
+    out = cells.copy(deep=False)
+    out["sample_id"] = sid
+    return out
 
 
 # ------------------------------------------------------------------------------------------ merge

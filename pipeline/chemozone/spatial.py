@@ -436,12 +436,17 @@ def zone_overlap_metrics(
     if not names:
         return pd.DataFrame(columns=cols)
     keep = _tissue_depth_and_keep(tissue, None, grid_um=grid_um, edge_exclusion_um=edge_exclusion_um)[1]
-    code = np.zeros(tissue.shape, np.int64)
+    # each pixel's combination as bits; the smallest integer that holds them, pixels counted a band of rows at a
+    # time (a whole section's grid has 10⁸ pixels: int64 codes and bincount's int64 copy were 1.5 GB)
+    code = np.zeros(tissue.shape, np.min_scalar_type((1 << len(names)) - 1))
     for i, z in enumerate(names):
-        code |= np.asarray(masks[z], bool).astype(np.int64) << i
+        code[np.asarray(masks[z], bool)] |= code.dtype.type(1 << i)
     n_codes = 1 << len(names)
     px_mm2 = (float(grid_um) * 1e-3) ** 2
-    area = np.bincount(code[keep], minlength=n_codes) * px_mm2
+    counts = np.zeros(n_codes, np.int64)
+    for r0 in range(0, code.shape[0], 512):
+        counts += np.bincount(code[r0:r0 + 512][keep[r0:r0 + 512]], minlength=n_codes)
+    area = counts * px_mm2
     r, c = cell_grid_index(cells, grid_um=grid_um, shape=tissue.shape)
     cell_code = code[r, c]
     cell_keep = keep[r, c]
@@ -514,7 +519,10 @@ def _cognate_counts_from_cells(
         raise MissingStepError(
             f"cognate_specificity: cells table lacks {miss}; run phenotyping (receptor gate) and annotate_cells first"
         )
-    cs = cells[cells["sample_id"].astype(str) == str(sid)] if "sample_id" in cells.columns else cells
+    # only the columns used here are copied by the row selections below (a whole section's table: ~1 GB)
+    cs = cells[[c for c in cells.columns if c in need or c == "sample_id" or c in (f"{pair.receptor}_pos",
+                                                                                f"{pair.receptor}_prob")]]
+    cs = cs[cs["sample_id"].astype(str) == str(sid)] if "sample_id" in cs.columns else cs
     depth = cs["dist_tissue_edge_um"].to_numpy(np.float64)
     cs = cs[(depth > 0) & (depth >= edge_exclusion_um)]  # the cells infiltration_metrics counts
     w_all = call_weights(cs, pair.receptor, calls=calls)
