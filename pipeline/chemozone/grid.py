@@ -437,8 +437,8 @@ _EDT_BAND_ROWS = 512
 # bit), so the distances are scipy's bit for bit, for any pixel size (tests/test_grid.py).
 # benchmarks/bench_edt.py compares the two.
 def _column_offsets_kernel(mask, out, none):
-    """``out[y, x]``: rows from ``(y, x)`` to the nearest pixel of the other class in column ``x`` (ties: the one
-    above), ``none`` when the column holds no other class."""
+    """``out[y, x]``: rows from ``(y, x)`` to the nearest pixel of the other class in column ``x``, ``none`` when the
+    column holds no other class."""
     n_rows, n_cols = mask.shape
     last = np.full((2, n_cols), -1, np.int64)
     for y in range(n_rows):
