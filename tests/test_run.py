@@ -416,36 +416,6 @@ def test_zone_pass_reads_no_pixels_and_step_b_reuses_its_signals(tiny_cohort, tm
     assert not list((tmp_path / "failed").glob("samples/*/.zone_signals.zarr"))
 
 
-def test_a_large_images_zone_pass_on_two_threads_gives_the_same_tables(tiny_cohort, tmp_path, monkeypatch):
-    """A large image's zone pass computes two zones at a time (a whole section is often alone on its worker); the
-    zone thresholds, the cells' zone signals and every table equal those of one zone at a time."""
-    from chemozone import run as run_mod
-    from chemozone.config import load_config
-    from chemozone.run import run_batch
-
-    cfg = load_config(tiny_cohort / "config.yaml")
-    assert sum(z.source in ("pixels", "tumor") for z in cfg.zones) >= 2
-    one = tmp_path / "one"
-    assert run_batch(tiny_cohort, cfg, one, in_process=True, progress=False).exit_code == 0
-    used, real = [], run_mod._map_zones
-    monkeypatch.setattr(run_mod, "_is_large", lambda *a, **k: True)
-    monkeypatch.setattr(run_mod, "_map_zones", lambda fn, zs, *, n_threads: used.append(n_threads) or real(
-        fn, zs, n_threads=n_threads))
-    two = tmp_path / "two"
-    assert run_batch(tiny_cohort, cfg, two, in_process=True, progress=False).exit_code == 0
-    assert used and set(used) == {2}
-    for name in ("cells", "zones", "infiltration"):
-        pd.testing.assert_frame_equal(_tables(one)[name], _tables(two)[name])
-    lay1, lay2 = RunLayout(one), RunLayout(two)
-    pd.testing.assert_frame_equal(pd.read_parquet(lay1.zone_thresholds), pd.read_parquet(lay2.zone_thresholds))
-    compared = 0
-    for sdir in lay1.samples_dir.iterdir():  # the halfmax zones' signal at every cell
-        a, b = sdir / "zone_cell_signal.parquet", lay2.samples_dir / sdir.name / "zone_cell_signal.parquet"
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
-        compared += 1
-    assert compared >= 2
-
-
 def test_a_cached_zone_signal_of_other_settings_is_ignored(tmp_path):
     from chemozone.config import ZoneConfig
     from chemozone.run import _cache_signal, _cached_signals

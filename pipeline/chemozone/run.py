@@ -318,59 +318,33 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
 
     sid = row["sample_id"]
     lay = RunLayout(out)
+    frames, at_cells, positions = [], [], None
     cache = lay.sample(sid).zone_signal_cache
     shutil.rmtree(cache, ignore_errors=True)  # never a signal of an earlier run
-    pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
         grid_um = _grid_um(img, cfg, tissue_grid, lay, sid)
         kept = read_grid_means(lay.sample(sid).grid_means, channels=img.channels, shape_yx=img.data.shape[1:],
                                grid_factor=grid_factor(img.pixel_size_um, grid_um))
-        positions = None  # read once per sample, whatever the number of halfmax zones
-        if any(z.threshold.mode == "halfmax" for z in pixel_zones):
-            positions = read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
-
-        if pixel_zones:  # the signals' group, before any thread adds its zone
-            import zarr
-
-            zarr.open_group(str(cache), mode="a")
-
-        def one_zone(z):
+        for z in cfg.zones:
+            if z.source not in ("pixels", "tumor"):
+                continue
             idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
             means = [kept[i] for i in idx] if all(i in kept for i in idx) else None  # else: read the image
             sig = _stage(sid, "zones", lambda: zones.zone_signal(
                 img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
                 tissue=tissue_grid, grid_means=means, **zone_signal_options(z)))
-            frame = zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels)
+            frames.append(zones.signal_summary(sig, tissue_grid, sample_id=sid, zone=z.name, channels=z.channels))
             _cache_signal(cache, z, sig, grid_um=grid_um)
-            at = None if z.threshold.mode != "halfmax" else signal_at_cells(
-                sig, positions, grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels)
-            return frame, at
-
-        results = _map_zones(one_zone, pixel_zones, n_threads=_ZONE_PASS_THREADS if _is_large(
-            {"shape": img.data.shape}, cfg) else 1)
-    frames = [f for f, _ in results]
-    at_cells = [a for _, a in results if a is not None]
+            if z.threshold.mode == "halfmax":
+                if positions is None:  # read once per sample, whatever the number of halfmax zones
+                    positions = read_parquet(lay.measurements(sid), columns=["cell_id", "x_um", "y_um"])
+                at_cells.append(signal_at_cells(sig, positions,
+                                                grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels))
     if at_cells:
         write_parquet(pd.concat(at_cells, ignore_index=True), lay.sample(sid).zone_cell_signal)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-_ZONE_PASS_THREADS = 2
-"""Zones whose signals a large image's zone pass computes at a time (its smoothing and quantiles release the GIL):
-a whole section is often the only sample on a worker while the other waits; each thread holds one zone's signal
-(4 bytes per grid pixel per channel) and a band of the smoothing."""
-
-
-def _map_zones(fn, zone_cfgs, *, n_threads: int) -> list[Any]:
-    """``[fn(z) for z in zone_cfgs]``, on ``n_threads`` threads (results in the zones' order)."""
-    if n_threads <= 1 or len(zone_cfgs) <= 1:
-        return [fn(z) for z in zone_cfgs]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(n_threads, len(zone_cfgs))) as pool:
-        return list(pool.map(fn, zone_cfgs))
 
 
 def _signal_key(z, grid_um: float) -> dict[str, Any]:
