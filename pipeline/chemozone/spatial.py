@@ -519,9 +519,8 @@ def _cognate_counts_from_cells(
         raise MissingStepError(
             f"cognate_specificity: cells table lacks {miss}; run phenotyping (receptor gate) and annotate_cells first"
         )
-    # only the columns used here are copied by the row selections below (a whole section's table: ~1 GB)
-    cs = cells[[c for c in cells.columns if c in need or c == "sample_id" or c in (f"{pair.receptor}_pos",
-                                                                                f"{pair.receptor}_prob")]]
+    used = {*need, "sample_id", f"{pair.receptor}_pos", f"{pair.receptor}_prob"}
+    cs = cells[[c for c in cells.columns if c in used]]  # the row selections below copy only these columns
     cs = cs[cs["sample_id"].astype(str) == str(sid)] if "sample_id" in cs.columns else cs
     depth = cs["dist_tissue_edge_um"].to_numpy(np.float64)
     cs = cs[(depth > 0) & (depth >= edge_exclusion_um)]  # the cells infiltration_metrics counts
