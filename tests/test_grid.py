@@ -184,6 +184,51 @@ def test_distances_on_grids_of_more_than_65535_rows():
     assert np.array_equal(grid.distance_um(~mask, grid_um=0.65), ndi.distance_transform_edt(~mask, sampling=0.65))
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), shape=st.sampled_from([(1, 9), (9, 1), (13, 17), (40, 23), (2, 60)]),
+       kind=st.sampled_from(["random", "lattice", "diagonals", "points"]), p=st.sampled_from([0.01, 0.1, 0.5]))
+def test_nearest_feature_is_scipys_feature_transform_bit_for_bit(seed, shape, kind, p):
+    """The cell expansion takes each pixel's nucleus from the feature transform: the nearest feature pixel, and among
+    equidistant ones scipy's choice. Lattices, diagonals and isolated points make many such ties."""
+    from scipy import ndimage as ndi
+
+    from chemozone.grid import nearest_feature
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    if kind == "random":
+        f = rng.random(shape) < p
+    elif kind == "lattice":
+        f = np.zeros(shape, bool)
+        f[rng.integers(0, 3)::rng.integers(2, 6), rng.integers(0, 3)::rng.integers(2, 6)] = True
+    elif kind == "diagonals":
+        f = np.add.outer(np.arange(h), np.arange(w)) % rng.integers(2, 7) == 0
+    else:
+        f = np.zeros(shape, bool)
+        f[rng.integers(0, h, 3), rng.integers(0, w, 3)] = True
+    want = ndi.distance_transform_edt(~f, return_distances=False, return_indices=True)
+    got = nearest_feature(f)
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("numba", [True, False])
+def test_nearest_feature_of_structured_masks_and_without_features(monkeypatch, numba):
+    from scipy import ndimage as ndi
+
+    from chemozone.grid import nearest_feature
+
+    monkeypatch.setenv("CHEMOZONE_NO_NUMBA", "" if numba else "1")
+    rng = np.random.default_rng(5)
+    blobs = ndi.gaussian_filter(rng.random((150, 130)), 4) > 0.55
+    checker = np.indices((40, 50)).sum(0) % 2 == 0
+    ring = np.hypot(*np.indices((61, 61)) - 30) // 1 == 20  # a circle: every kind of tie around its centre
+    for f in (blobs, ~blobs, checker, ring, np.ones((3, 4), bool), np.zeros((3, 4), bool)):
+        want = ndi.distance_transform_edt(~f, return_distances=False, return_indices=True)
+        assert np.array_equal(nearest_feature(f), want)
+    with pytest.raises(ValueError, match="2-D"):
+        nearest_feature(np.zeros((2, 2, 2), bool))
+
+
 def test_distance_um_rejects_other_shapes():
     from chemozone.grid import distance_um
 

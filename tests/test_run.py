@@ -455,3 +455,43 @@ def test_a_sample_whose_worker_dies_gets_a_memory_hint():
     assert isinstance(out, StageError) and out.stage == "step B (worker)"
     assert "its Dask worker died, most often by going over its memory limit of 1.5 GB" in out.message
     assert "--memory-limit" in out.message
+
+
+def test_spare_threads_share_the_workers_threads_among_the_tasks():
+    from distributed import Client, LocalCluster
+
+    from chemozone.scheduler import spare_threads
+
+    assert spare_threads(None, 1) == 1
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        assert [spare_threads(c, n) for n in (0, 1, 2, 3, 9)] == [1, 2, 1, 1, 1]
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        assert [spare_threads(c, n) for n in (1, 2, 3)] == [3, 1, 1]
+
+
+def test_samples_fewer_than_the_worker_threads_compute_their_zones_on_the_spare_threads(tiny_cohort, tmp_path):
+    """A whole section is often alone in step B: the idle worker threads then compute its zones too (run.json
+    records how many); the tables equal a one-thread run's (the same samples, in process)."""
+    from distributed import LocalCluster
+
+    from chemozone.run import run_batch
+
+    rows = pd.read_csv(tiny_cohort / "samples.csv")
+    two = rows[rows["patient"] == rows["patient"].iloc[0]].sort_values("dose_gy").iloc[[0, -1]]
+    two = two.assign(image=[str(tiny_cohort / p) for p in two["image"]])
+    sheet = tmp_path / "two.csv"
+    two.to_csv(sheet, index=False)
+    cfg = tiny_cohort / "config.yaml"
+    with LocalCluster(n_workers=1, threads_per_worker=4, processes=False, dashboard_address=":0") as cluster:
+        res = run_batch(sheet, cfg, tmp_path / "threads", scheduler=cluster.scheduler_address, progress=False)
+    assert res.exit_code == 0, res.errors
+    assert run_batch(sheet, cfg, tmp_path / "one", workers=0, progress=False).exit_code == 0
+    runs = {k: json.loads(RunLayout(tmp_path / k).run_json.read_text()) for k in ("threads", "one")}
+    for sid in two["sample_id"]:
+        assert runs["threads"]["samples"][sid]["step_b"]["zone_threads"] == 2
+        assert runs["one"]["samples"][sid]["step_b"]["zone_threads"] == 1
+    a, b = _tables(tmp_path / "threads"), _tables(tmp_path / "one")
+    for name in ("cells", "infiltration", "zones"):
+        pd.testing.assert_frame_equal(a[name], b[name])

@@ -42,6 +42,7 @@ __all__ = [
     "grid_pixel_centres_um",
     "signed_distance",
     "iter_signed_distance",
+    "nearest_feature",
 ]
 
 
@@ -273,14 +274,14 @@ class _PendingMeans:
         if self.futures is not None:
             futures, self.futures = self.futures, None
             for (r0, n), fut in zip(self.rows, futures):
-                out[:, r0:r0 + n] = _divide_by_counts(fut.result(), self.factor, self.shape_yx, r0, 0, self.dtype)
+                _divide_by_counts(fut.result(), self.factor, self.shape_yx, r0, 0, self.dtype, out=out[:, r0:r0 + n])
                 fut.release()
             return out
         for k in range(0, len(self.rows), self.per_compute):
             group = slice(k, k + self.per_compute)
             parts = dask.compute(*self.tasks[group])
             for (r0, n), part in zip(self.rows[group], parts):
-                out[:, r0:r0 + n] = _divide_by_counts(part, self.factor, self.shape_yx, r0, 0, self.dtype)
+                _divide_by_counts(part, self.factor, self.shape_yx, r0, 0, self.dtype, out=out[:, r0:r0 + n])
         return out
 
 
@@ -296,15 +297,22 @@ def block_sizes(n_px: int, factor: int, start: int = 0, n: int | None = None) ->
     return np.minimum(factor, n_px - np.arange(start, start + n) * factor)
 
 
-def _divide_by_counts(sums: np.ndarray, factor: int, shape_yx: tuple[int, int], r0: int, c0: int, dtype) -> np.ndarray:
+def _divide_by_counts(sums: np.ndarray, factor: int, shape_yx: tuple[int, int], r0: int, c0: int, dtype, *,
+                      out: np.ndarray | None = None) -> np.ndarray:
     """Block sums (C, y, x) whose first block is grid ``(r0, c0)`` → means: float64 division by the number of
-    image pixels each block holds (partial blocks at the image's edges), then ``dtype``."""
+    image pixels each block holds (partial blocks at the image's edges), then ``dtype``.
+
+    ``out``: where to write the means (shape of ``sums``, dtype ``dtype``); without it, a float64 ``sums`` is divided
+    in place. Either way no grid-sized temporary is made (the division runs a band of rows at a time).
+    """
     rows = block_sizes(shape_yx[0], factor, r0, sums.shape[1])
     cols = block_sizes(shape_yx[1], factor, c0, sums.shape[2])
-    out = sums.astype(np.float64, copy=False)
-    del sums
-    for b0 in range(0, out.shape[1], 1024):  # in place, a band of rows at a time: no grid-sized temporaries
-        out[:, b0:b0 + 1024] /= np.outer(rows[b0:b0 + 1024], cols)
+    if out is None:
+        sums = out = sums.astype(np.float64, copy=False)
+    for b0 in range(0, sums.shape[1], 1024):
+        band = slice(b0, b0 + 1024)
+        # float64 division (the float64 loop, also for integer sums and a float32 ``out``), cast on the way out
+        np.divide(sums[:, band], np.outer(rows[band], cols), out=out[:, band], casting="unsafe")
     return out.astype(dtype, copy=False)
 
 
@@ -510,6 +518,77 @@ def _row_distances_kernel(mask, col, none, feature, r0, r1, s0, s1, out, fx, fw,
     return 0
 
 
+def _feature_transform_kernel(feature, fy, fx, col, sx, sw, sdy, g):
+    """scipy's feature transform at unit sampling (``ndimage.distance_transform_edt(~feature, return_indices=True)``):
+    ``fy, fx`` (int32, shape of ``feature``) the row and column of each pixel's nearest ``feature`` pixel, chosen as
+    scipy chooses among equidistant ones. Column pass: the nearest feature row of the column, the upper one on a tie
+    (scipy's query keeps the earlier site); ``col`` (int32) holds it, -1 for a column without features. Row pass:
+    scipy's Voronoi construction and query (:func:`_row_distances_kernel`, here keeping the site). At unit sampling
+    every quantity is an integer held exactly in float64, so the comparisons are scipy's. ``sx, sw, sdy, g``: work
+    arrays of the row's length."""
+    n_rows, n_cols = feature.shape
+    last = np.full(n_cols, -1, np.int64)  # row by row (memory order), one running value per column
+    for y in range(n_rows):
+        for x in range(n_cols):
+            if feature[y, x]:
+                last[x] = y
+            col[y, x] = last[x]
+    last[:] = -1
+    for y in range(n_rows - 1, -1, -1):
+        for x in range(n_cols):
+            if feature[y, x]:
+                last[x] = y
+            below = last[x]
+            up = col[y, x]
+            if below >= 0 and (up < 0 or below - y < y - up):  # a tie keeps the upper feature
+                col[y, x] = below
+    for y in range(n_rows):
+        n = 0
+        top = -1
+        for x in range(n_cols):
+            r = col[y, x]
+            if r < 0:
+                continue
+            dy = r - y
+            w_r = np.float64(dy) * np.float64(dy)
+            fd = np.float64(x)
+            sx[n] = x
+            sw[n] = w_r
+            sdy[n] = dy
+            while top >= 1:
+                i1 = g[top]
+                i2 = g[top - 1]
+                f1 = np.float64(sx[i1])
+                a = f1 - np.float64(sx[i2])
+                b = fd - f1
+                c = a + b
+                if c * sw[i1] - b * sw[i2] - a * w_r - a * b * c <= 0.0:
+                    break
+                top -= 1
+            top += 1
+            g[top] = n
+            n += 1
+        k = 0
+        for x in range(n_cols):
+            i = g[k]
+            t0 = np.float64(sdy[i])
+            t1 = np.float64(sx[i] - x)
+            d1 = t0 * t0 + t1 * t1
+            while k < top:
+                i = g[k + 1]
+                t0 = np.float64(sdy[i])
+                t1 = np.float64(sx[i] - x)
+                d2 = t0 * t0 + t1 * t1
+                if d1 <= d2:
+                    break
+                d1 = d2
+                k += 1
+            i = g[k]
+            fy[y, x] = y + sdy[i]
+            fx[y, x] = sx[i]
+    return 0
+
+
 _EDT_KERNELS: Any = None
 
 
@@ -528,7 +607,7 @@ def _edt_kernels():
             _EDT_KERNELS = False
         else:
             jit = numba.njit(cache=True, nogil=True)
-            _EDT_KERNELS = (jit(_column_offsets_kernel), jit(_row_distances_kernel))
+            _EDT_KERNELS = (jit(_column_offsets_kernel), jit(_row_distances_kernel), jit(_feature_transform_kernel))
     return _EDT_KERNELS or None
 
 
@@ -539,7 +618,7 @@ class _BandedEDT:
     def __init__(self, mask: np.ndarray, grid_um: float, kernels) -> None:
         self.mask = np.ascontiguousarray(mask, dtype=bool)
         self.s = float(grid_um)
-        self.column_pass, self.row_pass = kernels
+        self.column_pass, self.row_pass = kernels[:2]
         dtype = np.uint16 if self.mask.shape[0] < np.iinfo(np.uint16).max else np.uint32
         self.none = int(np.iinfo(dtype).max)
         self.col = np.empty(self.mask.shape, dtype)
@@ -612,6 +691,44 @@ def _feature_transform(mask: np.ndarray, grid_um: float) -> np.ndarray:
     from scipy import ndimage as ndi  # noqa: PLC0415
 
     return ndi.distance_transform_edt(mask, sampling=grid_um, return_distances=False, return_indices=True)
+
+
+def nearest_feature(feature: np.ndarray) -> np.ndarray:
+    """Row and column of each pixel's nearest ``feature`` pixel: ``scipy.ndimage.distance_transform_edt(~feature,
+    return_distances=False, return_indices=True)``, bit for bit, including scipy's choice among equidistant pixels.
+
+    Compiled (numba) with scipy's algorithm at unit sampling, about 5x faster than scipy's, which it calls when numba is
+    unavailable (or ``CHEMOZONE_NO_NUMBA=1``) and when ``feature`` has no True pixel.
+
+    Parameters
+    ----------
+    feature : bool ndarray (Y, X)
+
+    Returns
+    -------
+    int32 ndarray (2, Y, X)
+        ``[rows, columns]`` of the nearest feature pixel.
+
+    Examples
+    --------
+    >>> nearest_feature(np.array([[True, False, False, True]]))[1].tolist()
+    [[0, 0, 3, 3]]
+    """
+    feature = np.ascontiguousarray(feature, dtype=bool)
+    if feature.ndim != 2:
+        raise ValueError(f"nearest_feature expects a 2-D (Y, X) mask, got shape {feature.shape}")
+    kernels = _edt_kernels()
+    if kernels is None or not feature.any():
+        from scipy import ndimage as ndi  # noqa: PLC0415
+
+        return ndi.distance_transform_edt(~feature, return_distances=False, return_indices=True).astype(np.int32,
+                                                                                                      copy=False)
+    h, w = feature.shape
+    ft = np.empty((2, h, w), np.int32)
+    col = np.empty((h, w), np.int32)
+    kernels[2](feature, ft[0], ft[1], col, np.empty(w, np.int64), np.empty(w, np.float64), np.empty(w, np.int64),
+               np.empty(w, np.int64))
+    return ft
 
 
 def _bands(n_rows: int):

@@ -150,13 +150,31 @@ def coarsen_means(grid_means: np.ndarray, shape_yx: Sequence[int], grid_factor: 
     gh, gw = grid_means.shape
     cols = block_sizes(w, f).astype(np.float64)
     rows = block_sizes(h, f).astype(np.float64)
+    col_px = _strided_sums(cols[None], k, axis=1)[0]  # image pixels per overview column / row
     out = np.empty((-(-gh // k), -(-gw // k)), np.float32)
     band = 256 * k  # grid rows per band (a multiple of k): no grid-sized temporaries
     for g0 in range(0, gh, band):
         g1 = min(gh, g0 + band)
-        counts = np.outer(rows[g0:g1], cols)
-        sums = block_mean(grid_means[g0:g1] * counts, k)
-        out[g0 // k:-(-g1 // k)] = sums / block_mean(counts, k)
+        weighted = grid_means[g0:g1] * rows[g0:g1, None]
+        weighted *= cols
+        sums = _strided_sums(_strided_sums(weighted, k, axis=0), k, axis=1)
+        out[g0 // k:-(-g1 // k)] = sums / np.outer(_strided_sums(rows[g0:g1, None], k, axis=0)[:, 0], col_px)
+    return out
+
+
+def _strided_sums(x: np.ndarray, k: int, *, axis: int) -> np.ndarray:
+    """Sums of ``k`` consecutive entries along ``axis`` of a 2-D float array (the last group may be shorter), as
+    ``k`` strided additions: several times faster than numpy's reduction over a reshaped block axis."""
+    n = x.shape[axis]
+    m = -(-n // k)
+    shape = (m, x.shape[1]) if axis == 0 else (x.shape[0], m)
+    out = np.zeros(shape, np.float64)
+    for i in range(min(k, n)):
+        part = x[i::k] if axis == 0 else x[:, i::k]
+        if axis == 0:
+            out[:part.shape[0]] += part
+        else:
+            out[:, :part.shape[1]] += part
     return out
 
 

@@ -63,6 +63,7 @@ from .scheduler import (
     map_samples,
     progress_bars,
     run_log,
+    spare_threads,
     task_executor,
     tile_progress,
 )
@@ -448,10 +449,14 @@ def _grid_um(img, cfg: Config, tissue_grid, lay: RunLayout, sid: str) -> float:
 
 
 # --------------------------------------------------------------------------------------- step B
-def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, zone_thresholds) -> dict[str, Any]:
+def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, zone_thresholds,
+                     n_threads: int = 1) -> dict[str, Any]:
     """Step B of one sample: phenotype → zones → spatial; writes the sample's tables, zone masks and qc.png.
 
-    Returns ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "positive_counts"}`` (``positive_counts``:
+    ``n_threads``: zones whose distances are computed at a time (:func:`chemozone.spatial.annotate_and_infiltrate`);
+    the runner gives more than 1 only to samples that leave worker threads idle (:func:`~chemozone.scheduler.spare_threads`).
+
+    Returns ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "zone_threads", "positive_counts"}`` (``positive_counts``:
     per gated marker ``{sample_id, marker, n_cells, n_positive}``, for the plausibility checks).
     """
     import dask
@@ -493,7 +498,8 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 pixel_size_um=img.pixel_size_um, grid_um=grid_um, **region_options(cfg)))
         with _timed(timings, "spatial"):
             cells, infil = _stage(sid, "spatial", lambda: spatial.annotate_and_infiltrate(  # one distance map per zone
-                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, **infiltration_options(cfg)))
+                cells, masks, tissue_grid, grid_um=grid_um, sample_id=sid, n_threads=n_threads,
+                **infiltration_options(cfg)))
             cognate = _stage(sid, "spatial", lambda: spatial.cognate_specificity(
                 infil, cells=_with_sample_id(cells, sid), **cognate_options(cfg)))
             overlap = _stage(sid, "spatial", lambda: spatial.zone_overlap_metrics(
@@ -519,7 +525,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 _stage(sid, "qc", lambda: write_qc(lay.qc(sid), shown, lay.masks(sid), masks, **qc_options(cfg)))
     shutil.rmtree(lay.sample(sid).zone_signal_cache, ignore_errors=True)  # step B done: the signals are not kept
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
-            "positive_counts": counts}
+            "zone_threads": int(n_threads), "positive_counts": counts}
 
 
 def _with_sample_id(cells, sid: str):
@@ -768,7 +774,8 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
 def _run_step_b(client, bar, ok_a, cfg: Config, lay: RunLayout, cohort, ledger: _Ledger) -> None:
     """Step B of every sample that passed the cohort step, with the cohort's gates and zone thresholds."""
     task_b = bar.add_task("phenotype + zones + spatial", total=len(ok_a))
-    args_b = (cfg, str(lay.root), cohort["gates"], cohort["zone_thresholds"])
+    # fewer samples than worker threads (a whole section alone): each sample's zones use the idle threads
+    args_b = (cfg, str(lay.root), cohort["gates"], cohort["zone_thresholds"], spare_threads(client, len(ok_a)))
     for r, outcome in map_samples(client, process_sample_b, ok_a, args_b, "step B"):
         if isinstance(outcome, StageError):
             ledger.fail(outcome)

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["StageError", "call_safely", "map_samples", "task_executor", "dask_client", "progress_bars", "tile_progress",
-           "run_log"]
+__all__ = ["StageError", "call_safely", "map_samples", "spare_threads", "task_executor", "dask_client", "progress_bars",
+           "tile_progress", "run_log"]
 
 log = logging.getLogger("chemozone")
 
@@ -51,6 +51,22 @@ def call_safely(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except StageError as exc:
         return exc
+
+
+def spare_threads(client, n_tasks: int) -> int:
+    """Threads each of ``n_tasks`` concurrent tasks may use without taking a core from another task: the cluster's
+    worker threads divided among the tasks (at least 1; 1 in process). A whole section that is alone on a 2-worker
+    cluster gets 2; a cohort with more samples than worker threads gets 1 (the workers are already all busy).
+
+    Examples
+    --------
+    >>> spare_threads(None, 1)
+    1
+    """
+    if client is None or n_tasks < 1:
+        return 1
+    total = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
+    return max(1, total // int(n_tasks))
 
 
 def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], args: tuple, label: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..grid import nearest_feature
 from ._lattice import _lattice_step, _robust_ranges
 from ._validate import _validate_2d, _validate_scale
 
@@ -102,7 +103,7 @@ def _reach(nuc: np.ndarray, dist_px: float) -> tuple[np.ndarray, np.ndarray | No
         return np.ones(nuc.shape, bool), np.indices(nuc.shape, dtype=np.int32)
     if bg.all():
         return np.zeros(nuc.shape, bool), None
-    ft = ndi.distance_transform_edt(bg, sampling=1, return_distances=False, return_indices=True)
+    ft = nearest_feature(~bg)  # scipy's feature transform of ``bg``, compiled
     h, w = nuc.shape
     dy = ft[0] - np.arange(h, dtype=ft.dtype)[:, None]
     d2 = (dy * dy).astype(np.int64)

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..grid import nearest_feature
+
 
 def _fill_small_holes(fg: np.ndarray, max_px: float) -> np.ndarray:
     """``fg`` with its holes (background not 4-connected to the border) smaller than ``max_px`` filled.
@@ -44,7 +46,7 @@ def _distance_capped(fg: np.ndarray, cap: float | None = None) -> np.ndarray:
         return out if cap is None else np.minimum(out, cap)
     if cap is not None and cap <= _SEPARABLE_MAX_CAP:
         return _distance_capped_separable(fg, float(cap))
-    ft = ndi.distance_transform_edt(fg, return_distances=False, return_indices=True)
+    ft = nearest_feature(~fg)  # scipy's feature transform of ``fg``, compiled
     dy = ft[0] - np.arange(h, dtype=ft.dtype)[:, None]
     d2 = dy * dy
     dx = ft[1] - np.arange(w, dtype=ft.dtype)[None, :]
