@@ -275,8 +275,8 @@ def annotate_and_infiltrate(
     ----------
     n_threads : int
         Zones computed at a time (the distance transform releases the GIL). Each adds about 3 bytes per grid pixel
-        (:func:`chemozone.grid.iter_signed_distance`) and a band of rows; the runner uses 1 (its workers already
-        run samples in parallel).
+        (:func:`chemozone.grid.iter_signed_distance`) and a band of rows; the runner passes the worker threads the
+        other samples leave idle (:func:`chemozone.scheduler.spare_threads`: 1 when every worker has a sample).
 
     Returns
     -------
