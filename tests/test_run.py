@@ -445,6 +445,7 @@ def test_a_sample_whose_worker_dies_gets_a_memory_hint():
     """A worker killed mid-task (by the nanny, for memory) used to surface as 'FutureCancelledError: ...
     already forgotten'; the error now says what most likely happened and what to change."""
     import dask
+    import distributed  # noqa: F401 - its config defaults must exist before the set below, or leaving the set drops them
     from rich.console import Console
 
     from chemozone.scheduler import StageError, dask_client, map_samples
@@ -469,6 +470,10 @@ def test_spare_threads_share_the_workers_threads_among_the_tasks():
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         assert [spare_threads(c, n) for n in (1, 2, 3)] == [3, 1, 1]
+    # more workers than distributed's scheduler_info() lists by default (5): every one counts
+    with LocalCluster(n_workers=7, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        assert [spare_threads(c, n) for n in (1, 2, 3, 7)] == [7, 3, 2, 1]
 
 
 def test_samples_fewer_than_the_worker_threads_compute_their_zones_on_the_spare_threads(tiny_cohort, tmp_path):

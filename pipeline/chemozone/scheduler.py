@@ -65,7 +65,8 @@ def spare_threads(client, n_tasks: int) -> int:
     """
     if client is None or n_tasks < 1:
         return 1
-    total = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
+    # n_workers=-1: every worker (distributed reports the first 5 by default)
+    total = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info(n_workers=-1)["workers"].values())
     return max(1, total // int(n_tasks))
 
 
@@ -160,7 +161,7 @@ def lost_worker_hint(limit_bytes: float | None) -> str:
 
 def _worker_memory_limit(client) -> float | None:
     try:
-        limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
+        limits = [w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()]
     except Exception:  # noqa: BLE001 - only for a hint in an error message
         return None
     limits = [x for x in limits if x]
