@@ -24,14 +24,6 @@ __all__ = ["GridMeansWriter", "read_grid_means", "tee"]
 _CHUNK_PX = 2048
 
 
-def _fast_codec():
-    """LZ4 with bit shuffling: about 4x faster to write than zarr's default zstd, and as small, for grid means (in a
-    40k² run, zstd took 37 s of the main process for four zone channels)."""
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
-
-
 class GridMeansWriter:
     """Keeps the block means of the chosen channels, as the tissue step produces them (see the module docstring).
 
@@ -77,6 +69,8 @@ class GridMeansWriter:
     def __call__(self, channel: int, grid_means: np.ndarray) -> None:
         import zarr
 
+        from .io._zarr import scratch_array_kwargs
+
         if int(channel) not in self.channels:
             return
         if tuple(grid_means.shape) != self.grid_shape:
@@ -84,7 +78,7 @@ class GridMeansWriter:
         root = zarr.open_group(str(self._tmp), mode="a")
         chunks = tuple(max(1, min(_CHUNK_PX, n)) for n in self.grid_shape)
         arr = root.create_array(str(int(channel)), shape=self.grid_shape, chunks=chunks, dtype=np.float32,
-                                overwrite=True, compressors=_fast_codec())
+                                overwrite=True, **scratch_array_kwargs())
         for r0 in range(0, self.grid_shape[0], _CHUNK_PX):  # a band at a time: no grid-sized float32 copy
             arr[r0:r0 + _CHUNK_PX] = grid_means[r0:r0 + _CHUNK_PX].astype(np.float32)
         arr.attrs.update({"channel": self.channels[int(channel)], "grid_factor": self.f,

@@ -150,15 +150,16 @@ def coarsen_means(grid_means: np.ndarray, shape_yx: Sequence[int], grid_factor: 
     gh, gw = grid_means.shape
     cols = block_sizes(w, f).astype(np.float64)
     rows = block_sizes(h, f).astype(np.float64)
-    col_px = _strided_sums(cols[None], k, axis=1)[0]  # image pixels per overview column / row
+    row_px = _strided_sums(rows[:, None], k, axis=0)[:, 0]  # image pixels per overview row / column
+    col_px = _strided_sums(cols[None], k, axis=1)[0]
     out = np.empty((-(-gh // k), -(-gw // k)), np.float32)
     band = 256 * k  # grid rows per band (a multiple of k): no grid-sized temporaries
     for g0 in range(0, gh, band):
         g1 = min(gh, g0 + band)
         weighted = grid_means[g0:g1] * rows[g0:g1, None]
         weighted *= cols
-        sums = _strided_sums(_strided_sums(weighted, k, axis=0), k, axis=1)
-        out[g0 // k:-(-g1 // k)] = sums / np.outer(_strided_sums(rows[g0:g1, None], k, axis=0)[:, 0], col_px)
+        o0, o1 = g0 // k, -(-g1 // k)
+        out[o0:o1] = _strided_sums(_strided_sums(weighted, k, axis=0), k, axis=1) / np.outer(row_px[o0:o1], col_px)
     return out
 
 

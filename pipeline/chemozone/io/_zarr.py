@@ -176,13 +176,25 @@ def _publish(store: Path, name: str, tmp_name: str) -> Path:
     return final
 
 
+_WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+"""zarr otherwise compares every chunk it writes with the fill value, to skip empty ones: ~27 ms per 2048² uint32
+chunk, 83 s of worker time over a 40k² run's label writes (py-spy). An empty chunk written anyway compresses to a few
+bytes."""
+
+
 def _compressor_kwargs() -> dict[str, Any]:
     from numcodecs import Blosc
 
-    # write_empty_chunks: zarr otherwise compares every chunk with the fill value to skip empty ones (~27 ms per 2048²
-    # uint32 chunk, 40 s of a 40k² section's mask writing); an empty label chunk compresses to a few bytes anyway
-    return {"compressors": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
-            "config": {"write_empty_chunks": True}}
+    return {"compressors": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE), "config": _WRITE_EVERY_CHUNK}
+
+
+def scratch_array_kwargs() -> dict[str, Any]:
+    """``zarr.create_array`` keywords for arrays written once and read back once (the tile store's labels, the kept
+    grid means): LZ4 with bit shuffling (on a band of a 40k² run's grid means: written in 0.28 s against zstd's
+    1.03 s, read in 0.19 against 0.33 s, 67 against 73 MB) and every chunk written without the fill-value check."""
+    from zarr.codecs import BloscCodec
+
+    return {"compressors": BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"), "config": _WRITE_EVERY_CHUNK}
 
 
 def _open_ngff_root(store: Path):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io._zarr import scratch_array_kwargs
 from ..progress import compute_with_progress
 from ._tiling import _check_id_range, _segment_window, _stitch_core, _ZarrTissue
 
@@ -58,18 +59,6 @@ def _stitch_and_write(i: int, tiles: list[dict], offsets: np.ndarray, *, scratch
     return True
 
 
-_NO_EMPTY_CHECK = {"write_empty_chunks": True}
-"""zarr compares every chunk it writes with the fill value, to skip empty ones: ~27 ms per 2048² uint32 chunk, most of
-a label write's time. Label chunks are seldom empty; an empty one written anyway compresses to a few bytes."""
-
-
-def _fast_codec():
-    """Scratch labels are written once and read once: LZ4 (fast) rather than the default zstd."""
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
-
-
 def _store_tissue(root, store: Path, tissue: np.ndarray | None) -> _ZarrTissue | None:
     """The tissue mask written next to the labels, for the tile tasks to read by path."""
     if tissue is None:
@@ -99,13 +88,13 @@ def _segment_to_store(store, tiles: list[dict], reader_d, common: dict[str, Any]
         del root[SCRATCH]
     # spatial chunks: a core's stitch reads its neighbours' overlap strips, not their whole windows
     root.create_array(SCRATCH, shape=(len(tiles), 2) + win_hw, chunks=(1, 1, SCRATCH_CHUNK, SCRATCH_CHUNK),
-                      dtype=np.uint32, fill_value=0, overwrite=True, compressors=_fast_codec(), config=_NO_EMPTY_CHECK)
+                      dtype=np.uint32, fill_value=0, overwrite=True, **scratch_array_kwargs())
     chunk = (min(tile, shape[0]), min(tile, shape[1]))
     for name in ("nuclei", "cells"):
         if name in root:
             del root[name]
         root.create_array(name, shape=shape, chunks=chunk, dtype=np.uint32, fill_value=0, overwrite=True,
-                          compressors=_fast_codec(), config=_NO_EMPTY_CHECK)
+                          **scratch_array_kwargs())
     tissue_src = _store_tissue(root, store, tissue)
     paths = {"scratch": str(store / SCRATCH), "nuclei": str(store / "nuclei"), "cells": str(store / "cells")}
     counts = compute_with_progress([dask.delayed(_segment_and_park, pure=False)(
