@@ -185,6 +185,15 @@ def test_main_writes_a_cohort(tmp_path, capsys):
     assert "no config" in capsys.readouterr().out
 
 
+def test_help_lists_every_preset(capsys):
+    # a preset's description holds "%" (zone fractions), which argparse reads as a format character
+    with pytest.raises(SystemExit) as e:
+        stress.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"{k}:" in out for k in ("default", "zones", "stats")) and "0-4 %" in out
+
+
 def test_independent_of_synth():
     for path in (ROOT / "pipeline" / "chemozone" / "stress").glob("*.py"):
         tree = ast.parse(path.read_text())

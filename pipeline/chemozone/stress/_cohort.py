@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "autofluorescence) with truth and no config")
     ap.add_argument("out")
     ap.add_argument("--preset", default="default",
-                    help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()) + " (default: default)")
+                    help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()).replace("%", "%%") + " (default: default)")
     ap.add_argument("--patients", type=int, default=None, help="patients (default: the preset's, 3; stats 6)")
     ap.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
     ap.add_argument("--seed", type=int, default=0)
