@@ -31,6 +31,7 @@ Measured: see README, "How good are the zones".
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from chemozone.config import ThresholdConfig, ZoneConfig  # noqa: E402
 from chemozone.grid import block_mean, grid_factor  # noqa: E402
 from chemozone.io import labels_pixel_size_um, read_image, read_labels_zarr, resolve_channels  # noqa: E402
 from chemozone.layout import RunLayout  # noqa: E402
+from chemozone.phenotype import marker_column  # noqa: E402
 from chemozone.zones import (  # noqa: E402
     compute_zone_thresholds,
     producer_zone,
@@ -70,6 +72,7 @@ def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataF
     """Per sample: tissue (run), truth zones on the grid, smoothed signals per chemokine and smoothing, cells."""
     samples = pd.read_csv(cohort / "samples.csv")
     lay = RunLayout(run)
+    markers = json.loads(lay.run_json.read_text())["config"]["phenotypes"]["markers"]
     data = {}
     for s in samples.itertuples():
         img = read_image(cohort / s.image)
@@ -78,7 +81,8 @@ def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataF
         tissue = read_labels_zarr(lay.masks(s.sample_id), "tissue").astype(bool)
         f = grid_factor(img.pixel_size_um, g)
         idx = resolve_channels(img.channels, chems, source=img.path)
-        d = {"tissue": tissue, "grid_um": g, "cells": pd.read_parquet(lay.cells(s.sample_id)), "chems": chems}
+        d = {"tissue": tissue, "grid_um": g, "cells": pd.read_parquet(lay.cells(s.sample_id)), "chems": chems,
+             "compartments": {c: markers[c]["compartment"] for c in chems if c in markers}}
         for c, ci in zip(chems, idx):
             truth = tifffile.imread(cohort / "truth" / s.sample_id / f"zone_{c}.tif") > 0
             d[("truth", c)] = (block_mean(truth, f) >= 0.5) & tissue
@@ -119,7 +123,9 @@ def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) ->
     if mode["mode"] == "halfmax":  # the run's own producer calls (its gates), as chemozone run's cohort step makes them
         at = pd.concat([signal_at_cells(data[s][("signal", z.name, sm)], data[s]["cells"], grid_um=data[s]["grid_um"],
                                         sample_id=s, zone=z.name, channels=[z.name]).assign(
-            producer=data[s]["cells"][f"{z.name}_pos"].to_numpy(bool)) for s in samples.sample_id for z in zones])
+            producer=data[s]["cells"][f"{z.name}_pos"].to_numpy(bool),
+            intensity=data[s]["cells"][marker_column(data[s]["cells"], z.name, data[s]["compartments"][z.name])].to_numpy(float))
+            for s in samples.sample_id for z in zones])
     thr = compute_zone_thresholds(summ, samples, zones=zones, cell_signals=at).set_index(["sample_id", "zone"])["threshold"]
     rows = []
     for s in samples.itertuples():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chemozone._zone_halfmax import MIN_PRODUCERS, producer_levels, signal_at_cells
 from chemozone.config import ThresholdConfig, ZoneConfig, config_from_dict
@@ -58,10 +60,68 @@ def test_halfmax_threshold_by_hand():
 
 
 def test_producer_levels_take_out_the_neighbours_share():
-    # two producers 10 µm apart with sigma 10: each weight 1 + exp(-0.5)
-    r = producer_levels([0, 10], [0, 0], [30, 30], background=0.0, smooth_um=10.0)
+    # two producers 10 µm apart with sigma 10: each weight 1 + exp(-0.5); without intensities, equal stains
+    r = producer_levels([0, 10], [0, 0], [30, 30], [True, True], background=0.0, smooth_um=10.0)
     np.testing.assert_allclose(r, 30 / (1 + np.exp(-0.5)))
-    assert producer_levels([], [], [], background=0.0, smooth_um=10.0).size == 0
+    assert producer_levels([], [], [], [], background=0.0, smooth_um=10.0).size == 0
+    assert producer_levels([0], [0], [30], [False], background=0.0, smooth_um=10.0).size == 0
+
+
+def _field(n_bg: int = 40, seed: int = 0):
+    """Unstained cells (intensity 100 +- 1) on a 300 µm square, away from the producers placed at x, y < 60."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(100, 400, size=(n_bg, 2))
+    return xy, 100 + rng.uniform(-1, 1, n_bg)
+
+
+def test_producers_the_gate_missed_still_take_their_share():
+    """Three equal producers at the same spot (signal 3 x 20 above background) of which the gate called one:
+    from the stains, the called one's level is 20 (one producer's); counting gated producers only gives 60."""
+    bg_xy, bg_i = _field()
+    x = np.r_[[0.0, 0.0, 0.0], bg_xy[:, 0]]
+    y = np.r_[[0.0, 0.0, 0.0], bg_xy[:, 1]]
+    signal = np.r_[[65.0, 65.0, 65.0], np.full(len(bg_i), 5.0)]
+    producer = np.r_[[True, False, False], np.zeros(len(bg_i), bool)]
+    inten = np.r_[[150.0, 150.0, 150.0], bg_i]
+    r = producer_levels(x, y, signal, producer, background=5.0, smooth_um=10.0, intensity=inten)
+    med = np.median(inten)
+    np.testing.assert_allclose(r, [60.0 * (150 - med) / (3 * (150 - med))])  # 20
+    assert producer_levels(x, y, signal, producer, background=5.0, smooth_um=10.0).tolist() == [60.0]
+
+
+def test_a_gated_cell_lit_by_its_neighbour_is_not_counted():
+    """A gated cell 15 µm from a producer (within 2 sigma) whose stain is a fifth of the producer's: the halo of
+    the producer, not a producer. At 25 µm (beyond 2 sigma) or at half the producer's stain it counts."""
+    bg_xy, bg_i = _field()
+    for dist, stain, counted in ((15.0, 10.0, 1), (25.0, 10.0, 2), (15.0, 25.0, 2)):
+        x = np.r_[[0.0, dist], bg_xy[:, 0]]
+        y = np.r_[[0.0, 0.0], bg_xy[:, 1]]
+        med = np.median(np.r_[[150.0, 100.0 + stain], bg_i])
+        inten = np.r_[[150.0, med + stain], bg_i]
+        e0 = 150.0 - med
+        r = producer_levels(x, y, np.r_[[50.0, 30.0], np.zeros(len(bg_i))], np.r_[[True, True], np.zeros(len(bg_i), bool)],
+                            background=0.0, smooth_um=10.0, intensity=inten)
+        assert r.size == counted, (dist, stain)
+        w = np.exp(-dist * dist / 200.0)
+        np.testing.assert_allclose(r[0], 50.0 * e0 / (e0 + w * stain))
+
+
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(0.01, 100.0), offset=st.floats(-1e3, 1e3), seed=st.integers(0, 10_000))
+def test_producer_levels_do_not_depend_on_the_stains_units(scale, offset, seed):
+    """Levels are in the signal's units: a gain and an offset of the producer channel's cell intensities change
+    nothing; scaling the signal and its background scales the levels."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    x, y = rng.uniform(0, 150, n), rng.uniform(0, 150, n)
+    inten = 100 + rng.gamma(1.0, 5.0, n) + np.where(rng.random(n) < 0.2, rng.uniform(20, 200, n), 0)
+    producer = inten > 130
+    signal = rng.uniform(0, 100, n)
+    r = producer_levels(x, y, signal, producer, background=3.0, smooth_um=10.0, intensity=inten)
+    r2 = producer_levels(x, y, signal, producer, background=3.0, smooth_um=10.0, intensity=inten * scale + offset)
+    np.testing.assert_allclose(r2, r, rtol=1e-6, atol=1e-9)
+    r3 = producer_levels(x, y, signal * 7.0, producer, background=21.0, smooth_um=10.0, intensity=inten)
+    np.testing.assert_allclose(r3, 7.0 * r, rtol=1e-9, atol=1e-9)
 
 
 def test_signal_at_cells_reads_the_grid_pixel_of_each_centre():
@@ -116,21 +176,12 @@ def test_halfmax_errors_name_the_missing_step_and_config_key():
         config_from_dict({"zones": [{"name": "C8", "channels": ["CXCL8"], "threshold": {"mode": "halfmax", "fraction": 1.5}}]})
 
 
-def test_one_producer_per_footprint():
-    """A dimmer 'producer' within smooth_um of a brighter one (spillover, blur, diffuse chemokine) is not counted;
-    beyond smooth_um both count and share by their Gaussian weight."""
-    r = producer_levels([0, 6], [0, 0], [50, 20], background=0.0, smooth_um=10.0)
-    assert r.tolist() == [50.0]
-    r = producer_levels([0, 12], [0, 0], [50, 20], background=0.0, smooth_um=10.0)
-    w = 1 + np.exp(-144 / 200)
-    np.testing.assert_allclose(r, [50 / w, 20 / w])
-
-
 @pytest.mark.slow
 def test_halfmax_counts_the_producers_of_a_saved_classifier(tmp_path):
     """A producer marker gated by a saved cell classifier (``phenotypes.classifier_file``, gate method
     ``classifier``) in an image run: the cohort step gates producers with the classifier's calls (it stopped
-    with "run chemozone.classify.predict_cells" before); the producers counted are those calls, one per footprint."""
+    with "run chemozone.classify.predict_cells" before); the producers counted are those calls that are the main
+    stain around them."""
     import yaml
 
     from chemozone import classify as cl
@@ -155,15 +206,17 @@ def test_halfmax_counts_the_producers_of_a_saved_classifier(tmp_path):
     thr = pd.read_parquet(tmp_path / "clf" / "zone_thresholds.parquet")
     row = thr[thr["zone"] == "CXCL10"].iloc[0]
     assert row["mode"].startswith("halfmax")
-    # the count the cohort step reports = the classifier's producers in irradiated samples, one per footprint
+    # the count the cohort step reports = the classifier's producers in irradiated samples that dominate their stain
     calls = cl.predict_cells(meas, cl.load_classifier(model))[["sample_id", "cell_id", "CXCL10_pos"]]
     samples = pd.read_csv(cohort / "samples.csv")
     smooth = next(z for z in cfg["zones"] if z["name"] == "CXCL10").get("smooth_um", 10.0)
+    comp = cfg["phenotypes"]["markers"]["CXCL10"]["compartment"]
     n = 0
     for sid in samples.loc[samples["dose_gy"] > 0, "sample_id"]:
         sig = pd.read_parquet(tmp_path / "clf" / "samples" / sid / "zone_cell_signal.parquet")
-        sig = sig[sig["zone"] == "CXCL10"].merge(calls, on=["sample_id", "cell_id"])
-        p = sig[sig["CXCL10_pos"]]
-        n += int(np.isfinite(producer_levels(p["x_um"], p["y_um"], p["signal"], background=0.0, smooth_um=smooth)).sum())
+        sig = sig[sig["zone"] == "CXCL10"].merge(calls, on=["sample_id", "cell_id"]).merge(
+            meas[["sample_id", "cell_id", f"CXCL10_{comp}"]], on=["sample_id", "cell_id"])
+        n += int(np.isfinite(producer_levels(sig["x_um"], sig["y_um"], sig["signal"], sig["CXCL10_pos"], background=0.0,
+                                             smooth_um=smooth, intensity=sig[f"CXCL10_{comp}"])).sum())
     assert 0 < n < MIN_PRODUCERS
     assert f"only {n} producer cells" in row["warning"]

@@ -11,18 +11,24 @@ clusters of producers merge into one zone where their footprints add up to that 
 How the level of one producer is measured, from the images and the gates alone:
 
 1. pass A samples the smoothed, background-corrected signal ``S`` at every cell (:func:`signal_at_cells`);
-2. the cohort step gates the producer marker (the zone's ``producer_marker``, or the channel's own name),
-   keeps one producer per footprint (a producer within σ = ``smooth_um`` of a brighter one is not counted:
-   spillover, blur and the diffuse chemokine make neighbours of a producer gate positive too) and, for every
-   counted producer ``i`` of the non-reference samples, divides its excess over the reference background
-   ``b`` (median of the same patient's sham tissue pixels) by the summed Gaussian weight of the counted
-   producers around it (itself 1): ``r_i = (S_i - b) / sum_j exp(-d_ij² / 2σ²)`` (:func:`producer_levels`),
-   i.e. the level of one producer once its neighbours' share is taken out;
-3. the cohort's level ``A`` is the median of ``r_i`` over all those producers (one stain, one scanner: one
+2. the cohort step gates the producer marker (the zone's ``producer_marker``, or the channel's own name) and
+   takes each cell's mean intensity ``I`` in the marker's gate compartment; a cell's *stain* is its excess
+   ``e = max(0, I - median I)`` over the sample's median cell;
+3. a gated producer counts only where it is the main source around it: its stain is at least half the largest
+   stain within ``2 * smooth_um`` (where its own smoothed footprint has fallen to e⁻² ≈ 14 %). A gated cell
+   that is much dimmer than a neighbour is lit by that neighbour (secreted halo, spillover, blur), not a
+   producer of its own weight;
+4. every counted producer ``i`` of the non-reference samples gets the share of its excess over the reference
+   background ``b`` (median of the same patient's sham tissue pixels) that its own stain explains:
+   ``r_i = (S_i - b) * e_i / sum_j exp(-d_ij² / 2σ²) e_j`` over **all** cells ``j`` within ``4σ``
+   (σ = ``smooth_um``; :func:`producer_levels`). The neighbours' share is taken out by what they show, gated or
+   not, so producers that the gate missed (dim ones, next to brighter ones) do not inflate the level;
+5. the cohort's level ``A`` is the median of ``r_i`` over all those producers (one stain, one scanner: one
    level per channel), and the threshold of every sample is ``b + fraction * A``.
 
-Producers missed by the gate make ``A`` larger (zones smaller), cells falsely gated make it smaller; the median
-limits both. Fewer than ``MIN_PRODUCERS`` producers: a warning in the thresholds table; none: the ``background``
+Without intensities (a cell table that has no column for the marker) every gated producer counts as one equal
+stain and every other cell as none (the neighbours' share is then the producers' summed Gaussian weight).
+Fewer than ``MIN_PRODUCERS`` counted producers: a warning in the thresholds table; none: the ``background``
 mode is used instead, with a warning.
 """
 
@@ -35,10 +41,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-__all__ = ["signal_at_cells", "producer_levels", "MIN_PRODUCERS", "CELL_SIGNAL_COLUMNS"]
+__all__ = ["signal_at_cells", "producer_levels", "MIN_PRODUCERS", "DOMINANCE", "CELL_SIGNAL_COLUMNS"]
 
 MIN_PRODUCERS = 30
 """Below this many producer cells in the non-reference samples, ``halfmax`` thresholds carry a warning."""
+
+DOMINANCE = 0.5
+"""A gated producer counts when its stain is at least this fraction of the largest stain within 2 σ."""
 
 CELL_SIGNAL_COLUMNS = ["sample_id", "zone", "channel", "cell_id", "x_um", "y_um", "signal"]
 
@@ -85,69 +94,85 @@ def signal_at_cells(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CELL_SIGNAL_COLUMNS)
 
 
-def producer_levels(x_um: Any, y_um: Any, signal: Any, *, background: float, smooth_um: float) -> np.ndarray:
+def producer_levels(
+    x_um: Any, y_um: Any, signal: Any, producer: Any, *, background: float, smooth_um: float,
+    intensity: Any = None,
+) -> np.ndarray:
     """The signal of one producer at its own position, its neighbours' share taken out.
 
-    One producer per footprint first: a producer within ``smooth_um`` of a brighter one (higher ``signal``) is
-    not counted, because the smoothed signal at its centre is mostly that producer's footprint (a neighbour that
-    picked up the stain by spillover or blur, or the diffuse chemokine around a producer, is gated positive too).
-    Then, for every remaining producer ``i``, ``r_i = (S_i - background) / sum_j exp(-d_ij² / (2 smooth_um²))``
-    over the remaining producers ``j`` within ``4 * smooth_um`` (``j = i`` included, weight 1).
+    Every cell of one sample goes in. A cell's stain is ``e = max(0, intensity - median(intensity))``. A gated
+    producer ``i`` is counted when ``e_i > 0`` and ``e_i >= DOMINANCE * max(e_j)`` over the cells within
+    ``2 * smooth_um``; its level is ``r_i = (S_i - background) * e_i / sum_j exp(-d_ij² / (2 smooth_um²)) e_j``
+    over the cells within ``4 * smooth_um`` (``j = i`` included, weight 1).
 
     Parameters
     ----------
-    x_um, y_um, signal : array-like (n_producers,)
-        Positions (µm) of one sample's producer cells and the smoothed signal at each.
+    x_um, y_um, signal : array-like (n_cells,)
+        Positions (µm) of one sample's cells and the smoothed zone signal at each.
+    producer : array-like of bool (n_cells,)
+        The producer call of each cell (the cohort's gate).
     background : float
         The reference background of this sample (same units as ``signal``).
     smooth_um : float
         Gaussian sigma of the zone's smoothing, µm.
+    intensity : array-like (n_cells,), optional
+        Each cell's mean intensity of the producer marker in its gate compartment (NaN: no stain). None: every
+        producer counts as one equal stain, every other cell as none.
 
     Returns
     -------
     ndarray (n_counted,)
-        One level per counted producer (equal signals within ``smooth_um`` are all counted).
+        One level per counted producer, in the order of the cells.
 
     Examples
     --------
-    Two producers at the same spot share the signal; a dimmer one 5 µm from a brighter one is not counted; a
-    lone producer keeps its own:
+    Two equal producers 10 µm apart share the signal at each (weights 1 and e^-0.5); a gated cell lit by its
+    neighbour (stain 2 within 2 σ of a stain of 10) is not counted, and takes its small share of its neighbour's
+    signal; five unstained cells (intensity 3, the median) change nothing:
 
-    >>> producer_levels([0, 0, 100, 105, 300], [0] * 5, [12, 12, 20, 15, 6], background=2.0, smooth_um=10.0).tolist()
-    [5.0, 5.0, 18.0, 4.0]
+    >>> x, y = [0, 10, 400, 405, 200, 600, 700, 800, 900], [0] * 9
+    >>> producer_levels(x, y, [30, 30, 40, 30, 5, 0, 0, 0, 0], [True] * 4 + [False] * 5, background=0.0,
+    ...                 smooth_um=10.0, intensity=[13, 13, 13, 5] + [3] * 5).round(2).tolist()
+    [18.67, 18.67, 34.0]
     """
     xy = np.column_stack([np.asarray(x_um, float), np.asarray(y_um, float)])
     s = np.asarray(signal, float)
-    if len(s) == 0:
+    p = np.asarray(producer, bool)
+    if intensity is None:
+        e = p.astype(float)
+    else:
+        i = np.asarray(intensity, float)
+        e = np.nan_to_num(np.clip(i - np.nanmedian(i), 0.0, None), nan=0.0) if np.isfinite(i).any() else p.astype(float)
+    cand = np.flatnonzero(p & (e > 0))
+    if cand.size == 0:
         return np.empty(0)
-    tree = cKDTree(xy)
-    near = tree.query_pairs(smooth_um, output_type="ndarray")
-    keep = np.ones(len(s), bool)
-    if len(near):
-        keep[near[:, 0][s[near[:, 0]] < s[near[:, 1]]]] = False
-        keep[near[:, 1][s[near[:, 1]] < s[near[:, 0]]]] = False
-    xy, s = xy[keep], s[keep]
-    pairs = cKDTree(xy).query_pairs(4.0 * smooth_um, output_type="ndarray")
-    w = np.ones(len(s))
-    if len(pairs):
-        d2 = ((xy[pairs[:, 0]] - xy[pairs[:, 1]]) ** 2).sum(axis=1)
-        k = np.exp(-d2 / (2.0 * smooth_um * smooth_um))
-        np.add.at(w, pairs[:, 0], k)
-        np.add.at(w, pairs[:, 1], k)
-    return (s - background) / w
+    pairs = cKDTree(xy[cand]).sparse_distance_matrix(cKDTree(xy), 4.0 * smooth_um, output_type="ndarray")
+    pi, pj, d = pairs["i"], pairs["j"], pairs["v"]
+    near = d <= 2.0 * smooth_um
+    brightest = np.zeros(cand.size)
+    np.maximum.at(brightest, pi[near], e[pj[near]])
+    shared = np.zeros(cand.size)
+    np.add.at(shared, pi, np.exp(-(d * d) / (2.0 * smooth_um * smooth_um)) * e[pj])
+    ec = e[cand]
+    keep = ec >= DOMINANCE * brightest
+    return ((s[cand] - background) * ec / shared)[keep]
 
 
 def cohort_producer_level(
     cell_signals: pd.DataFrame, background: dict[str, float], sample_ids: Sequence[str], *, smooth_um: float
 ) -> tuple[float, int]:
-    """Median producer level over the given samples' producers (``producer`` column) and how many counted (samples
-    with an unknown, NaN, background are left out)."""
+    """Median producer level over the given samples (every cell of each: ``x_um, y_um, signal, producer`` and
+    optionally ``intensity``) and how many producers counted (samples with an unknown, NaN, background are left
+    out)."""
     levels = []
+    sid_col = cell_signals["sample_id"].astype(str)
     for sid in sample_ids:
-        p = cell_signals[(cell_signals["sample_id"].astype(str) == sid) & cell_signals["producer"].astype(bool)]
-        if len(p):
-            levels.append(producer_levels(p["x_um"], p["y_um"], p["signal"], background=background[sid],
-                                          smooth_um=smooth_um))
+        c = cell_signals[sid_col == sid]
+        if not c["producer"].astype(bool).any():
+            continue
+        inten = c["intensity"] if "intensity" in c.columns and c["intensity"].notna().any() else None
+        levels.append(producer_levels(c["x_um"], c["y_um"], c["signal"], c["producer"].astype(bool),
+                                      background=background[sid], smooth_um=smooth_um, intensity=inten))
     r = np.concatenate(levels) if levels else np.empty(0)
     r = r[np.isfinite(r)]  # a sample whose reference background is unknown (e.g. an empty sham) gives no level
     return (float(np.median(r)) if r.size else float("nan")), int(r.size)

@@ -218,7 +218,9 @@ def compute_zone_thresholds(
         skipped (they have no threshold).
     cell_signals : DataFrame, optional
         Needed by ``halfmax`` zones only: :func:`chemozone._zone_halfmax.signal_at_cells` rows of every sample
-        plus a boolean ``producer`` column (the cell is positive for the zone's producer marker).
+        plus a boolean ``producer`` column (the cell is positive for the zone's producer marker) and, optionally,
+        ``intensity`` (the cell's producer-marker mean in its gate compartment; it takes the neighbours' share
+        out of each producer's level, :func:`chemozone._zone_halfmax.producer_levels`).
 
     Returns
     -------

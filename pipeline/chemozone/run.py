@@ -39,7 +39,7 @@ from . import _run_record as record
 from ._run_record import Ledger as _Ledger
 from ._run_record import RunResult
 from .config import Config, load_config
-from .errors import ChemozoneError, ConfigError, RunError
+from .errors import ChemozoneError, ConfigError, MissingStepError, RunError
 from .layout import RunLayout, atomic_write_json, new_provenance, read_parquet, write_parquet
 from .options import (
     classifier_options,
@@ -429,6 +429,11 @@ def _producer_cell_signals(cfg: Config, cells, gates, samples, lay: RunLayout):
     frames = []
     for (zone, ch), marker in wanted.items():
         calls = pos[["sample_id", "cell_id", f"{marker}_pos"]].rename(columns={f"{marker}_pos": "producer"})
+        try:  # the producers' stain (neighbour shares, _zone_halfmax); a table without the column: equal stains
+            col = phenotype.marker_column(pos, marker, cfg.phenotypes.markers[marker].compartment)
+            calls["intensity"] = pos[col].to_numpy(float)
+        except MissingStepError:
+            pass
         part = at[(at["zone"] == zone) & (at["channel"] == ch)]
         frames.append(part.merge(calls.astype({"sample_id": str}), on=["sample_id", "cell_id"], how="left"))
     out = pd.concat(frames, ignore_index=True)
