@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import atexit
 import collections
+import os
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -61,6 +62,99 @@ def _tiff(path: str):
     return _open_tiff(str(p), p.stat().st_mtime_ns)
 
 
+_DEFLATE = {8, 32946}  # TIFF compression codes of zlib/deflate tiles (ADOBE_DEFLATE, DEFLATE)
+
+
+class _TilePlan(NamedTuple):
+    """Byte ranges of the tiles of each channel's page of one series level (row-major tile order)."""
+
+    fileno: int
+    tile_yx: tuple[int, int]
+    tiles_x: int
+    offsets: np.ndarray  # (C, n_tiles) int64
+    counts: np.ndarray  # (C, n_tiles) int64
+    deflate: bool
+
+
+def _tile_plan(tif, series: int, level: int, shape: tuple[int, ...], dtype) -> _TilePlan | None:
+    """A :class:`_TilePlan` when every channel is one tiled page, uncompressed or deflate without a predictor,
+    one sample per pixel, in the machine's byte order and ``dtype`` (what OME-TIFF writers, ours included, write
+    for fluorescence); None otherwise (tifffile's zarr store reads those)."""
+    import sys
+
+    import imagecodecs
+
+    try:
+        lev = tif.series[series].levels[level]
+        pages = list(lev.pages)
+        axes = "".join(a for a, n in zip(lev.axes.upper(), lev.shape) if n > 1 or a in "YX")
+        fileno = tif.filehandle.fileno()
+    except Exception:  # noqa: BLE001 - anything unusual: the general reader
+        return None
+    if axes not in ("YX", "CYX", "QYX", "IYX") or len(pages) != shape[0] or tif.byteorder != "<" or \
+            sys.byteorder != "little" or not imagecodecs.DEFLATE.available:
+        return None
+    if any(p is None for p in pages):
+        return None
+    keys = [getattr(p, "keyframe", None) or p for p in pages]  # a TiffFrame's layout is its key page's
+    first = keys[0]
+    for p, k in zip(pages, keys):
+        if (not k.is_tiled or k.compression not in _DEFLATE | {1} or k.predictor != 1 or k.samplesperpixel != 1
+                or k.imagedepth != 1 or k.tiledepth != 1 or k.fillorder != 1 or k.dtype != np.dtype(dtype)
+                or k.shape != tuple(shape[-2:]) or p.shape != k.shape
+                or (k.tilelength, k.tilewidth, k.compression) != (first.tilelength, first.tilewidth, first.compression)):
+            return None
+    tl, tw = int(first.tilelength), int(first.tilewidth)
+    n = (-(-shape[-2] // tl)) * (-(-shape[-1] // tw))
+    offsets = np.array([np.asarray(p.dataoffsets, np.int64) for p in pages])
+    counts = np.array([np.asarray(p.databytecounts, np.int64) for p in pages])
+    if offsets.shape != (len(pages), n) or counts.shape != offsets.shape:
+        return None
+    return _TilePlan(fileno, (tl, tw), -(-shape[-1] // tw), offsets, counts, first.compression in _DEFLATE)
+
+
+def _window(key, shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int] | None:
+    """``(c0, c1, y0, y1, x0, x1)`` of a key of three unit-step slices (what dask asks for), else None."""
+    if not isinstance(key, tuple) or len(key) != 3 or len(shape) != 3 or \
+            not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return None
+    (c0, c1, _), (y0, y1, _), (x0, x1, _) = (k.indices(n) for k, n in zip(key, shape))
+    return (c0, c1, y0, y1, x0, x1) if c1 > c0 and y1 > y0 and x1 > x0 else None
+
+
+def _read_tiles(plan: _TilePlan, c0: int, c1: int, y0: int, y1: int, x0: int, x1: int, dtype) -> np.ndarray:
+    """Decode the tiles a window covers straight from the file into the result.
+
+    Reading through tifffile's zarr store decodes each tile with libdeflate and copies it twice (store, then
+    window); here zlib-ng decodes into one reused tile buffer (the GIL released) and the window is copied once:
+    about 25 % less time per window of a 40k² deflate OME-TIFF (``benchmarks/bench_io.py``). Tiles of zero bytes
+    (absent in sparse files) read as 0, as in tifffile.
+    """
+    import imagecodecs
+
+    tl, tw = plan.tile_yx
+    out = np.empty((c1 - c0, y1 - y0, x1 - x0), dtype)
+    buf = np.empty((tl, tw), dtype)
+    flat = buf.reshape(-1).view(np.uint8)
+    for ci, c in enumerate(range(c0, c1)):
+        for ty in range(y0 // tl, (y1 - 1) // tl + 1):
+            ya, yb = max(y0, ty * tl), min(y1, (ty + 1) * tl)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                xa, xb = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                k = ty * plan.tiles_x + tx
+                n = int(plan.counts[c, k])
+                if n == 0:
+                    out[ci, ya - y0 : yb - y0, xa - x0 : xb - x0] = 0
+                    continue
+                raw = os.pread(plan.fileno, n, int(plan.offsets[c, k]))
+                if plan.deflate:
+                    imagecodecs.deflate_decode(raw, out=flat)
+                else:
+                    flat[:] = np.frombuffer(raw, np.uint8, count=flat.size)
+                out[ci, ya - y0 : yb - y0, xa - x0 : xb - x0] = buf[ya - ty * tl : yb - ty * tl, xa - tx * tw : xb - tx * tw]
+    return out
+
+
 class TiffRegion:
     """A picklable, lazily opened array view of one level of a TIFF series.
 
@@ -99,6 +193,9 @@ class TiffRegion:
     def __getitem__(self, key):
         if self.pages is not None:
             return self._read_pages(key)
+        window = _window(key, self.shape)
+        if window is not None and (plan := self._tiles()) is not None:
+            return _read_tiles(plan, *window, self.dtype)
         z = self._zarr()
         native = z.shape
         if len(native) == 2:  # a single-channel series
@@ -106,6 +203,16 @@ class TiffRegion:
             out = np.asarray(z[key[1:] if len(key) == 3 else key])
             return out[None] if len(key) == 3 else out
         return np.asarray(z[key])
+
+    def _tiles(self) -> _TilePlan | None:
+        """Where each channel's tiles lie in the file, when :func:`_read_tiles` can decode them (else None)."""
+        tif, lock = _tiff(self.path)
+        key = ("_cz_tiles", self.series, self.level)
+        cache = tif.__dict__.setdefault("_cz_tiles", {})
+        with lock:
+            if key not in cache:
+                cache[key] = _tile_plan(tif, self.series, self.level, self.shape, self.dtype)
+        return cache[key]
 
     def _read_pages(self, key):
         tif, lock = _tiff(self.path)
