@@ -112,3 +112,38 @@ def test_plan_is_cached_per_open_file(files):
     assert region._tiles() is region._tiles()
     tif, _ = _tiff(str(path))
     assert ("_cz_tiles", 0, 0) in tif.__dict__["_cz_tiles"]
+
+
+def test_a_damaged_tile_names_the_file_channel_and_tile(files, tmp_path):
+    import shutil
+
+    from chemozone.errors import ImageError
+
+    src, level, expected, _ = files["ome_zlib"]
+    path = tmp_path / "damaged.ome.tif"
+    shutil.copy(src, path)
+    with tifffile.TiffFile(path) as t:
+        page = t.series[0].levels[0].pages[1]
+        off = int(page.dataoffsets[0])
+    with open(path, "r+b") as fh:  # channel 1, tile 0: a zlib stream that does not start as one
+        fh.seek(off)
+        fh.write(b"\0" * 16)
+    region = _region(path, level, expected)
+    np.testing.assert_array_equal(region[0:1, 0:64, 0:64], expected[0:1, 0:64, 0:64])  # other channels still read
+    with pytest.raises(ImageError, match=r"damaged\.ome\.tif: channel 1, tile 0 cannot be read \(.*\); the file is "
+                                         r"truncated or damaged: export it again"):
+        region[0:3, 0:100, 0:100]
+
+
+def test_a_tile_past_the_end_of_the_file_is_an_error(files):
+    import os
+
+    from chemozone.errors import ImageError
+
+    path, level, expected, _ = files["ome_zlib"]
+    plan = _region(path, level, expected)._tiles()
+    offsets = plan.offsets.copy()
+    offsets[2, 0] = os.path.getsize(path) - 10  # as if the file had been cut inside channel 2's first tile
+    with pytest.raises(ImageError, match=r"a\.ome\.tif: channel 2, tile 0 cannot be read \(ValueError: \d+ bytes "
+                                         r"expected at offset \d+, the file ends before\)"):
+        _read_tiles(plan._replace(offsets=offsets), 2, 3, 0, 10, 0, 10, expected.dtype)
