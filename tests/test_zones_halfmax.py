@@ -54,6 +54,13 @@ def test_halfmax_threshold_by_hand():
     assert (t["mode"] == "halfmax_f0.5").all()
     # 5 producers < MIN_PRODUCERS: said in the table
     assert t["warning"].str.contains(f"only 5 producer cells \\(< {MIN_PRODUCERS}\\)").all()
+    # no intensities in cell_signals: equal stains, said in the table; with them, not
+    assert t["warning"].str.contains("the cells table has no intensity of the producer marker; gated producers "
+                                     "counted as equal stains").all()
+    stained = cells.assign(intensity=np.where(cells["producer"], cells["signal"], 0.0))
+    ts = compute_zone_thresholds(summ, SAMPLES, zones=[z], cell_signals=stained)
+    assert ts["warning"].str.contains("only 3 producer cells").all()  # the pair in p1_8 and p2_8's brighter one
+    assert not ts["warning"].str.contains("no intensity").any()
     z3 = ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(mode="halfmax", fraction=0.3))
     t3 = compute_zone_thresholds(summ, SAMPLES, zones=[z3], cell_signals=cells).set_index("sample_id")
     assert t3.loc["p2_8", "threshold"] == pytest.approx(20 + 0.3 * 50)

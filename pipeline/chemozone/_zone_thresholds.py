@@ -177,6 +177,9 @@ def _halfmax_thresholds(
             csum, samples, sids, tc.model_copy(update={"mode": "background"}), where=where)]
     warn = (f"halfmax: only {n} producer cells (< {MIN_PRODUCERS}) set the level of one producer; zone edges are "
             "uncertain") if n < MIN_PRODUCERS else ""
+    if "intensity" not in cells.columns or not cells["intensity"].notna().any():
+        warn = "; ".join(w for w in (warn, "halfmax: the cells table has no intensity of the producer marker; gated "
+                                     "producers counted as equal stains and other cells as none") if w)
     return [(b + tc.fraction * level, "; ".join(w for w in (w0, warn) if w)) for b, w0 in base]
 
 
