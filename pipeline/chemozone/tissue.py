@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from .gaussian import gaussian_filter
 from .grid import block_mean, block_sizes, grid_factor, grid_shape, iter_channel_means
 from .progress import active_client
 
@@ -312,7 +313,7 @@ def tissue_mask(image_cyx, *, pixel_size_um: float, grid_um: float = 2.0, smooth
     # (on a cluster the workers sum the next channel meanwhile)
     means = (_tap(i, m, channel_means_callback) for i, m in iter_channel_means(image_cyx, f, idx, client=active_client()))
     signal = _scaled_signal(means, [i in is_count for i in idx], block_px)
-    smooth = ndi.gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
+    smooth = gaussian_filter(signal, smooth_um / grid_um, mode="nearest")
     thr = _auto_threshold(smooth, threshold)
     numeric = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
     glass = None

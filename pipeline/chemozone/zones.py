@@ -71,12 +71,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from ._zone_masks import _check_tissue, module_score, producer_zone, threshold_zone_signal, tumor_compartments
 from ._zone_thresholds import background_threshold, compute_zone_thresholds
 from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
+from .gaussian import gaussian_filter
 from .grid import block_mean, cell_grid_index, grid_factor, grid_shape
 
 __all__ = [
@@ -154,10 +154,10 @@ def _smooth_in_tissue(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: flo
 
 def _smooth_rows(grid: np.ndarray, tissue: np.ndarray | None, sigma_px: float) -> np.ndarray:
     if tissue is None:
-        return ndi.gaussian_filter(grid.astype(np.float64), sigma_px, mode="nearest").astype(np.float32)
+        return gaussian_filter(grid.astype(np.float64), sigma_px, mode="nearest").astype(np.float32)
     w = tissue.astype(np.float64)
-    num = ndi.gaussian_filter(grid * w, sigma_px, mode="constant")
-    den = ndi.gaussian_filter(w, sigma_px, mode="constant")
+    num = gaussian_filter(grid * w, sigma_px, mode="constant")
+    den = gaussian_filter(w, sigma_px, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den > 1e-6, num / np.maximum(den, 1e-12), 0.0)
     return np.where(tissue, out, 0.0).astype(np.float32)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..gaussian import gaussian_filter
+
 
 def _correlate_box(a: np.ndarray, size: int) -> np.ndarray:
     """Box mean by explicit correlation (each output computed independently, so values do not depend
@@ -118,8 +120,8 @@ def _preprocess(img: np.ndarray, d_px: float, opts: dict[str, Any], origin=(0, 0
     """Background-corrected, denoised image and the brighter-scale blob map (both float32)."""
     if opts["background_factor"] > 0:
         img = img - _background(img, opts["background_factor"] * d_px, origin)
-    smooth = ndi.gaussian_filter(img, max(0.5, opts["smooth_factor"] * d_px), mode="nearest")
-    blob = ndi.gaussian_filter(smooth, max(0.5, opts["seed_sigma_factor"] * d_px), mode="nearest")
+    smooth = gaussian_filter(img, max(0.5, opts["smooth_factor"] * d_px), mode="nearest")
+    blob = gaussian_filter(smooth, max(0.5, opts["seed_sigma_factor"] * d_px), mode="nearest")
     return smooth, blob
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..gaussian import gaussian_filter
 from ._labels import _distance_capped, _fill_holes_labels, _fill_small_holes, _largest_piece, _open3, _size_filter
 from ._lattice import _lattice, _lattice_step
 from ._preprocess import _finite_fill, _local_threshold, _preprocess
@@ -260,7 +261,7 @@ def _seed_map(fg: np.ndarray, blob: np.ndarray, d_px: float, opts: dict[str, Any
     else:
         rel = np.clip((blob - bg_level) / float(statistics["seed_scale"]), 0, 1.0)
         seed_map = rel if seed_kind == "intensity" else dist * np.sqrt(rel)
-    seed_map = ndi.gaussian_filter(seed_map, max(0.5, 0.08 * d_px), mode="nearest")
+    seed_map = gaussian_filter(seed_map, max(0.5, 0.08 * d_px), mode="nearest")
     seed_map[~fg] = 0
     return seed_map
 
