@@ -36,26 +36,28 @@ def test_block_mean_equals_brute_force_numpy_dask_and_2d(h, w, f, seed):
     assert out32.dtype == np.float32 and np.array_equal(out32, brute[0].astype(np.float32))
 
 
-def test_channel_means_on_a_cluster_equal_block_mean_and_keep_the_workers_one_channel_ahead():
-    """Given a distributed client, the next channel's sums are on the workers (computed or queued) while the caller
-    holds this channel's means; each channel equals block_mean's; without a client, nothing is computed ahead."""
+def test_channel_means_on_a_cluster_equal_block_mean_and_keep_the_workers_two_channels_ahead():
+    """Given a distributed client, the next two channels' sums are on the workers (computed or queued) while the
+    caller holds this channel's means; each channel equals block_mean's; without a client, nothing is computed
+    ahead."""
     from distributed import Client, LocalCluster
 
     from chemozone.grid import iter_channel_means
 
-    img = np.random.default_rng(3).integers(0, 4000, (4, 203, 190)).astype(np.uint16)
+    img = np.random.default_rng(3).integers(0, 4000, (5, 203, 190)).astype(np.uint16)
     lazy = da.from_array(img, chunks=(1, 64, 64))
     ref = block_mean(img, 4)
     ahead = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        for k, (i, means) in enumerate(iter_channel_means(lazy, 4, [2, 0, 3], client=client)):
+        for k, (i, means) in enumerate(iter_channel_means(lazy, 4, [2, 0, 3, 1, 4], client=client)):
             ahead.append(set(client.futures))  # keys of the sums this client holds while the caller works
-            assert i == [2, 0, 3][k]
+            assert i == [2, 0, 3, 1, 4][k]
             np.testing.assert_array_equal(means, ref[i])
-    # 4 band tasks per channel: the next channel's are there at the first two steps, nothing new after the last
-    # (a released key of the channel just gathered may linger: release is asynchronous)
-    assert len(ahead[0]) >= 4 and len(ahead[1] - ahead[0]) == 4 and not ahead[2] - ahead[1]
+    # 4 band tasks per channel: the next two channels' are there at each step (one new channel per step), nothing new
+    # at the last two (a released key of the channel just gathered may linger: release is asynchronous)
+    assert len(ahead[0]) >= 8 and len(ahead[1] - ahead[0]) == 4 and len(ahead[2] - ahead[1]) == 4
+    assert not ahead[3] - ahead[2] and not ahead[4] - ahead[3]
     got = dict(iter_channel_means(lazy, 4, [1], dtype=np.float32))  # no client: computed when asked
     np.testing.assert_array_equal(got[1], ref[1].astype(np.float32))
 
