@@ -42,6 +42,12 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
+from chemozone._zone_compartments import (  # noqa: E402
+    offset_rows,
+    tumor_cells,
+    tumor_fraction_at,
+    tumor_fraction_lattice,
+)
 from chemozone._zone_halfmax import signal_at_cells  # noqa: E402
 from chemozone.config import ThresholdConfig, ZoneConfig  # noqa: E402
 from chemozone.grid import block_mean, grid_factor  # noqa: E402
@@ -83,6 +89,7 @@ def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataF
         idx = resolve_channels(img.channels, chems, source=img.path)
         d = {"tissue": tissue, "grid_um": g, "cells": pd.read_parquet(lay.cells(s.sample_id)), "chems": chems,
              "compartments": {c: markers[c]["compartment"] for c in chems if c in markers}}
+        d["tumor_lattice"] = run_tumor_lattice(d["cells"], run)
         for c, ci in zip(chems, idx):
             truth = tifffile.imread(cohort / "truth" / s.sample_id / f"zone_{c}.tif") > 0
             d[("truth", c)] = (block_mean(truth, f) >= 0.5) & tissue
@@ -91,6 +98,23 @@ def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataF
                                                    grid_um=g, smooth_um=sm, background_quantile=0.05, tissue=tissue)
         data[s.sample_id] = d
     return samples, data
+
+
+def run_tumor_lattice(cells: pd.DataFrame, run: Path):
+    """The tumor-fraction lattice of a sample as the run's cohort step and step B build it (its tumor zone's marker
+    gate, :mod:`chemozone._zone_compartments`), or None when the run's config has no gated tumor marker."""
+    zones = [ZoneConfig(**z) for z in json.loads(RunLayout(run).run_json.read_text())["config"]["zones"]]
+    is_tumor = tumor_cells(cells, zones)
+    if is_tumor is None:
+        return None
+    return tumor_fraction_lattice(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float), is_tumor)
+
+
+def _offset(lattice, offsets: tuple[float, float], grid_um: float, n_cols: int):
+    """``threshold_zone_signal``'s offset map of one channel (as step B builds it), or None without offsets."""
+    if lattice is None or not any(offsets):
+        return None
+    return lambda rows: offset_rows(*lattice, *offsets, grid_um=grid_um, rows=rows, n_cols=n_cols)[None]
 
 
 def _scores(rows: list[dict]) -> dict:
@@ -121,18 +145,29 @@ def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) ->
                                      channels=[z.name]) for s in samples.sample_id for z in zones])
     at = None
     if mode["mode"] == "halfmax":  # the run's own producer calls (its gates), as chemozone run's cohort step makes them
-        at = pd.concat([signal_at_cells(data[s][("signal", z.name, sm)], data[s]["cells"], grid_um=data[s]["grid_um"],
-                                        sample_id=s, zone=z.name, channels=[z.name]).assign(
-            producer=data[s]["cells"][f"{z.name}_pos"].to_numpy(bool),
-            intensity=data[s]["cells"][marker_column(data[s]["cells"], z.name, data[s]["compartments"][z.name])].to_numpy(float))
-            for s in samples.sample_id for z in zones])
-    thr = compute_zone_thresholds(summ, samples, zones=zones, cell_signals=at).set_index(["sample_id", "zone"])["threshold"]
+        frames = []
+        for s in samples.sample_id:
+            c, lat = data[s]["cells"], data[s].get("tumor_lattice")
+            tf = (tumor_fraction_at(*lat, c["x_um"].to_numpy(float), c["y_um"].to_numpy(float)) if lat is not None
+                  else np.full(len(c), np.nan))
+            for z in zones:
+                frames.append(signal_at_cells(data[s][("signal", z.name, sm)], c, grid_um=data[s]["grid_um"],
+                                              sample_id=s, zone=z.name, channels=[z.name]).assign(
+                    producer=c[f"{z.name}_pos"].to_numpy(bool),
+                    intensity=c[marker_column(c, z.name, data[s]["compartments"][z.name])].to_numpy(float),
+                    tumor_fraction=tf))
+        at = pd.concat(frames)
+    thr = compute_zone_thresholds(summ, samples, zones=zones, cell_signals=at).set_index(["sample_id", "zone"])
     rows = []
     for s in samples.itertuples():
         d = data[s.sample_id]
         for z in zones:
-            m = threshold_zone_signal(d[("signal", z.name, sm)], [thr[(s.sample_id, z.name)]], d["tissue"],
-                                      grid_um=d["grid_um"], min_area_um2=z.min_area_um2, fill_holes=z.fill_holes)
+            t = thr.loc[(s.sample_id, z.name)]
+            off = _offset(d.get("tumor_lattice"), (float(t["tumor_offset"]), float(t["stroma_offset"])), d["grid_um"],
+                          d["tissue"].shape[1])
+            m = threshold_zone_signal(d[("signal", z.name, sm)], [float(t["threshold"])], d["tissue"],
+                                      grid_um=d["grid_um"], min_area_um2=z.min_area_um2, fill_holes=z.fill_holes,
+                                      offset=off)
             rows.append(_row(s, z.name, m, d))
     return rows
 

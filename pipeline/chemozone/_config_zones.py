@@ -30,6 +30,9 @@ class ThresholdConfig(_Section):
     """background: expected fraction of background tissue pixels above the threshold."""
     fraction: float = Field(0.5, gt=0, lt=1)
     """halfmax: the zone edge as a fraction of one producer's smoothed signal (0.5 = its half-maximum footprint)."""
+    compartments: bool = True
+    """halfmax: a background per tissue compartment (tumor, stroma) when the config has a ``source: tumor`` zone
+    whose channel is a gated marker (:mod:`chemozone._zone_compartments`); false: one background for the tissue."""
 
     @model_validator(mode="after")
     def _absolute_needs_value(self) -> ThresholdConfig:

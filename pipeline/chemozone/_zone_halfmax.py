@@ -111,8 +111,9 @@ def producer_levels(
         Positions (µm) of one sample's cells and the smoothed zone signal at each.
     producer : array-like of bool (n_cells,)
         The producer call of each cell (the cohort's gate).
-    background : float
-        The reference background of this sample (same units as ``signal``).
+    background : float or array-like (n_cells,)
+        The reference background of this sample (same units as ``signal``), or of each cell (with compartment
+        offsets, :mod:`chemozone._zone_compartments`).
     smooth_um : float
         Gaussian sigma of the zone's smoothing, µm.
     intensity : array-like (n_cells,), optional
@@ -155,15 +156,18 @@ def producer_levels(
     np.add.at(shared, pi, np.exp(-(d * d) / (2.0 * smooth_um * smooth_um)) * e[pj])
     ec = e[cand]
     keep = ec >= DOMINANCE * brightest
-    return ((s[cand] - background) * ec / shared)[keep]
+    bg = np.broadcast_to(np.asarray(background, float), s.shape)[cand]
+    return ((s[cand] - bg) * ec / shared)[keep]
 
 
 def cohort_producer_level(
-    cell_signals: pd.DataFrame, background: dict[str, float], sample_ids: Sequence[str], *, smooth_um: float
+    cell_signals: pd.DataFrame, background: dict[str, float], sample_ids: Sequence[str], *, smooth_um: float,
+    offsets: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[float, int]:
     """Median producer level over the given samples (every cell of each: ``x_um, y_um, signal, producer`` and
     optionally ``intensity``) and how many producers counted (samples with an unknown, NaN, background are left
-    out)."""
+    out). ``offsets``: per sample the (tumor, stroma) offsets of the background (:mod:`chemozone._zone_compartments`),
+    applied with each cell's ``tumor_fraction``."""
     levels = []
     sid_col = cell_signals["sample_id"].astype(str)
     for sid in sample_ids:
@@ -171,8 +175,12 @@ def cohort_producer_level(
         if not c["producer"].astype(bool).any():
             continue
         inten = c["intensity"] if "intensity" in c.columns and c["intensity"].notna().any() else None
+        bg: Any = background[sid]
+        if offsets is not None and sid in offsets:
+            t = c["tumor_fraction"].to_numpy(float)
+            bg = bg + t * offsets[sid][0] + (1.0 - t) * offsets[sid][1]
         levels.append(producer_levels(c["x_um"], c["y_um"], c["signal"], c["producer"].astype(bool),
-                                      background=background[sid], smooth_um=smooth_um, intensity=inten))
+                                      background=bg, smooth_um=smooth_um, intensity=inten))
     r = np.concatenate(levels) if levels else np.empty(0)
     r = r[np.isfinite(r)]  # a sample whose reference background is unknown (e.g. an empty sham) gives no level
     return (float(np.median(r)) if r.size else float("nan")), int(r.size)

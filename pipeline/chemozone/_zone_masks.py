@@ -6,7 +6,7 @@ boolean grid masks out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,10 @@ def module_score(signal: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     return (sig / thr[:, None, None]).mean(axis=0)
 
 
+_OFFSET_BAND_ROWS = 1024
+"""Grid rows of the signal compared at a time when a background offset map is subtracted."""
+
+
 def threshold_zone_signal(
     signal: np.ndarray,
     thresholds: Sequence[float],
@@ -77,6 +81,7 @@ def threshold_zone_signal(
     grid_um: float,
     min_area_um2: float = 0.0,
     fill_holes: bool = True,
+    offset: Callable[[tuple[int, int]], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Zone mask from per-channel signals and thresholds.
 
@@ -91,6 +96,10 @@ def threshold_zone_signal(
     tissue : bool ndarray (Ygrid, Xgrid) or None
     grid_um : float
         Grid pixel size (µm), to convert ``min_area_um2`` to pixels.
+    offset : callable, optional
+        ``offset((r0, r1))`` gives a float32 (n_channels, r1 - r0, Xgrid) background offset of grid rows r0..r1
+        that is subtracted from the signal before the comparison (the compartment backgrounds of ``halfmax``,
+        :func:`chemozone._zone_compartments.offset_rows`); applied a band of rows at a time.
 
     Returns
     -------
@@ -102,14 +111,18 @@ def threshold_zone_signal(
     thr = np.asarray(thresholds, dtype=np.float64)
     if thr.size != sig.shape[0]:
         raise ValueError(f"{thr.size} thresholds for {sig.shape[0]} channels")
+    if sig.shape[0] > 1 and np.isfinite(thr).all() and (thr <= 0).any():
+        raise ValueError(f"module thresholds must be > 0 to normalise the channels, got {thr.tolist()}")
     if not np.isfinite(thr).all():
         mask = np.zeros(sig.shape[1:], bool)
-    elif sig.shape[0] == 1:
-        mask = sig[0] >= thr[0]
+    elif offset is None:
+        mask = sig[0] >= thr[0] if sig.shape[0] == 1 else module_score(sig, thr) >= 1.0
     else:
-        if (thr <= 0).any():
-            raise ValueError(f"module thresholds must be > 0 to normalise the channels, got {thr.tolist()}")
-        mask = module_score(sig, thr) >= 1.0
+        mask = np.empty(sig.shape[1:], bool)
+        for r0 in range(0, mask.shape[0], _OFFSET_BAND_ROWS):
+            r1 = min(mask.shape[0], r0 + _OFFSET_BAND_ROWS)
+            band = sig[:, r0:r1] - offset((r0, r1))
+            mask[r0:r1] = band[0] >= thr[0] if sig.shape[0] == 1 else module_score(band, thr) >= 1.0
     tis = _check_tissue(tissue, mask.shape)
     if tis is not None:
         mask &= tis

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._zone_compartments import compartment_offsets
 from ._zone_halfmax import MIN_PRODUCERS, cohort_producer_level
 from .config import ThresholdConfig, ZoneConfig
 from .errors import ConfigError, MissingStepError
@@ -20,7 +21,10 @@ from .samples import select_reference, select_samples
 
 __all__ = ["compute_zone_thresholds", "background_threshold"]
 
-THRESHOLD_COLUMNS = ["sample_id", "zone", "channel", "threshold", "mode", "warning"]
+THRESHOLD_COLUMNS = ["sample_id", "zone", "channel", "threshold", "mode", "warning", "tumor_offset", "stroma_offset"]
+"""``tumor_offset``, ``stroma_offset``: the background's offsets in tumor and stroma (``halfmax`` with a tumor marker,
+:mod:`chemozone._zone_compartments`; 0 otherwise): the zone is where the signal minus the offset map reaches
+``threshold``."""
 
 
 def _pooled_values(rows: pd.DataFrame, n: int = 4001) -> np.ndarray:
@@ -150,11 +154,48 @@ def _reference_thresholds(
     return out
 
 
+def _reference_sets(samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str) -> list[tuple[str, ...]]:
+    """Per sample, the samples whose background it takes (as :func:`_reference_thresholds` groups them; every
+    sample when none matches the reference)."""
+    if not select_samples(samples, tc.reference, where=f"{where}.reference").any():
+        return [tuple(sids)] * len(sids)
+    is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    out = []
+    for i in range(len(sids)):
+        sel = is_ref.copy()
+        if tc.group_by is not None:
+            sel &= (samples[tc.group_by] == samples.at[i, tc.group_by]).to_numpy()
+            if not sel.any():
+                sel = is_ref
+        out.append(tuple(sids[j] for j in np.flatnonzero(sel)))
+    return out
+
+
+def _compartment_offsets(cells: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *,
+                         where: str) -> tuple[dict[str, tuple[float, float, float]], dict[str, str]]:
+    """Per sample with compartment backgrounds, its reference cells' (median, tumor offset, stroma offset); and per
+    sample any warning (a sample without enough reference cells in a compartment keeps the tissue-wide background)."""
+    sid_col = cells["sample_id"].astype(str)
+    cache: dict[tuple[str, ...], tuple[float, float, float, str]] = {}
+    offsets, warns = {}, {}
+    for sid, refs in zip(sids, _reference_sets(samples, sids, tc, where=where)):
+        if refs not in cache:
+            c = cells[sid_col.isin(refs)]
+            cache[refs] = compartment_offsets(c["signal"], c["tumor_fraction"])
+        m, off_t, off_s, warn = cache[refs]
+        if not warn:
+            offsets[sid] = (m, off_t, off_s)
+        warns[sid] = warn
+    return offsets, warns
+
+
 def _halfmax_thresholds(
     csum: pd.DataFrame, cells: pd.DataFrame | None, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig,
     *, smooth_um: float, where: str
-) -> list[tuple[float, str]]:
-    """``halfmax`` mode (:mod:`chemozone._zone_halfmax`): reference median + ``fraction`` × one producer's level."""
+) -> list[tuple]:
+    """``halfmax`` mode (:mod:`chemozone._zone_halfmax`): reference median + ``fraction`` × one producer's level;
+    with a ``tumor_fraction`` column in ``cells``, the background's tumor and stroma offsets too
+    (:mod:`chemozone._zone_compartments`): ``(threshold, warning, tumor_offset, stroma_offset)`` per sample."""
     if cells is None:
         raise MissingStepError(f"{where}: mode 'halfmax' needs the signal at every cell with its producer call "
                                "(signal_at_cells in pass A, then the gates); pass cell_signals= to compute_zone_thresholds")
@@ -166,9 +207,15 @@ def _halfmax_thresholds(
         base = _reference_thresholds(csum, samples, sids, tc.model_copy(update={"mode": "reference", "quantile": 0.5}),
                                      where=where)
         is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
+    offsets, cwarn = {}, {}
+    if tc.compartments and "tumor_fraction" in cells.columns and cells["tumor_fraction"].notna().any():
+        comp, cwarn = _compartment_offsets(cells, samples, sids, tc, where=where)
+        # with compartments, the background is the reference cells' median plus the offset of each compartment
+        base = [(comp[s][0], w) if s in comp else (b, w) for s, (b, w) in zip(sids, base)]
+        offsets = {s: v[1:] for s, v in comp.items()}
     background = {s: b for s, (b, _) in zip(sids, base)}
     targets = [s for s, r in zip(sids, is_ref) if not r] or sids
-    level, n = cohort_producer_level(cells, background, targets, smooth_um=smooth_um)
+    level, n = cohort_producer_level(cells, background, targets, smooth_um=smooth_um, offsets=offsets)
     if n == 0 or not np.isfinite(level) or level <= 0:
         why = (f"no gated producer cell in {len(targets)} non-reference samples" if n == 0 else
                f"the median signal of {n} producer cells is not above the reference background")
@@ -180,7 +227,8 @@ def _halfmax_thresholds(
     if "intensity" not in cells.columns or not cells["intensity"].notna().any():
         warn = "; ".join(w for w in (warn, "halfmax: the cells table has no intensity of the producer marker; gated "
                                      "producers counted as equal stains and other cells as none") if w)
-    return [(b + tc.fraction * level, "; ".join(w for w in (w0, warn) if w)) for b, w0 in base]
+    return [(b + tc.fraction * level, "; ".join(w for w in (w0, warn, cwarn.get(s, "")) if w),
+             *offsets.get(s, (0.0, 0.0))) for s, (b, w0) in zip(sids, base)]
 
 
 def _channel_thresholds(
@@ -223,13 +271,16 @@ def compute_zone_thresholds(
         Needed by ``halfmax`` zones only: :func:`chemozone._zone_halfmax.signal_at_cells` rows of every sample
         plus a boolean ``producer`` column (the cell is positive for the zone's producer marker) and, optionally,
         ``intensity`` (the cell's producer-marker mean in its gate compartment; it takes the neighbours' share
-        out of each producer's level, :func:`chemozone._zone_halfmax.producer_levels`).
+        out of each producer's level, :func:`chemozone._zone_halfmax.producer_levels`) and ``tumor_fraction``
+        (:func:`chemozone._zone_compartments.tumor_fraction_at`: the background then has a tumor and a stroma
+        offset, unless ``threshold.compartments`` is false).
 
     Returns
     -------
     DataFrame
-        ``sample_id, zone, channel, threshold, mode, warning`` (threshold in background-corrected image
-        units of that channel; ``warning`` is ``""`` or says why a fallback was used).
+        ``sample_id, zone, channel, threshold, mode, warning, tumor_offset, stroma_offset`` (threshold in
+        background-corrected image units of that channel; ``warning`` is ``""`` or says why a fallback was used;
+        the offsets are 0 unless a ``halfmax`` zone has compartment backgrounds).
 
     Raises
     ------
@@ -260,6 +311,8 @@ def compute_zone_thresholds(
                 cells = cell_signals[(cell_signals["zone"] == zone.name) & (cell_signals["channel"] == ch)]
             per_sample, mode = _channel_thresholds(csum, samples, sids, zone.threshold, where=f"zones[{zi}].threshold",
                                                    cells=cells, smooth_um=zone.smooth_um)
-            for s, (t, warn) in zip(sids, per_sample):
-                rows.append(dict(sample_id=s, zone=zone.name, channel=ch, threshold=t, mode=mode, warning=warn))
+            for s, (t, warn, *off) in zip(sids, per_sample):
+                off_t, off_s = off or (0.0, 0.0)
+                rows.append(dict(sample_id=s, zone=zone.name, channel=ch, threshold=t, mode=mode, warning=warn,
+                                 tumor_offset=float(off_t), stroma_offset=float(off_s)))
     return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)

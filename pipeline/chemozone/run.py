@@ -426,9 +426,12 @@ def _producer_cell_signals(cfg: Config, cells, gates, samples, lay: RunLayout):
 
         cells = apply_classifier_file(cells, cfg.phenotypes.classifier_file)
     pos = phenotype.apply_gates(cells, gates, markers=cfg.phenotypes.markers)
+    tumor = _tumor_fractions(pos, cfg)
     frames = []
     for (zone, ch), marker in wanted.items():
         calls = pos[["sample_id", "cell_id", f"{marker}_pos"]].rename(columns={f"{marker}_pos": "producer"})
+        if tumor is not None:
+            calls["tumor_fraction"] = tumor
         try:  # the producers' stain (neighbour shares, _zone_halfmax); a table without the column: equal stains
             col = phenotype.marker_column(pos, marker, cfg.phenotypes.markers[marker].compartment)
             calls["intensity"] = pos[col].to_numpy(float)
@@ -438,6 +441,24 @@ def _producer_cell_signals(cfg: Config, cells, gates, samples, lay: RunLayout):
         frames.append(part.merge(calls.astype({"sample_id": str}), on=["sample_id", "cell_id"], how="left"))
     out = pd.concat(frames, ignore_index=True)
     out["producer"] = out["producer"].fillna(False).astype(bool)
+    return out
+
+
+def _tumor_fractions(pos, cfg: Config):
+    """Each cell's tumor fraction (:mod:`chemozone._zone_compartments`), from the gates of the tumor zone's marker,
+    sample by sample; None without a gated tumor marker."""
+    import numpy as np
+
+    from ._zone_compartments import tumor_cells, tumor_fraction_at, tumor_fraction_lattice
+
+    is_tumor = tumor_cells(pos, cfg.zones)
+    if is_tumor is None:
+        return None
+    out = np.full(len(pos), np.nan)
+    for _, idx in pos.groupby(pos["sample_id"].astype(str)).indices.items():
+        x, y = pos["x_um"].to_numpy(float)[idx], pos["y_um"].to_numpy(float)[idx]
+        lat, s = tumor_fraction_lattice(x, y, is_tumor[idx])
+        out[idx] = tumor_fraction_at(lat, s, x, y)
     return out
 
 

@@ -380,6 +380,43 @@ def _sample_channel_thresholds(thresholds: pd.DataFrame | None, zone: ZoneConfig
     return [float(tmap[c]) for c in zone.channels]
 
 
+def _tumor_lattice(cells: pd.DataFrame | None, zones: Sequence[ZoneConfig], zone: ZoneConfig):
+    """The sample's tumor-fraction lattice, for a zone whose thresholds carry compartment offsets."""
+    from ._zone_compartments import tumor_cells, tumor_fraction_lattice  # noqa: PLC0415
+
+    is_tumor = None if cells is None else tumor_cells(cells, zones)
+    if is_tumor is None:
+        raise MissingStepError(f"zones '{zone.name}': its thresholds have tumor and stroma background offsets, which "
+                               "need the phenotyped cells with the tumor zone's marker gate ({channel}_pos)")
+    return tumor_fraction_lattice(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float), is_tumor)
+
+
+def _sample_channel_offsets(thresholds: pd.DataFrame, zone: ZoneConfig, sample_id: str) -> list[tuple[float, float]] | None:
+    """The (tumor, stroma) background offsets of this sample's zone channels, or None when all are 0 (or the table
+    has none: written before they existed)."""
+    if not {"tumor_offset", "stroma_offset"} <= set(thresholds.columns):
+        return None
+    t = thresholds[(thresholds["sample_id"].astype(str) == str(sample_id)) & (thresholds["zone"] == zone.name)]
+    omap = {c: (float(a), float(b)) for c, a, b in zip(t["channel"], t["tumor_offset"], t["stroma_offset"])}
+    offs = [omap.get(c, (0.0, 0.0)) for c in zone.channels]
+    return offs if any(a or b for a, b in offs) else None
+
+
+class _OffsetMap:
+    """The background offset map of one sample's zone channels, a band of grid rows at a time
+    (:func:`chemozone._zone_compartments.offset_rows`)."""
+
+    def __init__(self, lattice, offsets: list[tuple[float, float]], grid_um: float, n_cols: int) -> None:
+        self.lattice, self.offsets, self.grid_um, self.n_cols = lattice, offsets, grid_um, n_cols
+
+    def __call__(self, rows: tuple[int, int]) -> np.ndarray:
+        from ._zone_compartments import offset_rows  # noqa: PLC0415
+
+        lat, s = self.lattice
+        return np.stack([offset_rows(lat, s, a, b, grid_um=self.grid_um, rows=rows, n_cols=self.n_cols)
+                         for a, b in self.offsets])
+
+
 def _pixel_zone_masks(
     image_cyx: Any,
     tissue: np.ndarray,
@@ -391,8 +428,10 @@ def _pixel_zone_masks(
     channels: Sequence[str],
     aliases: Mapping[str, Sequence[str]] | None,
     signals: Mapping[str, np.ndarray] | None,
+    offset=None,
 ) -> dict[str, np.ndarray]:
-    """Masks of one pixel zone (one mask) or tumor zone (four compartments)."""
+    """Masks of one pixel zone (one mask) or tumor zone (four compartments); ``offset``: see
+    :func:`threshold_zone_signal`."""
     from .io import resolve_channels  # noqa: PLC0415
 
     g = grid_factor(pixel_size_um, grid_um) * float(pixel_size_um)
@@ -404,7 +443,8 @@ def _pixel_zone_masks(
         idx = resolve_channels(list(channels), list(zone.channels), aliases=dict(aliases or {}), source=f"zones '{zone.name}'")
         sig = zone_signal(image_cyx, channel_indices=idx, pixel_size_um=pixel_size_um, grid_um=grid_um,
                           smooth_um=zone.smooth_um, background_quantile=zone.background_quantile, tissue=tissue)
-    mask = threshold_zone_signal(sig, thr, tissue, grid_um=g, min_area_um2=zone.min_area_um2, fill_holes=zone.fill_holes)
+    mask = threshold_zone_signal(sig, thr, tissue, grid_um=g, min_area_um2=zone.min_area_um2, fill_holes=zone.fill_holes,
+                                 offset=offset)
     if zone.source == "tumor":
         return tumor_compartments(mask, tissue, grid_um=g, bands_um=zone.bands_um, zone=zone.name)
     return {zone.name: mask}
@@ -460,6 +500,7 @@ def build_zones(
     tissue_mm2 = float(tissue.sum()) * px_mm2
     masks: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
+    lattice: list = []  # the tumor-fraction lattice, computed once when a zone needs it
     for zone in zones:
         thr_used, ch_thr = float("nan"), ""
         if zone.source == "producers":
@@ -470,8 +511,14 @@ def build_zones(
                                            min_producers=zone.min_producers)}
         else:
             thr = _sample_channel_thresholds(thresholds, zone, sample_id)
+            offs = _sample_channel_offsets(thresholds, zone, sample_id)
+            offset = None
+            if offs is not None:
+                if not lattice:
+                    lattice.append(_tumor_lattice(cells, zones, zone))
+                offset = _OffsetMap(lattice[0], offs, g, tissue.shape[1])
             zm = _pixel_zone_masks(image_cyx, tissue, zone, thr, pixel_size_um=pixel_size_um, grid_um=grid_um,
-                                   channels=channels, aliases=aliases, signals=signals)
+                                   channels=channels, aliases=aliases, signals=signals, offset=offset)
             thr_used = thr[0] if len(thr) == 1 else 1.0
             ch_thr = _format_channel_thresholds(zone.channels, thr)
         for name, m in zm.items():
