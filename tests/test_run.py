@@ -478,7 +478,8 @@ def test_spare_threads_share_the_workers_threads_among_the_tasks():
 
 def test_samples_fewer_than_the_worker_threads_compute_their_zones_on_the_spare_threads(tiny_cohort, tmp_path):
     """A whole section is often alone in step B: the idle worker threads then compute its zones too (run.json
-    records how many); the tables equal a one-thread run's (the same samples, in process)."""
+    records how many), and the zone pass splits each sample's zones into one task per spare thread; the tables,
+    the zone thresholds and the signal at the cells equal a one-thread run's (the same samples, in process)."""
     from distributed import LocalCluster
 
     from chemozone.run import run_batch
@@ -494,9 +495,18 @@ def test_samples_fewer_than_the_worker_threads_compute_their_zones_on_the_spare_
     assert res.exit_code == 0, res.errors
     assert run_batch(sheet, cfg, tmp_path / "one", workers=0, progress=False).exit_code == 0
     runs = {k: json.loads(RunLayout(tmp_path / k).run_json.read_text()) for k in ("threads", "one")}
+    assert runs["threads"]["zone_pass_tasks"] == 4 and runs["one"]["zone_pass_tasks"] == 2  # 2 parts per sample
     for sid in two["sample_id"]:
         assert runs["threads"]["samples"][sid]["step_b"]["zone_threads"] == 2
         assert runs["one"]["samples"][sid]["step_b"]["zone_threads"] == 1
     a, b = _tables(tmp_path / "threads"), _tables(tmp_path / "one")
     for name in ("cells", "infiltration", "zones"):
         pd.testing.assert_frame_equal(a[name], b[name])
+    lays = {k: RunLayout(tmp_path / k) for k in ("threads", "one")}
+    pd.testing.assert_frame_equal(pd.read_parquet(lays["threads"].zone_thresholds), pd.read_parquet(lays["one"].zone_thresholds))
+    key = ["zone", "channel", "cell_id"]
+    for sid in two["sample_id"]:
+        at = {k: pd.read_parquet(lay.sample(sid).zone_cell_signal).sort_values(key).reset_index(drop=True)
+              for k, lay in lays.items()}
+        pd.testing.assert_frame_equal(at["threads"], at["one"])
+        assert not list(lays["threads"].sample(sid).root.glob("*.part*.parquet"))  # the parts were joined

@@ -307,7 +307,12 @@ def _precomputed_masks(row: dict[str, Any], img, cfg: Config, timings: dict[str,
 
 # ------------------------------------------------------------------------------------ cohort step
 def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
-    """Pass A of the zones for one sample: per-channel zone signals on the grid → small summaries."""
+    """Pass A of the zones for one sample: per-channel zone signals on the grid → small summaries.
+
+    ``row`` may name a part of the sample's zones (``_zones``: their names; ``_part``: the part's number, see
+    :func:`_zone_parts`): then only those are computed, the signal cache is left to the caller to clear, and the
+    signal at the cells goes to the part's own file (:func:`_merge_cell_signal_parts` joins them).
+    """
     import dask
     import pandas as pd
 
@@ -321,7 +326,9 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
     lay = RunLayout(out)
     frames, at_cells, positions = [], [], None
     cache = lay.sample(sid).zone_signal_cache
-    shutil.rmtree(cache, ignore_errors=True)  # never a signal of an earlier run
+    only = row.get("_zones")
+    if only is None:
+        shutil.rmtree(cache, ignore_errors=True)  # never a signal of an earlier run
     with dask.config.set(scheduler="synchronous"):
         img = _open_image(row, cfg)
         tissue_grid = read_labels_zarr(lay.masks(sid), "tissue").astype(bool)
@@ -329,7 +336,7 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
         kept = read_grid_means(lay.sample(sid).grid_means, channels=img.channels, shape_yx=img.data.shape[1:],
                                grid_factor=grid_factor(img.pixel_size_um, grid_um))
         for z in cfg.zones:
-            if z.source not in ("pixels", "tumor"):
+            if z.source not in ("pixels", "tumor") or (only is not None and z.name not in only):
                 continue
             idx = resolve_channels(img.channels, z.channels, aliases=cfg.panel.aliases, source=img.path)
             means = [kept[i] for i in idx] if all(i in kept for i in idx) else None  # else: read the image
@@ -344,8 +351,50 @@ def zone_summaries(row: dict[str, Any], cfg: Config, out: str | Path):
                 at_cells.append(signal_at_cells(sig, positions,
                                                 grid_um=grid_um, sample_id=sid, zone=z.name, channels=z.channels))
     if at_cells:
-        write_parquet(pd.concat(at_cells, ignore_index=True), lay.sample(sid).zone_cell_signal)
+        write_parquet(pd.concat(at_cells, ignore_index=True), _cell_signal_path(lay, sid, row.get("_part")))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cell_signal_path(lay: RunLayout, sid: str, part: int | None) -> Path:
+    path = lay.sample(sid).zone_cell_signal
+    return path if part is None else path.with_name(f"{path.stem}.part{part}{path.suffix}")
+
+
+def _zone_parts(rows: list[dict[str, Any]], cfg: Config, client) -> list[dict[str, Any]]:
+    """The zone pass's tasks: one per sample, or, when there are fewer samples than worker threads (a whole section
+    alone on a cluster), each sample's pixel zones split into as many parts as it has threads (``_zones``, ``_part``
+    in a copy of the row), so that the idle workers compute the other zones' signals."""
+    names = [z.name for z in cfg.zones if z.source in ("pixels", "tumor")]
+    n = min(len(names), spare_threads(client, len(rows)))
+    if n < 2:
+        return list(rows)
+    return [{**r, "_zones": names[k::n], "_part": k} for r in rows for k in range(n)]
+
+
+def _in_zone_order(frame, order: dict[str, int]):
+    """A zone-summaries frame with its rows in the config's zone order (stable: channels keep theirs)."""
+    import numpy as np
+
+    if not len(frame):
+        return frame
+    return frame.iloc[np.argsort(frame["zone"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _merge_cell_signal_parts(lay: RunLayout, sid: str, n_parts: int) -> None:
+    """Join the parts' signal-at-cells files into the sample's one file (in part order), then remove them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .layout import atomic_path
+
+    paths = [p for p in (_cell_signal_path(lay, sid, k) for k in range(n_parts)) if p.is_file()]
+    if paths:
+        table = pa.concat_tables([pq.read_table(p) for p in paths])
+        with atomic_path(lay.sample(sid).zone_cell_signal) as tmp:
+            pq.write_table(table, tmp)
+        del table
+    for p in paths:
+        p.unlink()
 
 
 def _signal_key(z, grid_um: float) -> dict[str, Any]:
@@ -778,15 +827,37 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
 
     Returns the rows of the samples that passed both, and :func:`cohort_step`'s tables.
     """
+    import pandas as pd
+
     t0 = time.perf_counter()
-    summaries, failed_z = [], set()
-    for r, outcome in map_samples(client, zone_summaries, ok_a, (cfg, str(lay.root)), "zone signals"):
+    summaries, failed_z = {}, set()
+    parts = _zone_parts(ok_a, cfg, client)
+    split = len(parts) > len(ok_a)
+    ledger.prov["zone_pass_tasks"] = len(parts)
+    if split:  # the parts write their zones' signals into one cache: cleared and created once, here
+        import zarr
+
+        for r in ok_a:
+            shutil.rmtree(lay.sample(r["sample_id"]).zone_signal_cache, ignore_errors=True)
+            zarr.open_group(str(lay.sample(r["sample_id"]).zone_signal_cache), mode="w")
+    for r, outcome in map_samples(client, zone_summaries, parts, (cfg, str(lay.root)), "zone signals"):
         if isinstance(outcome, StageError):
+            if r["sample_id"] not in failed_z:
+                ledger.fail(outcome)
             failed_z.add(r["sample_id"])
-            ledger.fail(outcome)
         else:
-            summaries.append(outcome)
+            summaries.setdefault(r["sample_id"], []).append((r.get("_part", 0), outcome))
     ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
+    if split:
+        n_parts = len(parts) // max(1, len(set(p["sample_id"] for p in parts)))
+        for r in ok_a:
+            _merge_cell_signal_parts(lay, r["sample_id"], n_parts)
+        for sid in failed_z:  # a failed sample's parts are not left behind
+            for k in range(n_parts):
+                _cell_signal_path(lay, sid, k).unlink(missing_ok=True)
+    order = {z.name: i for i, z in enumerate(cfg.zones)}  # a sample's parts back in the config's zone order
+    summaries = [_in_zone_order(pd.concat([f for _, f in sorted(summaries[r["sample_id"]], key=lambda p: p[0])],
+                                          ignore_index=True), order) for r in ok_a]
     measurements = {r["sample_id"]: read_parquet(lay.measurements(r["sample_id"])) for r in ok_a}
     ok_samples = samples[samples["sample_id"].isin([r["sample_id"] for r in ok_a])].reset_index(drop=True)
     summaries = sorted(summaries, key=lambda f: str(f["sample_id"].iloc[0]) if len(f) else "")

@@ -89,7 +89,9 @@ def map_samples(client, fn: Callable[..., Any], rows: Sequence[dict[str, Any]], 
     # hash=False: unique keys, so data scattered for an earlier stage being released cannot race this one
     scattered = [client.scatter(a, broadcast=True, hash=False) if not isinstance(a, (str, int, float)) else a
                  for a in args]
-    futures = {client.submit(call_safely, fn, r, *scattered, pure=False, key=f"{label.replace(' ', '-')}-{r['sample_id']}"): r
+    # a row may be one part of a sample's work (``_part``): its own key
+    futures = {client.submit(call_safely, fn, r, *scattered, pure=False,
+                             key=f"{label.replace(' ', '-')}-{r['sample_id']}" + (f"-{r['_part']}" if "_part" in r else "")): r
                for r in rows}
     limit = _worker_memory_limit(client)
     for fut in as_completed(futures):
