@@ -77,6 +77,9 @@ def test_tumor_cells_from_the_tumor_zones_gated_marker():
     assert tumor_cells(cells, [TUMOR_ZONE]).tolist() == [True, False, False]
     assert tumor_cells(cells, [ZoneConfig(name="C", channels=["C"])]) is None  # no tumor zone
     assert tumor_cells(cells[["CD3_pos"]], [TUMOR_ZONE]) is None  # its marker is not gated
+    # the zone may spell its channel as the image does: matched as channel names are
+    other = [ZoneConfig(name="tumor", source="tumor", channels=["Pan-CK (Opal 690)"])]
+    assert tumor_cells(cells, other).tolist() == [True, False, False]
 
 
 def _cohort(n_side: int = 30):
@@ -174,3 +177,15 @@ def test_offsets_without_the_tumor_gate_in_step_b_name_the_missing_column():
     with pytest.raises(MissingStepError, match=r"zones 'C': its thresholds have tumor and stroma background offsets.*"
                                                r"\{channel\}_pos"):
         _masks(cells[cells.sample_id == "s8"].drop(columns="panCK_pos"), t, z, np.zeros((4, 4), np.float32))
+
+
+def test_a_sharp_nest_border_leaves_a_strip_of_stroma_zone_a_known_limit():
+    """The tumor fraction is smooth over ~20 µm, a step in the autofluorescence is not: with a background that
+    jumps from 1 (nest) to 80 (stroma) at x = 300 µm and no producer at all, the stroma just outside the border reads
+    too low a background and becomes zone in a strip along it; nothing else does (README, "How good are the zones")."""
+    cells = _cohort()
+    t, _, z = _thresholds(cells)
+    yy, xx = (np.mgrid[:150, :300] + 0.5) * 2.0
+    sig = np.where(xx < 300, 1.0, 80.0).astype(np.float32)
+    m = _masks(cells[cells.sample_id == "s8"], t, z, sig)
+    assert m.any() and (xx[m] > 300).all() and (xx[m] < 300 + 2 * 20).all()

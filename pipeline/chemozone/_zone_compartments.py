@@ -45,17 +45,21 @@ MIN_CELLS = 50
 
 def tumor_cells(cells: Any, zones: Sequence[Any]) -> np.ndarray | None:
     """Which cells are tumor cells: positive for a channel of a ``source: tumor`` zone that has a gate
-    (``{channel}_pos`` in ``cells``); None when no such channel is gated.
+    (a ``{marker}_pos`` column whose marker is that channel, matched as channel names are:
+    :func:`chemozone.io.normalize_channel_name`, so ``Pan-CK`` finds ``panCK_pos``); None when none is gated.
 
     Examples
     --------
     >>> import pandas as pd
     >>> from chemozone.config import ZoneConfig
     >>> cells = pd.DataFrame({"panCK_pos": [True, False], "CD3_pos": [False, True]})
-    >>> tumor_cells(cells, [ZoneConfig(name="T", source="tumor", channels=["panCK"])]).tolist()
+    >>> tumor_cells(cells, [ZoneConfig(name="T", source="tumor", channels=["Pan-CK (Opal 690)"])]).tolist()
     [True, False]
     """
-    cols = sorted({f"{ch}_pos" for z in zones if z.source == "tumor" for ch in z.channels} & set(cells.columns))
+    from .io._channels import normalize_channel_name  # noqa: PLC0415
+
+    wanted = {normalize_channel_name(ch) for z in zones if z.source == "tumor" for ch in z.channels}
+    cols = sorted(c for c in cells.columns if str(c).endswith("_pos") and normalize_channel_name(str(c)[:-4]) in wanted)
     if not cols:
         return None
     return np.logical_or.reduce([cells[c].to_numpy(object) == True for c in cols])  # noqa: E712 - None/NaN: not tumor

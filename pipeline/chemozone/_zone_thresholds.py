@@ -117,6 +117,22 @@ def _no_reference_fallback(csum: pd.DataFrame, tc: ThresholdConfig, n: int) -> l
     return [(t, warn)] * n
 
 
+def _reference_groups(samples: pd.DataFrame, sids: list[str], is_ref: np.ndarray, group_by: str | None
+                      ) -> list[tuple[tuple[str, ...], str]]:
+    """Per sample, the reference samples whose background it takes (those of its ``group_by`` value, else all of
+    them, with a warning) and the warning."""
+    out = []
+    for i in range(len(sids)):
+        sel, warn = is_ref, ""
+        if group_by is not None:
+            key = samples.at[i, group_by]
+            sel = is_ref & (samples[group_by] == key).to_numpy()
+            if not sel.any():
+                sel, warn = is_ref, f"no reference sample with {group_by}={key}; used all reference samples"
+        out.append((tuple(sids[j] for j in np.flatnonzero(sel)), warn))
+    return out
+
+
 def _reference_thresholds(
     csum: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str
 ) -> list[tuple[float, str]]:
@@ -128,23 +144,15 @@ def _reference_thresholds(
     stat = _statistic(tc)
     cache: dict[Any, tuple[float, str]] = {}
     out = []
-    for i in range(len(sids)):
-        key = samples.at[i, tc.group_by] if tc.group_by is not None else None
+    for i, (refs, warn) in enumerate(_reference_groups(samples, sids, is_ref, tc.group_by)):
+        key = (refs, warn)
         if key not in cache:
-            warn = ""
-            sel = is_ref.copy()
-            if tc.group_by is not None:
-                sel &= (samples[tc.group_by] == key).to_numpy()
-                if not sel.any():
-                    sel = is_ref
-                    warn = f"no reference sample with {tc.group_by}={key}; used all reference samples"
-            refs = [sids[j] for j in np.flatnonzero(sel)]
             pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs)])
             if not pooled.size and tc.group_by is not None:  # e.g. the patient's sham has no tissue
                 refs_all = [sids[j] for j in np.flatnonzero(is_ref)]
                 pooled = _pooled_values(csum[csum["sample_id"].astype(str).isin(refs_all)])
-                warn = (f"the reference samples of {tc.group_by}={key} ({', '.join(refs)}) have no tissue pixels; "
-                        "used all reference samples")
+                warn = (f"the reference samples of {tc.group_by}={samples.at[i, tc.group_by]} ({', '.join(refs)}) "
+                        "have no tissue pixels; used all reference samples")
             if not pooled.size:
                 warn = (f"no tissue pixels in any reference sample {dict(tc.reference)}: no threshold, the zone is "
                         "empty; check the reference samples' tissue masks")
@@ -154,31 +162,19 @@ def _reference_thresholds(
     return out
 
 
-def _reference_sets(samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *, where: str) -> list[tuple[str, ...]]:
-    """Per sample, the samples whose background it takes (as :func:`_reference_thresholds` groups them; every
-    sample when none matches the reference)."""
-    if not select_samples(samples, tc.reference, where=f"{where}.reference").any():
-        return [tuple(sids)] * len(sids)
-    is_ref = select_reference(samples, tc.reference, tc.group_by, where=where).to_numpy()
-    out = []
-    for i in range(len(sids)):
-        sel = is_ref.copy()
-        if tc.group_by is not None:
-            sel &= (samples[tc.group_by] == samples.at[i, tc.group_by]).to_numpy()
-            if not sel.any():
-                sel = is_ref
-        out.append(tuple(sids[j] for j in np.flatnonzero(sel)))
-    return out
-
-
 def _compartment_offsets(cells: pd.DataFrame, samples: pd.DataFrame, sids: list[str], tc: ThresholdConfig, *,
                          where: str) -> tuple[dict[str, tuple[float, float, float]], dict[str, str]]:
     """Per sample with compartment backgrounds, its reference cells' (median, tumor offset, stroma offset); and per
     sample any warning (a sample without enough reference cells in a compartment keeps the tissue-wide background)."""
     sid_col = cells["sample_id"].astype(str)
+    if select_samples(samples, tc.reference, where=f"{where}.reference").any():
+        groups = _reference_groups(samples, sids, select_reference(samples, tc.reference, tc.group_by,
+                                                                   where=where).to_numpy(), tc.group_by)
+    else:  # no reference sample: every sample's cells (as the background is then every sample's median)
+        groups = [(tuple(sids), "")] * len(sids)
     cache: dict[tuple[str, ...], tuple[float, float, float, str]] = {}
     offsets, warns = {}, {}
-    for sid, refs in zip(sids, _reference_sets(samples, sids, tc, where=where)):
+    for sid, (refs, _) in zip(sids, groups):
         if refs not in cache:
             c = cells[sid_col.isin(refs)]
             cache[refs] = compartment_offsets(c["signal"], c["tumor_fraction"])

@@ -608,7 +608,10 @@ _EDT_KERNELS: Any = None
 
 def _edt_kernels():
     """The compiled column and row passes (numba, cached on disk), or None when numba is unavailable or disabled
-    (``CHEMOZONE_NO_NUMBA=1``): then scipy's feature transform is used, with the same values."""
+    (``CHEMOZONE_NO_NUMBA=1``): then scipy's feature transform is used, with the same values.
+
+    The same as :func:`chemozone._numba.compiled`, written out here: the grid is the bottom-level module and imports
+    no other chemozone module (``tests/test_imports.py``)."""
     import os
 
     if os.environ.get("CHEMOZONE_NO_NUMBA", "") not in ("", "0"):

@@ -849,7 +849,7 @@ def _run_cohort_step(client, ok_a, samples, cfg: Config, lay: RunLayout, ledger:
             summaries.setdefault(r["sample_id"], []).append((r.get("_part", 0), outcome))
     ok_a = [r for r in ok_a if r["sample_id"] not in failed_z]
     if split:
-        n_parts = len(parts) // max(1, len(set(p["sample_id"] for p in parts)))
+        n_parts = 1 + max(p["_part"] for p in parts)
         for r in ok_a:
             _merge_cell_signal_parts(lay, r["sample_id"], n_parts)
         for sid in failed_z:  # a failed sample's parts are not left behind

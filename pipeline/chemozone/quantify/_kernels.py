@@ -10,39 +10,20 @@ in label order) and the columns of :func:`_block_layout`: pixel count, coordinat
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
+from .._numba import compiled
+
 
 def _numba_kernels():
-    """The compiled kernels, or None when numba is unavailable or disabled (``CHEMOZONE_NO_NUMBA=1``)."""
-    if os.environ.get("CHEMOZONE_NO_NUMBA", "") not in ("", "0"):
-        return None
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            _KERNELS = _build_kernels()
-        except ImportError:  # pragma: no cover - numba is a dependency; fallback kept for robustness
-            _KERNELS = False
-    return _KERNELS or None
+    """The compiled kernels below, or None when numba is unavailable or disabled (``CHEMOZONE_NO_NUMBA=1``;
+    :func:`chemozone._numba.compiled`)."""
+    return compiled("quantify", lambda jit: {"label_range": jit(label_range), "compact_ids": jit(compact_ids),
+                                             "measure_tile": jit(measure_tile)})
 
 
-_KERNELS: Any = None
-
-
-def _build_kernels():
-    """Compile (or load from numba's on-disk cache) the kernels below; ImportError when numba is missing.
-
-    The kernels are plain functions at module level; numba compiles them here, on first use, so importing
-    this module never imports numba."""
-    import numba
-
-    jit = numba.njit(cache=True, nogil=True)
-    return {"label_range": jit(label_range), "compact_ids": jit(compact_ids), "measure_tile": jit(measure_tile)}
-
-
-# ----------------------------------------------------------------- kernels (compiled by _build_kernels)
+# ----------------------------------------------------------------- kernels (compiled by _numba_kernels)
 def label_range(lab):
     """(lo, hi) of the nonzero labels of a tile; lo > hi when it has none (branch-free, vectorised)."""
     h, w = lab.shape
