@@ -511,6 +511,58 @@ def test_zone_widget_preview_and_save(viewer_with_run, tmp_path):
 
 
 @gui
+def test_zone_widget_previews_and_saves_the_runs_background_offsets(make_napari_viewer, run_folder, tmp_path):
+    """A run whose zone thresholds carry tumor/stroma background offsets (halfmax with compartments): the preview at
+    the run's threshold is the mask step B builds (build_zones with the same table), not the plain threshold's; Save
+    writes the offsets, and a config without a gated tumor zone refuses them with a one-line error."""
+    import json
+
+    from chemozone.config import load_config
+    from chemozone.errors import ConfigError
+    from chemozone.layout import write_parquet
+    from chemozone.zones import build_zones, threshold_zone_signal
+    from chemozone_napari._zone_widget import ZoneReviewWidget
+
+    lay = RunLayout(run_folder)
+    prov = json.loads(lay.run_json.read_text())
+    prov["config"]["zones"].append({"name": "tumor", "source": "tumor", "channels": ["panCK"]})
+    lay.run_json.write_text(json.dumps(prov))
+    thr = pd.DataFrame({"sample_id": ["s1"], "zone": ["CXCL10"], "channel": ["CXCL10"], "threshold": [400.0],
+                        "mode": ["halfmax_f0.5"], "warning": [""], "tumor_offset": [-600.0], "stroma_offset": [0.0]})
+    write_parquet(thr, lay.zone_thresholds)
+    viewer = make_napari_viewer()
+    viewer.open(str(run_folder), plugin="chemozone")
+    w = ZoneReviewWidget(viewer)
+    sig = w.compute_signal(block=True)
+    assert w.offsets == (-600.0, 0.0) and "with the run's background offsets (tumor -600, stroma 0)" in w._offset_note
+    w.set_threshold(400.0)
+    m = np.asarray(viewer.layers["zone preview: CXCL10"].data).astype(bool)
+    z = w.zone
+    cells = pd.read_parquet(lay.cells("s1"))
+    tumor = next(zz for zz in w._cfg.zones if zz.source == "tumor")
+    both = pd.concat([thr, thr.assign(zone="tumor", channel="panCK", threshold=1e9, tumor_offset=0.0)])
+    step_b = build_zones(None, cells, w.tissue, pixel_size_um=GRID_UM, grid_um=GRID_UM, zones=[z, tumor],
+                         thresholds=both, sample_id="s1", channels=CHANNELS,
+                         signals={"CXCL10": sig, "tumor": np.zeros_like(sig)})[0]["CXCL10"]
+    plain = threshold_zone_signal(sig, [400.0], w.tissue, grid_um=GRID_UM, min_area_um2=z.min_area_um2,
+                                  fill_holes=z.fill_holes)
+    assert (m == step_b).all() and m.sum() > plain.sum()  # the nests' lower background adds tumor area
+    assert "% of the tissue in the zone; with the run's background offsets" in w.info.text()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"zones": [{"name": "CXCL10", "channels": ["CXCL10"]}]}))
+    with pytest.raises(ConfigError, match="needs a 'source: tumor' zone whose channel is in phenotypes.markers"):
+        w.save(bare)
+    assert "threshold" not in yaml.safe_load(bare.read_text())["zones"][0]  # the file is left as it was
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(yaml.safe_dump({"phenotypes": {"markers": {"panCK": {}}},
+                                        "zones": [{"name": "CXCL10", "channels": ["CXCL10"]},
+                                                  {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]}))
+    w.save(cfg_path)
+    t = load_config(cfg_path).zones[0].threshold
+    assert (t.mode, t.value, t.offsets) == ("absolute", 400.0, (-600.0, 0.0))
+
+
+@gui
 def test_screenshot_shows_labels(make_napari_viewer, run_folder):
     viewer = make_napari_viewer(show=True)  # a hidden canvas renders black under xvfb/llvmpipe
     viewer.open(str(run_folder), plugin="chemozone")

@@ -189,3 +189,73 @@ def test_a_sharp_nest_border_leaves_a_strip_of_stroma_zone_a_known_limit():
     sig = np.where(xx < 300, 1.0, 80.0).astype(np.float32)
     m = _masks(cells[cells.sample_id == "s8"], t, z, sig)
     assert m.any() and (xx[m] > 300).all() and (xx[m] < 300 + 2 * 20).all()
+
+
+def test_an_absolute_threshold_with_the_runs_offsets_builds_the_runs_zone():
+    """What the zone review saves (``mode: absolute`` with the value and the two offsets of a halfmax run) gives the
+    same thresholds table row and, through step B, the same mask as the halfmax run; without the offsets the nest's
+    producer is lost. ``zone_offset_map`` is the map step B subtracts (as the napari review previews it)."""
+    from chemozone.config import config_from_dict
+    from chemozone.zones import zone_offset_map
+
+    cells = _cohort()
+    t, lat, z = _thresholds(cells)
+    value, off_t, off_s = (float(t.loc["s8", k]) for k in ("threshold", "tumor_offset", "stroma_offset"))
+    cfg = config_from_dict({"phenotypes": {"markers": {"panCK": {}}},
+                            "zones": [{"name": "C", "channels": ["C"], "threshold": {
+                                "mode": "absolute", "value": value, "tumor_offset": off_t, "stroma_offset": off_s}},
+                                      {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]})
+    za = cfg.zones[0]
+    assert za.threshold.offsets == (off_t, off_s)
+    summ = pd.concat([signal_summary(np.ones((1, 2, 2), np.float32), None, sample_id=s, zone="C", channels=["C"])
+                      for s in ("s0", "s8")], ignore_index=True)
+    ta = compute_zone_thresholds(summ, SAMPLES, zones=[za]).set_index("sample_id")
+    assert ta.loc["s8", ["threshold", "tumor_offset", "stroma_offset"]].tolist() == pytest.approx([value, off_t, off_s])
+    assert (ta["mode"] == "absolute").all()
+    sig = 40.5 + offset_rows(*lat, off_t, off_s, grid_um=2.0, rows=(0, 150), n_cols=300)
+    yy, xx = (np.mgrid[:150, :300] + 0.5) * 2.0
+    for px in (150.0, 455.0):
+        sig += (40.0 * np.exp(-((xx - px) ** 2 + (yy - 155.0) ** 2) / (2 * 10.0**2))).astype(np.float32)
+    s8 = cells[cells.sample_id == "s8"]
+    m_half, m_abs = _masks(s8, t, z, sig), _masks(s8, ta, za, sig)
+    assert m_half.any() and (m_abs == m_half).all()
+    plain = compute_zone_thresholds(summ, SAMPLES, zones=[ZoneConfig(name="C", channels=["C"], threshold=ThresholdConfig(
+        mode="absolute", value=value))]).set_index("sample_id")
+    assert (plain["tumor_offset"] == 0).all()
+    assert not _masks(s8, plain, za, sig)[np.hypot(xx - 150.0, yy - 155.0) < 8].any()
+    omap = zone_offset_map(ta.reset_index(), za, "s8", cells=s8, zones=[za, TUMOR_ZONE], grid_um=2.0, n_cols=300)
+    assert omap((0, 150))[0] == pytest.approx(offset_rows(*lat, off_t, off_s, grid_um=2.0, rows=(0, 150), n_cols=300))
+    assert zone_offset_map(plain.reset_index(), za, "s8", cells=s8, zones=[za], grid_um=2.0, n_cols=300) is None
+
+
+@pytest.mark.parametrize(("threshold", "match"), [
+    ({"mode": "absolute", "value": 1.0, "tumor_offset": -3.0},
+     "give both 'tumor_offset' and 'stroma_offset'"),
+    ({"mode": "halfmax", "tumor_offset": -3.0, "stroma_offset": 4.0},
+     "'tumor_offset' and 'stroma_offset' are for mode 'absolute' \\(mode 'halfmax' computes its own"),
+])
+def test_threshold_offsets_that_cannot_be_used_are_refused(threshold, match):
+    from chemozone.config import config_from_dict
+    from chemozone.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"phenotypes": {"markers": {"C": {}, "panCK": {}}},
+                          "zones": [{"name": "C", "channels": ["C"], "threshold": threshold},
+                                    {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]})
+
+
+def test_absolute_offsets_without_a_gated_tumor_zone_are_refused():
+    from chemozone.config import config_from_dict
+    from chemozone.errors import ConfigError
+
+    zone = {"name": "C", "channels": ["C"],
+            "threshold": {"mode": "absolute", "value": 1.0, "tumor_offset": -3.0, "stroma_offset": 4.0}}
+    with pytest.raises(ConfigError, match=r"zones\[0\] 'C': threshold tumor_offset/stroma_offset follow the tumor "
+                                          r"fraction, which needs a 'source: tumor' zone whose channel is in "
+                                          r"phenotypes.markers \(tumor zone channels: none\)"):
+        config_from_dict({"zones": [zone]})
+    with pytest.raises(ConfigError, match=r"tumor zone channels: \['panCK'\]"):
+        config_from_dict({"zones": [zone, {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]})
+    cfg = config_from_dict({"phenotypes": {"markers": {"PanCK": {}}},  # gated under another spelling
+                            "zones": [zone, {"name": "tumor", "source": "tumor", "channels": ["Pan-CK (Opal 690)"]}]})
+    assert cfg.zones[0].threshold.offsets == (-3.0, 4.0)

@@ -33,12 +33,30 @@ class ThresholdConfig(_Section):
     compartments: bool = True
     """halfmax: a background per tissue compartment (tumor, stroma) when the config has a ``source: tumor`` zone
     whose channel is a gated marker (:mod:`chemozone._zone_compartments`); false: one background for the tissue."""
+    tumor_offset: float | None = None
+    """absolute: the background's offset in tumor nests, in the signal's units (with ``stroma_offset``; the zone
+    review saves both from a ``halfmax`` run with compartment backgrounds). The zone is where the signal minus
+    ``t × tumor_offset + (1 - t) × stroma_offset`` reaches ``value``, ``t`` being the tumor fraction around the
+    position (:mod:`chemozone._zone_compartments`; needs a ``source: tumor`` zone whose channel is gated)."""
+    stroma_offset: float | None = None
+    """absolute: the background's offset in stroma (see ``tumor_offset``)."""
 
     @model_validator(mode="after")
     def _absolute_needs_value(self) -> ThresholdConfig:
         if self.mode == "absolute" and self.value is None:
             raise ValueError("mode 'absolute' needs a 'value'")
+        if (self.tumor_offset is None) != (self.stroma_offset is None):
+            raise ValueError("give both 'tumor_offset' and 'stroma_offset' (the background in tumor and in stroma), "
+                             "or neither")
+        if self.tumor_offset is not None and self.mode != "absolute":
+            raise ValueError(f"'tumor_offset' and 'stroma_offset' are for mode 'absolute' (mode '{self.mode}' "
+                             "computes its own: halfmax's compartments); remove them or set mode: absolute")
         return self
+
+    @property
+    def offsets(self) -> tuple[float, float] | None:
+        """``(tumor_offset, stroma_offset)`` of an absolute threshold that has them, else None."""
+        return None if self.tumor_offset is None else (float(self.tumor_offset), float(self.stroma_offset))
 
 
 class ZoneConfig(_Section):

@@ -23,8 +23,8 @@ __all__ = ["compute_zone_thresholds", "background_threshold"]
 
 THRESHOLD_COLUMNS = ["sample_id", "zone", "channel", "threshold", "mode", "warning", "tumor_offset", "stroma_offset"]
 """``tumor_offset``, ``stroma_offset``: the background's offsets in tumor and stroma (``halfmax`` with a tumor marker,
-:mod:`chemozone._zone_compartments`; 0 otherwise): the zone is where the signal minus the offset map reaches
-``threshold``."""
+:mod:`chemozone._zone_compartments`, or an ``absolute`` threshold's own; 0 otherwise): the zone is where the signal
+minus the offset map reaches ``threshold``."""
 
 
 def _pooled_values(rows: pd.DataFrame, n: int = 4001) -> np.ndarray:
@@ -236,7 +236,7 @@ def _channel_thresholds(
         return (_halfmax_thresholds(csum, cells, samples, sids, tc, smooth_um=smooth_um, where=where),
                 f"halfmax_f{tc.fraction:g}")
     if tc.mode == "absolute":
-        return [(float(tc.value), "")] * len(sids), "absolute"
+        return [(float(tc.value), "", *(tc.offsets or (0.0, 0.0)))] * len(sids), "absolute"
     if tc.mode == "pooled":
         t = _auto_threshold(_pooled_values(csum), tc.method)
         return [(t, "")] * len(sids), f"pooled_{tc.method}"
@@ -276,7 +276,7 @@ def compute_zone_thresholds(
     DataFrame
         ``sample_id, zone, channel, threshold, mode, warning, tumor_offset, stroma_offset`` (threshold in
         background-corrected image units of that channel; ``warning`` is ``""`` or says why a fallback was used;
-        the offsets are 0 unless a ``halfmax`` zone has compartment backgrounds).
+        the offsets are 0 unless a ``halfmax`` zone has compartment backgrounds or an ``absolute`` one gives them).
 
     Raises
     ------

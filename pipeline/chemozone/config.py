@@ -410,6 +410,20 @@ def _default_pixel_threshold(zone: ZoneConfig, markers: dict[str, Any]) -> ZoneC
     return halfmax if set(halfmax_producer_markers(halfmax).values()) <= set(markers) else zone
 
 
+def _check_absolute_offsets(zones: list[ZoneConfig], markers: dict[str, Any]) -> None:
+    """Absolute thresholds with background offsets need tumor cells: a ``source: tumor`` zone whose channel is a
+    marker in ``phenotypes.markers`` (channel names matched as images' are)."""
+    from .io._channels import normalize_channel_name
+
+    gated = {normalize_channel_name(m) for m in markers}
+    tumor = [ch for z in zones if z.source == "tumor" for ch in z.channels]
+    for i, z in enumerate(zones):
+        if z.threshold.offsets is not None and not any(normalize_channel_name(ch) in gated for ch in tumor):
+            raise ValueError(f"zones[{i}] '{z.name}': threshold tumor_offset/stroma_offset follow the tumor fraction, "
+                             f"which needs a 'source: tumor' zone whose channel is in phenotypes.markers (tumor "
+                             f"zone channels: {tumor or 'none'}); add them or remove the offsets")
+
+
 class Config(_Section):
     """A whole experiment."""
 
@@ -441,6 +455,7 @@ class Config(_Section):
                 raise ValueError(f"zones[{i}] '{z.name}': threshold mode 'halfmax' gates the producer cells, but "
                                  f"{missing} is not in phenotypes.markers; add a gate for it (e.g. method: reference) "
                                  "or set the zone's producer_marker")
+        _check_absolute_offsets(self.zones, self.phenotypes.markers)
         for i, pair in enumerate(self.spatial.cognate_pairs):
             if pair.zone not in names:
                 raise ValueError(

@@ -81,6 +81,7 @@ from .grid import block_mean, cell_grid_index, grid_factor, grid_shape
 
 __all__ = [
     "N_QUANTILES",
+    "zone_offset_map",
     "grid_factor",
     "cell_grid_index",
     "downsample_to_grid",
@@ -415,6 +416,42 @@ class _OffsetMap:
         lat, s = self.lattice
         return np.stack([offset_rows(lat, s, a, b, grid_um=self.grid_um, rows=rows, n_cols=self.n_cols)
                          for a, b in self.offsets])
+
+
+def zone_offset_map(thresholds: pd.DataFrame, zone: ZoneConfig, sample_id: str, *, cells: pd.DataFrame | None,
+                    zones: Sequence[ZoneConfig], grid_um: float, n_cols: int):
+    """The background offset map that pass B subtracts from one sample's zone signal before thresholding, or None
+    when the sample's thresholds for the zone carry no offsets (``tumor_offset`` / ``stroma_offset`` of
+    :func:`compute_zone_thresholds`: ``halfmax`` with compartment backgrounds, or an ``absolute`` threshold's own).
+
+    Parameters
+    ----------
+    thresholds : DataFrame
+        :func:`compute_zone_thresholds` rows (``zone_thresholds.parquet``).
+    zone : ZoneConfig
+    sample_id : str
+    cells : DataFrame or None
+        The sample's phenotyped cells (``x_um, y_um`` and the tumor zone's ``{channel}_pos``).
+    zones : list of ZoneConfig
+        The config's zones (its ``source: tumor`` zone names the tumor marker).
+    grid_um, n_cols : float, int
+        The analysis grid's pixel size and width.
+
+    Returns
+    -------
+    callable or None
+        ``offset((r0, r1))`` -> float32 (n_channels, r1 - r0, n_cols): the ``offset=`` of
+        :func:`threshold_zone_signal`, as :func:`build_zones` passes it.
+
+    Raises
+    ------
+    MissingStepError
+        The thresholds have offsets but ``cells`` lacks the tumor zone's marker gate.
+    """
+    offs = _sample_channel_offsets(thresholds, zone, sample_id)
+    if offs is None:
+        return None
+    return _OffsetMap(_tumor_lattice(cells, zones, zone), offs, grid_um, n_cols)
 
 
 def _pixel_zone_masks(

@@ -172,9 +172,11 @@ def to_raw(threshold: float, setup: dict[str, Any]) -> float:
 
 # ---------------------------------------------------------------------------------------------- zones
 def update_zone_config(config_path: str | Path, zone: str, *, threshold: float | None = None,
-                       smooth_um: float | None = None) -> Path:
+                       smooth_um: float | None = None, offsets: tuple[float, float] | None = None) -> Path:
     """Write a reviewed zone threshold (``threshold: {mode: absolute, value}``) and smoothing into a config YAML.
 
+    ``offsets``: the (tumor, stroma) background offsets the reviewed preview subtracted, written with the value
+    (``tumor_offset``, ``stroma_offset``) so that the run builds the zone that was reviewed.
     Other keys and zones are kept; the result is validated before it replaces the file.
 
     Raises
@@ -201,6 +203,8 @@ def update_zone_config(config_path: str | Path, zone: str, *, threshold: float |
         entry["smooth_um"] = float(smooth_um)
     if threshold is not None:
         entry["threshold"] = {"mode": "absolute", "value": float(threshold)}
+        if offsets is not None:
+            entry["threshold"].update(tumor_offset=float(offsets[0]), stroma_offset=float(offsets[1]))
     config_from_dict(data, source=str(path), base_dir=path.parent)  # validate before writing
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path

@@ -6,7 +6,8 @@ Library calls: :func:`chemozone.io.read_image`, :func:`chemozone.io.read_labels_
 :func:`chemozone.options.zone_signal_options` + :func:`chemozone.zones.zone_signal` (the signal, as
 ``chemozone run`` computes it), :func:`chemozone.zones.module_score` (slider range),
 :func:`chemozone.zones.threshold_zone_signal` (the preview mask), :func:`chemozone.zones.zone_channel_thresholds`
-(the thresholds the run used) and :func:`chemozone_napari._review.update_zone_config` (save).
+(the thresholds the run used), :func:`chemozone.zones.zone_offset_map` (the run's tumor / stroma background offsets,
+subtracted as the run does) and :func:`chemozone_napari._review.update_zone_config` (save).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class ZoneReviewWidget(QWidget):
     *Compute signal* runs :func:`chemozone.zones.zone_signal` (in a worker thread) with the chosen smoothing;
     moving the threshold updates the preview layer at once; *Save* writes ``threshold: {mode: absolute,
     value}`` and ``smooth_um`` of the zone into the experiment config YAML.
+
+    When the run's thresholds of this sample's zone carry background offsets (``halfmax`` with tumor and stroma
+    backgrounds), the preview subtracts the same offset map as the run, so at the run's threshold it shows the run's
+    zone, and *Save* writes the offsets with the value (``tumor_offset``, ``stroma_offset``). Zones of several
+    channels are previewed without offsets (the info line says so).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -48,6 +54,9 @@ class ZoneReviewWidget(QWidget):
         self.signal: np.ndarray | None = None
         self.tissue: np.ndarray | None = None
         self.grid_um: float | None = None
+        self.offset = None  # the run's background offset map of this sample's zone (zone_offset_map), or None
+        self.offsets: tuple[float, float] | None = None  # its (tumor, stroma) offsets
+        self._offset_note = ""
         self._updating = False
         self._build_ui()
         self.zone_box.currentTextChanged.connect(self._on_zone)
@@ -115,6 +124,7 @@ class ZoneReviewWidget(QWidget):
         if z is None:
             return
         self.signal = None
+        self.offset, self.offsets, self._offset_note = None, None, ""
         self.smooth.setValue(z.smooth_um)
         thr = self._threshold_used(name)
         if thr is None and z.threshold.value is not None:
@@ -175,7 +185,7 @@ class ZoneReviewWidget(QWidget):
             idx = resolve_channels(img.channels, zone.channels, aliases=self._cfg.panel.aliases, source=img.path)
             sig = zone_signal(img.data, channel_indices=idx, pixel_size_um=img.pixel_size_um, grid_um=grid_um,
                               tissue=tissue, **zone_signal_options(zone))
-            return np.asarray(sig), tissue, grid_um
+            return (np.asarray(sig), tissue, grid_um, *self._run_offset(zone, grid_um, np.shape(sig)[-1]))
 
         if block:
             self._on_signal(work())
@@ -191,13 +201,39 @@ class ZoneReviewWidget(QWidget):
         worker.start()
         return worker
 
+    def _run_offset(self, zone, grid_um: float, n_cols: int):
+        """The run's background offset map of this sample's zone, its (tumor, stroma) offsets and a note for the
+        info line: ``(None, None, "")`` without a run, offsets or when they cannot be reproduced here."""
+        import pandas as pd
+
+        from chemozone.zones import zone_offset_map
+
+        sample = layer_sample(self._context_layer())
+        run = sample.run if sample is not None else None
+        if run is None or not run.zone_thresholds.is_file():
+            return None, None, ""
+        thr = pd.read_parquet(run.zone_thresholds)
+        rows = thr[(thr["sample_id"].astype(str) == sample.sample_id) & (thr["zone"] == zone.name)]
+        if not {"tumor_offset", "stroma_offset"} <= set(rows.columns) or not (
+                rows["tumor_offset"].abs().sum() + rows["stroma_offset"].abs().sum()):
+            return None, None, ""
+        if len(zone.channels) > 1:
+            return None, None, ("; the run subtracted tumor/stroma background offsets per channel, which this preview "
+                                "of several channels does not")
+        cells = pd.read_parquet(sample.cells) if sample.cells.is_file() else None
+        offset = zone_offset_map(thr, zone, sample.sample_id, cells=cells, zones=self._cfg.zones, grid_um=grid_um,
+                                 n_cols=n_cols)
+        offsets = (float(rows["tumor_offset"].iloc[0]), float(rows["stroma_offset"].iloc[0]))
+        return offset, offsets, (f"; with the run's background offsets (tumor {offsets[0]:.4g}, stroma "
+                                 f"{offsets[1]:.4g}), saved with the threshold")
+
     def _on_error(self, exc):
         self.info.setText(f"error: {exc}")
 
     def _on_signal(self, result):
         from chemozone.zones import module_score
 
-        sig, self.tissue, self.grid_um = result
+        sig, self.tissue, self.grid_um, self.offset, self.offsets, self._offset_note = result
         self.signal = sig if sig.ndim == 3 else sig[None]
         # absolute mode: one threshold t for every channel, so the zone is module_score(signal, 1) >= t
         score = module_score(self.signal, np.ones(self.signal.shape[0]))
@@ -215,9 +251,9 @@ class ZoneReviewWidget(QWidget):
         self.set_threshold(slider_value(step, self._range))
 
     def preview_mask(self) -> np.ndarray | None:
-        """The zone mask that ``chemozone run`` builds with this threshold (``mode: absolute``) and smoothing:
-        :func:`chemozone.zones.threshold_zone_signal` (module mean ≥ threshold, in tissue, holes filled,
-        small pieces removed)."""
+        """The zone mask that ``chemozone run`` builds with this threshold (``mode: absolute``, with the run's
+        background offsets when it had them) and smoothing: :func:`chemozone.zones.threshold_zone_signal` (module
+        mean ≥ threshold, in tissue, holes filled, small pieces removed)."""
         if self.signal is None:
             return None
         from chemozone.zones import threshold_zone_signal
@@ -226,7 +262,7 @@ class ZoneReviewWidget(QWidget):
         thr = [float(self.thr.value())] * self.signal.shape[0]
         tissue = self.tissue if self.tissue is not None and self.tissue.shape == self.signal.shape[1:] else None
         return threshold_zone_signal(self.signal, thr, tissue, grid_um=self.grid_um, min_area_um2=z.min_area_um2,
-                                     fill_holes=z.fill_holes)
+                                     fill_holes=z.fill_holes, offset=self.offset)
 
     def set_threshold(self, value: float):
         """Move the threshold and update the preview layer."""
@@ -241,7 +277,8 @@ class ZoneReviewWidget(QWidget):
             mask = self.preview_mask().astype(np.uint8)
             self._show_preview(mask)
             tissue_px = int(self.tissue.sum()) if self.tissue is not None else mask.size
-            self.info.setText(f"{100 * mask.sum() / max(tissue_px, 1):.1f} % of the tissue in the zone")
+            self.info.setText(f"{100 * mask.sum() / max(tissue_px, 1):.1f} % of the tissue in the zone"
+                              + self._offset_note)
         finally:
             self._updating = False
 
@@ -261,6 +298,6 @@ class ZoneReviewWidget(QWidget):
 
         path = Path(path or self.config_path.text())
         out = update_zone_config(path, self.zone_box.currentText(), threshold=float(self.thr.value()),
-                                 smooth_um=float(self.smooth.value()))
+                                 smooth_um=float(self.smooth.value()), offsets=self.offsets)
         self.info.setText(f"saved zone '{self.zone_box.currentText()}' to {out}")
         return out
