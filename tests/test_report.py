@@ -9,6 +9,7 @@ import subprocess
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from chemozone.cli import cli_report
@@ -107,6 +108,34 @@ def test_report_on_real_tiny_run(tmp_path):
     run = stats.load_run(tmp_path / "run")
     assert len(run["zone_overlap"]) and len(stats.receptor_overlap_counts(run))
     assert len(stats.metric_table(run, "zone_area")) == len(run["samples"])
+    # how the zones were called: every distinct threshold of zone_thresholds.parquet, with the patients it served
+    zt = pd.read_parquet(tmp_path / "run" / "zone_thresholds.parquet")
+    assert len(run["zone_thresholds"]) == len(zt) and "patient" in run["zone_thresholds"].columns
+    table = text[text.index("Zone thresholds (the cohort step's"):]
+    table = table[:table.index("</details>")]
+    for (_, thr), g in zt.merge(run["samples"][["sample_id", "patient"]]).groupby(["zone", "threshold"]):
+        assert f"<td>{thr:.4g}</td>" in table and f"<td>{', '.join(sorted(set(g['patient'])))}</td>" in table
+
+
+def test_zone_thresholds_table_groups_samples_by_threshold():
+    """One row per distinct (zone, channel, mode, threshold, offsets), listing the patients it served and the
+    fallback warnings; no table without thresholds (a run without pixel zones, or an older run folder)."""
+    from chemozone.report import _zone_thresholds
+
+    zt = pd.DataFrame({"sample_id": ["a0", "a8", "b0", "b8"], "patient": ["A", "A", "B", "B"], "zone": "C",
+                       "channel": "C", "mode": "halfmax_f0.5", "threshold": [60.5, 60.5, 70.0, 70.0],
+                       "warning": ["", "", "too few", ""], "tumor_offset": [-39.5, -39.5, 0.0, 0.0],
+                       "stroma_offset": [39.5, 39.5, 0.0, 0.0]})
+    html_text = _zone_thresholds({"zone_thresholds": zt})
+    rows = re.findall(r"<tr>\s*(.*?)\s*</tr>", html_text, flags=re.S)  # the header row has a style
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows]
+    assert cells == [["C", "C", "halfmax_f0.5", "60.5", "-39.5", "39.5", "2", "A", ""],
+                     ["C", "C", "halfmax_f0.5", "70", "0", "0", "2", "B", "too few"]]
+    assert "Tumor and stroma offsets" in html_text
+    assert "Tumor and stroma offsets" not in _zone_thresholds({"zone_thresholds": zt.assign(tumor_offset=0.0,
+                                                                                           stroma_offset=0.0)})
+    assert _zone_thresholds({"zone_thresholds": pd.DataFrame({"sample_id": pd.Series(dtype=str)})}) == ""
+    assert _zone_thresholds({}) == ""
 
 
 # ---------------------------------------------------------------------------------- any cohort renders (issue 14)

@@ -308,7 +308,30 @@ def _zone_area(run: dict[str, Any], nb: int, seed: int) -> str:
     fits: list[pd.DataFrame] = []
     fig = _dose_figure(za, [(c, c[len("area_fraction_"):]) for c in cols[:9]], ylabel="zone area fraction",
                        n_bootstrap=nb, seed=seed, fits_out=fits, ci_method=_ci_method(run))
-    return fig + _fit_summary(fits)
+    return fig + _fit_summary(fits) + _zone_thresholds(run)
+
+
+def _zone_thresholds(run: dict[str, Any]) -> str:
+    """How the pixel zones were called: the cohort step's thresholds, one row per distinct value (a reference mode
+    gives one per patient) with its compartment offsets, the samples it applies to and any fallback warning."""
+    zt = run.get("zone_thresholds")
+    if zt is None or not len(zt) or not {"zone", "channel", "mode", "threshold"} <= set(zt.columns):
+        return ""
+    keys = [c for c in ("zone", "channel", "mode", "threshold", "tumor_offset", "stroma_offset") if c in zt.columns]
+    who = "patient" if "patient" in zt.columns else "sample_id"
+    zt = zt.assign(warning=zt["warning"].fillna("").astype(str) if "warning" in zt.columns else "")
+    rows = zt.groupby(keys, dropna=False, sort=False).agg(
+        n_samples=("sample_id", "nunique"),
+        applies_to=(who, lambda v: ", ".join(sorted({str(x) for x in v}))),
+        warning=("warning", lambda v: "; ".join(sorted({w for w in v if w})))).reset_index()
+    offsets = ("tumor_offset" in rows.columns and bool((rows[["tumor_offset", "stroma_offset"]].abs() > 0).any().any()))
+    why = (" Tumor and stroma offsets: the background in tumor nests and in stroma relative to the reference cells' "
+           "median; the zone is where the signal minus the offset at the position's tumor fraction reaches the "
+           "threshold." if offsets else "")
+    intro = f"One row per distinct threshold; applies_to lists the {who}s it was used for." + why
+    return ("<details><summary>Zone thresholds (the cohort step's, <code>zone_thresholds.parquet</code>; image units "
+            f"after background subtraction)</summary><p>{html.escape(intro)}</p>"
+            + _table(rows, floatfmt="{:.4g}") + "</details>")
 
 
 def _pairs(run: dict[str, Any]) -> list[tuple[str, str, list[str]]]:

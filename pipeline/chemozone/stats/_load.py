@@ -12,10 +12,11 @@ import pandas as pd
 
 from ..errors import ConfigError, MissingStepError, RunError
 
-TABLES = ("cells", "infiltration", "zones", "samples", "gates", "zone_overlap")
-_OPTIONAL = {"zone_overlap"}  # absent in run folders written before it existed: empty, not an error
+TABLES = ("cells", "infiltration", "zones", "samples", "gates", "zone_overlap", "zone_thresholds")
+_OPTIONAL = {"zone_overlap", "zone_thresholds"}  # absent in older run folders, or without pixel zones: empty
 _STEP = {
     "zone_overlap": "chemozone run (spatial step)",
+    "zone_thresholds": "chemozone run (cohort step)",
     "cells": "chemozone run (quantify + phenotype + spatial)",
     "infiltration": "chemozone run (spatial step)",
     "zones": "chemozone run (zones step)",
@@ -32,12 +33,13 @@ def load_run(out: str | os.PathLike, *, tables: Sequence[str] = TABLES, missing:
     out : path
         The run folder (holds ``run.json``).
     tables : sequence of str
-        Which of ``cells, infiltration, zones, samples, gates, zone_overlap`` to read (``samples`` is always
-        read).
+        Which of ``cells, infiltration, zones, samples, gates, zone_overlap, zone_thresholds`` to read
+        (``samples`` is always read).
     missing : {"raise", "empty"}
         A requested table that is absent raises :class:`MissingStepError` (``"raise"``) or comes back as
         an empty DataFrame (``"empty"``). ``zone_overlap`` (new in run folders of this version) always
         comes back empty when absent; :func:`receptor_overlap_counts` then says what to re-run.
+        ``zone_thresholds`` (the cohort step's, written when the config has pixel or tumor zones) too.
 
     Returns
     -------
@@ -66,7 +68,8 @@ def load_run(out: str | os.PathLike, *, tables: Sequence[str] = TABLES, missing:
     run = read_run_json(out)
     lay = RunLayout(out)
     paths = {"cells": lay.cohort_cells, "infiltration": lay.cohort_infiltration, "zones": lay.cohort_zones,
-             "samples": lay.cohort_samples, "gates": lay.gates, "zone_overlap": lay.cohort_zone_overlap}
+             "samples": lay.cohort_samples, "gates": lay.gates, "zone_overlap": lay.cohort_zone_overlap,
+             "zone_thresholds": lay.zone_thresholds}
     eff = dict(((run.get("config") or {}).get("stats") or {}).get("effectiveness") or {})
     result: dict[str, Any] = {"run": run, "effectiveness": eff}
     wanted = ["samples"] + [t for t in tables if t != "samples"]
