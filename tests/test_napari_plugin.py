@@ -563,6 +563,53 @@ def test_zone_widget_previews_and_saves_the_runs_background_offsets(make_napari_
 
 
 @gui
+def test_zone_widget_saves_a_modules_mean_offsets_which_give_its_preview(make_napari_viewer, run_folder, tmp_path):
+    """A module (two channels) whose run offsets differ by channel: the preview (one threshold for both channels)
+    equals the mask that the saved config builds, the channels' mean offsets on both, and Save writes that mean."""
+    import json
+
+    from chemozone.config import load_config
+    from chemozone.layout import write_parquet
+    from chemozone.zones import threshold_zone_signal, zone_offset_map
+    from chemozone_napari._zone_widget import ZoneReviewWidget
+
+    lay = RunLayout(run_folder)
+    prov = json.loads(lay.run_json.read_text())
+    prov["config"]["zones"] += [{"name": "M", "channels": ["CXCL10", "CD3"], "smooth_um": 4.0,
+                                 "threshold": {"mode": "absolute", "value": 0.5}},
+                                {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]
+    lay.run_json.write_text(json.dumps(prov))
+    thr = pd.DataFrame({"sample_id": "s1", "zone": "M", "channel": ["CXCL10", "CD3"], "threshold": [400.0, 300.0],
+                        "mode": "halfmax_f0.5", "warning": "", "tumor_offset": [-600.0, -200.0],
+                        "stroma_offset": [0.0, 100.0]})
+    write_parquet(thr, lay.zone_thresholds)
+    viewer = make_napari_viewer()
+    viewer.open(str(run_folder), plugin="chemozone")
+    w = ZoneReviewWidget(viewer)
+    w.zone_box.setCurrentText("M")
+    sig = w.compute_signal(block=True)
+    assert sig.shape[0] == 2 and w.offsets == (-400.0, 50.0)
+    assert "tumor -400, stroma 50, the mean over the module's channels" in w._offset_note
+    w.set_threshold(350.0)
+    m = np.asarray(viewer.layers["zone preview: M"].data).astype(bool)
+    cells = pd.read_parquet(lay.cells("s1"))
+    saved = thr.assign(tumor_offset=-400.0, stroma_offset=50.0)  # what the saved config's thresholds table holds
+    omap = zone_offset_map(saved, w.zone, "s1", cells=cells, zones=w._cfg.zones, grid_um=GRID_UM, n_cols=sig.shape[-1])
+    z = w.zone
+    built = threshold_zone_signal(sig, [350.0, 350.0], w.tissue, grid_um=GRID_UM, min_area_um2=z.min_area_um2,
+                                  fill_holes=z.fill_holes, offset=omap)
+    plain = threshold_zone_signal(sig, [350.0, 350.0], w.tissue, grid_um=GRID_UM, min_area_um2=z.min_area_um2,
+                                  fill_holes=z.fill_holes)
+    assert (m == built).all() and (m != plain).any()
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(yaml.safe_dump({"phenotypes": {"markers": {"panCK": {}}},
+                                        "zones": [{"name": "M", "channels": ["CXCL10", "CD3"]},
+                                                  {"name": "tumor", "source": "tumor", "channels": ["panCK"]}]}))
+    w.save(cfg_path)
+    assert load_config(cfg_path).zones[0].threshold.offsets == (-400.0, 50.0)
+
+
+@gui
 def test_screenshot_shows_labels(make_napari_viewer, run_folder):
     viewer = make_napari_viewer(show=True)  # a hidden canvas renders black under xvfb/llvmpipe
     viewer.open(str(run_folder), plugin="chemozone")

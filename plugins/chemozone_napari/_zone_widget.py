@@ -44,8 +44,8 @@ class ZoneReviewWidget(QWidget):
 
     When the run's thresholds of this sample's zone carry background offsets (``halfmax`` with tumor and stroma
     backgrounds), the preview subtracts the same offset map as the run, so at the run's threshold it shows the run's
-    zone, and *Save* writes the offsets with the value (``tumor_offset``, ``stroma_offset``). Zones of several
-    channels are previewed without offsets (the info line says so).
+    zone, and *Save* writes the offsets with the value (``tumor_offset``, ``stroma_offset``; a module's: the mean
+    over its channels, which gives the same preview with one threshold for every channel).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -202,8 +202,12 @@ class ZoneReviewWidget(QWidget):
         return worker
 
     def _run_offset(self, zone, grid_um: float, n_cols: int):
-        """The run's background offset map of this sample's zone, its (tumor, stroma) offsets and a note for the
-        info line: ``(None, None, "")`` without a run, offsets or when they cannot be reproduced here."""
+        """The run's background offset map of this sample's zone, the (tumor, stroma) offsets to save and a note for
+        the info line; ``(None, None, "")`` without a run or offsets.
+
+        A module's channels may have different offsets. The preview gives every channel the same threshold, so its
+        score ``mean_k((s_k - o_k) / t)`` depends on the offsets' mean only, and that mean is what is saved: the saved
+        config builds the zone the preview shows."""
         import pandas as pd
 
         from chemozone.zones import zone_offset_map
@@ -213,19 +217,18 @@ class ZoneReviewWidget(QWidget):
         if run is None or not run.zone_thresholds.is_file():
             return None, None, ""
         thr = pd.read_parquet(run.zone_thresholds)
-        rows = thr[(thr["sample_id"].astype(str) == sample.sample_id) & (thr["zone"] == zone.name)]
+        rows = thr[(thr["sample_id"].astype(str) == sample.sample_id) & (thr["zone"] == zone.name)
+                   & thr["channel"].isin(zone.channels)]
         if not {"tumor_offset", "stroma_offset"} <= set(rows.columns) or not (
                 rows["tumor_offset"].abs().sum() + rows["stroma_offset"].abs().sum()):
             return None, None, ""
-        if len(zone.channels) > 1:
-            return None, None, ("; the run subtracted tumor/stroma background offsets per channel, which this preview "
-                                "of several channels does not")
         cells = pd.read_parquet(sample.cells) if sample.cells.is_file() else None
         offset = zone_offset_map(thr, zone, sample.sample_id, cells=cells, zones=self._cfg.zones, grid_um=grid_um,
                                  n_cols=n_cols)
-        offsets = (float(rows["tumor_offset"].iloc[0]), float(rows["stroma_offset"].iloc[0]))
+        offsets = (float(rows["tumor_offset"].mean()), float(rows["stroma_offset"].mean()))
+        mean = ", the mean over the module's channels" if len(zone.channels) > 1 else ""
         return offset, offsets, (f"; with the run's background offsets (tumor {offsets[0]:.4g}, stroma "
-                                 f"{offsets[1]:.4g}), saved with the threshold")
+                                 f"{offsets[1]:.4g}{mean}), saved with the threshold")
 
     def _on_error(self, exc):
         self.info.setText(f"error: {exc}")
