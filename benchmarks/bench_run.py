@@ -1,6 +1,7 @@
 """Batch runner scaling and out-of-core memory.
 
-    python benchmarks/bench_run.py workers [--preset demo]     # 1 vs 2 local Dask workers on the demo cohort
+    python benchmarks/bench_run.py workers [--preset demo] [--size N]  # 1 vs 2 local Dask workers on the demo cohort
+                                                               # (--size: its images N px a side instead)
     python benchmarks/bench_run.py large [--size 16384]        # the large synthetic image end to end, peak RSS
     python benchmarks/bench_run.py crop                        # large run vs a whole-image run on a 2048² crop
 
@@ -33,11 +34,13 @@ def _run(cohort: Path, out: Path, workers: int, extra=()) -> float:
 
 
 def workers(args) -> None:
-    cohort = args.dir / f"cohort_{args.preset}"
+    name = f"{args.preset}_{args.size}" if args.size else args.preset
+    cohort = args.dir / f"cohort_{name}"
     if not (cohort / "samples.csv").exists():
-        subprocess.run([EXE, "synth", str(cohort), "--preset", args.preset], check=True)
-    t1 = _run(cohort, args.dir / "run_w1", 1)
-    t2 = _run(cohort, args.dir / "run_w2", 2)
+        subprocess.run([EXE, "synth", str(cohort), "--preset", args.preset]
+                       + (["--size", str(args.size)] if args.size else []), check=True)
+    t1 = _run(cohort, args.dir / f"run_{name}_w1", 1)
+    t2 = _run(cohort, args.dir / f"run_{name}_w2", 2)
     print(f"{'workers':<10}{'wall s':>10}")
     print(f"{1:<10}{t1:>10.1f}")
     print(f"{2:<10}{t2:>10.1f}")

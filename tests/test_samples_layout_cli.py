@@ -127,6 +127,35 @@ def test_layout_paths_and_fingerprint(tmp_path):
     assert fp["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
+def test_file_fingerprint_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    """A run fingerprints each input for run.json and again for step A's stamp: the second call reads nothing; a
+    rewritten file (new size or mtime) is read again, and a returned record is the caller's to change."""
+    import builtins
+
+    from chemozone import layout
+
+    f = tmp_path / "img.tif"
+    f.write_bytes(b"a" * 1000)
+    reads = []
+    real_open = builtins.open
+
+    def counting_open(path, *args, **kwargs):
+        if str(path) == str(f):
+            reads.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    one = layout.file_fingerprint(f)
+    one["sha256"] = "changed by the caller"
+    two = layout.file_fingerprint(f)
+    assert len(reads) == 1 and two["sha256"] != "changed by the caller" and two["size"] == 1000
+    f.write_bytes(b"b" * 1000)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewrite a second later, same size
+    three = layout.file_fingerprint(f)
+    assert len(reads) == 2 and three["sha256"] != two["sha256"]
+
+
 def test_cli_version_and_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

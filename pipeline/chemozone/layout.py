@@ -13,6 +13,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -450,12 +451,13 @@ def file_fingerprint(path: str | os.PathLike, *, full_hash_limit_bytes: int = 25
 
     Files up to ``full_hash_limit_bytes`` are hashed whole; larger ones hash their size plus the first
     and last 8 MiB and the mtime (``hash_kind = "sampled"``), so that fingerprinting a 20 GB slide stays
-    cheap. Directories (``.zarr``) hash the sorted list of (relative path, size, mtime).
+    cheap. Directories (``.zarr``) hash the sorted list of (relative path, size, mtime). A file is read once per
+    process for the same path, size and mtime (a run records each input in ``run.json`` and in step A's stamp).
     """
     path = Path(path)
     st = path.stat()
-    h = hashlib.sha256()
     if path.is_dir():
+        h = hashlib.sha256()
         total = 0
         for p in sorted(path.rglob("*")):
             if p.is_file():
@@ -463,7 +465,13 @@ def file_fingerprint(path: str | os.PathLike, *, full_hash_limit_bytes: int = 25
                 total += s.st_size
                 h.update(f"{p.relative_to(path)}:{s.st_size}:{s.st_mtime_ns}".encode())
         return {"path": str(path), "size": total, "mtime": st.st_mtime, "sha256": h.hexdigest(), "hash_kind": "listing"}
-    size = st.st_size
+    return dict(_file_fingerprint(str(path), st.st_size, st.st_mtime_ns, st.st_mtime, int(full_hash_limit_bytes)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_fingerprint(path: str, size: int, mtime_ns: int, mtime: float, full_hash_limit_bytes: int
+                      ) -> dict[str, Any]:
+    h = hashlib.sha256()
     with open(path, "rb") as fh:
         if size <= full_hash_limit_bytes:
             for block in iter(lambda: fh.read(4 * 2**20), b""):
@@ -475,9 +483,9 @@ def file_fingerprint(path: str | os.PathLike, *, full_hash_limit_bytes: int = 25
             h.update(fh.read(chunk))
             fh.seek(size - chunk)
             h.update(fh.read(chunk))
-            h.update(str(st.st_mtime_ns).encode())
+            h.update(str(mtime_ns).encode())
             kind = "sampled"
-    return {"path": str(path), "size": size, "mtime": st.st_mtime, "sha256": h.hexdigest(), "hash_kind": kind}
+    return {"path": path, "size": size, "mtime": mtime, "sha256": h.hexdigest(), "hash_kind": kind}
 
 
 def package_versions() -> dict[str, str]:
