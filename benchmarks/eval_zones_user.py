@@ -42,12 +42,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
-from chemozone._zone_compartments import (  # noqa: E402
-    offset_rows,
-    tumor_cells,
-    tumor_fraction_at,
-    tumor_fraction_lattice,
-)
+from chemozone._zone_compartments import offset_rows, sample_tumor_lattice, tumor_fraction_at  # noqa: E402
 from chemozone._zone_halfmax import signal_at_cells  # noqa: E402
 from chemozone.config import ThresholdConfig, ZoneConfig  # noqa: E402
 from chemozone.grid import block_mean, grid_factor  # noqa: E402
@@ -104,10 +99,7 @@ def run_tumor_lattice(cells: pd.DataFrame, run: Path):
     """The tumor-fraction lattice of a sample as the run's cohort step and step B build it (its tumor zone's marker
     gate, :mod:`chemozone._zone_compartments`), or None when the run's config has no gated tumor marker."""
     zones = [ZoneConfig(**z) for z in json.loads(RunLayout(run).run_json.read_text())["config"]["zones"]]
-    is_tumor = tumor_cells(cells, zones)
-    if is_tumor is None:
-        return None
-    return tumor_fraction_lattice(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float), is_tumor)
+    return sample_tumor_lattice(cells, zones)
 
 
 def _offset(lattice, offsets: tuple[float, float], grid_um: float, n_cols: int):

@@ -138,6 +138,18 @@ def test_zone_thresholds_table_groups_samples_by_threshold():
     assert _zone_thresholds({}) == ""
 
 
+
+def test_zone_section_shows_the_thresholds_without_a_dose_figure(tmp_path):
+    """The thresholds table belongs to the zones section whatever its dose figure says (here: no zones table)."""
+    from chemozone.report import _section
+
+    zt = pd.DataFrame({"sample_id": ["a0"], "patient": ["A"], "zone": "C", "channel": "C", "mode": "absolute",
+                       "threshold": [5.0], "warning": [""], "tumor_offset": [0.0], "stroma_offset": [0.0]})
+    run = {"run": {"config": {}}, "zones": pd.DataFrame({"sample_id": pd.Series(dtype=str)}), "zone_thresholds": zt}
+    text = _section("zones", run, tmp_path, 0, 0)
+    assert "No zones table (run the zones step)." in text and "Zone thresholds (the cohort step's" in text
+
+
 # ---------------------------------------------------------------------------------- any cohort renders (issue 14)
 def _reshape_run(out, *, samples_fn, keep=None):
     """Rewrite a fabricated run's sample sheet (and drop the metadata the cohort tables carry, as a real run's

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["SIGMA_UM", "PURE", "MIN_CELLS", "tumor_fraction_lattice", "tumor_fraction_at", "compartment_offsets",
-           "offset_rows", "tumor_cells"]
+           "offset_rows", "tumor_cells", "sample_tumor_lattice"]
 
 SIGMA_UM = 20.0
 """Gaussian sigma of the tumor fraction, µm (about two cell diameters: a cell's own neighbourhood)."""
@@ -63,6 +63,30 @@ def tumor_cells(cells: Any, zones: Sequence[Any]) -> np.ndarray | None:
     if not cols:
         return None
     return np.logical_or.reduce([cells[c].to_numpy(object) == True for c in cols])  # noqa: E712 - None/NaN: not tumor
+
+
+def sample_tumor_lattice(cells: Any, zones: Sequence[Any]) -> tuple[np.ndarray, float] | None:
+    """One sample's tumor-fraction lattice from its phenotyped cells (``x_um, y_um`` and the tumor zone's gate,
+    :func:`tumor_cells`), as the cohort step and step B build it; None when no tumor marker is gated.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from chemozone.config import ZoneConfig
+    >>> cells = pd.DataFrame({"x_um": [10.0, 200.0], "y_um": [10.0, 10.0], "panCK_pos": [True, False]})
+    >>> lat, s = sample_tumor_lattice(cells, [ZoneConfig(name="T", source="tumor", channels=["panCK"])])
+    >>> float(lat[0, 1]), float(lat[0, 40])
+    (1.0, 0.0)
+    """
+    is_tumor = tumor_cells(cells, zones)
+    if is_tumor is None:
+        return None
+    return tumor_fraction_lattice(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float), is_tumor)
+
+
+def _lattice_index(pos_um: Any, spacing_um: float, n: int) -> np.ndarray:
+    """The lattice cell (along one axis) that each position (µm) falls in, clipped to the lattice's ``n`` cells."""
+    return np.clip((np.asarray(pos_um, float) / spacing_um).astype(np.int64), 0, n - 1)
 
 
 def tumor_fraction_lattice(x_um: Any, y_um: Any, is_tumor: Any, *, sigma_um: float = SIGMA_UM
@@ -98,9 +122,7 @@ def tumor_fraction_lattice(x_um: Any, y_um: Any, is_tumor: Any, *, sigma_um: flo
     x, y = np.clip(np.asarray(x_um, float), 0, None), np.clip(np.asarray(y_um, float), 0, None)
     t = np.asarray(is_tumor, bool)
     shape = (int(y.max() // s) + 1 if y.size else 1, int(x.max() // s) + 1 if x.size else 1)
-    iy = np.clip((y / s).astype(np.int64), 0, shape[0] - 1)
-    ix = np.clip((x / s).astype(np.int64), 0, shape[1] - 1)
-    flat = iy * shape[1] + ix
+    flat = _lattice_index(y, s, shape[0]) * shape[1] + _lattice_index(x, s, shape[1])
     n = shape[0] * shape[1]
     allc = np.bincount(flat, minlength=n).astype(np.float64).reshape(shape)
     tum = np.bincount(flat, weights=t.astype(np.float64), minlength=n).reshape(shape)
@@ -121,8 +143,7 @@ def tumor_fraction_at(lattice: np.ndarray, spacing_um: float, x_um: Any, y_um: A
     >>> tumor_fraction_at(np.array([[0.0, 1.0]], np.float32), 5.0, [2.0, 7.0, 99.0], [1.0, 1.0, 1.0]).tolist()
     [0.0, 1.0, 1.0]
     """
-    iy = np.clip((np.asarray(y_um, float) / spacing_um).astype(np.int64), 0, lattice.shape[0] - 1)
-    ix = np.clip((np.asarray(x_um, float) / spacing_um).astype(np.int64), 0, lattice.shape[1] - 1)
+    iy, ix = _lattice_index(y_um, spacing_um, lattice.shape[0]), _lattice_index(x_um, spacing_um, lattice.shape[1])
     return lattice[iy, ix].astype(np.float64)
 
 
@@ -173,9 +194,7 @@ def offset_rows(lattice: np.ndarray, spacing_um: float, tumor_offset: float, str
     >>> offset_rows(np.array([[1.0, 0.0]], np.float32), 5.0, -39.0, 40.0, grid_um=2.0, rows=(0, 1), n_cols=5).tolist()
     [[-39.0, -39.0, 40.0, 40.0, 40.0]]
     """
-    yc = (np.arange(rows[0], rows[1]) + 0.5) * grid_um
-    xc = (np.arange(n_cols) + 0.5) * grid_um
-    iy = np.clip((yc / spacing_um).astype(np.int64), 0, lattice.shape[0] - 1)
-    ix = np.clip((xc / spacing_um).astype(np.int64), 0, lattice.shape[1] - 1)
+    iy = _lattice_index((np.arange(rows[0], rows[1]) + 0.5) * grid_um, spacing_um, lattice.shape[0])
+    ix = _lattice_index((np.arange(n_cols) + 0.5) * grid_um, spacing_um, lattice.shape[1])
     t = lattice[iy][:, ix].astype(np.float64)
     return (t * tumor_offset + (1.0 - t) * stroma_offset).astype(np.float32)

@@ -308,7 +308,7 @@ def _zone_area(run: dict[str, Any], nb: int, seed: int) -> str:
     fits: list[pd.DataFrame] = []
     fig = _dose_figure(za, [(c, c[len("area_fraction_"):]) for c in cols[:9]], ylabel="zone area fraction",
                        n_bootstrap=nb, seed=seed, fits_out=fits, ci_method=_ci_method(run))
-    return fig + _fit_summary(fits) + _zone_thresholds(run)
+    return fig + _fit_summary(fits)
 
 
 def _zone_thresholds(run: dict[str, Any]) -> str:
@@ -533,8 +533,8 @@ def _section(key: str, run: dict[str, Any], out: Path, nb: int, seed: int) -> st
         return _guarded(_qc, out, run)
     if key == "gates":
         return _guarded(_gates, run)
-    if key == "zones":
-        return _guarded(_zone_area, run, nb, seed)
+    if key == "zones":  # the thresholds table also when the cohort has no dose response to show
+        return _guarded(_zone_area, run, nb, seed) + _guarded(_zone_thresholds, run)
     if key == "infiltration":
         return _guarded(_infiltration, run, nb, seed)
     if key == "cognate":

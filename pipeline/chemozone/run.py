@@ -498,16 +498,15 @@ def _tumor_fractions(pos, cfg: Config):
     sample by sample; None without a gated tumor marker."""
     import numpy as np
 
-    from ._zone_compartments import tumor_cells, tumor_fraction_at, tumor_fraction_lattice
+    from ._zone_compartments import sample_tumor_lattice, tumor_fraction_at
 
-    is_tumor = tumor_cells(pos, cfg.zones)
-    if is_tumor is None:
-        return None
     out = np.full(len(pos), np.nan)
     for _, idx in pos.groupby(pos["sample_id"].astype(str)).indices.items():
-        x, y = pos["x_um"].to_numpy(float)[idx], pos["y_um"].to_numpy(float)[idx]
-        lat, s = tumor_fraction_lattice(x, y, is_tumor[idx])
-        out[idx] = tumor_fraction_at(lat, s, x, y)
+        cells = pos.iloc[idx]
+        lattice = sample_tumor_lattice(cells, cfg.zones)
+        if lattice is None:  # no gated tumor marker (every sample has the same columns)
+            return None
+        out[idx] = tumor_fraction_at(*lattice, cells["x_um"], cells["y_um"])
     return out
 
 

@@ -82,6 +82,7 @@ from .grid import block_mean, cell_grid_index, grid_factor, grid_shape
 __all__ = [
     "N_QUANTILES",
     "zone_offset_map",
+    "zone_channel_offsets",
     "grid_factor",
     "cell_grid_index",
     "downsample_to_grid",
@@ -383,18 +384,27 @@ def _sample_channel_thresholds(thresholds: pd.DataFrame | None, zone: ZoneConfig
 
 def _tumor_lattice(cells: pd.DataFrame | None, zones: Sequence[ZoneConfig], zone: ZoneConfig):
     """The sample's tumor-fraction lattice, for a zone whose thresholds carry compartment offsets."""
-    from ._zone_compartments import tumor_cells, tumor_fraction_lattice  # noqa: PLC0415
+    from ._zone_compartments import sample_tumor_lattice  # noqa: PLC0415
 
-    is_tumor = None if cells is None else tumor_cells(cells, zones)
-    if is_tumor is None:
+    lattice = None if cells is None else sample_tumor_lattice(cells, zones)
+    if lattice is None:
         raise MissingStepError(f"zones '{zone.name}': its thresholds have tumor and stroma background offsets, which "
                                "need the phenotyped cells with the tumor zone's marker gate ({channel}_pos)")
-    return tumor_fraction_lattice(cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float), is_tumor)
+    return lattice
 
 
-def _sample_channel_offsets(thresholds: pd.DataFrame, zone: ZoneConfig, sample_id: str) -> list[tuple[float, float]] | None:
-    """The (tumor, stroma) background offsets of this sample's zone channels, or None when all are 0 (or the table
-    has none: written before they existed)."""
+def zone_channel_offsets(thresholds: pd.DataFrame, zone: ZoneConfig, sample_id: str) -> list[tuple[float, float]] | None:
+    """The (tumor, stroma) background offsets of one sample's zone channels (in ``zone.channels`` order; 0 for a
+    channel the table lacks), or None when all are 0 or the table has no offset columns (written before they
+    existed): what :func:`zone_offset_map` and :func:`build_zones` subtract, from :func:`compute_zone_thresholds`.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"sample_id": ["s"], "zone": ["C"], "channel": ["C"], "tumor_offset": [-3.0],
+    ...                   "stroma_offset": [4.0]})
+    >>> zone_channel_offsets(t, ZoneConfig(name="C", channels=["C"]), "s")
+    [(-3.0, 4.0)]
+    """
     if not {"tumor_offset", "stroma_offset"} <= set(thresholds.columns):
         return None
     t = thresholds[(thresholds["sample_id"].astype(str) == str(sample_id)) & (thresholds["zone"] == zone.name)]
@@ -448,7 +458,7 @@ def zone_offset_map(thresholds: pd.DataFrame, zone: ZoneConfig, sample_id: str, 
     MissingStepError
         The thresholds have offsets but ``cells`` lacks the tumor zone's marker gate.
     """
-    offs = _sample_channel_offsets(thresholds, zone, sample_id)
+    offs = zone_channel_offsets(thresholds, zone, sample_id)
     if offs is None:
         return None
     return _OffsetMap(_tumor_lattice(cells, zones, zone), offs, grid_um, n_cols)
@@ -548,7 +558,7 @@ def build_zones(
                                            min_producers=zone.min_producers)}
         else:
             thr = _sample_channel_thresholds(thresholds, zone, sample_id)
-            offs = _sample_channel_offsets(thresholds, zone, sample_id)
+            offs = zone_channel_offsets(thresholds, zone, sample_id)
             offset = None
             if offs is not None:
                 if not lattice:

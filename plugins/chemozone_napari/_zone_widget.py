@@ -210,22 +210,21 @@ class ZoneReviewWidget(QWidget):
         config builds the zone the preview shows."""
         import pandas as pd
 
-        from chemozone.zones import zone_offset_map
+        from chemozone.zones import zone_channel_offsets, zone_offset_map
 
         sample = layer_sample(self._context_layer())
         run = sample.run if sample is not None else None
         if run is None or not run.zone_thresholds.is_file():
             return None, None, ""
         thr = pd.read_parquet(run.zone_thresholds)
-        rows = thr[(thr["sample_id"].astype(str) == sample.sample_id) & (thr["zone"] == zone.name)
-                   & thr["channel"].isin(zone.channels)]
-        if not {"tumor_offset", "stroma_offset"} <= set(rows.columns) or not (
-                rows["tumor_offset"].abs().sum() + rows["stroma_offset"].abs().sum()):
+        per_channel = zone_channel_offsets(thr, zone, sample.sample_id)
+        if per_channel is None:
             return None, None, ""
-        cells = pd.read_parquet(sample.cells) if sample.cells.is_file() else None
+        cells = pd.read_parquet(sample.cells) if sample.cells.is_file() else None  # only when the map needs them
         offset = zone_offset_map(thr, zone, sample.sample_id, cells=cells, zones=self._cfg.zones, grid_um=grid_um,
                                  n_cols=n_cols)
-        offsets = (float(rows["tumor_offset"].mean()), float(rows["stroma_offset"].mean()))
+        a, b = np.mean(per_channel, axis=0)
+        offsets = (float(a), float(b))
         mean = ", the mean over the module's channels" if len(zone.channels) > 1 else ""
         return offset, offsets, (f"; with the run's background offsets (tumor {offsets[0]:.4g}, stroma "
                                  f"{offsets[1]:.4g}{mean}), saved with the threshold")
