@@ -18,7 +18,9 @@ from chemozone.config import MarkerConfig, ZoneConfig
 from chemozone.layout import RunLayout
 from chemozone.plausibility import (
     ABUNDANT_POSITIVE_FRACTION,
+    MAX_ZONE_FRACTION,
     MIN_TISSUE_FRACTION,
+    MIN_ZONE_FRACTION,
     RARE_POSITIVE_FRACTION,
     density_bounds_per_mm2,
     format_warning,
@@ -29,6 +31,7 @@ from chemozone.plausibility import (
     positive_counts,
     sample_checks,
     warning_record,
+    zone_area_checks,
     zone_threshold_checks,
 )
 
@@ -195,6 +198,84 @@ def test_cli_summary_prints_warnings_after_the_done_line(capsys, tmp_path):
     assert lines[2] == "warning: [no_cells] sample 's2': 0 cells segmented"
     assert len(lines) == 1 + 30 + 1 and re.match(r"^\.\.\. and 12 more warnings in .*run\.json$", lines[-1])
     assert cap.err.strip() == "failed: sample 's3' failed in segment: boom"
+
+
+# ------------------------------------------------------------------------------------------ zone areas
+def _zone_rows(zone, fractions, source="pixels"):
+    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(len(fractions))], "zone": zone, "source": source,
+                         "area_fraction": fractions})
+
+
+def test_a_zone_covering_one_samples_tissue_is_a_sample_warning():
+    w = _one(zone_area_checks(_zone_rows("CXCL8", [0.97, 0.5, 0.2])), "zone_covers_tissue")
+    assert w["sample"] == "s0" and w["value"] == pytest.approx(0.97)
+    assert re.search(r"^zone CXCL8 covers 97 % of the tissue \(> 95 %\): its threshold is at or below this "
+                     r"sample's background; review it", w["message"])
+
+
+def test_a_zone_covering_every_samples_tissue_is_one_cohort_warning():
+    w = _one(zone_area_checks(_zone_rows("IFN", [0.99, 0.96, 1.0])), "zone_covers_tissue")
+    assert w["sample"] is None and w["value"] == pytest.approx(0.96)
+    assert re.search(r"^zone IFN covers more than 95 % of the tissue in all 3 samples: .*no cell is outside it",
+                     w["message"])
+
+
+def test_a_zone_near_empty_in_every_sample_is_one_cohort_warning():
+    w = _one(zone_area_checks(_zone_rows("CCL5", [0.0, 0.0004, 0.0])), "zone_near_empty")
+    assert w["sample"] is None and w["value"] == pytest.approx(0.0004)
+    assert re.search(r"^zone CCL5 covers less than 0.1 % of the tissue in all 3 samples \(largest 0.04 %\): its "
+                     r"threshold is above the signal, or its producer gate above the producers", w["message"])
+    w = _one(zone_area_checks(_zone_rows("CCL5", [0.0])), "zone_near_empty")
+    assert "in the only sample (largest 0 %)" in w["message"]
+
+
+def test_zone_area_checks_stay_quiet_at_the_bounds_and_for_other_sources():
+    quiet = pd.concat([
+        _zone_rows("edge", [MAX_ZONE_FRACTION, MIN_ZONE_FRACTION]),  # the bounds themselves are plausible
+        _zone_rows("sham_only_empty", [0.0, 0.0, 0.3]),  # a zone absent from some samples is biology
+        _zone_rows("tumor_intraepithelial", [1.0, 1.0], source="tumor"),  # a biopsy can be all tumor
+        _zone_rows("annotated", [0.0, 0.0], source="regions"),
+        _zone_rows("no_tissue", [float("nan"), 0.5]),  # a sample without tissue has its own warning
+    ], ignore_index=True)
+    assert zone_area_checks(quiet) == []
+    assert zone_area_checks(pd.DataFrame()) == []
+    assert _one(zone_area_checks(_zone_rows("milieu", [0.0, 0.0], source="producers")), "zone_near_empty")
+
+
+@pytest.mark.parametrize("value, code, where", [(-1e9, "zone_covers_tissue", "in all 4 samples: its threshold is at or below"),
+                                                (1e9, "zone_near_empty", "in all 4 samples (largest 0 %)")])
+def test_an_implausible_zone_is_done_but_warned_everywhere(tmp_path_factory, capsys, value, code, where):
+    """A run whose CXCL8 zone threshold (absolute, as the napari review saves it) is below the background or above
+    the signal: every sample finishes, and run.json, the CLI summary and the report say so."""
+    import yaml
+
+    from chemozone.synth import generate_cohort
+
+    cohort = tmp_path_factory.mktemp("tiny")
+    generate_cohort(cohort, preset="tiny", seed=3)
+    cfg = yaml.safe_load((cohort / "config.yaml").read_text())
+    cxcl8 = next(z for z in cfg["zones"] if z["name"] == "CXCL8")
+    cxcl8["threshold"] = {"mode": "absolute", "value": value}
+    (cohort / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = cohort / "run"
+    assert main(["run", str(cohort), "--config", str(cohort / "bad.yaml"), "--out", str(out), "--workers", "0",
+                 "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert re.match(r"^4/4 samples done", stdout)
+    assert f"warning: [{code}] cohort: zone CXCL8 covers" in stdout and where in stdout
+    prov = json.loads(RunLayout(out).run_json.read_text())
+    assert all(s["status"] == "done" for s in prov["samples"].values())
+    w = _one(prov["warnings"], code)
+    assert w["sample"] is None and w["message"].startswith("zone CXCL8 covers") and where in w["message"]
+    zones = pd.read_parquet(RunLayout(out).cohort_zones)  # the warning's value is the zones table's fraction
+    f = zones.loc[zones["zone"] == "CXCL8", "area_fraction"]
+    assert w["value"] == pytest.approx(f.min() if code == "zone_covers_tissue" else f.max())
+    assert (f == 1.0).all() if code == "zone_covers_tissue" else (f == 0.0).all()
+    assert not any(x["code"] in ("zone_covers_tissue", "zone_near_empty") and "CXCL8" not in x["message"]
+                   for x in prov["warnings"]), prov["warnings"]
+    text = RunLayout(out).report.read_text(encoding="utf-8")
+    first = text[text.index("<section id='warnings'>"):text.index("<section id='summary'>")]
+    assert code in first and "zone CXCL8 covers" in first
 
 
 # ------------------------------------------------------------------------------------------ end to end

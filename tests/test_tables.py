@@ -203,6 +203,24 @@ def test_halo_five_cores_end_to_end(shared_data, tmp_path):
     assert (out / "report.html").is_file()
 
 
+def test_table_run_warns_of_a_zone_over_all_tissue_and_of_an_empty_one(shared_data, tmp_path, capsys):
+    """Zone-area plausibility in a run on tables alone: a FOXP3+ reach of 3 mm covers every core, a milieu of
+    100,000 CD8+ cells within 20 µm exists nowhere; both runs finish and say so (run.json, CLI summary)."""
+    src = shared_data / "exports" / "halo_spatialtime_5_cores.csv"
+    (tmp_path / "c.yaml").write_text(HALO_CONFIG + (
+        "  - {name: Treg_reach, source: producers, producer_marker: FOXP3, radius_um: 3000}\n"
+        "  - {name: CD8_milieu, source: producers, producer_marker: CD8, radius_um: 20, min_producers: 100000}\n"))
+    out = tmp_path / "run"
+    assert main(["run", str(src), "--cells", "--config", str(tmp_path / "c.yaml"), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    prov = json.loads(RunLayout(out).run_json.read_text())
+    codes = {(w["code"], w["sample"], w["message"].split(" covers")[0]) for w in prov["warnings"]
+             if w["code"].startswith("zone_")}
+    assert codes == {("zone_covers_tissue", None, "zone Treg_reach"), ("zone_near_empty", None, "zone CD8_milieu")}
+    assert "warning: [zone_covers_tissue] cohort: zone Treg_reach covers more than 95 % of the tissue in all 5" in stdout
+    assert "warning: [zone_near_empty] cohort: zone CD8_milieu covers less than 0.1 % of the tissue in all 5" in stdout
+
+
 def test_set4_count_within_reproduces_phenoptr(shared_data, tmp_path):
     """inForm Set4: its nucleus/cell maps as precomputed masks, ``sample_cell_seg_data.csv`` as the table; from
     chemozone's cells.parquet, count_within(CD68+ → CK+, 25 µm) gives phenoptr's 274 cells and 3.28 per cell."""

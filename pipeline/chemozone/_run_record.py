@@ -24,6 +24,7 @@ from .plausibility import (
     marker_checks,
     pixel_size_checks,
     sample_checks,
+    zone_area_checks,
     zone_threshold_checks,
 )
 from .scheduler import StageError
@@ -208,6 +209,23 @@ def marker_warnings(step_b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     rows = [r for rec in step_b.values() for r in (rec or {}).get("positive_counts", [])]
     return marker_checks(pd.DataFrame(rows)) if rows else []
+
+
+def zone_warnings(step_b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """After step B: chemokine zones covering (almost) all of a sample's tissue or almost none of any sample's
+    (from each sample's ``zone_fractions``, :func:`~chemozone.plausibility.zone_area_checks`)."""
+    import pandas as pd
+
+    rows = [r for rec in step_b.values() for r in (rec or {}).get("zone_fractions", [])]
+    return zone_area_checks(pd.DataFrame(rows)) if rows else []
+
+
+def zone_fractions(zones_df) -> list[dict[str, Any]]:
+    """``{sample_id, zone, source, area_fraction}`` of each row of a sample's zones table (the step-B record's
+    ``zone_fractions``; NaN fractions, a sample without tissue, become None)."""
+    return [{"sample_id": str(r.sample_id), "zone": str(r.zone), "source": str(r.source),
+             "area_fraction": float(r.area_fraction) if r.area_fraction == r.area_fraction else None}
+            for r in zones_df[["sample_id", "zone", "source", "area_fraction"]].itertuples(index=False)]
 
 
 # ------------------------------------------------------------------------- inputs and step-A stamps

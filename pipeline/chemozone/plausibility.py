@@ -33,11 +33,20 @@ warning means "look at this", never "tissue of an unusual kind")
                                    at least :data:`MIN_CELLS_FOR_FRACTION` cells) is gated below a negative
                                    population (offset, spillover, autofluorescence), not expressed by
                                    nearly every cell.
+:data:`MAX_ZONE_FRACTION`           95 % of a sample's tissue: a chemokine zone (source ``pixels`` or
+                                   ``producers``) that covers more is no zone: its threshold is at or below
+                                   the tissue's background, every cell is "inside" and nothing is left to
+                                   compare with (irradiated explants: zones of ~1-40 %).
+:data:`MIN_ZONE_FRACTION`           0.1 % of the tissue: a chemokine zone smaller than this in *every* sample
+                                   of the run (about one producer's footprint in 1 mm² of tissue) is a
+                                   threshold above the signal, an unstained channel or a producer gate above
+                                   the producers. Not checked per sample: a zone absent from a sham is biology.
 =================================  =========================================================================
 
 Warning codes: ``pixel_size_from_config``, ``pixel_size_conflict``, ``no_cells``, ``low_cell_density``,
 ``high_cell_density``, ``low_tissue``, ``marker_rarely_positive``, ``marker_mostly_positive``,
-``missing_reference``, ``gate_warning``, ``zone_threshold_warning``.
+``missing_reference``, ``gate_warning``, ``zone_threshold_warning``, ``zone_covers_tissue``,
+``zone_near_empty``.
 """
 
 from __future__ import annotations
@@ -63,6 +72,10 @@ __all__ = [
     "marker_checks",
     "gate_checks",
     "zone_threshold_checks",
+    "zone_area_checks",
+    "MAX_ZONE_FRACTION",
+    "MIN_ZONE_FRACTION",
+    "CHEMOKINE_ZONE_SOURCES",
     "format_warning",
     "pixel_size_checks",
     "positive_counts",
@@ -82,6 +95,12 @@ ABUNDANT_POSITIVE_FRACTION = 0.95
 """A marker positive in more cells (cohort, or a sample) than this fraction is flagged."""
 MIN_CELLS_FOR_FRACTION = 50
 """A sample's positive fraction is judged only when it has at least this many cells."""
+MAX_ZONE_FRACTION = 0.95
+"""A chemokine zone covering more of a sample's tissue than this fraction is flagged (``zone_covers_tissue``)."""
+MIN_ZONE_FRACTION = 0.001
+"""A chemokine zone covering less than this fraction of the tissue in every sample is flagged (``zone_near_empty``)."""
+CHEMOKINE_ZONE_SOURCES = ("pixels", "producers")
+"""Zone sources the zone-area checks judge (tumor compartments and annotated regions may cover any share)."""
 
 _REFERENCE_TEXT = "no reference sample"  # what the gates and zone thresholds write when a group has no reference
 
@@ -326,6 +345,59 @@ def zone_threshold_checks(thresholds: pd.DataFrame) -> list[dict[str, Any]]:
         return []
     t = thresholds.assign(item=thresholds["zone"].astype(str) + "/" + thresholds["channel"].astype(str))
     return _threshold_warnings(t, "item", "zone threshold of", "zone_threshold_warning")
+
+
+def zone_area_checks(zones: pd.DataFrame) -> list[dict[str, Any]]:
+    """Warnings about chemokine zones that cover (almost) all of a sample's tissue, or almost none of any sample's.
+
+    Parameters
+    ----------
+    zones : DataFrame
+        One row per (sample, zone mask), as in the zones tables (``zones.parquet``): ``sample_id``, ``zone``,
+        ``source``, ``area_fraction`` (of the sample's tissue). Sources other than
+        :data:`CHEMOKINE_ZONE_SOURCES` and rows without a finite fraction (no tissue) are not judged.
+
+    Returns
+    -------
+    list of dict
+        ``zone_covers_tissue``: a zone covering more than :data:`MAX_ZONE_FRACTION` of a sample's tissue (one
+        cohort record when it does so in every sample of two or more). ``zone_near_empty``: a zone covering less
+        than :data:`MIN_ZONE_FRACTION` of the tissue in every sample (a cohort record). ``value``: the fraction
+        (the largest over samples for ``zone_near_empty``, the smallest for a cohort ``zone_covers_tissue``).
+
+    >>> z = pd.DataFrame({"sample_id": ["a", "b", "a", "b"], "zone": ["CXCL8", "CXCL8", "CCL5", "CCL5"],
+    ...                   "source": "pixels", "area_fraction": [0.99, 0.2, 0.0, 0.0004]})
+    >>> [(w["code"], w["sample"]) for w in zone_area_checks(z)]
+    [('zone_covers_tissue', 'a'), ('zone_near_empty', None)]
+    """
+    out: list[dict[str, Any]] = []
+    if zones is None or not len(zones):
+        return out
+    z = zones[zones["source"].isin(CHEMOKINE_ZONE_SOURCES)]
+    z = z[pd.to_numeric(z["area_fraction"], errors="coerce").notna()]
+    for zone, sub in z.groupby("zone", sort=False):
+        f = sub["area_fraction"].astype(float)
+        full = sub[f > MAX_ZONE_FRACTION]
+        if len(full) == len(sub) and len(sub) > 1:
+            out.append(warning_record(
+                "zone_covers_tissue", None, f"zone {zone} covers more than {100 * MAX_ZONE_FRACTION:g} % of the "
+                f"tissue in all {len(sub)} samples: its threshold is at or below the tissue's background, so no "
+                "cell is outside it; review it (napari Zone review, zone_thresholds.parquet)", f.min()))
+        else:
+            for r in full.itertuples(index=False):
+                out.append(warning_record(
+                    "zone_covers_tissue", r.sample_id, f"zone {zone} covers {100 * r.area_fraction:.3g} % of the "
+                    f"tissue (> {100 * MAX_ZONE_FRACTION:g} %): its threshold is at or below this sample's "
+                    "background; review it (napari Zone review, zone_thresholds.parquet)", r.area_fraction))
+        if f.max() < MIN_ZONE_FRACTION:
+            n = len(sub)
+            out.append(warning_record(
+                "zone_near_empty", None, f"zone {zone} covers less than {100 * MIN_ZONE_FRACTION:g} % of the tissue "
+                f"in {'all ' + str(n) + ' samples' if n > 1 else 'the only sample'} (largest "
+                f"{100 * f.max():.2g} %): its threshold is above the signal, or its producer gate above the "
+                "producers; review them (napari Zone and Gate review, zone_thresholds.parquet, gates.parquet)",
+                f.max()))
+    return out
 
 
 def positive_counts(cells: pd.DataFrame, sample: str) -> list[dict[str, Any]]:

@@ -530,8 +530,9 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
     ``n_threads``: zones whose distances are computed at a time (:func:`chemozone.spatial.annotate_and_infiltrate`);
     the runner gives more than 1 only to samples that leave worker threads idle (:func:`~chemozone.scheduler.spare_threads`).
 
-    Returns ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "zone_threads", "positive_counts"}`` (``positive_counts``:
-    per gated marker ``{sample_id, marker, n_cells, n_positive}``, for the plausibility checks).
+    Returns ``{"sample_id", "timings_s", "peak_rss_mb", "n_cells", "zone_threads", "positive_counts",
+    "zone_fractions"}`` (for the plausibility checks: ``positive_counts`` per gated marker ``{sample_id, marker,
+    n_cells, n_positive}``, ``zone_fractions`` per zone mask ``{sample_id, zone, source, area_fraction}``).
     """
     import dask
     import pandas as pd
@@ -599,7 +600,7 @@ def process_sample_b(row: dict[str, Any], cfg: Config, out: str | Path, gates, z
                 _stage(sid, "qc", lambda: write_qc(lay.qc(sid), shown, lay.masks(sid), masks, **qc_options(cfg)))
     shutil.rmtree(lay.sample(sid).zone_signal_cache, ignore_errors=True)  # step B done: the signals are not kept
     return {"sample_id": sid, "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1), "n_cells": int(len(cells)),
-            "zone_threads": int(n_threads), "positive_counts": counts}
+            "zone_threads": int(n_threads), "positive_counts": counts, "zone_fractions": record.zone_fractions(zones_df)}
 
 
 def _with_sample_id(cells, sid: str):
@@ -743,8 +744,8 @@ def _run_samples(client, bar, rows, todo, samples, cfg: Config, lay: RunLayout, 
     ok_a, cohort = _run_cohort_step(client, ok_a, samples, cfg, lay, ledger)
     ledger.warn(record.cohort_warnings(cohort))
     _run_step_b(client, bar, ok_a, cfg, lay, cohort, ledger)
-    ledger.warn(record.marker_warnings({sid: s.get("step_b") for sid, s in ledger.prov["samples"].items()
-                                        if s["status"] == "done"}))
+    step_b = {sid: s.get("step_b") for sid, s in ledger.prov["samples"].items() if s["status"] == "done"}
+    ledger.warn(record.marker_warnings(step_b) + record.zone_warnings(step_b))
 
 
 def _start_ledger(samples, cfg: Config, lay: RunLayout, *, on_error, command, images, unreadable

@@ -281,6 +281,7 @@ def _zone_rows(masks: dict[str, Any], tissue, g: float, sid: str, z) -> pd.DataF
 def _step_b(sid: str, cfg: Config, lay: RunLayout, gates, row: dict[str, Any]) -> dict[str, Any]:
     """Per sample: phenotype → zones → spatial, written as the image run writes them."""
     from . import phenotype, spatial
+    from ._run_record import zone_fractions
     from .io import read_labels_zarr, write_labels_zarr
     from .plausibility import positive_counts
 
@@ -306,7 +307,8 @@ def _step_b(sid: str, cfg: Config, lay: RunLayout, gates, row: dict[str, Any]) -
         write_parquet(df, path)
     gated = [f"{m}_pos" for m in cfg.phenotypes.markers]  # the vendor's other flags are not our gates
     return {"sample_id": sid, "n_cells": int(len(cells)), "positive_counts": positive_counts(cells[gated], sid),
-            "tumor_cell_zones": zrec, "timings_s": {"phenotype_zones_spatial": round(time.perf_counter() - t0, 3)}}
+            "zone_fractions": zone_fractions(zones_df), "tumor_cell_zones": zrec,
+            "timings_s": {"phenotype_zones_spatial": round(time.perf_counter() - t0, 3)}}
 
 
 def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: str | Path, *,
@@ -330,7 +332,7 @@ def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: st
     RunResult
         ``exit_code`` 0, or 3 when samples failed under ``on_error="skip"``.
     """
-    from ._run_record import marker_warnings
+    from ._run_record import marker_warnings, zone_warnings
     from .phenotype import compute_gates
     from .run import _stage, merge_cohort
     from .scheduler import StageError, run_log
@@ -367,7 +369,8 @@ def run_cell_tables(input_path: str | Path, config: Config | str | Path, out: st
                     s, cfg, lay, gates, rows[s])))
             except StageError as exc:
                 ledger.fail(exc)
-        ledger.warn(marker_warnings({s: v.get("step_b") for s, v in prov["samples"].items() if v["status"] == "done"}))
+        step_b = {s: v.get("step_b") for s, v in prov["samples"].items() if v["status"] == "done"}
+        ledger.warn(marker_warnings(step_b) + zone_warnings(step_b))
         return _finish(samples, lay, ledger, merge_cohort)
 
 
