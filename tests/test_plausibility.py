@@ -223,8 +223,9 @@ def test_a_zone_covering_every_samples_tissue_is_one_cohort_warning():
 def test_a_zone_near_empty_in_every_sample_is_one_cohort_warning():
     w = _one(zone_area_checks(_zone_rows("CCL5", [0.0, 0.0004, 0.0])), "zone_near_empty")
     assert w["sample"] is None and w["value"] == pytest.approx(0.0004)
-    assert re.search(r"^zone CCL5 covers less than 0.1 % of the tissue in all 3 samples \(largest 0.04 %\): its "
-                     r"threshold is above the signal, or its producer gate above the producers", w["message"])
+    assert re.search(r"^zone CCL5 covers less than 0.1 % of the tissue in all 3 samples \(largest 0.04 %\): unless "
+                     r"the chemokine is absent from every sample, its threshold is above the signal or its producer "
+                     r"gate above the producers", w["message"])
     w = _one(zone_area_checks(_zone_rows("CCL5", [0.0])), "zone_near_empty")
     assert "in the only sample (largest 0 %)" in w["message"]
 

@@ -394,8 +394,9 @@ def zone_area_checks(zones: pd.DataFrame) -> list[dict[str, Any]]:
             out.append(warning_record(
                 "zone_near_empty", None, f"zone {zone} covers less than {100 * MIN_ZONE_FRACTION:g} % of the tissue "
                 f"in {'all ' + str(n) + ' samples' if n > 1 else 'the only sample'} (largest "
-                f"{100 * f.max():.2g} %): its threshold is above the signal, or its producer gate above the "
-                "producers; review them (napari Zone and Gate review, zone_thresholds.parquet, gates.parquet)",
+                f"{100 * f.max():.2g} %): unless the chemokine is absent from every sample, its threshold is above "
+                "the signal or its producer gate above the producers; review them (napari Zone and Gate review, "
+                "zone_thresholds.parquet, gates.parquet)",
                 f.max()))
     return out
 
