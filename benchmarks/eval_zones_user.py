@@ -14,6 +14,8 @@ phenotypes, for every mode below and several smoothing scales, and scores it aga
 * ``pooled otsu`` / ``pooled triangle``: one threshold over the cohort's pooled tissue pixels;
 * ``producers r15`` / ``r20``: tissue within r µm of a cell the run gated positive for the chemokine;
   ``producers r20 n2`` ...: producer milieus, tissue with at least n such cells within r µm (Hoch et al. 2022).
+* ``hull l20 n3 m10`` ...: Hoch et al.'s milieus as imcRtools defines them (``milieu: hull``): producers closer than
+  l µm form a patch, patches of at least n cells keep their convex hull widened by m µm.
 
 Nothing comes from a generator: thresholds are computed from the images by the library; the truth is used
 only to score. Criteria of issue 15 (irradiated samples): median IoU >= 0.8, minimum >= 0.7; sham zone fraction
@@ -67,6 +69,8 @@ MODES = {
 }
 PRODUCER_MILIEUS = [(15.0, 1), (20.0, 1), (20.0, 2), (20.0, 3), (30.0, 3)]
 """Producer zones: (radius_um, min_producers); min_producers > 1 is a producer milieu (Hoch et al. 2022)."""
+HULL_MILIEUS = [(20.0, 1, 10.0), (20.0, 3, 10.0), (20.0, 3, 20.0)]
+"""Hoch et al.'s milieus (``milieu: hull``): (link_um, min_producers, margin_um = radius_um), convex hulls."""
 
 
 def load_cohort(cohort: Path, run: Path, smooths: list[float]) -> tuple[pd.DataFrame, dict]:
@@ -164,13 +168,13 @@ def pixel_mode_rows(samples: pd.DataFrame, data: dict, mode: dict, sm: float) ->
     return rows
 
 
-def producer_rows(samples: pd.DataFrame, data: dict, radius_um: float, min_producers: int = 1) -> list[dict]:
+def producer_rows(samples: pd.DataFrame, data: dict, radius_um: float, min_producers: int = 1, **milieu) -> list[dict]:
     rows = []
     for s in samples.itertuples():
         d = data[s.sample_id]
         for c in d["chems"]:
             m = producer_zone(d["cells"], d["tissue"], grid_um=d["grid_um"], producer_marker=c, radius_um=radius_um,
-                              min_producers=min_producers)
+                              min_producers=min_producers, **milieu)
             rows.append(_row(s, c, m, d))
     return rows
 
@@ -184,6 +188,9 @@ def evaluate(name: str, cohort: Path, run: Path, smooths: list[float]) -> pd.Dat
     for r, n in PRODUCER_MILIEUS:
         out.append({"generator": name, "mode": f"producers r{r:g}" + (f" n{n}" if n > 1 else ""),
                     "smooth_um": float("nan"), **_scores(producer_rows(samples, data, r, n))})
+    for link, n, margin in HULL_MILIEUS:
+        out.append({"generator": name, "mode": f"hull l{link:g} n{n} m{margin:g}", "smooth_um": float("nan"),
+                    **_scores(producer_rows(samples, data, margin, n, milieu="hull", link_um=link))})
     return pd.DataFrame(out)
 
 

@@ -17,6 +17,7 @@ from chemozone.zones import (
     compute_zone_thresholds,
     downsample_to_grid,
     grid_factor,
+    producer_patches,
     producer_zone,
     signal_summary,
     threshold_zone_signal,
@@ -456,6 +457,102 @@ def test_min_producers_needs_source_producers_and_a_positive_count():
     with pytest.raises(ValueError, match="min_producers must be >= 1"):
         producer_zone(pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "P_pos": [True]}), np.ones((2, 2), bool),
                       grid_um=2.0, producer_marker="P", radius_um=2.0, min_producers=0)
+
+
+# ---------------------------------------------------------------- Hoch et al.'s milieus: hulls of producer patches
+def test_producer_patches_by_hand():
+    """Two patches linked within 15 µm (a triangle, a pair) and a lone producer: the triangle's convex hull widened
+    by 5 µm has area A + P r + π r² (Minkowski sum with a disc; shapely's circle is a 32-gon, 0.6 % less area);
+    the pair is a capsule 2 r wide; min_producers 3 keeps the triangle only; margin 0 gives the bare triangle."""
+    x, y = [0, 10, 0, 200, 210, 400], [0, 0, 10, 0, 0, 400]
+    p = producer_patches(x, y, link_um=15, min_producers=1, margin_um=5)
+    assert len(p) == 3
+    disc = 16 * 25 * np.sin(np.pi / 16)  # the 32-gon's area, radius 5
+    assert p[0].area == pytest.approx(50 + (20 + 200**0.5) * 5 + disc, rel=1e-3)
+    assert p[1].area == pytest.approx(10 * 10 + disc, rel=1e-3)
+    assert p[2].area == pytest.approx(disc, rel=1e-9)
+    (tri,) = producer_patches(x, y, link_um=15, min_producers=3, margin_um=5)
+    assert tri.equals(p[0])
+    assert producer_patches(x, y, link_um=15, min_producers=3)[0].area == pytest.approx(50.0)
+    assert producer_patches(x, y, link_um=9, min_producers=2) == []  # nothing closer than 9 µm
+    assert producer_patches([], [], link_um=15) == []
+
+
+def test_a_concave_hull_follows_an_l_shaped_patch():
+    """An L of producers (arms two cells thick, 5 µm apart): the convex hull fills the corner's triangle, a concave
+    hull (ratio 0.2) does not, and both contain every producer."""
+    import shapely
+
+    x = [v for v in range(0, 25, 5) for _ in (0, 5)] + [0, 5] * 3
+    y = [0, 5] * 5 + [v for v in range(10, 25, 5) for _ in (0, 5)]
+    (convex,) = producer_patches(x, y, link_um=6, margin_um=2)
+    (concave,) = producer_patches(x, y, link_um=6, margin_um=2, hull_ratio=0.2)
+    assert concave.area < 0.85 * convex.area
+    assert shapely.contains_xy(concave, np.asarray(x, float), np.asarray(y, float)).all()
+    assert not shapely.contains_xy(concave, 11.0, 11.0) and shapely.contains_xy(convex, 11.0, 11.0)
+    with pytest.raises(ValueError, match=r"hull_ratio must be in \(0, 1\], got 0"):
+        producer_patches(x, y, link_um=6, hull_ratio=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(2.0, 12.0), st.integers(1, 4))
+def test_hull_milieus_rasterise_the_patches_exactly(seed, margin_um, n_min):
+    """The hull milieu is the set of tissue pixels whose centre lies in a patch's milieu (shapely, brute force), and
+    every producer of a kept patch lies in its zone with the whole disc of the margin around it."""
+    import shapely
+
+    rng = np.random.default_rng(seed)
+    shape, g = (23, 31), 2.0
+    cells = pd.DataFrame({"x_um": rng.uniform(0, shape[1] * g, 14), "y_um": rng.uniform(0, shape[0] * g, 14)})
+    cells["P_pos"] = rng.random(14) < 0.7
+    tissue = rng.random(shape) < 0.9
+    got = producer_zone(cells, tissue, grid_um=g, producer_marker="P", radius_um=margin_um, min_producers=n_min,
+                        milieu="hull", link_um=15.0)
+    p = cells[cells["P_pos"]]
+    patches = producer_patches(p["x_um"], p["y_um"], link_um=15.0, min_producers=n_min, margin_um=margin_um)
+    yy, xx = (np.mgrid[: shape[0], : shape[1]] + 0.5) * g
+    inside = np.zeros(shape, bool)
+    for q in patches:
+        inside |= shapely.contains_xy(q, xx, yy)
+    on_edge = np.zeros(shape, bool)  # pixel centres within 1e-6 µm of an outline: either answer is right
+    for q in patches:
+        on_edge |= shapely.distance(q.boundary, shapely.points(xx, yy)) < 1e-6
+    np.testing.assert_array_equal((got & tissue)[~on_edge], (inside & tissue)[~on_edge])
+    assert not (got & ~tissue).any()
+    kept = np.zeros(len(p), bool)
+    for q in patches:
+        kept |= shapely.contains_xy(q, p["x_um"].to_numpy(), p["y_um"].to_numpy())
+    inradius = 0.99 * margin_um  # GEOS' buffer: a 32-gon circle, and its simplification within 1 % of the margin
+    for x0, y0 in p[kept][["x_um", "y_um"]].to_numpy():
+        disc = (xx - x0) ** 2 + (yy - y0) ** 2 < (inradius - 1e-6) ** 2
+        assert got[disc & tissue].all()
+
+
+def test_a_hull_milieu_zone_through_build_zones_and_its_config():
+    """``source: producers, milieu: hull`` in a config reaches build_zones; the keys that go with it are checked."""
+    cells = pd.DataFrame({"cell_id": [1, 2, 3, 4], "x_um": [20.0, 30.0, 25.0, 150.0],
+                          "y_um": [20.0, 20.0, 30.0, 150.0], "CXCL10_pos": [True] * 4})
+    tissue = np.ones((100, 100), bool)
+    zone = ZoneConfig(name="M", source="producers", producer_marker="CXCL10", milieu="hull", link_um=15.0,
+                      min_producers=3, radius_um=10.0)
+    masks, df = build_zones(None, cells, tissue, pixel_size_um=2.0, grid_um=2.0, zones=[zone], thresholds=None,
+                            sample_id="s", channels=[])
+    want = producer_zone(cells, tissue, grid_um=2.0, producer_marker="CXCL10", radius_um=10.0, min_producers=3,
+                         milieu="hull", link_um=15.0)
+    np.testing.assert_array_equal(masks["M"], want)
+    assert want.any() and not want[75, 75]  # the lone producer at (150, 150) µm makes no milieu
+    assert df["area_mm2"].iloc[0] == pytest.approx(want.sum() * 4e-6)
+    with pytest.raises(ConfigError, match=r"zone 'C': milieu, link_um go\(es\) with source 'producers'"):
+        config_from_dict({"zones": [{"name": "C", "channels": ["C"], "milieu": "hull", "link_um": 10}]})
+    with pytest.raises(ConfigError, match="zone 'P': link_um and hull_ratio go with milieu: hull"):
+        config_from_dict({"zones": [{"name": "P", "source": "producers", "producer_marker": "C", "link_um": 10}]})
+    with pytest.raises(ConfigError, match="hull_ratio"):
+        config_from_dict({"zones": [{"name": "P", "source": "producers", "producer_marker": "C", "milieu": "hull",
+                                     "hull_ratio": 1.5}]})
+    again = config_from_dict({"zones": [zone.model_dump(mode="json"), {"name": "C", "channels": ["C"]}]})
+    assert again.zones[0] == zone  # a run's config record reads back (defaults of the other zone are no error)
+    with pytest.raises(ValueError, match="milieu must be 'discs' or 'hull', got 'blob'"):
+        producer_zone(cells, tissue, grid_um=2.0, producer_marker="CXCL10", radius_um=5.0, milieu="blob")
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])

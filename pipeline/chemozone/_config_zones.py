@@ -86,7 +86,18 @@ class ZoneConfig(_Section):
     """producers: zone = tissue within this distance of a producer cell, µm."""
     min_producers: int = Field(1, ge=1)
     """producers: at least this many producer cells within ``radius_um`` of a pixel (a producer milieu as in
-    Hoch et al. 2022: a lone producer makes no zone); 1 = within ``radius_um`` of any producer."""
+    Hoch et al. 2022: a lone producer makes no zone); 1 = within ``radius_um`` of any producer. With ``milieu:
+    hull``: the smallest patch of linked producers that makes a milieu."""
+    milieu: Literal["discs", "hull"] = "discs"
+    """producers: ``discs`` = tissue with at least ``min_producers`` producers within ``radius_um``; ``hull`` = the
+    milieus of Hoch et al. 2022 (imcRtools ``patchDetection``): producers closer than ``link_um`` form one patch,
+    patches of at least ``min_producers`` cells keep their hull, widened by ``radius_um`` (the margin)."""
+    link_um: float = Field(20.0, gt=0)
+    """producers with ``milieu: hull``: two producers whose centres are closer than this are in one patch, µm
+    (20 µm: touching cells or one cell apart)."""
+    hull_ratio: float = Field(1.0, gt=0, le=1)
+    """producers with ``milieu: hull``: 1 = each patch's convex hull; below 1 a concave hull (shapely's
+    ``concave_hull`` ratio: smaller follows the producers more tightly)."""
     bands_um: list[float] = Field(default_factory=lambda: [25.0, 100.0])
     """tumor / tumor_cells: margin/peritumoral band edges outside the epithelium, µm."""
     tumor_column: str = "cell_type"
@@ -116,6 +127,13 @@ class ZoneConfig(_Section):
             raise ValueError(f"zone '{self.name}': threshold mode 'halfmax' needs producer cells (source 'pixels')")
         if self.min_producers > 1 and self.source != "producers":
             raise ValueError(f"zone '{self.name}': min_producers goes with source 'producers'")
+        # like min_producers: judged by value (not by the keys given), so a run's config record reads back
+        fields = type(self).model_fields
+        hull_keys = [k for k in ("milieu", "link_um", "hull_ratio") if getattr(self, k) != fields[k].default]
+        if hull_keys and self.source != "producers":
+            raise ValueError(f"zone '{self.name}': {', '.join(hull_keys)} go(es) with source 'producers'")
+        if self.milieu != "hull" and {"link_um", "hull_ratio"} & set(hull_keys):
+            raise ValueError(f"zone '{self.name}': link_um and hull_ratio go with milieu: hull")
         if self.source == "producers" and not self.producer_marker:
             raise ValueError(f"zone '{self.name}' with source 'producers' needs 'producer_marker'")
         if (self.source == "regions") != (self.region_class is not None):

@@ -7,6 +7,7 @@ boolean grid masks out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,10 +143,14 @@ def producer_zone(
     radius_um: float,
     producer_cell_types: Sequence[str] | None = None,
     min_producers: int = 1,
+    milieu: str = "discs",
+    link_um: float = 20.0,
+    hull_ratio: float = 1.0,
 ) -> np.ndarray:
     """Tissue within ``radius_um`` of producer cells (``{producer_marker}_pos``) on the grid, or, with
     ``min_producers`` > 1, tissue with at least that many producer cells within ``radius_um`` (a producer milieu
-    in the sense of Hoch et al. 2022: a lone producer makes no zone, a cluster does).
+    in the sense of Hoch et al. 2022: a lone producer makes no zone, a cluster does); with ``milieu="hull"``, the
+    patches of :func:`producer_patches` (hulls of linked producers, widened by ``radius_um``).
 
     Parameters
     ----------
@@ -162,13 +167,19 @@ def producer_zone(
         Only producers of these ``cell_type`` values (None or empty = all).
     min_producers : int
         A pixel is in the zone when at least this many producers (each cell counted, several may share a grid
-        pixel) lie within ``radius_um`` of it; 1 = within ``radius_um`` of any producer.
+        pixel) lie within ``radius_um`` of it; 1 = within ``radius_um`` of any producer. ``milieu="hull"``: the
+        smallest patch that makes a milieu.
+    milieu : {"discs", "hull"}
+        ``discs``: as above, on the grid pixels holding the producers; ``hull``: Hoch et al.'s milieus from the
+        producers' exact positions (:func:`producer_patches` with ``margin_um=radius_um``).
+    link_um, hull_ratio : float
+        ``milieu="hull"`` only: see :func:`producer_patches`.
 
     Returns
     -------
     bool ndarray (Ygrid, Xgrid)
-        Tissue pixels whose centre is within ``radius_um`` of the centres of the grid pixels holding at least
-        ``min_producers`` producers.
+        ``discs``: tissue pixels whose centre is within ``radius_um`` of the centres of the grid pixels holding at
+        least ``min_producers`` producers; ``hull``: tissue pixels whose centre lies in a patch's milieu.
 
     Examples
     --------
@@ -182,9 +193,17 @@ def producer_zone(
     >>> producer_zone(two, np.ones((1, 10), bool), grid_um=2.0, producer_marker="CXCL8", radius_um=6.0,
     ...               min_producers=2).astype(int).tolist()
     [[0, 0, 0, 1, 1, 1, 0, 0, 0, 0]]
+
+    The same two as a patch (``link_um`` 10): the segment between them widened by 3 µm:
+
+    >>> producer_zone(two, np.ones((1, 10), bool), grid_um=2.0, producer_marker="CXCL8", radius_um=3.0,
+    ...               min_producers=2, milieu="hull", link_um=10.0).astype(int).tolist()
+    [[0, 1, 1, 1, 1, 1, 1, 1, 0, 0]]
     """
     if int(min_producers) < 1:
         raise ValueError(f"min_producers must be >= 1, got {min_producers}")
+    if milieu not in ("discs", "hull"):
+        raise ValueError(f"milieu must be 'discs' or 'hull', got {milieu!r}")
     col = f"{producer_marker}_pos"
     if col not in cells.columns:
         raise MissingStepError(
@@ -199,6 +218,11 @@ def producer_zone(
     tissue = np.asarray(tissue, bool)
     if not sel.any():
         return np.zeros_like(tissue)
+    if milieu == "hull":
+        xy = cells.loc[sel, ["x_um", "y_um"]].to_numpy(float)
+        patches = producer_patches(xy[:, 0], xy[:, 1], link_um=link_um, min_producers=min_producers,
+                                   margin_um=radius_um, hull_ratio=hull_ratio)
+        return rasterize_patches(patches, tissue.shape, grid_um=grid_um) & tissue
     r, c = cell_grid_index(cells.loc[sel], grid_um=grid_um, shape=tissue.shape)
     if int(min_producers) > 1:
         return (_producers_within(r, c, tissue.shape, radius_um / grid_um) >= int(min_producers)) & tissue
@@ -206,6 +230,96 @@ def producer_zone(
     seeds[r, c] = True
     d = distance_um(~seeds, grid_um=grid_um)  # scipy's EDT, bit for bit, in less memory
     return (d <= radius_um) & tissue
+
+
+def producer_patches(
+    x_um: Any, y_um: Any, *, link_um: float, min_producers: int = 1, margin_um: float = 0.0, hull_ratio: float = 1.0,
+) -> list:
+    """Chemokine milieus as Hoch et al. 2022 define them (imcRtools ``patchDetection`` / ``findMilieu``):
+    producer cells closer than ``link_um`` are linked, each connected set of at least ``min_producers`` cells is a
+    patch, and its milieu is the patch's hull widened by ``margin_um``.
+
+    Parameters
+    ----------
+    x_um, y_um : array-like (n_producers,)
+        Producer centres, µm.
+    link_um : float
+        Two producers whose centres are closer than this belong to one patch (single linkage).
+    min_producers : int
+        Patches with fewer cells make no milieu.
+    margin_um : float
+        The hull is widened by this distance (shapely ``buffer``); a patch of one or two cells is its point or
+        segment widened by it.
+    hull_ratio : float in (0, 1]
+        1 = convex hull; below 1 shapely's ``concave_hull`` with this ratio.
+
+    Returns
+    -------
+    list of shapely geometries, µm (one per patch, in the order of their first producer)
+
+    Examples
+    --------
+    A right triangle of producers 10 µm apart, widened by 5 µm (area 50 + perimeter × 5 + π 5², to shapely's
+    polygonal circle), and a lone producer that makes no milieu with ``min_producers=2``:
+
+    >>> p = producer_patches([0, 10, 0, 100], [0, 0, 10, 100], link_um=15, min_producers=2, margin_um=5)
+    >>> len(p), round(p[0].area / (50 + (20 + 200 ** 0.5) * 5 + np.pi * 25), 3)
+    (1, 0.998)
+    """
+    import shapely
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not 0 < hull_ratio <= 1:
+        raise ValueError(f"hull_ratio must be in (0, 1], got {hull_ratio}")
+    xy = np.column_stack([np.asarray(x_um, float), np.asarray(y_um, float)])
+    if not len(xy):
+        return []
+    pairs = cKDTree(xy).query_pairs(float(link_um), output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(xy), len(xy)))
+    _, label = connected_components(graph, directed=False)
+    labels, first = np.unique(label, return_index=True)
+    out = []
+    for lab in labels[np.argsort(first)]:
+        pts = xy[label == lab]
+        if len(pts) < int(min_producers):
+            continue
+        mp = shapely.multipoints(pts)
+        hull = shapely.convex_hull(mp) if hull_ratio >= 1 else shapely.concave_hull(mp, ratio=float(hull_ratio))
+        out.append(shapely.buffer(hull, float(margin_um)) if margin_um > 0 else hull)
+    return out
+
+
+def rasterize_patches(patches: Sequence[Any], shape: tuple[int, int], *, grid_um: float) -> np.ndarray:
+    """Grid pixels whose centre ``((i + 0.5) grid_um)`` lies inside any of the geometries (µm): each polygon
+    filled from its outline by scikit-image's scanline ``polygon`` within its own bounding box (memory of the box
+    only), its holes left out; points and segments (no area) add nothing.
+
+    >>> import shapely
+    >>> rasterize_patches([shapely.box(0, 0, 4, 2)], (2, 3), grid_um=2.0).astype(int).tolist()
+    [[1, 1, 0], [0, 0, 0]]
+    """
+    import shapely
+    from skimage.draw import polygon as fill
+
+    out = np.zeros(shape, bool)
+    for geom in patches:
+        for part in shapely.get_parts(geom):
+            if not isinstance(part, shapely.Polygon) or part.is_empty:
+                continue
+            x0, y0, x1, y1 = part.bounds
+            r0, c0 = max(0, int(np.floor(y0 / grid_um - 0.5))), max(0, int(np.floor(x0 / grid_um - 0.5)))
+            r1, c1 = min(shape[0], int(np.ceil(y1 / grid_um)) + 1), min(shape[1], int(np.ceil(x1 / grid_um)) + 1)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            box = np.zeros((r1 - r0, c1 - c0), bool)
+            for k, ring in enumerate([part.exterior, *part.interiors]):
+                xy = np.asarray(ring.coords)
+                rr, cc = fill(xy[:, 1] / grid_um - 0.5 - r0, xy[:, 0] / grid_um - 0.5 - c0, shape=box.shape)
+                box[rr, cc] = k == 0  # the outline fills, a hole clears
+            out[r0:r1, c0:c1] |= box
+    return out
 
 
 def _producers_within(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], radius_px: float,

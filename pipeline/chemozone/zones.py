@@ -15,7 +15,9 @@ Three zone sources (``ZoneConfig.source``):
     channels; the zone is ``score >= 1``. For a single channel this is exactly ``signal >= threshold``.
 ``producers``
     Tissue within ``radius_um`` of cells positive for ``producer_marker`` (optionally of
-    ``producer_cell_types``), from the phenotyping step.
+    ``producer_cell_types``), from the phenotyping step; with ``min_producers`` N, tissue with at least N of them
+    within ``radius_um``; with ``milieu: hull``, Hoch et al.'s milieus (:func:`producer_patches`: hulls of
+    producers linked within ``link_um``, patches of at least N cells, widened by ``radius_um``).
 ``tumor``
     The epithelial (panCK) channel thresholded like a pixel zone, then compartments by Euclidean distance:
     ``{zone}_intraepithelial`` (inside), ``{zone}_margin`` (0–``bands_um[0]``), ``{zone}_peritumoral``
@@ -72,7 +74,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._zone_masks import _check_tissue, module_score, producer_zone, threshold_zone_signal, tumor_compartments
+from ._zone_masks import (
+    _check_tissue,
+    module_score,
+    producer_patches,
+    producer_zone,
+    rasterize_patches,
+    threshold_zone_signal,
+    tumor_compartments,
+)
 from ._zone_thresholds import background_threshold, compute_zone_thresholds
 from .config import ZoneConfig, zone_mask_names
 from .errors import ConfigError, MissingStepError
@@ -93,6 +103,8 @@ __all__ = [
     "module_score",
     "threshold_zone_signal",
     "producer_zone",
+    "producer_patches",
+    "rasterize_patches",
     "tumor_compartments",
     "build_zones",
     "zone_channel_thresholds",
@@ -555,7 +567,8 @@ def build_zones(
                 raise MissingStepError(f"zones '{zone.name}': producer zones need the phenotyped cells table")
             zm = {zone.name: producer_zone(cells, tissue, grid_um=g, producer_marker=zone.producer_marker,
                                            radius_um=zone.radius_um, producer_cell_types=zone.producer_cell_types,
-                                           min_producers=zone.min_producers)}
+                                           min_producers=zone.min_producers, milieu=zone.milieu,
+                                           link_um=zone.link_um, hull_ratio=zone.hull_ratio)}
         else:
             thr = _sample_channel_thresholds(thresholds, zone, sample_id)
             offs = zone_channel_offsets(thresholds, zone, sample_id)
