@@ -202,38 +202,80 @@ def _no_reference_config(tiny_cohort, tmp_path, where: str) -> Path:
     return tmp_path / "c.yaml"
 
 
-def _assert_failed_run_json_keeps_step_a(out: Path, message: str) -> None:
-    lay = RunLayout(out)
-    rec = json.loads(lay.run_json.read_text())
-    assert rec["status"] == "failed" and rec["failed_stage"] == "cohort step"
-    assert message in rec["error"] and "\n" not in rec["error"] and rec["finished"]
-    assert sorted(rec["samples"]) == sorted(lay.sample_ids()) and len(rec["samples"]) == 4
-    for sid, srec in rec["samples"].items():  # step A finished for every sample, and its outputs are intact
-        assert srec["status"] == "step_a_done" and srec["step_a"]["n_cells"] > 0
-        assert len(pd.read_parquet(lay.measurements(sid))) == srec["step_a"]["n_cells"]
-        assert lay.masks(sid).is_dir() and lay.step_a_stamp(sid).is_file()
+def _assert_refused_before_step_a(out: Path) -> None:
+    """Nothing was segmented: no sample folder, no measurements (a whole section is not segmented for an hour before
+    a config error that the sample sheet alone shows)."""
+    assert not out.exists() or not any(out.rglob("measurements.parquet"))
 
 
-def test_no_reference_sample_at_all_is_recorded_in_run_json(tiny_cohort, tmp_path, capsys):
+def test_no_reference_sample_at_all_refuses_the_run_before_step_a(tiny_cohort, tmp_path, capsys):
     cfg = _no_reference_config(tiny_cohort, tmp_path, "gate")
     out = tmp_path / "o"
     code = main(["run", str(tiny_cohort), "--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"])
     assert code == 1
     msg = "phenotypes.markers.CD3.gate.reference: no sample matches {'radiation': 'control'} among 4 samples"
     err = capsys.readouterr().err
-    assert msg in err and "Traceback" not in err
-    _assert_failed_run_json_keeps_step_a(out, msg)
+    assert f"refusing to start: {msg}" in err and "Traceback" not in err and err.count("\n") == 1
+    _assert_refused_before_step_a(out)
+    assert main(["validate", str(cfg), str(tiny_cohort)]) == 1  # chemozone validate says the same
+    assert msg in capsys.readouterr().out
 
 
-def test_no_reference_sample_of_a_zone_threshold_is_recorded_in_run_json(tiny_cohort, tmp_path):
-    from chemozone.errors import ConfigError
+def test_no_reference_sample_of_a_zone_threshold_refuses_the_run_before_step_a(tiny_cohort, tmp_path):
+    from chemozone.errors import RunError
     from chemozone.run import run_batch
 
     cfg = _no_reference_config(tiny_cohort, tmp_path, "zone")
     msg = "zones[0].threshold.reference: no sample matches {'radiation': 'control'} among 4 samples"
-    with pytest.raises(ConfigError, match=re.escape(msg)):
+    with pytest.raises(RunError, match=re.escape(f"refusing to start: {msg}")):
         run_batch(tiny_cohort, cfg, tmp_path / "o", in_process=True, progress=False)
-    _assert_failed_run_json_keeps_step_a(tmp_path / "o", msg)
+    _assert_refused_before_step_a(tmp_path / "o")
+
+
+def test_a_sheet_without_doses_names_the_empty_column_before_step_a(tiny_cohort, tmp_path):
+    """The README's configs take their reference samples by dose_gy 0; a sheet without doses says so at once."""
+    from chemozone.errors import RunError
+    from chemozone.run import run_batch
+
+    sheet = pd.read_csv(tiny_cohort / "samples.csv").drop(columns=["dose_gy", "radiation"])
+    sheet["image"] = [str(tiny_cohort / i) for i in sheet["image"]]
+    sheet.to_csv(tmp_path / "samples.csv", index=False)
+    with pytest.raises(RunError, match=r"refusing to start: phenotypes\.markers\.\w+\.gate\.reference: no sample "
+                       r"matches \{'dose_gy': 0\} among 4 samples \(the sample sheet gives no 'dose_gy': fill the "
+                       r"column, e\.g\. dose_gy 0 for the sham samples, or query a column it fills\)"):
+        run_batch(tmp_path / "samples.csv", tiny_cohort / "config.yaml", tmp_path / "o", in_process=True,
+                  progress=False)
+    _assert_refused_before_step_a(tmp_path / "o")
+
+
+def test_reference_samples_lost_in_the_run_stop_the_cohort_step_and_keep_step_a(tiny_cohort, tmp_path):
+    """Under --on-error skip, both sham images are truncated (their headers read, their pixels do not): they fail,
+    the irradiated samples finish step A, and the cohort step, left without a dose-0 reference, stops the run;
+    run.json says where and why, and step A's outputs stay as they are."""
+    import shutil
+
+    from chemozone.errors import ConfigError
+    from chemozone.run import run_batch
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    for sham in cohort.glob("images/*_sham_*"):
+        with sham.open("r+b") as f:
+            f.truncate(sham.stat().st_size // 2)
+    msg = "phenotypes.markers.p21.gate.reference: no sample matches {'dose_gy': 0} among 2 samples"
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        run_batch(cohort, cohort / "config.yaml", tmp_path / "o", in_process=True, progress=False, on_error="skip")
+    lay = RunLayout(tmp_path / "o")
+    rec = json.loads(lay.run_json.read_text())
+    assert rec["status"] == "failed" and rec["failed_stage"] == "cohort step"
+    assert msg in rec["error"] and "\n" not in rec["error"] and rec["finished"]
+    statuses = {sid: s["status"] for sid, s in rec["samples"].items()}
+    assert statuses == {"P01_sham_0Gy_r1": "failed", "P02_sham_0Gy_r1": "failed",
+                        "P01_photon_10Gy_r1": "step_a_done", "P02_photon_10Gy_r1": "step_a_done"}
+    for sid in ("P01_photon_10Gy_r1", "P02_photon_10Gy_r1"):  # step A's outputs are intact
+        srec = rec["samples"][sid]
+        assert srec["step_a"]["n_cells"] > 0 and len(pd.read_parquet(lay.measurements(sid))) == srec["step_a"]["n_cells"]
+        assert lay.masks(sid).is_dir() and lay.step_a_stamp(sid).is_file()
 
 
 def test_run_json_records_um_values_without_float_noise(tmp_path):

@@ -314,8 +314,11 @@ def select_reference(samples: pd.DataFrame, query: dict, group_by: str | None, *
 
     is_ref = select_samples(samples, query, where=f"{where}.reference")
     if not is_ref.any():
+        empty = [c for c in query if samples[c].isna().all() or (samples[c].astype(str).str.strip() == "").all()]
+        why = (f" (the sample sheet gives no {', '.join(repr(c) for c in empty)}: fill the column, e.g. dose_gy 0 for "
+               "the sham samples, or query a column it fills)") if empty else ""
         raise ConfigError(
-            f"{where}.reference: no sample matches {dict(query)} among {len(samples)} samples; "
+            f"{where}.reference: no sample matches {dict(query)} among {len(samples)} samples{why}; "
             "fix the query or use a pooled threshold"
         )
     if group_by is not None and group_by not in samples.columns:

@@ -69,6 +69,7 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
         rep.problems.append(str(exc))
         return rep
     rep.samples = samples
+    rep.problems += _reference_problems(cfg, samples)
     wanted = configured_channels(cfg)
     for row in samples.itertuples(index=False):
         try:
@@ -103,6 +104,25 @@ def validate_inputs(input_path: str | Path, cfg: Config) -> ValidationReport:
             row.sample_id, pixel_size_um=info["pixel_size_um"], source=info["pixel_size_source"],
             note=info["pixel_size_note"])]
     return rep
+
+
+def _reference_problems(cfg: Config, samples) -> list[str]:
+    """The reference queries that would stop the cohort step after every image was segmented: a ``reference`` gate
+    or a ``reference``-mode zone threshold that no sample of the sheet matches, or whose ``group_by`` column the
+    sheet lacks (``background`` and ``halfmax`` zones fall back with a warning instead)."""
+    from .samples import select_reference
+
+    checks = [(f"phenotypes.markers.{m}.gate", mc.gate.reference, mc.gate.group_by)
+              for m, mc in cfg.phenotypes.markers.items() if mc.gate.method == "reference"]
+    checks += [(f"zones[{i}].threshold", z.threshold.reference, z.threshold.group_by) for i, z in enumerate(cfg.zones)
+               if z.source in ("pixels", "tumor") and z.threshold.mode == "reference"]
+    out: list[str] = []
+    for where, query, group_by in checks:
+        try:
+            select_reference(samples, query, group_by, where=where)
+        except ChemozoneError as exc:
+            out.append(str(exc))
+    return out
 
 
 def _phenotype_problem(cfg: Config, channels: list[str]) -> str | None:
