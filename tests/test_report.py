@@ -115,6 +115,41 @@ def test_report_on_real_tiny_run(tmp_path):
     table = table[:table.index("</details>")]
     for (_, thr), g in zt.merge(run["samples"][["sample_id", "patient"]]).groupby(["zone", "threshold"]):
         assert f"<td>{thr:.4g}</td>" in table and f"<td>{', '.join(sorted(set(g['patient'])))}</td>" in table
+    # and how each configured zone is built: one row per zone of the run's config, in its order
+    defs = text[text.index("Zone definitions (the run's config)"):]
+    defs = defs[:defs.index("</details>")]
+    cfg_zones = [z["name"] for z in run["run"]["config"]["zones"]]
+    assert re.findall(r"<tr>\s*<td>(.*?)</td>", defs) == cfg_zones
+    assert "CXCL8 smoothed at 10 µm, threshold halfmax (fraction 0.5), pieces ≥ 200 µm²" in defs
+
+
+def test_zone_definitions_in_words_for_every_source():
+    """Each source's settings, written by hand from the config keys; no table without zones in the config."""
+    from chemozone.config import ZoneConfig
+    from chemozone.report import _zone_definitions
+
+    zones = [ZoneConfig(name="IFN", channels=["CXCL10", "CCL5"], smooth_um=8, threshold={"mode": "reference"}),
+             ZoneConfig(name="ABS", channels=["CXCL8"], threshold={"mode": "absolute", "value": 400}, min_area_um2=0),
+             ZoneConfig(name="P", source="producers", producer_marker="CXCL8", producer_cell_types=["Tumor"]),
+             ZoneConfig(name="M", source="producers", producer_marker="CXCL10", radius_um=15, min_producers=3),
+             ZoneConfig(name="H", source="producers", producer_marker="CXCL10", milieu="hull", link_um=25,
+                        min_producers=3, radius_um=10, hull_ratio=0.3),
+             ZoneConfig(name="T", source="tumor", channels=["panCK"], smooth_um=4),
+             ZoneConfig(name="TC", source="tumor_cells", tumor_column="tissue_category", tumor_values=["Tumor"]),
+             ZoneConfig(name="R", source="regions", region_class="Necrosis")]
+    run = {"run": {"config": {"zones": [z.model_dump(mode="json") for z in zones]}}}
+    rows = re.findall(r"<tr>\s*<td>(.*?)</td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>", _zone_definitions(run))
+    assert rows == [
+        ("IFN", "pixels", "CXCL10 + CCL5 smoothed at 8 µm, threshold reference (q 0.99), pieces ≥ 200 µm²"),
+        ("ABS", "pixels", "CXCL8 smoothed at 10 µm, threshold absolute (value 400.0), pieces ≥ 0 µm²"),
+        ("P", "producers", "tissue within 20 µm of CXCL8+ cells (Tumor)"),
+        ("M", "producers", "tissue with ≥ 3 CXCL10+ cells within 15 µm"),
+        ("H", "producers", "CXCL10+ cells linked within 25 µm, patches of ≥ 3; concave hull (ratio 0.3) widened by "
+                           "10 µm (Hoch et al. 2022)"),
+        ("T", "tumor", "panCK smoothed at 4 µm, threshold pooled; bands 25, 100 µm"),
+        ("TC", "tumor_cells", "cells with tissue_category in Tumor; bands 25, 100 µm"),
+        ("R", "regions", "annotated regions of class Necrosis")]
+    assert _zone_definitions({"run": {"config": {"zones": []}}}) == "" and _zone_definitions({"run": {}}) == ""
 
 
 def test_zone_thresholds_table_groups_samples_by_threshold():
