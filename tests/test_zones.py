@@ -1,6 +1,8 @@
 """Tests of chemozone.zones: grid downsampling, signals, cohort thresholds, masks."""
 from __future__ import annotations
 
+import re
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -457,6 +459,25 @@ def test_min_producers_needs_source_producers_and_a_positive_count():
     with pytest.raises(ValueError, match="min_producers must be >= 1"):
         producer_zone(pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "P_pos": [True]}), np.ones((2, 2), bool),
                       grid_um=2.0, producer_marker="P", radius_um=2.0, min_producers=0)
+
+
+def test_threshold_errors_name_the_zone_by_its_config_index():
+    """A producer zone listed first: the cohort step's error and chemozone validate both name the pixel zone
+    zones[1], its index in the config (the cohort step numbered only pixel/tumor zones before)."""
+    from chemozone.validate import _reference_problems
+
+    cfg = config_from_dict({"zones": [
+        {"name": "P", "source": "producers", "producer_marker": "CXCL8"},
+        {"name": "C", "channels": ["CXCL8"], "threshold": {"mode": "reference", "reference": {"radiation": "ctl"}}}]})
+    sheet = pd.DataFrame({"sample_id": ["a", "b"], "patient": "A", "radiation": ["sham", "photon"],
+                          "dose_gy": [0.0, 2.0]})
+    summ = pd.concat([signal_summary(np.ones((1, 4, 4)), None, sample_id=s, zone="C", channels=["CXCL8"])
+                      for s in ("a", "b")])
+    msg = r"zones\[1\]\.threshold\.reference: no sample matches \{'radiation': 'ctl'\} among 2 samples"
+    with pytest.raises(ConfigError, match=msg):
+        compute_zone_thresholds(summ, sheet, zones=cfg.zones)
+    (problem,) = _reference_problems(cfg, sheet)
+    assert re.match(msg, problem)
 
 
 # ---------------------------------------------------------------- Hoch et al.'s milieus: hulls of producer patches

@@ -261,8 +261,9 @@ def compute_zone_thresholds(
     samples : DataFrame
         The sample sheet (``sample_id`` + the columns used by ``threshold.reference`` / ``group_by``).
     zones : list of ZoneConfig
-        The zone definitions (``name``, ``source``, ``channels``, ``threshold``); producer zones are
-        skipped (they have no threshold).
+        The zone definitions (``name``, ``source``, ``channels``, ``threshold``); zones of other sources than
+        ``pixels`` and ``tumor`` are skipped (they have no threshold). Errors name a zone by its index in this
+        list (``zones[1].threshold...``): pass the config's whole list.
     cell_signals : DataFrame, optional
         Needed by ``halfmax`` zones only: :func:`chemozone._zone_halfmax.signal_at_cells` rows of every sample
         plus a boolean ``producer`` column (the cell is positive for the zone's producer marker) and, optionally,
@@ -290,8 +291,8 @@ def compute_zone_thresholds(
         raise ConfigError("samples: the sample sheet has no 'sample_id' column")
     samples = samples.reset_index(drop=True)
     sids = samples["sample_id"].astype(str).tolist()
-    for zi, zone in enumerate(zones):
-        if zone.source == "producers":
+    for zi, zone in enumerate(zones):  # zi: the zone's index in the list given (the config's: errors name zones[zi])
+        if zone.source not in ("pixels", "tumor"):  # producer, tumor-cell and region zones have no threshold
             continue
         zsum = summaries[summaries["zone"] == zone.name] if len(summaries) else summaries
         missing = sorted(set(sids) - set(zsum["sample_id"].astype(str))) if len(zsum) else sids

@@ -451,7 +451,7 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
     frames = [f for f in summaries if len(f)]
     thresholds = pd.DataFrame()
     if pixel_zones and frames:
-        thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=pixel_zones,
+        thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=cfg.zones,
                                                    cell_signals=_producer_cell_signals(cfg, cells, gates, samples, lay))
         write_parquet(thresholds, lay.zone_thresholds)
     return {"gates": gates, "zone_thresholds": thresholds}
