@@ -230,6 +230,20 @@ def test_a_zone_near_empty_in_every_sample_is_one_cohort_warning():
     assert "in the only sample (largest 0 %)" in w["message"]
 
 
+def test_a_tumor_zone_without_epithelium_in_every_sample_is_one_cohort_warning():
+    """A configured tumor zone whose epithelium is empty everywhere (a panCK threshold above the epithelium): one
+    record on its intraepithelial mask; its bands, all tissue, and a tumor-only biopsy stay quiet."""
+    rows = pd.concat([_zone_rows("T_intraepithelial", [0.0, 0.0005], source="tumor"),
+                      _zone_rows("T_distal", [1.0, 1.0], source="tumor"),
+                      _zone_rows("T_margin", [0.0, 0.0], source="tumor"),
+                      _zone_rows("B_intraepithelial", [1.0, 0.99], source="tumor_cells")], ignore_index=True)
+    w = _one(zone_area_checks(rows), "zone_near_empty")
+    assert w["sample"] is None and w["value"] == pytest.approx(0.0005)
+    assert re.search(r"^tumor zone T_intraepithelial \(the epithelium\) covers less than 0.1 % of the tissue in all 2 "
+                     r"samples \(largest 0.05 %\): its epithelium threshold is above the epithelium", w["message"])
+    assert len(zone_area_checks(rows)) == 1
+
+
 def test_zone_area_checks_stay_quiet_at_the_bounds_and_for_other_sources():
     quiet = pd.concat([
         _zone_rows("edge", [MAX_ZONE_FRACTION, MIN_ZONE_FRACTION]),  # the bounds themselves are plausible

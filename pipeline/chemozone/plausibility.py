@@ -41,6 +41,8 @@ warning means "look at this", never "tissue of an unusual kind")
                                    of the run (about one producer's footprint in 1 mm² of tissue) is a
                                    threshold above the signal, an unstained channel or a producer gate above
                                    the producers. Not checked per sample: a zone absent from a sham is biology.
+                                   A configured tumor zone's epithelium that small in every sample is a failed
+                                   epithelium threshold (its bands collapse with it).
 =================================  =========================================================================
 
 Warning codes: ``pixel_size_from_config``, ``pixel_size_conflict``, ``no_cells``, ``low_cell_density``,
@@ -76,6 +78,7 @@ __all__ = [
     "MAX_ZONE_FRACTION",
     "MIN_ZONE_FRACTION",
     "CHEMOKINE_ZONE_SOURCES",
+    "TUMOR_ZONE_SOURCES",
     "format_warning",
     "pixel_size_checks",
     "positive_counts",
@@ -101,6 +104,10 @@ MIN_ZONE_FRACTION = 0.001
 """A chemokine zone covering less than this fraction of the tissue in every sample is flagged (``zone_near_empty``)."""
 CHEMOKINE_ZONE_SOURCES = ("pixels", "producers")
 """Zone sources the zone-area checks judge (tumor compartments and annotated regions may cover any share)."""
+TUMOR_ZONE_SOURCES = ("tumor", "tumor_cells")
+"""Their ``{zone}_intraepithelial`` mask is checked for ``zone_near_empty`` only: a configured tumor zone without
+any epithelium in every sample is a failed epithelium threshold (its margin, peritumoral and distal bands and
+``halfmax``'s compartment backgrounds collapse with it); all tumor is a biopsy."""
 
 _REFERENCE_TEXT = "no reference sample"  # what the gates and zone thresholds write when a group has no reference
 
@@ -354,8 +361,9 @@ def zone_area_checks(zones: pd.DataFrame) -> list[dict[str, Any]]:
     ----------
     zones : DataFrame
         One row per (sample, zone mask), as in the zones tables (``zones.parquet``): ``sample_id``, ``zone``,
-        ``source``, ``area_fraction`` (of the sample's tissue). Sources other than
-        :data:`CHEMOKINE_ZONE_SOURCES` and rows without a finite fraction (no tissue) are not judged.
+        ``source``, ``area_fraction`` (of the sample's tissue). Chemokine zones (:data:`CHEMOKINE_ZONE_SOURCES`)
+        are judged both ways, the ``*_intraepithelial`` masks of tumor zones (:data:`TUMOR_ZONE_SOURCES`) for
+        ``zone_near_empty`` only; other rows and rows without a finite fraction (no tissue) are not judged.
 
     Returns
     -------
@@ -373,10 +381,20 @@ def zone_area_checks(zones: pd.DataFrame) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if zones is None or not len(zones):
         return out
-    z = zones[zones["source"].isin(CHEMOKINE_ZONE_SOURCES)]
+    epi = zones["source"].isin(TUMOR_ZONE_SOURCES) & zones["zone"].astype(str).str.endswith("_intraepithelial")
+    z = zones[zones["source"].isin(CHEMOKINE_ZONE_SOURCES) | epi]
     z = z[pd.to_numeric(z["area_fraction"], errors="coerce").notna()]
     for zone, sub in z.groupby("zone", sort=False):
         f = sub["area_fraction"].astype(float)
+        if sub["source"].isin(TUMOR_ZONE_SOURCES).all():
+            if f.max() < MIN_ZONE_FRACTION:
+                out.append(warning_record(
+                    "zone_near_empty", None, f"tumor zone {zone} (the epithelium) covers less than "
+                    f"{100 * MIN_ZONE_FRACTION:g} % of the tissue in {_every(len(sub))} (largest {100 * f.max():.2g} %): "
+                    "its epithelium threshold is above the epithelium or the channel is unstained, so its bands and "
+                    "the compartment backgrounds are empty too; review zone_thresholds.parquet and the QC overlays",
+                    f.max()))
+            continue
         full = sub[f > MAX_ZONE_FRACTION]
         if len(full) == len(sub) and len(sub) > 1:
             out.append(warning_record(
@@ -393,12 +411,16 @@ def zone_area_checks(zones: pd.DataFrame) -> list[dict[str, Any]]:
             n = len(sub)
             out.append(warning_record(
                 "zone_near_empty", None, f"zone {zone} covers less than {100 * MIN_ZONE_FRACTION:g} % of the tissue "
-                f"in {'all ' + str(n) + ' samples' if n > 1 else 'the only sample'} (largest "
+                f"in {_every(n)} (largest "
                 f"{100 * f.max():.2g} %): unless the chemokine is absent from every sample, its threshold is above "
                 "the signal or its producer gate above the producers; review them (napari Zone and Gate review, "
                 "zone_thresholds.parquet, gates.parquet)",
                 f.max()))
     return out
+
+
+def _every(n: int) -> str:
+    return f"all {n} samples" if n > 1 else "the only sample"
 
 
 def positive_counts(cells: pd.DataFrame, sample: str) -> list[dict[str, Any]]:
