@@ -279,12 +279,14 @@ def producer_patches(
     pairs = cKDTree(xy).query_pairs(float(link_um), output_type="ndarray")
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(xy), len(xy)))
     _, label = connected_components(graph, directed=False)
-    labels, first = np.unique(label, return_index=True)
+    order = np.argsort(label, kind="stable")  # each patch's producers together, in their input order
+    starts = np.flatnonzero(np.r_[True, np.diff(label[order]) != 0])
+    groups = np.split(order, starts[1:])
     out = []
-    for lab in labels[np.argsort(first)]:
-        pts = xy[label == lab]
-        if len(pts) < int(min_producers):
+    for idx in sorted(groups, key=lambda g: g[0]):  # patches in the order of their first producer
+        if len(idx) < int(min_producers):
             continue
+        pts = xy[idx]
         mp = shapely.multipoints(pts)
         hull = shapely.convex_hull(mp) if hull_ratio >= 1 else shapely.concave_hull(mp, ratio=float(hull_ratio))
         out.append(shapely.buffer(hull, float(margin_um)) if margin_um > 0 else hull)
