@@ -150,6 +150,9 @@ def test_zone_definitions_in_words_for_every_source():
         ("TC", "tumor_cells", "cells with tissue_category in Tumor; bands 25, 100 µm"),
         ("R", "regions", "annotated regions of class Necrosis")]
     assert _zone_definitions({"run": {"config": {"zones": []}}}) == "" and _zone_definitions({"run": {}}) == ""
+    # an older run.json's zone without the newer keys reads with the config's defaults
+    old = _zone_definitions({"run": {"config": {"zones": [{"name": "H", "source": "producers", "producer_marker": "C"}]}}})
+    assert "tissue within 20 µm of C+ cells" in old
 
 
 def test_zone_thresholds_table_groups_samples_by_threshold():

@@ -540,9 +540,13 @@ def test_hull_milieus_rasterise_the_patches_exactly(seed, margin_um, n_min):
         on_edge |= shapely.distance(q.boundary, shapely.points(xx, yy)) < 1e-6
     np.testing.assert_array_equal((got & tissue)[~on_edge], (inside & tissue)[~on_edge])
     assert not (got & ~tissue).any()
-    kept = np.zeros(len(p), bool)
-    for q in patches:
-        kept |= shapely.contains_xy(q, p["x_um"].to_numpy(), p["y_um"].to_numpy())
+    xy = p[["x_um", "y_um"]].to_numpy()  # patch membership by brute force: flood fill over pairs closer than 15 µm
+    near = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1)) < 15.0
+    comp = np.arange(len(xy))
+    for _ in range(len(xy)):
+        comp = np.array([comp[near[i]].min() for i in range(len(xy))])
+    kept = np.array([(comp == c).sum() >= n_min for c in comp], bool)
+    assert len(patches) == len({c for c, k in zip(comp, kept) if k})
     inradius = 0.99 * margin_um  # GEOS' buffer: a 32-gon circle, and its simplification within 1 % of the margin
     for x0, y0 in p[kept][["x_um", "y_um"]].to_numpy():
         disc = (xx - x0) ** 2 + (yy - y0) ** 2 < (inradius - 1e-6) ** 2

@@ -223,8 +223,10 @@ def zone_warnings(step_b: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def zone_fractions(zones_df) -> list[dict[str, Any]]:
     """``{sample_id, zone, source, area_fraction}`` of each row of a sample's zones table (the step-B record's
     ``zone_fractions``; NaN fractions, a sample without tissue, become None)."""
+    import pandas as pd
+
     return [{"sample_id": str(r.sample_id), "zone": str(r.zone), "source": str(r.source),
-             "area_fraction": float(r.area_fraction) if r.area_fraction == r.area_fraction else None}
+             "area_fraction": float(r.area_fraction) if pd.notna(r.area_fraction) else None}
             for r in zones_df[["sample_id", "zone", "source", "area_fraction"]].itertuples(index=False)]
 
 

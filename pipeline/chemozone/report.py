@@ -334,48 +334,42 @@ def _zone_thresholds(run: dict[str, Any]) -> str:
             + _table(rows, floatfmt="{:.4g}") + "</details>")
 
 
-def _zone_definition(z: dict[str, Any]) -> str:
-    """One zone of the run's config in words: what it is built from and with which settings."""
-    src = z.get("source", "pixels")
-    th = z.get("threshold") or {}
-    if src == "pixels":
-        mode = th.get("mode", "")
-        detail = {"halfmax": f"fraction {th.get('fraction', 0.5):g}", "reference": f"q {th.get('quantile', 0.99):g}",
-                  "background": f"error rate {th.get('error_rate', 0.001):g}", "pooled": str(th.get("method", "")),
-                  "per_sample": str(th.get("method", "")), "absolute": f"value {th.get('value')}"}.get(mode, "")
-        return (f"{' + '.join(z.get('channels') or [])} smoothed at {z.get('smooth_um', 10):g} µm, threshold {mode}"
-                f"{' (' + detail + ')' if detail else ''}, pieces ≥ {z.get('min_area_um2', 200):g} µm²")
-    if src == "producers":
-        who = f"{z.get('producer_marker')}+ cells" + (f" ({', '.join(z['producer_cell_types'])})"
-                                                       if z.get("producer_cell_types") else "")
-        if z.get("milieu") == "hull":
-            hull = "convex hull" if float(z.get("hull_ratio", 1.0)) >= 1 else f"concave hull (ratio {z['hull_ratio']:g})"
-            return (f"{who} linked within {z.get('link_um', 20):g} µm, patches of ≥ {z.get('min_producers', 1)}; "
-                    f"{hull} widened by {z.get('radius_um', 20):g} µm (Hoch et al. 2022)")
-        n = int(z.get("min_producers", 1))
-        return (f"tissue with ≥ {n} {who} within {z.get('radius_um', 20):g} µm" if n > 1
-                else f"tissue within {z.get('radius_um', 20):g} µm of {who}")
-    if src == "tumor":
-        return (f"{' + '.join(z.get('channels') or [])} smoothed at {z.get('smooth_um', 10):g} µm, threshold "
-                f"{th.get('mode', 'pooled')}; bands {', '.join(f'{b:g}' for b in z.get('bands_um') or [])} µm")
-    if src == "tumor_cells":
-        return (f"cells with {z.get('tumor_column', 'cell_type')} in {', '.join(z.get('tumor_values') or [])}; bands "
-                f"{', '.join(f'{b:g}' for b in z.get('bands_um') or [])} µm")
-    if src == "regions":
-        return f"annotated regions of class {z.get('region_class')}"
-    return ""
+def _zone_definition(z: Any) -> str:
+    """One zone (a :class:`~chemozone.config.ZoneConfig`) in words: what it is built from and with which settings."""
+    th = z.threshold
+    bands = f"bands {', '.join(f'{b:g}' for b in z.bands_um)} µm"
+    if z.source in ("pixels", "tumor"):
+        detail = {"halfmax": f"fraction {th.fraction:g}", "reference": f"q {th.quantile:g}",
+                  "background": f"error rate {th.error_rate:g}", "pooled": th.method, "per_sample": th.method,
+                  "absolute": f"value {th.value}"}.get(th.mode, "")
+        head = f"{' + '.join(z.channels)} smoothed at {z.smooth_um:g} µm, threshold {th.mode}"
+        if z.source == "tumor":
+            return f"{head}; {bands}"
+        return f"{head}{' (' + detail + ')' if detail else ''}, pieces ≥ {z.min_area_um2:g} µm²"
+    if z.source == "producers":
+        who = f"{z.producer_marker}+ cells" + (f" ({', '.join(z.producer_cell_types)})" if z.producer_cell_types else "")
+        if z.milieu == "hull":
+            hull = "convex hull" if z.hull_ratio >= 1 else f"concave hull (ratio {z.hull_ratio:g})"
+            return (f"{who} linked within {z.link_um:g} µm, patches of ≥ {z.min_producers}; {hull} widened by "
+                    f"{z.radius_um:g} µm (Hoch et al. 2022)")
+        return (f"tissue with ≥ {z.min_producers} {who} within {z.radius_um:g} µm" if z.min_producers > 1
+                else f"tissue within {z.radius_um:g} µm of {who}")
+    if z.source == "tumor_cells":
+        return f"cells with {z.tumor_column} in {', '.join(z.tumor_values)}; {bands}"
+    return f"annotated regions of class {z.region_class}"  # source: regions
 
 
 def _zone_definitions(run: dict[str, Any]) -> str:
     """How each zone of the run's config is built (source and settings), so a reader of the figures knows what a
-    zone is without the YAML."""
+    zone is without the YAML (the zones as the config model reads them, defaults included)."""
+    from .config import ZoneConfig
+
     cfg = run["run"].get("config")
-    zones = (cfg or {}).get("zones") if isinstance(cfg, dict) else None
+    zones = [ZoneConfig.model_validate(z) for z in ((cfg or {}).get("zones") or [] if isinstance(cfg, dict) else [])]
     if not zones:
         return ""
-    rows = pd.DataFrame([{"zone": z.get("name"), "source": z.get("source", "pixels"), "definition": _zone_definition(z)}
-                         for z in zones])
-    return ("<details><summary>Zone definitions (the run's config)</summary>" + _table(rows) + "</details>")
+    rows = pd.DataFrame([{"zone": z.name, "source": z.source, "definition": _zone_definition(z)} for z in zones])
+    return "<details><summary>Zone definitions (the run's config)</summary>" + _table(rows) + "</details>"
 
 
 def _pairs(run: dict[str, Any]) -> list[tuple[str, str, list[str]]]:

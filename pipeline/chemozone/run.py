@@ -447,10 +447,9 @@ def cohort_step(cfg: Config, samples, measurements: dict[str, Any], summaries: l
     cells = pd.concat(list(measurements.values()), ignore_index=True) if measurements else pd.DataFrame()
     gates = phenotype.compute_gates(cells, samples, **gate_options(cfg), executor=executor)
     write_parquet(gates, lay.gates)
-    pixel_zones = [z for z in cfg.zones if z.source in ("pixels", "tumor")]
     frames = [f for f in summaries if len(f)]
     thresholds = pd.DataFrame()
-    if pixel_zones and frames:
+    if frames and any(z.source in ("pixels", "tumor") for z in cfg.zones):
         thresholds = zones.compute_zone_thresholds(pd.concat(frames, ignore_index=True), samples, zones=cfg.zones,
                                                    cell_signals=_producer_cell_signals(cfg, cells, gates, samples, lay))
         write_parquet(thresholds, lay.zone_thresholds)
